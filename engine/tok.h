@@ -1,0 +1,58 @@
+/* Tokenizer built from a GGUF file's tokenizer.ggml.* metadata: SentencePiece-style BPE with
+ * byte fallback ("llama": gemma, llama2) and byte-level BPE with a pre-tokenizer split
+ * ("gpt2": qwen2, llama3). Holds no pointers into the GGUF mapping after tok_load returns. */
+#ifndef KVSEEK_TOK_H
+#define KVSEEK_TOK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+
+typedef enum {
+    TOK_TYPE_UNDEFINED = 0, TOK_TYPE_NORMAL = 1, TOK_TYPE_UNKNOWN = 2, TOK_TYPE_CONTROL = 3,
+    TOK_TYPE_USER_DEFINED = 4, TOK_TYPE_UNUSED = 5, TOK_TYPE_BYTE = 6,
+} tok_type;
+
+typedef enum { TOK_MODEL_SPM = 1, TOK_MODEL_BPE = 2 } tok_model;
+
+typedef struct tok_vocab tok_vocab;
+
+/* Builds the vocabulary. NULL and a one-line reason in err when the metadata is missing,
+ * inconsistent or of an unsupported tokenizer model. */
+tok_vocab *tok_load(const gguf_ctx *g, char *err, size_t errlen);
+void tok_free(tok_vocab *v); /* accepts NULL */
+
+tok_model tok_get_model(const tok_vocab *v);
+int32_t tok_n_vocab(const tok_vocab *v);
+int32_t tok_bos(const tok_vocab *v);   /* -1 when none */
+int32_t tok_eos(const tok_vocab *v);   /* -1 when none */
+bool tok_add_bos(const tok_vocab *v);
+/* True for tokens that end generation: EOS, EOT and the chat end markers the vocab has
+ * (<end_of_turn>, <|im_end|>, <|eot_id|>, <|endoftext|>, <|end_of_text|>). */
+bool tok_is_eog(const tok_vocab *v, int32_t id);
+tok_type tok_get_type(const tok_vocab *v, int32_t id);
+/* The vocabulary string of a token (NUL-terminated, owned by v); NULL when out of range. */
+const char *tok_text(const tok_vocab *v, int32_t id);
+/* Exact lookup of a vocabulary string; -1 when absent. */
+int32_t tok_find(const tok_vocab *v, const char *text, size_t len);
+
+/* Encodes len bytes of text (any bytes, invalid UTF-8 included). add_special: prepend BOS when
+ * the vocab asks for it. parse_special: recognise control tokens written in the text
+ * (user-defined tokens are always recognised). Writes at most cap ids and returns the total
+ * count, which may exceed cap (call again with a larger buffer); negative on error. */
+int64_t tok_encode(const tok_vocab *v, const char *text, size_t len, bool add_special,
+                   bool parse_special, int32_t *out, int64_t cap);
+
+/* The bytes a token stands for in generated text (byte tokens give their byte, "▁" gives a
+ * space, byte-level symbols map back to bytes). Control tokens render as their text only when
+ * render_special. Writes at most cap bytes (no NUL) and returns the full length. */
+int tok_piece(const tok_vocab *v, int32_t id, bool render_special, char *buf, int cap);
+
+/* Concatenated pieces of ids; returns the full length (may exceed cap), writes at most cap
+ * bytes plus a NUL when cap > 0. */
+int64_t tok_decode(const tok_vocab *v, const int32_t *ids, int64_t n, bool render_special,
+                   char *out, int64_t cap);
+
+#endif

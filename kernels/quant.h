@@ -1,0 +1,46 @@
+/* Tensor element types (ggml numbering) with their block layouts: dequantization,
+ * dot products against f32 activations, and the matrix-vector / matrix-matrix products
+ * the forward pass runs on weights stored in any of these types. */
+#ifndef KVSEEK_QUANT_H
+#define KVSEEK_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    KRN_TYPE_F32 = 0, KRN_TYPE_F16 = 1, KRN_TYPE_Q4_0 = 2, KRN_TYPE_Q4_1 = 3,
+    KRN_TYPE_Q5_0 = 6, KRN_TYPE_Q5_1 = 7, KRN_TYPE_Q8_0 = 8,
+    KRN_TYPE_Q4_K = 12, KRN_TYPE_Q5_K = 13, KRN_TYPE_Q6_K = 14, KRN_TYPE_BF16 = 30,
+} krn_type;
+
+/* True when the type id is one kvseek can compute with. */
+bool krn_type_supported(uint32_t type);
+const char *krn_type_name(uint32_t type);
+/* Elements per block and bytes per block; 0 for unsupported types. */
+int krn_type_block_size(uint32_t type);
+size_t krn_type_block_bytes(uint32_t type);
+/* Bytes of a row of n elements (n must be a multiple of the block size). */
+size_t krn_row_bytes(uint32_t type, int64_t n);
+
+float krn_f16_to_f32(uint16_t h);
+uint16_t krn_f32_to_f16(float f);   /* round to nearest even */
+float krn_bf16_to_f32(uint16_t h);
+
+/* Dequantize n elements (multiple of the block size) starting at a block boundary. */
+void krn_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
+
+/* dot(row, x) over n elements; row in `type`, x in f32. */
+float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n);
+
+/* y[r] = dot(W row r, x) for r < n_rows; W rows of n_cols elements, contiguous, row r at
+ * byte offset r * krn_row_bytes(type, n_cols). OpenMP across rows. */
+void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
+                const float *x, float *y);
+
+/* Y[t][r] = dot(W row r, X[t]) for t < n_tok: X is n_tok x n_cols, Y is n_tok x n_rows,
+ * both row-major. Each weight row is decoded once per call and reused for every token. */
+void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
+                const float *X, int64_t n_tok, float *Y);
+
+#endif
