@@ -14,7 +14,7 @@ OPT     ?= -O3
 CFLAGS  ?= $(OPT) $(ARCHFLAGS) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -MMD -MP \
            -Iengine -Ikernels -Ikvcache -Iindex -Iserver
-LDLIBS  += -fopenmp -lm
+LDLIBS  += -fopenmp -lcjson -lm
 MODEL   ?= models/gemma-3-270m-q4_k_m.gguf
 PYTHON  ?= python3
 

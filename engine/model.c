@@ -1,0 +1,520 @@
+/* Model loading and the forward pass for gemma3, qwen2 and llama. A prefill chunk of T tokens
+ * runs every weight matrix once over all T tokens (krn_matmul); decode is the T = 1 case.
+ * Attention reads the sequence's contiguous f32 KV cache through attend(), the one place the
+ * offloaded, selector-driven store will plug in. */
+#include "model.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "quant.h"
+
+typedef struct {
+    uint32_t type;
+    const void *data;
+    int64_t n_rows, n_cols; /* rows = outputs, cols = inputs */
+} weight;
+
+typedef struct {
+    const float *attn_norm;        /* (n_embd) */
+    weight wq, wk, wv, wo;         /* (n_head*hd, n_embd) (n_kv*hd, n_embd) (n_kv*vd, n_embd) (n_embd, n_head*vd) */
+    const float *bq, *bk, *bv;     /* qwen2 biases or NULL */
+    const float *q_norm, *k_norm;  /* gemma3 (head_dim) or NULL */
+    const float *post_attn_norm;   /* gemma3 (n_embd) or NULL */
+    const float *ffn_norm;         /* (n_embd) */
+    weight gate, up, down;         /* (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff) */
+    const float *post_ffn_norm;    /* gemma3 (n_embd) or NULL */
+} layer_w;
+
+struct eng_model {
+    gguf_ctx *g;
+    tok_vocab *vocab;
+    eng_hparams hp;
+    eng_model_params params;
+    weight tok_embd;          /* (n_vocab, n_embd) */
+    weight output;            /* (n_vocab, n_embd); tied to tok_embd when the file has none */
+    const float *output_norm; /* (n_embd) */
+    const float *rope_factors;/* (n_rot/2) or NULL */
+    layer_w *layers;
+    /* workspace for one chunk of `chunk` tokens */
+    int chunk;
+    float *x, *h, *q, *k, *v, *att, *o, *ff_g, *ff_u, *rope_cos, *rope_sin;
+};
+
+struct eng_seq {
+    const eng_model *m;
+    int n_ctx, pos;
+    size_t layer_stride; /* floats per layer in k and v: n_ctx * n_head_kv * dim */
+    float *k, *v;        /* (n_layer, n_ctx, n_head_kv, head_dim) and (..., v_dim) */
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- loading ---- */
+
+typedef struct {
+    const eng_model *m;
+    char *err;
+    size_t errlen;
+    int failed;
+} loader;
+
+static const gguf_tensor *find(loader *L, const char *name, int required) {
+    if (L->failed) return NULL;
+    const gguf_tensor *t = gguf_find_tensor(L->m->g, name);
+    if (!t && required) {
+        set_err(L->err, L->errlen, "model: missing tensor '%s'", name);
+        L->failed = 1;
+    }
+    return t;
+}
+
+/* A 1-D f32 vector of exactly n elements. */
+static const float *vec(loader *L, const char *name, int64_t n, int required) {
+    const gguf_tensor *t = find(L, name, required);
+    if (!t) return NULL;
+    if (t->type != KRN_TYPE_F32 || t->ne[0] != n || t->ne[1] * t->ne[2] * t->ne[3] != 1) {
+        set_err(L->err, L->errlen, "model: tensor '%s' must be f32 of %lld elements (is type %u, %lld x %lld)",
+                name, (long long)n, t->type, (long long)t->ne[0], (long long)t->ne[1]);
+        L->failed = 1;
+        return NULL;
+    }
+    if ((uintptr_t)t->data % sizeof(float)) {
+        set_err(L->err, L->errlen, "model: tensor '%s' is misaligned", name);
+        L->failed = 1;
+        return NULL;
+    }
+    return t->data;
+}
+
+/* A matrix with n_cols inputs and n_rows outputs (GGUF ne = [n_cols, n_rows]). */
+static weight mat(loader *L, const char *name, int64_t n_rows, int64_t n_cols, int required) {
+    weight w = {0};
+    const gguf_tensor *t = find(L, name, required);
+    if (!t) return w;
+    if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
+        set_err(L->err, L->errlen, "model: tensor '%s' has shape %lld x %lld, expected %lld x %lld",
+                name, (long long)t->ne[0], (long long)t->ne[1], (long long)n_cols, (long long)n_rows);
+        L->failed = 1;
+        return w;
+    }
+    if (!krn_type_supported(t->type)) {
+        set_err(L->err, L->errlen, "model: tensor '%s' has unsupported type %u", name, t->type);
+        L->failed = 1;
+        return w;
+    }
+    w.type = t->type;
+    w.data = t->data;
+    w.n_rows = n_rows;
+    w.n_cols = n_cols;
+    return w;
+}
+
+static bool key_u32(const gguf_ctx *g, const char *arch, const char *suffix, uint32_t *out) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, suffix);
+    return gguf_get_u32(g, k, out);
+}
+
+static bool key_f32(const gguf_ctx *g, const char *arch, const char *suffix, float *out) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, suffix);
+    return gguf_get_f32(g, k, out);
+}
+
+static int read_hparams(eng_model *m, char *err, size_t errlen) {
+    const gguf_ctx *g = m->g;
+    eng_hparams *hp = &m->hp;
+    const char *s;
+    uint64_t len;
+    if (!gguf_get_str(g, "general.architecture", &s, &len) || len == 0 || len >= sizeof hp->arch_name) {
+        set_err(err, errlen, "model: missing general.architecture");
+        return -1;
+    }
+    memcpy(hp->arch_name, s, len);
+    hp->arch_name[len] = 0;
+    const char *a = hp->arch_name;
+    if (!strcmp(a, "llama")) hp->arch = ENG_ARCH_LLAMA;
+    else if (!strcmp(a, "qwen2")) hp->arch = ENG_ARCH_QWEN2;
+    else if (!strcmp(a, "gemma3")) hp->arch = ENG_ARCH_GEMMA3;
+    else {
+        set_err(err, errlen, "model: unsupported architecture '%s' (supported: gemma3, qwen2, llama)", a);
+        return -1;
+    }
+    uint32_t u;
+#define REQ(field, suffix)                                                                   \
+    do {                                                                                     \
+        if (!key_u32(g, a, suffix, &u) || u == 0 || u > (1u << 24)) {                        \
+            set_err(err, errlen, "model: missing or invalid %s.%s", a, suffix);              \
+            return -1;                                                                       \
+        }                                                                                    \
+        hp->field = (int)u;                                                                  \
+    } while (0)
+    REQ(n_embd, "embedding_length");
+    REQ(n_layer, "block_count");
+    REQ(n_head, "attention.head_count");
+    REQ(n_ff, "feed_forward_length");
+    REQ(n_ctx_train, "context_length");
+#undef REQ
+    if (hp->n_layer > 4096) {
+        set_err(err, errlen, "model: block_count %d is implausible", hp->n_layer);
+        return -1;
+    }
+    hp->n_head_kv = key_u32(g, a, "attention.head_count_kv", &u) ? (int)u : hp->n_head;
+    hp->head_dim = key_u32(g, a, "attention.key_length", &u) ? (int)u : hp->n_embd / hp->n_head;
+    hp->v_dim = key_u32(g, a, "attention.value_length", &u) ? (int)u : hp->head_dim;
+    if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hp->head_dim <= 0 || hp->head_dim > 1024 ||
+        hp->v_dim <= 0 || hp->v_dim > 1024 || hp->head_dim % 2) {
+        set_err(err, errlen, "model: invalid attention shape (heads %d, kv heads %d, head dim %d)",
+                hp->n_head, hp->n_head_kv, hp->head_dim);
+        return -1;
+    }
+    hp->n_rot = key_u32(g, a, "rope.dimension_count", &u) ? (int)u : hp->head_dim;
+    if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2) {
+        set_err(err, errlen, "model: invalid rope.dimension_count %d", hp->n_rot);
+        return -1;
+    }
+    hp->eps = 1e-6f;
+    if (!key_f32(g, a, "attention.layer_norm_rms_epsilon", &hp->eps)) hp->eps = 1e-5f;
+    hp->rope_base = 10000.0f;
+    key_f32(g, a, "rope.freq_base", &hp->rope_base);
+    hp->rope_freq_scale = 1.0f;
+    char k[128];
+    snprintf(k, sizeof k, "%s.rope.scaling.type", a);
+    if (gguf_get_str(g, k, &s, &len) && !(len == 4 && !memcmp(s, "none", 4))) {
+        if (len == 6 && !memcmp(s, "linear", 6)) {
+            float f = 1.0f;
+            if (key_f32(g, a, "rope.scaling.factor", &f) && f > 0.0f) hp->rope_freq_scale = 1.0f / f;
+        } else if (!(len == 5 && !memcmp(s, "llama", 5)) && !(len == 6 && !memcmp(s, "llama3", 6))) {
+            set_err(err, errlen, "model: unsupported rope scaling '%.*s'", (int)len, s);
+            return -1;
+        }
+    }
+    hp->rope_neox = hp->arch != ENG_ARCH_LLAMA;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    key_f32(g, a, "attention.scale", &hp->attn_scale);
+    hp->final_softcap = 0.0f;
+    key_f32(g, a, "final_logit_softcapping", &hp->final_softcap);
+    hp->embd_scale = 1.0f;
+    hp->rope_base_swa = hp->rope_base;
+    if (hp->arch == ENG_ARCH_GEMMA3) {
+        hp->embd_scale = sqrtf((float)hp->n_embd);
+        hp->sliding_window = key_u32(g, a, "attention.sliding_window", &u) ? (int)u : 0;
+        hp->swa_pattern = key_u32(g, a, "attention.sliding_window_pattern", &u) ? (int)u : 6;
+        /* local layers use their own base and no scaling (gemma3 4B+ scale only global layers) */
+        hp->rope_base_swa = 10000.0f;
+        key_f32(g, a, "rope.freq_base_swa", &hp->rope_base_swa);
+    }
+    return 0;
+}
+
+static int alloc_workspace(eng_model *m) {
+    const eng_hparams *hp = &m->hp;
+    size_t T = (size_t)m->chunk;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, kd = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t vd = (size_t)hp->n_head_kv * hp->v_dim, ad = (size_t)hp->n_head * hp->v_dim;
+    m->x = malloc(T * hp->n_embd * sizeof(float));
+    m->h = malloc(T * hp->n_embd * sizeof(float));
+    m->q = malloc(T * qd * sizeof(float));
+    m->k = malloc(T * kd * sizeof(float));
+    m->v = malloc(T * vd * sizeof(float));
+    m->att = malloc(T * ad * sizeof(float));
+    m->o = malloc(T * hp->n_embd * sizeof(float));
+    m->ff_g = malloc(T * hp->n_ff * sizeof(float));
+    m->ff_u = malloc(T * hp->n_ff * sizeof(float));
+    m->rope_cos = malloc(T * 2 * hp->n_rot * sizeof(float));
+    m->rope_sin = malloc(T * 2 * hp->n_rot * sizeof(float));
+    return m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
+                   m->rope_cos && m->rope_sin ? 0 : -1;
+}
+
+eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err, size_t errlen) {
+    eng_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        set_err(err, errlen, "model: out of memory");
+        return NULL;
+    }
+    if (p) m->params = *p;
+    m->chunk = m->params.chunk > 0 ? m->params.chunk : 256;
+    if (m->params.n_threads > 0) omp_set_num_threads(m->params.n_threads);
+    m->g = gguf_open(path, err, errlen);
+    if (!m->g) goto fail;
+    if (read_hparams(m, err, errlen)) goto fail;
+    m->vocab = tok_load(m->g, err, errlen);
+    if (!m->vocab) goto fail;
+
+    eng_hparams *hp = &m->hp;
+    loader L = {m, err, errlen, 0};
+    const gguf_tensor *te = find(&L, "token_embd.weight", 1);
+    if (!te) goto fail;
+    hp->n_vocab = (int)te->ne[1];
+    if (te->ne[1] > INT32_MAX || hp->n_vocab != tok_n_vocab(m->vocab)) {
+        set_err(err, errlen, "model: token_embd has %lld rows but the vocabulary %d tokens",
+                (long long)te->ne[1], tok_n_vocab(m->vocab));
+        goto fail;
+    }
+    const int E = hp->n_embd, hd = hp->head_dim, vd = hp->v_dim;
+    const int nq = hp->n_head * hd, nk = hp->n_head_kv * hd, nv = hp->n_head_kv * vd;
+    m->tok_embd = mat(&L, "token_embd.weight", hp->n_vocab, E, 1);
+    m->output_norm = vec(&L, "output_norm.weight", E, 1);
+    m->output = mat(&L, "output.weight", hp->n_vocab, E, 0);
+    if (!m->output.data) m->output = m->tok_embd;
+    if (gguf_find_tensor(m->g, "rope_freqs.weight"))
+        m->rope_factors = vec(&L, "rope_freqs.weight", hp->n_rot / 2, 1);
+    m->layers = calloc(hp->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        set_err(err, errlen, "model: out of memory");
+        goto fail;
+    }
+    const int gemma = hp->arch == ENG_ARCH_GEMMA3;
+    for (int l = 0; l < hp->n_layer && !L.failed; l++) {
+        layer_w *w = &m->layers[l];
+        char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+        w->attn_norm = vec(&L, NAME("attn_norm.weight"), E, 1);
+        w->wq = mat(&L, NAME("attn_q.weight"), nq, E, 1);
+        w->wk = mat(&L, NAME("attn_k.weight"), nk, E, 1);
+        w->wv = mat(&L, NAME("attn_v.weight"), nv, E, 1);
+        w->wo = mat(&L, NAME("attn_output.weight"), E, hp->n_head * vd, 1);
+        w->bq = vec(&L, NAME("attn_q.bias"), nq, hp->arch == ENG_ARCH_QWEN2);
+        w->bk = vec(&L, NAME("attn_k.bias"), nk, hp->arch == ENG_ARCH_QWEN2);
+        w->bv = vec(&L, NAME("attn_v.bias"), nv, hp->arch == ENG_ARCH_QWEN2);
+        w->q_norm = vec(&L, NAME("attn_q_norm.weight"), hd, gemma);
+        w->k_norm = vec(&L, NAME("attn_k_norm.weight"), hd, gemma);
+        w->post_attn_norm = vec(&L, NAME("post_attention_norm.weight"), E, gemma);
+        w->ffn_norm = vec(&L, NAME("ffn_norm.weight"), E, 1);
+        w->gate = mat(&L, NAME("ffn_gate.weight"), hp->n_ff, E, 1);
+        w->up = mat(&L, NAME("ffn_up.weight"), hp->n_ff, E, 1);
+        w->down = mat(&L, NAME("ffn_down.weight"), E, hp->n_ff, 1);
+        w->post_ffn_norm = vec(&L, NAME("post_ffw_norm.weight"), E, gemma);
+#undef NAME
+    }
+    if (L.failed) goto fail;
+    if (alloc_workspace(m)) {
+        set_err(err, errlen, "model: out of memory for the workspace");
+        goto fail;
+    }
+    return m;
+fail:
+    eng_model_free(m);
+    return NULL;
+}
+
+void eng_model_free(eng_model *m) {
+    if (!m) return;
+    free(m->x); free(m->h); free(m->q); free(m->k); free(m->v); free(m->att); free(m->o);
+    free(m->ff_g); free(m->ff_u); free(m->rope_cos); free(m->rope_sin);
+    free(m->layers);
+    tok_free(m->vocab);
+    gguf_close(m->g);
+    free(m);
+}
+
+const eng_hparams *eng_model_hparams(const eng_model *m) { return &m->hp; }
+const tok_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
+const gguf_ctx *eng_model_gguf(const eng_model *m) { return m->g; }
+
+bool eng_layer_is_local(const eng_model *m, int layer) {
+    const eng_hparams *hp = &m->hp;
+    return hp->sliding_window > 0 && hp->swa_pattern > 1 && layer % hp->swa_pattern < hp->swa_pattern - 1;
+}
+
+/* ---- sequences ---- */
+
+eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen) {
+    const eng_hparams *hp = &m->hp;
+    if (n_ctx <= 0) {
+        set_err(err, errlen, "context size must be positive");
+        return NULL;
+    }
+    eng_seq *s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->m = m;
+    s->n_ctx = n_ctx;
+    s->layer_stride = (size_t)n_ctx * hp->n_head_kv * (hp->head_dim > hp->v_dim ? hp->head_dim : hp->v_dim);
+    size_t total = s->layer_stride * hp->n_layer;
+    s->k = malloc(total * sizeof(float));
+    s->v = malloc(total * sizeof(float));
+    if (!s->k || !s->v) {
+        set_err(err, errlen, "cannot allocate the KV cache for %d tokens (%.1f GiB)", n_ctx,
+                2.0 * total * sizeof(float) / (1 << 30));
+        eng_seq_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void eng_seq_free(eng_seq *s) {
+    if (!s) return;
+    free(s->k);
+    free(s->v);
+    free(s);
+}
+
+int eng_seq_pos(const eng_seq *s) { return s->pos; }
+int eng_seq_capacity(const eng_seq *s) { return s->n_ctx; }
+void eng_seq_reset(eng_seq *s) { s->pos = 0; }
+size_t eng_seq_bytes(const eng_seq *s) {
+    return 2 * s->layer_stride * s->m->hp.n_layer * sizeof(float);
+}
+
+/* ---- forward ---- */
+
+static void matmul(const weight *w, const float *X, int T, float *Y) {
+    krn_matmul(w->type, w->data, w->n_rows, w->n_cols, X, T, Y);
+}
+
+static void add_bias(float *y, const float *b, int T, int n) {
+    if (!b) return;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+}
+
+/* Attention of the chunk's queries over the cache. Query t sits at position p0 + t and sees
+ * keys [lo, p0 + t], lo = p0 + t - window + 1 on local layers. This is the call the offloaded
+ * store and the selectors replace. */
+static void attend(const eng_model *m, const eng_seq *s, int layer, int p0, int T) {
+    const eng_hparams *hp = &m->hp;
+    const int hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
+    const int64_t kstride = (int64_t)hp->n_head_kv * hd, vstride = (int64_t)hp->n_head_kv * vd;
+    const float *K = s->k + layer * s->layer_stride, *V = s->v + layer * s->layer_stride;
+    const int window = eng_layer_is_local(m, layer) ? hp->sliding_window : 0;
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < nh; h++) {
+            const int p = p0 + t, kvh = h / group;
+            int lo = window ? p - window + 1 : 0;
+            if (lo < 0) lo = 0;
+            float lse;
+            krn_attn_dense(m->q + ((size_t)t * nh + h) * hd, K + lo * kstride + kvh * hd,
+                           V + lo * vstride + kvh * vd, p - lo + 1, kstride, vstride, hd, vd,
+                           hp->attn_scale, m->att + ((size_t)t * nh + h) * vd, &lse);
+        }
+    }
+}
+
+static void forward_chunk(eng_model *m, eng_seq *s, const int32_t *tokens, int T, float *logits,
+                          bool all_logits) {
+    const eng_hparams *hp = &m->hp;
+    const int E = hp->n_embd, hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, nkv = hp->n_head_kv;
+    const int p0 = s->pos, half = hp->n_rot / 2;
+    const size_t erow = krn_row_bytes(m->tok_embd.type, E);
+
+    for (int t = 0; t < T; t++) {
+        float *x = m->x + (size_t)t * E;
+        krn_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)tokens[t] * erow, x, E);
+        if (hp->embd_scale != 1.0f)
+            for (int i = 0; i < E; i++) x[i] *= hp->embd_scale;
+    }
+    /* rope tables: [t][0] global base, [t][1] local base */
+    for (int t = 0; t < T; t++) {
+        float *c = m->rope_cos + (size_t)t * 2 * half, *sn = m->rope_sin + (size_t)t * 2 * half;
+        krn_rope_angles(c, sn, p0 + t, hp->n_rot, hp->rope_base, hp->rope_freq_scale, m->rope_factors);
+        krn_rope_angles(c + half, sn + half, p0 + t, hp->n_rot, hp->rope_base_swa,
+                        hp->arch == ENG_ARCH_GEMMA3 ? 1.0f : hp->rope_freq_scale, m->rope_factors);
+    }
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer_w *w = &m->layers[l];
+        const int local = eng_layer_is_local(m, l);
+        for (int t = 0; t < T; t++)
+            krn_rmsnorm(m->h + (size_t)t * E, m->x + (size_t)t * E, w->attn_norm, E, hp->eps);
+        matmul(&w->wq, m->h, T, m->q);
+        matmul(&w->wk, m->h, T, m->k);
+        matmul(&w->wv, m->h, T, m->v);
+        add_bias(m->q, w->bq, T, nh * hd);
+        add_bias(m->k, w->bk, T, nkv * hd);
+        add_bias(m->v, w->bv, T, nkv * vd);
+        float *Kc = s->k + l * s->layer_stride, *Vc = s->v + l * s->layer_stride;
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++) {
+            const float *c = m->rope_cos + (size_t)t * 2 * half + (local ? half : 0);
+            const float *sn = m->rope_sin + (size_t)t * 2 * half + (local ? half : 0);
+            for (int h = 0; h < nh; h++) {
+                float *q = m->q + ((size_t)t * nh + h) * hd;
+                if (w->q_norm) krn_rmsnorm(q, q, w->q_norm, hd, hp->eps);
+                krn_rope(q, hp->n_rot, c, sn, hp->rope_neox);
+            }
+            for (int h = 0; h < nkv; h++) {
+                float *k = m->k + ((size_t)t * nkv + h) * hd;
+                if (w->k_norm) krn_rmsnorm(k, k, w->k_norm, hd, hp->eps);
+                krn_rope(k, hp->n_rot, c, sn, hp->rope_neox);
+            }
+            memcpy(Kc + (size_t)(p0 + t) * nkv * hd, m->k + (size_t)t * nkv * hd, sizeof(float) * nkv * hd);
+            memcpy(Vc + (size_t)(p0 + t) * nkv * vd, m->v + (size_t)t * nkv * vd, sizeof(float) * nkv * vd);
+        }
+        attend(m, s, l, p0, T);
+        matmul(&w->wo, m->att, T, m->o);
+        for (int t = 0; t < T; t++) {
+            float *o = m->o + (size_t)t * E, *x = m->x + (size_t)t * E;
+            if (w->post_attn_norm) krn_rmsnorm(o, o, w->post_attn_norm, E, hp->eps);
+            for (int i = 0; i < E; i++) x[i] += o[i];
+            krn_rmsnorm(m->h + (size_t)t * E, x, w->ffn_norm, E, hp->eps);
+        }
+        matmul(&w->gate, m->h, T, m->ff_g);
+        matmul(&w->up, m->h, T, m->ff_u);
+        #pragma omp parallel for schedule(static)
+        for (int t = 0; t < T; t++)
+            krn_glu(m->ff_g + (size_t)t * hp->n_ff, m->ff_g + (size_t)t * hp->n_ff,
+                    m->ff_u + (size_t)t * hp->n_ff, hp->n_ff, hp->arch == ENG_ARCH_GEMMA3);
+        matmul(&w->down, m->ff_g, T, m->o);
+        for (int t = 0; t < T; t++) {
+            float *o = m->o + (size_t)t * E, *x = m->x + (size_t)t * E;
+            if (w->post_ffn_norm) krn_rmsnorm(o, o, w->post_ffn_norm, E, hp->eps);
+            for (int i = 0; i < E; i++) x[i] += o[i];
+        }
+    }
+    s->pos += T;
+    if (!logits) return;
+    /* only the rows whose logits are wanted go through the (large) output matrix */
+    const int first = all_logits ? 0 : T - 1, nt = T - first;
+    for (int t = first; t < T; t++)
+        krn_rmsnorm(m->h + (size_t)(t - first) * E, m->x + (size_t)t * E, m->output_norm, E, hp->eps);
+    matmul(&m->output, m->h, nt, logits);
+    if (hp->final_softcap > 0.0f) {
+        const float c = hp->final_softcap;
+        for (size_t i = 0; i < (size_t)nt * hp->n_vocab; i++) logits[i] = c * tanhf(logits[i] / c);
+    }
+}
+
+int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *logits,
+                bool all_logits, char *err, size_t errlen) {
+    if (n <= 0) {
+        set_err(err, errlen, "no tokens to evaluate");
+        return -1;
+    }
+    if (n > s->n_ctx - s->pos) {
+        set_err(err, errlen, "context full: %d tokens in the cache, %d more requested, capacity %d",
+                s->pos, n, s->n_ctx);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab) {
+            set_err(err, errlen, "token id %d at index %d is out of range [0, %d)", tokens[i], i,
+                    m->hp.n_vocab);
+            return -1;
+        }
+    }
+    for (int i = 0; i < n; i += m->chunk) {
+        int T = n - i < m->chunk ? n - i : m->chunk;
+        float *lg = NULL;
+        if (logits && all_logits) lg = logits + (size_t)i * m->hp.n_vocab;
+        else if (logits && i + T == n) lg = logits;
+        forward_chunk(m, s, tokens + i, T, lg, all_logits);
+    }
+    return 0;
+}

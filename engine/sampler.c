@@ -1,0 +1,169 @@
+/* Sampling chain over a vocabulary-sized candidate buffer allocated once per sampler, so a
+ * decode step allocates nothing. Top-k uses a partial selection, top-p a sort of the survivors. */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int32_t id;
+    float logit;
+} cand;
+
+struct eng_sampler {
+    eng_sampler_params p;
+    int n_vocab;
+    uint64_t rng[4];
+    cand *c;
+    float *raw;      /* the logits before penalties, for the reported logprob */
+    int32_t *counts; /* per-token occurrence counts in the penalty window */
+};
+
+eng_sampler_params eng_sampler_default(void) {
+    eng_sampler_params p = {0.8f, 40, 0.95f, 0.05f, 1.0f, 64, 0.0f, 0.0f, 0};
+    return p;
+}
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+/* xoshiro256** */
+static uint64_t next_u64(uint64_t *s) {
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t; s[3] = rotl(s[3], 45);
+    return r;
+}
+
+eng_sampler *eng_sampler_create(const eng_sampler_params *p, int n_vocab) {
+    eng_sampler *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    s->c = malloc(sizeof(cand) * n_vocab);
+    s->counts = calloc(n_vocab, sizeof(int32_t));
+    s->raw = malloc(sizeof(float) * n_vocab);
+    if (!s->c || !s->counts || !s->raw) {
+        eng_sampler_free(s);
+        return NULL;
+    }
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    return s;
+}
+
+void eng_sampler_free(eng_sampler *s) {
+    if (!s) return;
+    free(s->c);
+    free(s->counts);
+    free(s->raw);
+    free(s);
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    float x = ((const cand *)a)->logit, y = ((const cand *)b)->logit;
+    return (x < y) - (x > y);
+}
+
+/* Moves the k largest candidates to the front (unordered), quickselect style. */
+static void select_top_k(cand *c, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = c[(lo + hi) / 2].logit;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (c[i].logit > pivot) i++;
+            while (c[j].logit < pivot) j--;
+            if (i <= j) {
+                cand t = c[i]; c[i] = c[j]; c[j] = t;
+                i++; j--;
+            }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+}
+
+static void apply_penalties(eng_sampler *s, float *logits, const int32_t *hist, int n_hist) {
+    const eng_sampler_params *p = &s->p;
+    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
+        return;
+    int start = p->repeat_last_n < 0 || p->repeat_last_n > n_hist ? 0 : n_hist - p->repeat_last_n;
+    for (int i = start; i < n_hist; i++)
+        if (hist[i] >= 0 && hist[i] < s->n_vocab) s->counts[hist[i]]++;
+    for (int i = start; i < n_hist; i++) {
+        int32_t t = hist[i];
+        if (t < 0 || t >= s->n_vocab || s->counts[t] == 0) continue;
+        float *l = &logits[t];
+        if (p->repeat_penalty != 1.0f && p->repeat_penalty > 0.0f)
+            *l = *l > 0 ? *l / p->repeat_penalty : *l * p->repeat_penalty;
+        *l -= s->counts[t] * p->frequency_penalty + p->presence_penalty;
+        s->counts[t] = 0; /* each distinct token once */
+    }
+}
+
+int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history, int n_hist,
+                           float *logprob) {
+    const int n = s->n_vocab;
+    const eng_sampler_params *p = &s->p;
+    /* log-softmax normaliser of the raw distribution, for the reported logprob */
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) if (logits[i] > mx) mx = logits[i];
+    double z = 0.0;
+    for (int i = 0; i < n; i++) z += exp((double)logits[i] - mx);
+    const float log_z = mx + (float)log(z);
+    int32_t chosen;
+    if (logprob) memcpy(s->raw, logits, sizeof(float) * n);
+
+    if (p->temperature <= 0.0f) {
+        apply_penalties(s, logits, history, n_hist);
+        chosen = 0;
+        for (int i = 1; i < n; i++) if (logits[i] > logits[chosen]) chosen = i;
+    } else {
+        apply_penalties(s, logits, history, n_hist);
+        cand *c = s->c;
+        int m = n;
+        for (int i = 0; i < n; i++) { c[i].id = i; c[i].logit = logits[i]; }
+        if (p->top_k > 0 && p->top_k < m) {
+            select_top_k(c, m, p->top_k);
+            m = p->top_k;
+        }
+        qsort(c, m, sizeof(cand), cmp_desc);
+        /* probabilities at temperature 1 for top-p/min-p, as llama.cpp's chain does */
+        double sum = 0.0;
+        for (int i = 0; i < m; i++) sum += exp((double)c[i].logit - c[0].logit);
+        if (p->top_p > 0.0f && p->top_p < 1.0f) {
+            double acc = 0.0;
+            for (int i = 0; i < m; i++) {
+                acc += exp((double)c[i].logit - c[0].logit) / sum;
+                if (acc >= p->top_p) { m = i + 1; break; }
+            }
+        }
+        if (p->min_p > 0.0f) {
+            const double thr = log(p->min_p);
+            int keep = 1;
+            while (keep < m && c[keep].logit - c[0].logit >= thr) keep++;
+            m = keep;
+        }
+        double tot = 0.0;
+        for (int i = 0; i < m; i++) tot += exp(((double)c[i].logit - c[0].logit) / p->temperature);
+        double u = (double)(next_u64(s->rng) >> 11) * 0x1.0p-53 * tot;
+        int pick = m - 1;
+        double acc = 0.0;
+        for (int i = 0; i < m; i++) {
+            acc += exp(((double)c[i].logit - c[0].logit) / p->temperature);
+            if (u < acc) { pick = i; break; }
+        }
+        chosen = c[pick].id;
+    }
+    if (logprob) *logprob = s->raw[chosen] - log_z;
+    return chosen;
+}

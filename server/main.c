@@ -1,0 +1,688 @@
+/* kvseek command line: one binary, one subcommand per task (generate, tokenize, detokenize,
+ * perplexity, logits, info). Results go to stdout, logs and errors to stderr; a bad argument or
+ * a bad model file is a one-line error and exit status 1 or 2, never a crash. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "sampler.h"
+#include "tok.h"
+
+#define KVSEEK_VERSION "0.1.0"
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Physical cores: distinct (package, core) pairs in sysfs; the online CPU count otherwise. */
+static int physical_cores(void) {
+    int n_cpu = (int)sysconf(_SC_NPROCESSORS_ONLN), seen = 0;
+    long keys[1024];
+    for (int c = 0; c < n_cpu && c < 1024; c++) {
+        char path[128];
+        long pkg = 0, core = -1;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", c);
+        FILE *f = fopen(path, "r");
+        if (!f) return n_cpu > 0 ? n_cpu : 1;
+        if (fscanf(f, "%ld", &core) != 1) core = c;
+        fclose(f);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", c);
+        if ((f = fopen(path, "r"))) {
+            if (fscanf(f, "%ld", &pkg) != 1) pkg = 0;
+            fclose(f);
+        }
+        long key = pkg * 100000 + core;
+        int dup = 0;
+        for (int i = 0; i < seen; i++) dup |= keys[i] == key;
+        if (!dup) keys[seen++] = key;
+    }
+    return seen > 0 ? seen : 1;
+}
+
+/* ---- argument parsing ---- */
+
+typedef struct {
+    const char *model, *prompt, *prompt_file, *tokens, *out;
+    int n_predict, ctx, threads, chunk, top_k, repeat_last_n;
+    float temp, top_p, min_p, repeat_penalty;
+    uint64_t seed;
+    bool json, no_bos, no_special, help, seed_set, render_special;
+} args;
+
+static void usage(const char *cmd) {
+    if (!cmd || !strcmp(cmd, "")) {
+        printf("kvseek %s: long-context LLM inference\n\n"
+               "usage: kvseek <command> [options]   (kvseek <command> --help for its options)\n\n"
+               "commands:\n"
+               "  generate     continue a prompt\n"
+               "  tokenize     print the token ids of a text as a JSON array\n"
+               "  detokenize   print the text of token ids\n"
+               "  perplexity   llama.cpp-compatible perplexity over a text file\n"
+               "  logits       write the logits of every position of a token sequence (f32)\n"
+               "  info         print the model's hyperparameters as JSON\n", KVSEEK_VERSION);
+        return;
+    }
+    printf("usage: kvseek %s -m MODEL", cmd);
+    if (!strcmp(cmd, "generate")) {
+        printf(" (-p PROMPT | -f PROMPT_FILE) [options]\n\n"
+               "  -n, --n-predict N     tokens to generate (default 128)\n"
+               "  --temp T              temperature; 0 = greedy (default 0.8)\n"
+               "  --top-k K             (default 40; 0 = off)\n"
+               "  --top-p P             (default 0.95; 1 = off)\n"
+               "  --min-p P             (default 0.05; 0 = off)\n"
+               "  --repeat-penalty R    (default 1.0 = off)\n"
+               "  --repeat-last-n N     tokens the penalty looks back (default 64)\n"
+               "  -s, --seed S          sampling seed (default: random)\n"
+               "  -c, --ctx-size N      KV cache capacity (default: prompt + n)\n"
+               "  --no-bos              do not prepend BOS\n"
+               "  --no-special          treat special-token text in the prompt as plain text\n"
+               "  --json                print one JSON object with tokens, text and timings\n");
+    } else if (!strcmp(cmd, "tokenize")) {
+        printf(" -p TEXT | -f FILE [--no-bos] [--no-special]\n");
+    } else if (!strcmp(cmd, "detokenize")) {
+        printf(" -p IDS | -f FILE [--special]\n  IDS: a JSON array or comma-separated ids\n");
+    } else if (!strcmp(cmd, "perplexity")) {
+        printf(" -f TEXT_FILE [--ctx N (default 512)] [--json]\n"
+               "  Same definition as llama.cpp's perplexity tool: non-overlapping windows of N\n"
+               "  tokens, each from an empty cache (first token replaced by BOS when the model\n"
+               "  adds one), the second half of each window scored.\n");
+    } else if (!strcmp(cmd, "logits")) {
+        printf(" --tokens ID,ID,... --out FILE [--chunk N]\n"
+               "  Writes n_tokens x n_vocab little-endian f32 logits, one row per position.\n");
+    } else {
+        printf("\n");
+    }
+    printf("  -t, --threads N       threads (default: physical cores)\n"
+           "  --chunk N             prefill chunk size in tokens (default 256)\n"
+           "  -h, --help            this help\n");
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *s, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, args *a) {
+    memset(a, 0, sizeof *a);
+    a->n_predict = 128;
+    a->temp = 0.8f; a->top_k = 40; a->top_p = 0.95f; a->min_p = 0.05f;
+    a->repeat_penalty = 1.0f; a->repeat_last_n = 64;
+    for (int i = 2; i < argc; i++) {
+        const char *o = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define IS(x) (!strcmp(o, x))
+#define NEED() do { if (!v) { fprintf(stderr, "error: %s needs a value\n", o); return -1; } i++; } while (0)
+#define INT(dst, lo, hi) do { NEED(); if (parse_int(v, lo, hi, &(dst))) { \
+        fprintf(stderr, "error: %s: '%s' is not an integer in [%d, %d]\n", o, v, lo, hi); return -1; } } while (0)
+#define FLT(dst) do { NEED(); if (parse_float(v, &(dst))) { \
+        fprintf(stderr, "error: %s: '%s' is not a number\n", o, v); return -1; } } while (0)
+        if (IS("-h") || IS("--help")) a->help = true;
+        else if (IS("-m") || IS("--model")) { NEED(); a->model = v; }
+        else if (IS("-p") || IS("--prompt")) { NEED(); a->prompt = v; }
+        else if (IS("-f") || IS("--file")) { NEED(); a->prompt_file = v; }
+        else if (IS("--tokens")) { NEED(); a->tokens = v; }
+        else if (IS("-o") || IS("--out")) { NEED(); a->out = v; }
+        else if (IS("-n") || IS("--n-predict")) INT(a->n_predict, 0, 1 << 24);
+        else if (IS("-c") || IS("--ctx-size") || IS("--ctx")) INT(a->ctx, 1, 1 << 24);
+        else if (IS("-t") || IS("--threads")) INT(a->threads, 1, 1024);
+        else if (IS("--chunk")) INT(a->chunk, 1, 1 << 16);
+        else if (IS("--top-k")) INT(a->top_k, 0, 1 << 30);
+        else if (IS("--repeat-last-n")) INT(a->repeat_last_n, -1, 1 << 30);
+        else if (IS("--temp")) FLT(a->temp);
+        else if (IS("--top-p")) FLT(a->top_p);
+        else if (IS("--min-p")) FLT(a->min_p);
+        else if (IS("--repeat-penalty")) FLT(a->repeat_penalty);
+        else if (IS("-s") || IS("--seed")) {
+            NEED();
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (errno || end == v || *end || v[0] == '-') {
+                fprintf(stderr, "error: --seed: '%s' is not a non-negative integer\n", v);
+                return -1;
+            }
+            a->seed = s;
+            a->seed_set = true;
+        }
+        else if (IS("--json")) a->json = true;
+        else if (IS("--no-bos")) a->no_bos = true;
+        else if (IS("--no-special")) a->no_special = true;
+        else if (IS("--special")) a->render_special = true;
+        else {
+            fprintf(stderr, "error: unknown option '%s' (see kvseek %s --help)\n", o, argv[1]);
+            return -1;
+        }
+#undef IS
+#undef NEED
+#undef INT
+#undef FLT
+    }
+    if (a->top_p <= 0.0f || a->top_p > 1.0f) {
+        fprintf(stderr, "error: --top-p must be in (0, 1]\n");
+        return -1;
+    }
+    if (a->min_p < 0.0f || a->min_p > 1.0f) {
+        fprintf(stderr, "error: --min-p must be in [0, 1]\n");
+        return -1;
+    }
+    if (a->temp < 0.0f) {
+        fprintf(stderr, "error: --temp must be >= 0\n");
+        return -1;
+    }
+    if (a->repeat_penalty <= 0.0f) {
+        fprintf(stderr, "error: --repeat-penalty must be > 0\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a whole file; NULL with a message on stderr. The caller frees. */
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "error: cannot open %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (n < cap) break;
+        char *nb = realloc(buf, 2 * cap + 1);
+        if (!nb) { free(buf); buf = NULL; break; }
+        buf = nb;
+        cap *= 2;
+    }
+    if (!buf || ferror(f)) {
+        fprintf(stderr, "error: cannot read %s\n", path);
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+static eng_model *load_model(const args *a) {
+    if (!a->model) {
+        fprintf(stderr, "error: no model given (-m MODEL)\n");
+        return NULL;
+    }
+    eng_model_params mp = {a->threads > 0 ? a->threads : physical_cores(), a->chunk};
+    char err[512];
+    double t0 = now_ms();
+    eng_model *m = eng_model_load(a->model, &mp, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "error: %s\n", err);
+        return NULL;
+    }
+    const eng_hparams *hp = eng_model_hparams(m);
+    fprintf(stderr, "kvseek: loaded %s (%s, %d layers, n_embd %d, %d/%d heads, vocab %d) in %.0f ms, %d threads\n",
+            a->model, hp->arch_name, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv,
+            hp->n_vocab, now_ms() - t0, mp.n_threads);
+    return m;
+}
+
+/* Tokenizes text; returns a malloc'd array (caller frees) and its length, or NULL. */
+static int32_t *tokenize(const tok_vocab *v, const char *text, size_t len, bool add_special,
+                         bool parse_special, int64_t *n_out) {
+    int64_t cap = (int64_t)len + 16;
+    int32_t *ids = malloc(sizeof(int32_t) * cap);
+    if (!ids) return NULL;
+    int64_t n = tok_encode(v, text, len, add_special, parse_special, ids, cap);
+    if (n > cap) {
+        int32_t *nb = realloc(ids, sizeof(int32_t) * n);
+        if (!nb) { free(ids); return NULL; }
+        ids = nb;
+        n = tok_encode(v, text, len, add_special, parse_special, ids, n);
+    }
+    if (n < 0) {
+        fprintf(stderr, "error: tokenization failed\n");
+        free(ids);
+        return NULL;
+    }
+    *n_out = n;
+    return ids;
+}
+
+/* Prompt text from -p or -f; the caller frees. */
+static char *prompt_text(const args *a, size_t *len) {
+    if (a->prompt && a->prompt_file) {
+        fprintf(stderr, "error: give either -p or -f, not both\n");
+        return NULL;
+    }
+    if (a->prompt_file) return read_file(a->prompt_file, len);
+    if (!a->prompt) {
+        fprintf(stderr, "error: no prompt given (-p TEXT or -f FILE)\n");
+        return NULL;
+    }
+    *len = strlen(a->prompt);
+    return strdup(a->prompt);
+}
+
+/* Parses "[1, 2, 3]" or "1,2,3"; returns a malloc'd array or NULL with a message. */
+static int32_t *parse_ids(const char *s, int64_t *n_out) {
+    size_t cap = 16, n = 0;
+    int32_t *ids = malloc(sizeof(int32_t) * cap);
+    const char *p = s;
+    while (ids && *p) {
+        while (*p == ' ' || *p == '[' || *p == ']' || *p == ',' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            fprintf(stderr, "error: invalid token id near '%.16s'\n", p);
+            free(ids);
+            return NULL;
+        }
+        if (n == cap) {
+            int32_t *nb = realloc(ids, sizeof(int32_t) * (cap *= 2));
+            if (!nb) { free(ids); return NULL; }
+            ids = nb;
+        }
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    *n_out = (int64_t)n;
+    return ids;
+}
+
+/* ---- subcommands ---- */
+
+static int cmd_tokenize(const args *a) {
+    size_t len;
+    char *text = prompt_text(a, &len);
+    if (!text) return 1;
+    char err[512];
+    gguf_ctx *g = a->model ? gguf_open(a->model, err, sizeof err) : NULL;
+    if (!g) {
+        fprintf(stderr, "error: %s\n", a->model ? err : "no model given (-m MODEL)");
+        free(text);
+        return 1;
+    }
+    tok_vocab *v = tok_load(g, err, sizeof err);
+    if (!v) {
+        fprintf(stderr, "error: %s\n", err);
+        gguf_close(g);
+        free(text);
+        return 1;
+    }
+    int64_t n;
+    int32_t *ids = tokenize(v, text, len, !a->no_bos, !a->no_special, &n);
+    int rc = 1;
+    if (ids) {
+        putchar('[');
+        for (int64_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
+        printf("]\n");
+        rc = 0;
+    }
+    free(ids);
+    tok_free(v);
+    gguf_close(g);
+    free(text);
+    return rc;
+}
+
+static int cmd_detokenize(const args *a) {
+    size_t len;
+    char *text = prompt_text(a, &len);
+    if (!text) return 1;
+    int64_t n;
+    int32_t *ids = parse_ids(text, &n);
+    free(text);
+    if (!ids) return 1;
+    char err[512];
+    gguf_ctx *g = a->model ? gguf_open(a->model, err, sizeof err) : NULL;
+    tok_vocab *v = g ? tok_load(g, err, sizeof err) : NULL;
+    int rc = 1;
+    if (!v) {
+        fprintf(stderr, "error: %s\n", a->model ? err : "no model given (-m MODEL)");
+    } else {
+        int64_t i;
+        for (i = 0; i < n; i++) {
+            if (ids[i] >= tok_n_vocab(v)) {
+                fprintf(stderr, "error: token id %d is out of range [0, %d)\n", ids[i], tok_n_vocab(v));
+                break;
+            }
+        }
+        if (i == n) {
+            int64_t need = tok_decode(v, ids, n, a->render_special, NULL, 0);
+            char *out = malloc(need + 1);
+            if (out) {
+                tok_decode(v, ids, n, a->render_special, out, need + 1);
+                fwrite(out, 1, need, stdout);
+                putchar('\n');
+                rc = 0;
+            }
+            free(out);
+        }
+    }
+    free(ids);
+    tok_free(v);
+    gguf_close(g);
+    return rc;
+}
+
+static int cmd_generate(const args *a) {
+    size_t len;
+    char *text = prompt_text(a, &len);
+    if (!text) return 1;
+    eng_model *m = load_model(a);
+    if (!m) { free(text); return 1; }
+    const eng_hparams *hp = eng_model_hparams(m);
+    const tok_vocab *v = eng_model_vocab(m);
+    int rc = 1;
+    int64_t n_prompt = 0;
+    int32_t *prompt = tokenize(v, text, len, !a->no_bos, !a->no_special, &n_prompt);
+    int32_t *hist = NULL;
+    float *logits = NULL;
+    eng_seq *s = NULL;
+    eng_sampler *smp = NULL;
+    char *gen_text = NULL;
+    size_t gen_len = 0, gen_cap = 0;
+    if (!prompt) goto done;
+    if (n_prompt == 0) {
+        fprintf(stderr, "error: the prompt is empty and the model adds no BOS token\n");
+        goto done;
+    }
+    int64_t n_ctx = a->ctx ? a->ctx : n_prompt + a->n_predict;
+    if (n_prompt > n_ctx || n_ctx > INT32_MAX / 2) {
+        fprintf(stderr, "error: the prompt has %lld tokens, more than the context size %lld\n",
+                (long long)n_prompt, (long long)n_ctx);
+        goto done;
+    }
+    if (n_ctx > hp->n_ctx_train)
+        fprintf(stderr, "kvseek: warning: context %lld exceeds the model's training context %d\n",
+                (long long)n_ctx, hp->n_ctx_train);
+    char err[512];
+    s = eng_seq_create(m, (int)n_ctx, err, sizeof err);
+    if (!s) {
+        fprintf(stderr, "error: %s\n", err);
+        goto done;
+    }
+    eng_sampler_params sp = {a->temp, a->top_k, a->top_p, a->min_p, a->repeat_penalty,
+                             a->repeat_last_n, 0.0f, 0.0f, a->seed};
+    if (!a->seed_set) sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    smp = eng_sampler_create(&sp, hp->n_vocab);
+    logits = malloc(sizeof(float) * hp->n_vocab);
+    hist = malloc(sizeof(int32_t) * (n_prompt + a->n_predict + 1));
+    if (!smp || !logits || !hist) {
+        fprintf(stderr, "error: out of memory\n");
+        goto done;
+    }
+    memcpy(hist, prompt, sizeof(int32_t) * n_prompt);
+    int n_hist = (int)n_prompt;
+
+    double t0 = now_ms();
+    if (eng_forward(m, s, prompt, (int)n_prompt, logits, false, err, sizeof err)) {
+        fprintf(stderr, "error: %s\n", err);
+        goto done;
+    }
+    double t_prefill = now_ms() - t0;
+    const char *finish = "length";
+    int n_gen = 0;
+    double t1 = now_ms();
+    for (; n_gen < a->n_predict; ) {
+        int32_t tok = eng_sampler_sample(smp, logits, hist, n_hist, NULL);
+        hist[n_hist++] = tok;
+        n_gen++;
+        if (tok_is_eog(v, tok)) {
+            finish = "eos_token";
+            break;
+        }
+        char piece[256];
+        int pl = tok_piece(v, tok, false, piece, sizeof piece);
+        if (pl > (int)sizeof piece) pl = sizeof piece;
+        if (gen_len + pl + 1 > gen_cap) {
+            gen_cap = 2 * (gen_len + pl + 1) + 256;
+            char *nb = realloc(gen_text, gen_cap);
+            if (!nb) { fprintf(stderr, "error: out of memory\n"); goto done; }
+            gen_text = nb;
+        }
+        memcpy(gen_text + gen_len, piece, pl);
+        gen_len += pl;
+        gen_text[gen_len] = 0;
+        if (!a->json) {
+            fwrite(piece, 1, pl, stdout);
+            fflush(stdout);
+        }
+        if (n_gen == a->n_predict) break;
+        if (eng_seq_pos(s) >= eng_seq_capacity(s)) {
+            finish = "length";
+            fprintf(stderr, "kvseek: context full after %d tokens\n", eng_seq_pos(s));
+            break;
+        }
+        if (eng_forward(m, s, &tok, 1, logits, false, err, sizeof err)) {
+            fprintf(stderr, "error: %s\n", err);
+            goto done;
+        }
+    }
+    double t_decode = now_ms() - t1;
+    /* the first sampled token comes from the prefill logits: n_gen - 1 decode forwards */
+    int n_dec = n_gen > 1 ? n_gen - 1 : 0;
+    double dec_tps = n_dec && t_decode > 0 ? n_dec / (t_decode / 1e3) : 0.0;
+    fprintf(stderr, "\nkvseek: prompt %lld tokens in %.1f ms (%.1f tok/s), generated %d tokens, "
+            "decode %.1f ms (%.2f tok/s), finish %s\n", (long long)n_prompt, t_prefill,
+            n_prompt / (t_prefill / 1e3), n_gen, t_decode, dec_tps, finish);
+    if (a->json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
+        cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
+        for (int i = 0; i < n_gen; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + i]));
+        cJSON_AddStringToObject(o, "text", gen_text ? gen_text : "");
+        cJSON_AddNumberToObject(o, "generated_tokens", n_gen);
+        cJSON_AddStringToObject(o, "finish_reason", finish);
+        cJSON_AddNumberToObject(o, "prefill_ms", t_prefill);
+        cJSON_AddNumberToObject(o, "prefill_tok_s", n_prompt / (t_prefill / 1e3));
+        cJSON_AddNumberToObject(o, "decode_ms", t_decode);
+        cJSON_AddNumberToObject(o, "decode_tok_s", dec_tps);
+        cJSON_AddNumberToObject(o, "seed", (double)sp.seed);
+        char *js = cJSON_PrintUnformatted(o);
+        if (js) printf("%s\n", js);
+        free(js);
+        cJSON_Delete(o);
+    } else {
+        putchar('\n');
+    }
+    rc = 0;
+done:
+    free(gen_text);
+    free(hist);
+    free(logits);
+    free(prompt);
+    eng_sampler_free(smp);
+    eng_seq_free(s);
+    eng_model_free(m);
+    free(text);
+    return rc;
+}
+
+static int cmd_perplexity(const args *a) {
+    if (!a->prompt_file) {
+        fprintf(stderr, "error: perplexity needs a text file (-f FILE)\n");
+        return 1;
+    }
+    size_t len;
+    char *text = read_file(a->prompt_file, &len);
+    if (!text) return 1;
+    eng_model *m = load_model(a);
+    if (!m) { free(text); return 1; }
+    const eng_hparams *hp = eng_model_hparams(m);
+    const tok_vocab *v = eng_model_vocab(m);
+    const int n_ctx = a->ctx ? a->ctx : 512;
+    const int slice = 64; /* logits are produced this many positions at a time */
+    int rc = 1;
+    int64_t n_tok = 0;
+    int32_t *toks = tokenize(v, text, len, true, false, &n_tok);
+    float *logits = malloc(sizeof(float) * slice * hp->n_vocab);
+    int32_t *chunk = malloc(sizeof(int32_t) * n_ctx);
+    char err[512];
+    eng_seq *s = eng_seq_create(m, n_ctx, err, sizeof err);
+    if (!toks || !logits || !chunk || !s) {
+        fprintf(stderr, "error: %s\n", s ? "out of memory" : err);
+        goto done;
+    }
+    if (n_ctx < 4 || n_tok < 2 * (int64_t)n_ctx) {
+        fprintf(stderr, "error: need at least 2*ctx = %d tokens, the file has %lld\n", 2 * n_ctx,
+                (long long)n_tok);
+        goto done;
+    }
+    const int64_t n_chunks = n_tok / n_ctx;
+    fprintf(stderr, "kvseek: perplexity over %lld tokens: %lld chunks of %d\n", (long long)n_tok,
+            (long long)n_chunks, n_ctx);
+    double nll = 0.0, nll2 = 0.0;
+    int64_t count = 0;
+    double t0 = now_ms();
+    for (int64_t c = 0; c < n_chunks; c++) {
+        memcpy(chunk, toks + c * n_ctx, sizeof(int32_t) * n_ctx);
+        if (tok_add_bos(v) && tok_bos(v) >= 0) chunk[0] = tok_bos(v);
+        eng_seq_reset(s);
+        const int first = n_ctx / 2;
+        if (eng_forward(m, s, chunk, first, NULL, false, err, sizeof err)) goto fwd_fail;
+        for (int p = first; p < n_ctx - 1; p += slice) {
+            int nt = n_ctx - 1 - p < slice ? n_ctx - 1 - p : slice;
+            if (eng_forward(m, s, chunk + p, nt, logits, true, err, sizeof err)) goto fwd_fail;
+            for (int j = 0; j < nt; j++) {
+                const float *lg = logits + (size_t)j * hp->n_vocab;
+                float mx = lg[0];
+                for (int i = 1; i < hp->n_vocab; i++) if (lg[i] > mx) mx = lg[i];
+                double z = 0.0;
+                for (int i = 0; i < hp->n_vocab; i++) z += exp((double)lg[i] - mx);
+                double l = mx + log(z) - lg[chunk[p + j + 1]];
+                nll += l;
+                nll2 += l * l;
+                count++;
+            }
+        }
+        double el = (now_ms() - t0) / 1e3;
+        fprintf(stderr, "[%lld]%.4f (%.1f s, %.0f tok/s)\n", (long long)c + 1, exp(nll / count), el,
+                (c + 1) * n_ctx / el);
+    }
+    double mean = nll / count, var = nll2 / count - mean * mean;
+    double ppl = exp(mean), se = ppl * sqrt(var > 0 ? var / (count - 1) : 0);
+    if (a->json)
+        printf("{\"ppl\": %.6f, \"ppl_stderr\": %.6f, \"tokens_scored\": %lld, \"chunks\": %lld, \"ctx\": %d}\n",
+               ppl, se, (long long)count, (long long)n_chunks, n_ctx);
+    else
+        printf("ppl = %.4f +/- %.4f\n", ppl, se);
+    rc = 0;
+    goto done;
+fwd_fail:
+    fprintf(stderr, "error: %s\n", err);
+done:
+    eng_seq_free(s);
+    free(chunk);
+    free(logits);
+    free(toks);
+    eng_model_free(m);
+    free(text);
+    return rc;
+}
+
+static int cmd_logits(const args *a) {
+    if (!a->tokens || !a->out) {
+        fprintf(stderr, "error: logits needs --tokens and --out\n");
+        return 1;
+    }
+    int64_t n;
+    int32_t *ids = parse_ids(a->tokens, &n);
+    if (!ids) return 1;
+    if (n == 0) {
+        fprintf(stderr, "error: no tokens\n");
+        free(ids);
+        return 1;
+    }
+    eng_model *m = load_model(a);
+    if (!m) { free(ids); return 1; }
+    const eng_hparams *hp = eng_model_hparams(m);
+    int rc = 1;
+    char err[512];
+    eng_seq *s = eng_seq_create(m, (int)n, err, sizeof err);
+    float *lg = malloc(sizeof(float) * n * hp->n_vocab);
+    if (!s || !lg) {
+        fprintf(stderr, "error: %s\n", s ? "out of memory" : err);
+    } else if (eng_forward(m, s, ids, (int)n, lg, true, err, sizeof err)) {
+        fprintf(stderr, "error: %s\n", err);
+    } else {
+        FILE *f = fopen(a->out, "wb");
+        if (!f || fwrite(lg, sizeof(float), n * hp->n_vocab, f) != (size_t)(n * hp->n_vocab) || fclose(f)) {
+            fprintf(stderr, "error: cannot write %s\n", a->out);
+        } else {
+            rc = 0;
+        }
+    }
+    free(lg);
+    eng_seq_free(s);
+    eng_model_free(m);
+    free(ids);
+    return rc;
+}
+
+static int cmd_info(const args *a) {
+    eng_model *m = load_model(a);
+    if (!m) return 1;
+    const eng_hparams *hp = eng_model_hparams(m);
+    printf("{\"arch\": \"%s\", \"n_vocab\": %d, \"n_ctx_train\": %d, \"n_embd\": %d, \"n_layer\": %d, "
+           "\"n_head\": %d, \"n_head_kv\": %d, \"head_dim\": %d, \"n_ff\": %d, \"rope_base\": %g, "
+           "\"rope_base_swa\": %g, \"sliding_window\": %d, \"bos\": %d, \"eos\": %d}\n",
+           hp->arch_name, hp->n_vocab, hp->n_ctx_train, hp->n_embd, hp->n_layer, hp->n_head,
+           hp->n_head_kv, hp->head_dim, hp->n_ff, hp->rope_base, hp->rope_base_swa,
+           hp->sliding_window, tok_bos(eng_model_vocab(m)), tok_eos(eng_model_vocab(m)));
+    eng_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage("");
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kvseek %s\n", KVSEEK_VERSION);
+        return 0;
+    }
+    static const struct { const char *name; int (*fn)(const args *); } cmds[] = {
+        {"generate", cmd_generate}, {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
+        {"perplexity", cmd_perplexity}, {"logits", cmd_logits}, {"info", cmd_info},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(argv[1], cmds[i].name)) continue;
+        args a;
+        if (parse_args(argc, argv, &a)) return 2;
+        if (a.help) {
+            usage(cmds[i].name);
+            return 0;
+        }
+        return cmds[i].fn(&a);
+    }
+    fprintf(stderr, "error: unknown command '%s' (see kvseek --help)\n", argv[1]);
+    return 2;
+}
