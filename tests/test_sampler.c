@@ -1,0 +1,107 @@
+/* Sampler behaviour a user sees: greedy picks the argmax, the same seed repeats the same
+ * choices, top-k/top-p/min-p never pick outside their sets, the empirical distribution at
+ * temperature 1 follows softmax, penalties steer away from repeated tokens. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "sampler.h"
+
+enum { V = 1000 };
+
+static void fill(float *l) {
+    for (int i = 0; i < V; i++) l[i] = -0.01f * i; /* token 0 most likely, decreasing */
+    l[500] = 3.0f;                                 /* a clear argmax in the middle */
+}
+
+int main(void) {
+    float l[V];
+    eng_sampler_params p = eng_sampler_default();
+    p.temperature = 0.0f;
+    eng_sampler *s = eng_sampler_create(&p, V);
+    fill(l);
+    float lp = 0;
+    CHECK(eng_sampler_sample(s, l, NULL, 0, &lp) == 500, "greedy picks the argmax");
+    CHECK(lp < 0 && lp > -2.0f, "logprob of the argmax is plausible: %f", lp);
+    eng_sampler_free(s);
+
+    /* same seed, same sequence; another seed, another sequence */
+    int a[64], b[64], c[64];
+    int *outs[3] = {a, b, c};
+    uint64_t seeds[3] = {42, 42, 43};
+    for (int r = 0; r < 3; r++) {
+        eng_sampler_params q = eng_sampler_default();
+        q.temperature = 1.5f; q.top_k = 0; q.top_p = 1.0f; q.min_p = 0.0f;
+        q.seed = seeds[r];
+        eng_sampler *t = eng_sampler_create(&q, V);
+        for (int i = 0; i < 64; i++) { fill(l); outs[r][i] = eng_sampler_sample(t, l, NULL, 0, NULL); }
+        eng_sampler_free(t);
+    }
+    CHECK(!memcmp(a, b, sizeof a), "same seed gives the same tokens");
+    CHECK(memcmp(a, c, sizeof a), "another seed gives other tokens");
+
+    /* top-k = 3: only the three largest logits (500, 0, 1) can appear */
+    {
+        eng_sampler_params q = eng_sampler_default();
+        q.temperature = 5.0f; q.top_k = 3; q.top_p = 1.0f; q.min_p = 0.0f; q.seed = 1;
+        eng_sampler *t = eng_sampler_create(&q, V);
+        int ok = 1, seen[3] = {0};
+        for (int i = 0; i < 2000; i++) {
+            fill(l);
+            int k = eng_sampler_sample(t, l, NULL, 0, NULL);
+            ok &= k == 500 || k == 0 || k == 1;
+            seen[k == 500 ? 0 : k == 0 ? 1 : 2]++;
+        }
+        CHECK(ok && seen[0] && seen[1] && seen[2], "top-k 3 stays in the top three and uses all");
+        eng_sampler_free(t);
+    }
+    /* top-p and min-p on a 4-token distribution with probabilities .5 .3 .15 .05 */
+    {
+        const double pr[4] = {0.5, 0.3, 0.15, 0.05};
+        for (int mode = 0; mode < 3; mode++) {
+            eng_sampler_params q = eng_sampler_default();
+            q.top_k = 0; q.top_p = 1.0f; q.min_p = 0.0f; q.temperature = 1.0f; q.seed = 7;
+            if (mode == 0) q.top_p = 0.75f;  /* keeps .5 .3 */
+            if (mode == 1) q.min_p = 0.25f;  /* keeps p >= .125: .5 .3 .15 */
+            eng_sampler *t = eng_sampler_create(&q, 4);
+            int cnt[4] = {0};
+            const int N = 40000;
+            for (int i = 0; i < N; i++) {
+                float x[4];
+                for (int j = 0; j < 4; j++) x[j] = (float)log(pr[j]);
+                cnt[eng_sampler_sample(t, x, NULL, 0, NULL)]++;
+            }
+            eng_sampler_free(t);
+            if (mode == 0) CHECK(cnt[2] == 0 && cnt[3] == 0 && fabs(cnt[0] / (double)N - 0.625) < 0.02,
+                                 "top-p 0.75: %d %d %d %d", cnt[0], cnt[1], cnt[2], cnt[3]);
+            if (mode == 1) CHECK(cnt[3] == 0 && cnt[2] > 0, "min-p 0.25: %d %d %d %d", cnt[0], cnt[1], cnt[2], cnt[3]);
+            if (mode == 2) {
+                int ok = 1;
+                for (int j = 0; j < 4; j++) ok &= fabs(cnt[j] / (double)N - pr[j]) < 0.015;
+                CHECK(ok, "temperature 1 follows softmax: %d %d %d %d", cnt[0], cnt[1], cnt[2], cnt[3]);
+            }
+        }
+    }
+    /* repetition penalty: a repeated argmax loses to the runner-up */
+    {
+        eng_sampler_params q = eng_sampler_default();
+        q.temperature = 0.0f; q.repeat_penalty = 2.0f;
+        eng_sampler *t = eng_sampler_create(&q, V);
+        fill(l);
+        l[0] = 2.0f; /* runner-up */
+        int32_t hist[2] = {500, 500};
+        float lp2;
+        int k = eng_sampler_sample(t, l, hist, 2, &lp2);
+        CHECK(k == 0, "repeat penalty moves greedy off the repeated token (got %d)", k);
+        eng_sampler_free(t);
+        q.repeat_penalty = 1.0f; q.presence_penalty = 2.0f;
+        t = eng_sampler_create(&q, V);
+        fill(l);
+        l[0] = 2.0f;
+        CHECK(eng_sampler_sample(t, l, hist, 2, NULL) == 0, "presence penalty steers away");
+        eng_sampler_free(t);
+    }
+    eng_sampler_free(NULL);
+    return check_summary("test_sampler");
+}
