@@ -11,10 +11,10 @@ else
 ARCHFLAGS ?= $(shell $(CC) -march=native -E -x c /dev/null >/dev/null 2>&1 && echo -march=native || echo -march=x86-64-v2)
 endif
 OPT     ?= -O3
-CFLAGS  ?= $(OPT) $(ARCHFLAGS) -g
+CFLAGS  ?= $(OPT) $(ARCHFLAGS) -g $(SAN)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -MMD -MP \
            -Iengine -Ikernels -Ikvcache -Iindex -Iserver
-LDLIBS  += -fopenmp -lcjson -lm
+LDLIBS  += $(SAN) -fopenmp -lcjson -lm
 MODEL   ?= models/gemma-3-270m-q4_k_m.gguf
 PYTHON  ?= python3
 
@@ -62,6 +62,14 @@ run: setup model all
 
 test: setup model all tiny
 	bash tests/run.sh $(BUILD) $(MODEL)
+
+# Address + undefined-behaviour sanitizers over the C unit tests (the Python differential tests
+# drive the optimised binary; they would only be slow under ASan).
+asan:
+	$(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    build/asan/kvseek $(TEST_BIN:$(BUILD)/%=build/asan/%)
+	@set -e; for t in build/asan/tests/test_*; do case $$t in *.d|*.log) continue;; esac; \
+	    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
 
 clean:
 	rm -rf $(BUILD)
