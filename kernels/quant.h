@@ -26,6 +26,10 @@ size_t krn_row_bytes(uint32_t type, int64_t n);
 float krn_f16_to_f32(uint16_t h);
 uint16_t krn_f32_to_f16(float f);   /* round to nearest even */
 float krn_bf16_to_f32(uint16_t h);
+/* The same conversions in portable bit manipulation (what the above use without F16C);
+ * exported so tests can compare them with the hardware path. */
+float krn_f16_to_f32_soft(uint16_t h);
+uint16_t krn_f32_to_f16_soft(float f);
 
 /* Dequantize n elements (multiple of the block size) starting at a block boundary. */
 void krn_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
@@ -42,5 +46,8 @@ void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
  * both row-major. Each weight row is decoded once per call and reused for every token. */
 void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
                 const float *X, int64_t n_tok, float *Y);
+/* krn_matmul keeps a scratch buffer per calling thread that grows to the largest call
+ * (about (n_tok + 33 * threads) * n_cols floats); this frees the calling thread's. */
+void krn_matmul_scratch_free(void);
 
 #endif
