@@ -1,6 +1,8 @@
 /* Tokenizer built from a GGUF file's tokenizer.ggml.* metadata: SentencePiece-style BPE with
  * byte fallback ("llama": gemma, llama2) and byte-level BPE with a pre-tokenizer split
- * ("gpt2": qwen2, llama3). Holds no pointers into the GGUF mapping after tok_load returns. */
+ * ("gpt2": qwen2, llama3), matching llama.cpp token for token. Holds no pointers into the GGUF
+ * mapping after tok_load returns. A loaded vocab is read-only: any number of threads may
+ * encode and decode with it at once. */
 #ifndef KVSEEK_TOK_H
 #define KVSEEK_TOK_H
 
@@ -19,6 +21,10 @@ typedef enum { TOK_MODEL_SPM = 1, TOK_MODEL_BPE = 2 } tok_model;
 
 typedef struct tok_vocab tok_vocab;
 
+/* Negative status codes of tok_encode. */
+enum { TOK_ERR_NOMEM = -1, TOK_ERR_ARG = -2 };
+const char *tok_strerror(int64_t code);
+
 /* Builds the vocabulary. NULL and a one-line reason in err when the metadata is missing,
  * inconsistent or of an unsupported tokenizer model. */
 tok_vocab *tok_load(const gguf_ctx *g, char *err, size_t errlen);
@@ -29,8 +35,10 @@ int32_t tok_n_vocab(const tok_vocab *v);
 int32_t tok_bos(const tok_vocab *v);   /* -1 when none */
 int32_t tok_eos(const tok_vocab *v);   /* -1 when none */
 bool tok_add_bos(const tok_vocab *v);
-/* True for tokens that end generation: EOS, EOT and the chat end markers the vocab has
- * (<end_of_turn>, <|im_end|>, <|eot_id|>, <|endoftext|>, <|end_of_text|>). */
+bool tok_add_eos(const tok_vocab *v);   /* add_special also appends EOS when this is set */
+int32_t tok_unk(const tok_vocab *v);    /* -1 when none */
+/* True for tokens that end generation: EOS, EOT, EOM and the chat end markers the vocab has
+ * (<end_of_turn>, <|im_end|>, <|eot_id|>, <|eom_id|>, <|endoftext|>, <|end_of_text|>). */
 bool tok_is_eog(const tok_vocab *v, int32_t id);
 tok_type tok_get_type(const tok_vocab *v, int32_t id);
 /* The vocabulary string of a token (NUL-terminated, owned by v); NULL when out of range. */
@@ -38,10 +46,11 @@ const char *tok_text(const tok_vocab *v, int32_t id);
 /* Exact lookup of a vocabulary string; -1 when absent. */
 int32_t tok_find(const tok_vocab *v, const char *text, size_t len);
 
-/* Encodes len bytes of text (any bytes, invalid UTF-8 included). add_special: prepend BOS when
- * the vocab asks for it. parse_special: recognise control tokens written in the text
- * (user-defined tokens are always recognised). Writes at most cap ids and returns the total
- * count, which may exceed cap (call again with a larger buffer); negative on error. */
+/* Encodes len bytes of text (any bytes, invalid UTF-8 included). add_special: prepend BOS (and
+ * append EOS) when the vocab asks for it. parse_special: recognise control tokens written in
+ * the text (user-defined tokens are always recognised). Writes at most cap ids and returns the
+ * total count, which may exceed cap (call again with a larger buffer); negative TOK_ERR_* on
+ * error. Linear-ish in len (n log n merges): a megabyte takes well under a second. */
 int64_t tok_encode(const tok_vocab *v, const char *text, size_t len, bool add_special,
                    bool parse_special, int32_t *out, int64_t cap);
 
@@ -50,8 +59,11 @@ int64_t tok_encode(const tok_vocab *v, const char *text, size_t len, bool add_sp
  * render_special. Writes at most cap bytes (no NUL) and returns the full length. */
 int tok_piece(const tok_vocab *v, int32_t id, bool render_special, char *buf, int cap);
 
-/* Concatenated pieces of ids; returns the full length (may exceed cap), writes at most cap
- * bytes plus a NUL when cap > 0. */
+/* Concatenated pieces of ids; returns the full length (not counting a NUL; may exceed cap).
+ * Like snprintf, writes at most cap bytes including a terminating NUL (when cap > 0). As in
+ * llama.cpp's detokenizer, when the vocab adds a space prefix the first token's piece loses its
+ * leading space. Unknown tokens render like control tokens; unused and out-of-range ids as
+ * nothing. */
 int64_t tok_decode(const tok_vocab *v, const int32_t *ids, int64_t n, bool render_special,
                    char *out, int64_t cap);
 
