@@ -12,7 +12,7 @@ run_one() {
   local name=$1; shift
   local t0=$(date +%s.%N)
   if "$@" > "$build/tests/$name.log" 2>&1; then
-    pass=$((pass+1)); printf 'ok    %-28s %6.1fs\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)"
+    pass=$((pass+1)); printf 'ok    %-28s %6.1fs\n' "$name" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')"
   else
     fail=$((fail+1)); failed+=("$name")
     printf 'FAIL  %-28s (log: %s)\n' "$name" "$build/tests/$name.log"
