@@ -14,6 +14,8 @@
 #include "ops.h"
 #include "quant.h"
 
+enum { LOGIT_GROUP = 32 }; /* rows per pass through the output matrix */
+
 typedef struct {
     uint32_t type;
     const void *data;
@@ -41,8 +43,11 @@ struct eng_model {
     const float *output_norm; /* (n_embd) */
     const float *rope_factors;/* (n_rot/2) or NULL */
     layer_w *layers;
-    /* workspace for one chunk of `chunk` tokens */
+    /* workspace for one chunk of `chunk` rows */
     int chunk;
+    eng_seq **row_seq;  /* (chunk) the sequence of each row */
+    int *row_pos;       /* (chunk) the position of each row in its sequence */
+    float *logits;      /* (LOGIT_GROUP, n_vocab) */
     float *x, *h, *q, *k, *v, *att, *o, *ff_g, *ff_u, *rope_cos, *rope_sin;
 };
 
@@ -235,7 +240,10 @@ static int alloc_workspace(eng_model *m) {
     m->ff_u = malloc(T * hp->n_ff * sizeof(float));
     m->rope_cos = malloc(T * 2 * hp->n_rot * sizeof(float));
     m->rope_sin = malloc(T * 2 * hp->n_rot * sizeof(float));
-    return m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
+    m->row_seq = malloc(T * sizeof *m->row_seq);
+    m->row_pos = malloc(T * sizeof *m->row_pos);
+    m->logits = malloc((size_t)LOGIT_GROUP * hp->n_vocab * sizeof(float));
+    return m->row_seq && m->row_pos && m->logits && m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
                    m->rope_cos && m->rope_sin ? 0 : -1;
 }
 
@@ -315,6 +323,7 @@ void eng_model_free(eng_model *m) {
     if (!m) return;
     free(m->x); free(m->h); free(m->q); free(m->k); free(m->v); free(m->att); free(m->o);
     free(m->ff_g); free(m->ff_u); free(m->rope_cos); free(m->rope_sin);
+    free(m->row_seq); free(m->row_pos); free(m->logits);
     free(m->layers);
     tok_free(m->vocab);
     gguf_close(m->g);
@@ -384,19 +393,20 @@ static void add_bias(float *y, const float *b, int T, int n) {
         for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 }
 
-/* Attention of the chunk's queries over the cache. Query t sits at position p0 + t and sees
- * keys [lo, p0 + t], lo = p0 + t - window + 1 on local layers. This is the call the offloaded
- * store and the selectors replace. */
-static void attend(const eng_model *m, const eng_seq *s, int layer, int p0, int T) {
+/* Attention of a chunk's rows over their sequences' caches. Row t sits at position pos[t] of
+ * its sequence and sees keys [lo, pos[t]], lo = pos[t] - window + 1 on local layers. This is the
+ * call the offloaded store and the selectors replace. */
+static void attend(const eng_model *m, int layer, int T) {
     const eng_hparams *hp = &m->hp;
     const int hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
     const int64_t kstride = (int64_t)hp->n_head_kv * hd, vstride = (int64_t)hp->n_head_kv * vd;
-    const float *K = s->k + layer * s->layer_stride, *V = s->v + layer * s->layer_stride;
     const int window = eng_layer_is_local(m, layer) ? hp->sliding_window : 0;
     #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int t = 0; t < T; t++) {
         for (int h = 0; h < nh; h++) {
-            const int p = p0 + t, kvh = h / group;
+            const eng_seq *s = m->row_seq[t];
+            const float *K = s->k + layer * s->layer_stride, *V = s->v + layer * s->layer_stride;
+            const int p = m->row_pos[t], kvh = h / group;
             int lo = window ? p - window + 1 : 0;
             if (lo < 0) lo = 0;
             float lse;
@@ -407,24 +417,25 @@ static void attend(const eng_model *m, const eng_seq *s, int layer, int p0, int 
     }
 }
 
-static void forward_chunk(eng_model *m, eng_seq *s, const int32_t *tokens, int T, float *logits,
-                          bool all_logits) {
+/* Runs rows [0, T) (T <= chunk); row_seq/row_pos are already filled. Logits of the rows that
+ * want them go through the output matrix in groups of LOGIT_GROUP rows. */
+static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
     const eng_hparams *hp = &m->hp;
     const int E = hp->n_embd, hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, nkv = hp->n_head_kv;
-    const int p0 = s->pos, half = hp->n_rot / 2;
+    const int half = hp->n_rot / 2;
     const size_t erow = krn_row_bytes(m->tok_embd.type, E);
 
     for (int t = 0; t < T; t++) {
         float *x = m->x + (size_t)t * E;
-        krn_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)tokens[t] * erow, x, E);
+        krn_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)rows[t].token * erow, x, E);
         if (hp->embd_scale != 1.0f)
             for (int i = 0; i < E; i++) x[i] *= hp->embd_scale;
     }
     /* rope tables: [t][0] global base, [t][1] local base */
     for (int t = 0; t < T; t++) {
         float *c = m->rope_cos + (size_t)t * 2 * half, *sn = m->rope_sin + (size_t)t * 2 * half;
-        krn_rope_angles(c, sn, p0 + t, hp->n_rot, hp->rope_base, hp->rope_freq_scale, m->rope_factors);
-        krn_rope_angles(c + half, sn + half, p0 + t, hp->n_rot, hp->rope_base_swa,
+        krn_rope_angles(c, sn, m->row_pos[t], hp->n_rot, hp->rope_base, hp->rope_freq_scale, m->rope_factors);
+        krn_rope_angles(c + half, sn + half, m->row_pos[t], hp->n_rot, hp->rope_base_swa,
                         hp->arch == ENG_ARCH_GEMMA3 ? 1.0f : hp->rope_freq_scale, m->rope_factors);
     }
 
@@ -439,7 +450,6 @@ static void forward_chunk(eng_model *m, eng_seq *s, const int32_t *tokens, int T
         add_bias(m->q, w->bq, T, nh * hd);
         add_bias(m->k, w->bk, T, nkv * hd);
         add_bias(m->v, w->bv, T, nkv * vd);
-        float *Kc = s->k + l * s->layer_stride, *Vc = s->v + l * s->layer_stride;
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++) {
             const float *c = m->rope_cos + (size_t)t * 2 * half + (local ? half : 0);
@@ -454,10 +464,12 @@ static void forward_chunk(eng_model *m, eng_seq *s, const int32_t *tokens, int T
                 if (w->k_norm) krn_rmsnorm(k, k, w->k_norm, hd, hp->eps);
                 krn_rope(k, hp->n_rot, c, sn, hp->rope_neox);
             }
-            memcpy(Kc + (size_t)(p0 + t) * nkv * hd, m->k + (size_t)t * nkv * hd, sizeof(float) * nkv * hd);
-            memcpy(Vc + (size_t)(p0 + t) * nkv * vd, m->v + (size_t)t * nkv * vd, sizeof(float) * nkv * vd);
+            eng_seq *s = m->row_seq[t];
+            float *Kc = s->k + l * s->layer_stride, *Vc = s->v + l * s->layer_stride;
+            memcpy(Kc + (size_t)m->row_pos[t] * nkv * hd, m->k + (size_t)t * nkv * hd, sizeof(float) * nkv * hd);
+            memcpy(Vc + (size_t)m->row_pos[t] * nkv * vd, m->v + (size_t)t * nkv * vd, sizeof(float) * nkv * vd);
         }
-        attend(m, s, l, p0, T);
+        attend(m, l, T);
         matmul(&w->wo, m->att, T, m->o);
         for (int t = 0; t < T; t++) {
             float *o = m->o + (size_t)t * E, *x = m->x + (size_t)t * E;
@@ -478,17 +490,74 @@ static void forward_chunk(eng_model *m, eng_seq *s, const int32_t *tokens, int T
             for (int i = 0; i < E; i++) x[i] += o[i];
         }
     }
-    s->pos += T;
-    if (!logits) return;
     /* only the rows whose logits are wanted go through the (large) output matrix */
-    const int first = all_logits ? 0 : T - 1, nt = T - first;
-    for (int t = first; t < T; t++)
-        krn_rmsnorm(m->h + (size_t)(t - first) * E, m->x + (size_t)t * E, m->output_norm, E, hp->eps);
-    matmul(&m->output, m->h, nt, logits);
-    if (hp->final_softcap > 0.0f) {
-        const float c = hp->final_softcap;
-        for (size_t i = 0; i < (size_t)nt * hp->n_vocab; i++) logits[i] = c * tanhf(logits[i] / c);
+    int want[LOGIT_GROUP], nw = 0;
+    for (int t = 0; t <= T; t++) {
+        if (t < T && rows[t].logits) {
+            krn_rmsnorm(m->h + (size_t)nw * E, m->x + (size_t)t * E, m->output_norm, E, hp->eps);
+            want[nw++] = t;
+        }
+        if (nw == LOGIT_GROUP || (t == T && nw > 0)) {
+            matmul(&m->output, m->h, nw, m->logits);
+            for (int j = 0; j < nw; j++) {
+                float *dst = rows[want[j]].logits;
+                const float *src = m->logits + (size_t)j * hp->n_vocab;
+                if (hp->final_softcap > 0.0f) {
+                    const float c = hp->final_softcap;
+                    for (int i = 0; i < hp->n_vocab; i++) dst[i] = c * tanhf(src[i] / c);
+                } else {
+                    memcpy(dst, src, sizeof(float) * hp->n_vocab);
+                }
+            }
+            nw = 0;
+        }
     }
+}
+
+int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err, size_t errlen) {
+    if (n <= 0) {
+        set_err(err, errlen, "no tokens to evaluate");
+        return -1;
+    }
+    /* validate everything first so that an error leaves every sequence unchanged */
+    for (int i = 0; i < n; ) {
+        eng_seq *s = rows[i].seq;
+        if (!s || s->m != m) {
+            set_err(err, errlen, "batch row %d has no sequence of this model", i);
+            return -1;
+        }
+        int j = i;
+        while (j < n && rows[j].seq == s) {
+            if (rows[j].token < 0 || rows[j].token >= m->hp.n_vocab) {
+                set_err(err, errlen, "token id %d at index %d is out of range [0, %d)", rows[j].token, j,
+                        m->hp.n_vocab);
+                return -1;
+            }
+            j++;
+        }
+        if (j - i > s->n_ctx - s->pos) {
+            set_err(err, errlen, "context full: %d tokens in the cache, %d more requested, capacity %d",
+                    s->pos, j - i, s->n_ctx);
+            return -1;
+        }
+        for (int k = j; k < n; k++) {
+            if (rows[k].seq == s) {
+                set_err(err, errlen, "batch rows of one sequence must be consecutive (row %d)", k);
+                return -1;
+            }
+        }
+        i = j;
+    }
+    for (int i = 0; i < n; i += m->chunk) {
+        int T = n - i < m->chunk ? n - i : m->chunk;
+        for (int t = 0; t < T; t++) {
+            eng_seq *s = rows[i + t].seq;
+            m->row_seq[t] = s;
+            m->row_pos[t] = s->pos++;
+        }
+        forward_chunk(m, rows + i, T);
+    }
+    return 0;
 }
 
 int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *logits,
@@ -497,24 +566,19 @@ int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *l
         set_err(err, errlen, "no tokens to evaluate");
         return -1;
     }
-    if (n > s->n_ctx - s->pos) {
-        set_err(err, errlen, "context full: %d tokens in the cache, %d more requested, capacity %d",
-                s->pos, n, s->n_ctx);
+    eng_batch_row *rows = malloc(sizeof *rows * (size_t)n);
+    if (!rows) {
+        set_err(err, errlen, "out of memory");
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab) {
-            set_err(err, errlen, "token id %d at index %d is out of range [0, %d)", tokens[i], i,
-                    m->hp.n_vocab);
-            return -1;
-        }
+        rows[i].seq = s;
+        rows[i].token = tokens[i];
+        rows[i].logits = NULL;
+        if (logits && all_logits) rows[i].logits = logits + (size_t)i * m->hp.n_vocab;
     }
-    for (int i = 0; i < n; i += m->chunk) {
-        int T = n - i < m->chunk ? n - i : m->chunk;
-        float *lg = NULL;
-        if (logits && all_logits) lg = logits + (size_t)i * m->hp.n_vocab;
-        else if (logits && i + T == n) lg = logits;
-        forward_chunk(m, s, tokens + i, T, lg, all_logits);
-    }
-    return 0;
+    if (logits && !all_logits) rows[n - 1].logits = logits;
+    int rc = eng_forward_batch(m, rows, n, err, errlen);
+    free(rows);
+    return rc;
 }

@@ -64,6 +64,20 @@ int eng_seq_capacity(const eng_seq *s);
 void eng_seq_reset(eng_seq *s);         /* forget all tokens */
 size_t eng_seq_bytes(const eng_seq *s); /* KV memory held */
 
+/* One row of a batch: the next token of a sequence. Rows of one sequence must be consecutive
+ * and in order; each takes the sequence's next position, and sees the rows before it. */
+typedef struct {
+    eng_seq *seq;
+    int32_t token;
+    float *logits; /* NULL: none; else receives n_vocab floats for this row */
+} eng_batch_row;
+
+/* Runs a batch that may mix sequences (continuous batching: several decoding sequences and a
+ * prefill slice in one pass). Every weight matrix is read once per `chunk` rows. Each row's
+ * result is the same whatever else is in the batch (bit-identical when the matmul kernels are
+ * batch-invariant). Returns 0, or -1 with a reason in err; on error no sequence changes. */
+int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err, size_t errlen);
+
 /* Appends n tokens to the sequence and runs them through the model in chunks.
  * logits: NULL for none; else receives n_vocab floats for the last token, or n * n_vocab for
  * every token when all_logits. Returns 0, or -1 with a reason in err (ids out of range,
