@@ -27,7 +27,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/tool_*.c)
 TOOL_BIN := $(TOOL_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all run test setup model tiny clean asan
+.PHONY: all run test setup model model-qwen2 tiny clean asan
 all: $(BUILD)/kvseek $(TEST_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c
@@ -50,6 +50,10 @@ setup:
 
 model:
 	bash scripts/fetch_model.sh
+
+# optional: a real qwen2 model (0.5B) for the byte-level BPE and qwen2 checks in tests/test_cli.py
+model-qwen2:
+	bash scripts/fetch_model.sh qwen2
 
 tiny: $(BUILD)/tiny/.stamp
 $(BUILD)/tiny/.stamp: tests/make_tiny.py
