@@ -107,5 +107,19 @@ check(one_line_error(rc, err), "out-of-range id is a one-line error")
 rc, _, err = run("generate", "-m", MODEL, "-p", "word " * 200, "-n", "4", "--ctx-size", "50")
 check(one_line_error(rc, err), "prompt longer than --ctx-size is a one-line error")
 
+# --- optional real qwen2 model (make model-qwen2): byte-level BPE and the qwen2 forward pass ---
+QWEN = os.path.join(os.path.dirname(MODEL) or ".", "qwen2.5-coder-0.5b-instruct.gguf")
+if os.path.exists(QWEN):
+    # recorded from llama.cpp (llama-cpp-python 0.3.36, same file, greedy)
+    QWEN_GREEDY = [198, 262, 421, 308, 2651, 220, 15, 510, 286, 470, 330, 7928, 1946, 698, 262, 4409,
+                   308, 621, 220, 16, 510, 286, 470, 220]
+    rc, out, _ = run("generate", "-m", QWEN, "-p", "def fibonacci(n):", "-n", "24", "--temp", "0", "--json")
+    js = json.loads(out) if rc == 0 else {}
+    check(js.get("tokens") == QWEN_GREEDY, f"qwen2 greedy tokens equal llama.cpp's: {js.get('text')!r}")
+    rc, out, _ = run("tokenize", "-m", QWEN, "-p", "def fibonacci(n):")
+    check(rc == 0 and json.loads(out) == [750, 75698, 1445, 1648], "qwen2 prompt tokens equal llama.cpp's (no BOS)")
+else:
+    print(f"skipped: no qwen2 model at {QWEN} (make model-qwen2)")
+
 print(f"test_cli: {failures} failed")
 sys.exit(1 if failures else 0)
