@@ -1,9 +1,14 @@
-/* Element types and their block layouts (ggml numbering): f16/bf16 conversion, per-block
- * decoders, dot products against f32 activations, and the matrix-vector product of decode.
- * All arithmetic is f32 on decoded weights: the reference other backends are checked against. */
+/* Element types and their block layouts (ggml numbering): the type table, f16/bf16 conversion,
+ * the per-block decoders, and every product of weight rows with f32 activations -- krn_vec_dot,
+ * krn_matvec for decode and krn_matmul_f32, the core of krn_matmul (matmul.c) -- all summed in
+ * one order, so that a token's outputs are the same bits whether it runs alone or at any
+ * position of any batch, on any number of threads: a request with a fixed seed generates the
+ * same text however the server batches it. All arithmetic is f32 on decoded weights: the
+ * reference other backends are checked against. */
 #include "quant.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #if defined(__AVX2__) || defined(__F16C__)
@@ -403,152 +408,346 @@ deq_blocks(block_dec dec, int bs, size_t bb, const uint8_t *s, float *dst, int64
     for (int64_t i = 0; i < n / bs; i++) dec(s + i * bb, dst + i * bs);
 }
 
+/* Row decoders: n elements (a multiple of the block size) from a block boundary. */
+typedef void (*row_dec)(const uint8_t *, float *, int64_t);
+static void run_f32(const uint8_t *s, float *y, int64_t n) { memcpy(y, s, (size_t)n * 4); }
+static void run_q4_0(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q4_0, 32, 18, s, y, n); }
+static void run_q4_1(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q4_1, 32, 20, s, y, n); }
+static void run_q5_0(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q5_0, 32, 22, s, y, n); }
+static void run_q5_1(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q5_1, 32, 24, s, y, n); }
+static void run_q8_0(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q8_0, 32, 34, s, y, n); }
+static void run_q4_k(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q4_k, QK_K, 144, s, y, n); }
+static void run_q5_k(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q5_k, QK_K, 176, s, y, n); }
+static void run_q6_k(const uint8_t *s, float *y, int64_t n) { deq_blocks(dec_q6_k, QK_K, 210, s, y, n); }
+
 void krn_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
     const uint8_t *s = src;
     switch (type) {
-    case KRN_TYPE_F32: memcpy(dst, src, (size_t)n * 4); return;
+    case KRN_TYPE_F32: run_f32(s, dst, n); return;
     case KRN_TYPE_F16: dec_f16_n(s, dst, n); return;
     case KRN_TYPE_BF16: dec_bf16_n(s, dst, n); return;
-    case KRN_TYPE_Q4_0: deq_blocks(dec_q4_0, 32, 18, s, dst, n); return;
-    case KRN_TYPE_Q4_1: deq_blocks(dec_q4_1, 32, 20, s, dst, n); return;
-    case KRN_TYPE_Q5_0: deq_blocks(dec_q5_0, 32, 22, s, dst, n); return;
-    case KRN_TYPE_Q5_1: deq_blocks(dec_q5_1, 32, 24, s, dst, n); return;
-    case KRN_TYPE_Q8_0: deq_blocks(dec_q8_0, 32, 34, s, dst, n); return;
-    case KRN_TYPE_Q4_K: deq_blocks(dec_q4_k, QK_K, 144, s, dst, n); return;
-    case KRN_TYPE_Q5_K: deq_blocks(dec_q5_k, QK_K, 176, s, dst, n); return;
-    case KRN_TYPE_Q6_K: deq_blocks(dec_q6_k, QK_K, 210, s, dst, n); return;
+    case KRN_TYPE_Q4_0: run_q4_0(s, dst, n); return;
+    case KRN_TYPE_Q4_1: run_q4_1(s, dst, n); return;
+    case KRN_TYPE_Q5_0: run_q5_0(s, dst, n); return;
+    case KRN_TYPE_Q5_1: run_q5_1(s, dst, n); return;
+    case KRN_TYPE_Q8_0: run_q8_0(s, dst, n); return;
+    case KRN_TYPE_Q4_K: run_q4_k(s, dst, n); return;
+    case KRN_TYPE_Q5_K: run_q5_k(s, dst, n); return;
+    case KRN_TYPE_Q6_K: run_q6_k(s, dst, n); return;
     default:
         /* unsupported types are rejected at model load; NaN makes a slip visible */
         for (int64_t i = 0; i < n; i++) dst[i] = NAN;
     }
 }
 
-/* ---- dot products --------------------------------------------------------------------- */
+/* ==== products with f32 activations ======================================================= */
 
-/* sum a[i] * b[i] for n a multiple of 32 (AVX-512 / AVX2) or any n (plain C). */
-static inline float dot_f32(const float *a, const float *b, int64_t n) {
-    int64_t i = 0;
-    float s = 0.0f;
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- the summation order ----------------------------------------------------------------
+ * dot(w, x) over n columns, for every output:
+ *     acc = 0                                                     (VL lanes)
+ *     for each piece p = 0, 1, ... of VL consecutive columns, the last one zero-padded:
+ *         acc[l] = fma(w[p·VL + l], x[p·VL + l], acc[l])          for every lane l
+ *     result = fold(acc): lane l += lane l + VL/2 for l < VL/2, then the same on the lower
+ *              half, and so on down to lane 0.
+ * Callers group rows and tokens into tiles of any shape and may split the columns into chunks
+ * at multiples of VL, carrying acc over; they never reorder the pieces of one output. VL is 16
+ * with AVX-512 and 8 otherwise: builds for different CPUs may differ in the last bits, one
+ * build never does. */
+
 #if defined(__AVX512F__)
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#define VL 16
+typedef __m512 vf;
+static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+/* the first n < VL floats, the rest zero (nothing past p + n is read) */
+static inline vf vf_load_part(const float *p, int n) {
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline float vf_fold(vf v) {
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), hi);              /* l + (l + 8) */
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));                                 /* l + (l + 2) */
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));                /* 0 + 1 */
+}
 #elif defined(__AVX2__) && defined(__FMA__)
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    __m256 t = _mm256_add_ps(s0, s1);
-    __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    u = _mm_add_ps(u, _mm_movehl_ps(u, u));
-    u = _mm_add_ss(u, _mm_movehdup_ps(u));
-    s = _mm_cvtss_f32(u);
+#define VL 8
+typedef __m256 vf;
+static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline vf vf_load_part(const float *p, int n) {
+    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
+}
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float vf_fold(vf v) {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
 #else
-    /* 16 independent partial sums: vectorizable without reassociation flags */
-    float acc[16] = {0};
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
-    for (int l = 0; l < 16; l++) s += acc[l];
+#define VL 8
+typedef struct { float v[VL]; } vf;
+static inline vf vf_zero(void) { vf a = {{0}}; return a; }
+static inline vf vf_load(const float *p) { vf a; memcpy(a.v, p, sizeof a.v); return a; }
+static inline vf vf_load_part(const float *p, int n) {
+    vf a = {{0}};
+    memcpy(a.v, p, (size_t)n * sizeof(float));
+    return a;
+}
+static inline vf vf_fma(vf a, vf b, vf c) {
+    /* fused where the hardware fuses, else two roundings; the same choice in every path */
+    for (int l = 0; l < VL; l++)
+#ifdef FP_FAST_FMAF
+        c.v[l] = fmaf(a.v[l], b.v[l], c.v[l]);
+#else
+        c.v[l] = a.v[l] * b.v[l] + c.v[l];
 #endif
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
+    return c;
+}
+static inline float vf_fold(vf a) {
+    for (int h = VL / 2; h > 0; h /= 2)
+        for (int l = 0; l < h; l++) a.v[l] += a.v[l + h];
+    return a.v[0];
+}
+#endif
+
+/* ---- micro-kernels ----------------------------------------------------------------------
+ * A register tile of KR weight rows × up to KT tokens, one accumulator each. AVX-512: 24 zmm
+ * accumulators, 4 weight vectors and 1 token vector; AVX2: 12 + 3 + 1 of the 16 ymm. */
+#if defined(__AVX512F__)
+#define KR 4
+#define KT 6
+#elif defined(__AVX2__) && defined(__FMA__)
+#define KR 3
+#define KT 4
+#else
+#define KR 2
+#define KT 2
+#endif
+
+/* acc[t][r] += the pieces of columns [0, n) of row w[r] times x row t (rows ldx floats apart),
+ * r < KR, t < nt. n is a multiple of VL except in a row's last chunk. nt is a compile-time
+ * constant at every call site, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void
+tile_acc(int nt, const float *const w[KR], const float *x, int64_t ldx, int64_t n,
+         vf acc[KT][KR]) {
+    vf c[KT][KR], wv[KR];
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < KR; r++) c[t][r] = acc[t][r];
+    int64_t k = 0;
+    for (; k + VL <= n; k += VL) {
+        for (int r = 0; r < KR; r++) wv[r] = vf_load(w[r] + k);
+        for (int t = 0; t < nt; t++) {
+            vf xv = vf_load(x + t * ldx + k);
+            for (int r = 0; r < KR; r++) c[t][r] = vf_fma(wv[r], xv, c[t][r]);
+        }
+    }
+    if (k < n) {   /* zero-padded last piece */
+        int m = (int)(n - k);
+        for (int r = 0; r < KR; r++) wv[r] = vf_load_part(w[r] + k, m);
+        for (int t = 0; t < nt; t++) {
+            vf xv = vf_load_part(x + t * ldx + k, m);
+            for (int r = 0; r < KR; r++) c[t][r] = vf_fma(wv[r], xv, c[t][r]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < KR; r++) acc[t][r] = c[t][r];
 }
 
 #if defined(__AVX512F__)
-typedef __m512 vacc;
-static inline vacc vacc_zero(void) { return _mm512_setzero_ps(); }
-/* acc += a[0..31] * b[0..31] */
-static inline vacc vacc_fma32(vacc acc, const float *a, const float *b) {
-    acc = _mm512_fmadd_ps(_mm512_load_ps(a), _mm512_loadu_ps(b), acc);
-    return _mm512_fmadd_ps(_mm512_load_ps(a + 16), _mm512_loadu_ps(b + 16), acc);
+/* Folds 16 (or 8) accumulators at once by the same additions as vf_fold, each pair of shuffles
+ * lining up the two operands of one step for several accumulators. fold16: lane 4q + j of the
+ * result is vf_fold(v[4j + q]). fold8: lanes 4q and 4q + 1 are vf_fold(v[q]), vf_fold(v[4 + q]). */
+static inline void fold_steps(__m512 *v, int n) {
+    for (int i = 0; i < n / 2; i++)     /* v[2i] lanes l + (l + 8), then v[2i + 1] */
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    for (int i = 0; i < n / 4; i++)     /* quarter j: input 4i + j, lanes l + (l + 4) */
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xdd));
+    for (int i = 0; i < n / 8; i++)     /* quarter q: inputs 8i + q, 8i + 4 + q, lanes l + (l + 2) */
+        v[i] = _mm512_add_ps(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], 0xee));
 }
-static inline float vacc_sum(vacc a) { return _mm512_reduce_add_ps(a); }
-#else
-typedef struct { float v[16]; } vacc;
-static inline vacc vacc_zero(void) { vacc a = {{0}}; return a; }
-static inline vacc vacc_fma32(vacc acc, const float *a, const float *b) {
-    for (int l = 0; l < 16; l++) acc.v[l] += a[l] * b[l] + a[l + 16] * b[l + 16];
-    return acc;
+static inline __m512 fold16(__m512 v[16]) {
+    fold_steps(v, 16);
+    return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xdd));
 }
-static inline float vacc_sum(vacc a) {
-    float s = 0.0f;
-    for (int l = 0; l < 16; l++) s += a.v[l];
-    return s;
+static inline __m512 fold8(__m512 v[8]) {
+    fold_steps(v, 8);
+    return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[0], 0x88), _mm512_shuffle_ps(v[0], v[0], 0xdd));
 }
 #endif
 
-/* Decode up to 256 elements (one K-quant block or eight 32-element blocks) into a small
- * aligned buffer, then multiply-add it with x; one specialised loop per type, as above.
- * Two accumulators alternate across 32-element pieces to hide FMA latency. */
-static inline __attribute__((always_inline)) float
-dot_blocks(block_dec dec, int bs, size_t bb, const uint8_t *s, const float *x, int64_t n) {
-    _Alignas(64) float buf[256];
-    vacc a0 = vacc_zero(), a1 = vacc_zero();
-    for (int64_t i = 0; i < n; i += 256) {
-        int m = n - i < 256 ? (int)(n - i) : 256, j;
-        for (j = 0; j < m; j += bs) dec(s + (i + j) / bs * bb, buf + j);
-        for (j = 0; j + 64 <= m; j += 64) {
-            a0 = vacc_fma32(a0, buf + j, x + i + j);
-            a1 = vacc_fma32(a1, buf + j + 32, x + i + j + 32);
+/* y[t * ldy + r] = vf_fold(acc[t][r]) for t < nt, r < nr_out <= KR. */
+static inline __attribute__((always_inline)) void
+tile_store(int nt, vf acc[KT][KR], float *y, int64_t ldy, int nr_out) {
+#if defined(__AVX512F__) && KR == 4
+    __mmask8 m = (__mmask8)((1u << nr_out) - 1);
+    int t0 = 0;
+    for (; t0 + 2 < nt; t0 += 4) {   /* 3 or 4 tokens × 4 rows: fold16 */
+        __m512 v[16];
+        for (int r = 0; r < 4; r++)
+            for (int q = 0; q < 4; q++) v[4 * r + q] = t0 + q < nt ? acc[t0 + q][r] : vf_zero();
+        __m512 f = fold16(v);   /* quarter q: token t0 + q, rows 0..3 */
+        _mm_mask_storeu_ps(y + t0 * ldy, m, _mm512_castps512_ps128(f));
+        _mm_mask_storeu_ps(y + (t0 + 1) * ldy, m, _mm512_extractf32x4_ps(f, 1));
+        _mm_mask_storeu_ps(y + (t0 + 2) * ldy, m, _mm512_extractf32x4_ps(f, 2));
+        if (t0 + 3 < nt) _mm_mask_storeu_ps(y + (t0 + 3) * ldy, m, _mm512_extractf32x4_ps(f, 3));
+    }
+    if (t0 < nt) {                   /* 1 or 2 tokens × 4 rows: fold8 */
+        __m512 v[8];
+        for (int r = 0; r < 4; r++) {
+            v[r] = acc[t0][r];
+            v[4 + r] = t0 + 1 < nt ? acc[t0 + 1][r] : vf_zero();
         }
-        if (j < m) a0 = vacc_fma32(a0, buf + j, x + i + j);
+        __m512 f = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0),
+                                         fold8(v));   /* quarter q: token t0 + q, rows 0..3 */
+        _mm_mask_storeu_ps(y + t0 * ldy, m, _mm512_castps512_ps128(f));
+        if (t0 + 1 < nt) _mm_mask_storeu_ps(y + (t0 + 1) * ldy, m, _mm512_extractf32x4_ps(f, 1));
     }
-    return vacc_sum(a0) + vacc_sum(a1);
+#else
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < nr_out; r++) y[t * ldy + r] = vf_fold(acc[t][r]);
+#endif
 }
 
-/* f16 / bf16 rows: decode 256 at a time, then the f32 dot. */
-static float dot_half(uint32_t type, const uint8_t *s, const float *x, int64_t n) {
-    _Alignas(64) float buf[256];
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; i += 256) {
-        int64_t m = n - i < 256 ? n - i : 256;
-        if (type == KRN_TYPE_F16) dec_f16_n(s + 2 * i, buf, m);
-        else dec_bf16_n(s + 2 * i, buf, m);
-        sum += dot_f32(buf, x + i, m);
+/* ---- one token: vec_dot and matvec -----------------------------------------------------
+ * Rows go KR at a time: MV_CHUNK columns of each are decoded into a buffer that stays in L1 and
+ * added into that row's accumulator, then the next MV_CHUNK. Decode is memory-bound: the same
+ * columns of the next group are prefetched as these are decoded (the hardware prefetcher alone
+ * leaves the decode waiting). */
+#define MV_CHUNK 256   /* a multiple of every block size and of VL */
+
+/* acc[0][r] += row r of the nr <= KR consecutive rows at w (rb bytes each) times x, over n
+ * columns; `run` is a compile-time constant after inlining. Rows past nr repeat row 0 and are
+ * ignored. pf: prefetch distance in bytes, 0 for none. */
+static inline __attribute__((always_inline)) void
+mv_group(row_dec run, int bs, size_t bb, const uint8_t *w, size_t rb, int nr, const float *x,
+         int64_t n, size_t pf, vf acc[KT][KR]) {
+    _Alignas(64) float buf[KR][MV_CHUNK];
+    const float *rows[KR];
+    for (int r = 0; r < KR; r++) rows[r] = buf[r < nr ? r : 0];
+    for (int64_t i = 0; i < n; i += MV_CHUNK) {
+        int64_t m = min64(MV_CHUNK, n - i);
+        size_t off = (size_t)(i / bs) * bb, cb = (size_t)(m / bs) * bb;
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *src = w + r * rb + off;
+            for (size_t o = 0; pf && o < cb; o += 64) __builtin_prefetch(src + pf + o, 0, 3);
+            run(src, buf[r], m);
+        }
+        tile_acc(1, rows, x + i, 0, m, acc);
     }
-    return sum;
 }
 
-float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n) {
-    const uint8_t *s = row;
+static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, const float *x,
+                        int64_t n, size_t pf, vf acc[KT][KR]) {
     switch (type) {
-    case KRN_TYPE_F32: return dot_f32(row, x, n);
-    case KRN_TYPE_F16:
-    case KRN_TYPE_BF16: return dot_half(type, s, x, n);
-    case KRN_TYPE_Q4_0: return dot_blocks(dec_q4_0, 32, 18, s, x, n);
-    case KRN_TYPE_Q4_1: return dot_blocks(dec_q4_1, 32, 20, s, x, n);
-    case KRN_TYPE_Q5_0: return dot_blocks(dec_q5_0, 32, 22, s, x, n);
-    case KRN_TYPE_Q5_1: return dot_blocks(dec_q5_1, 32, 24, s, x, n);
-    case KRN_TYPE_Q8_0: return dot_blocks(dec_q8_0, 32, 34, s, x, n);
-    case KRN_TYPE_Q4_K: return dot_blocks(dec_q4_k, QK_K, 144, s, x, n);
-    case KRN_TYPE_Q5_K: return dot_blocks(dec_q5_k, QK_K, 176, s, x, n);
-    case KRN_TYPE_Q6_K: return dot_blocks(dec_q6_k, QK_K, 210, s, x, n);
-    default: return NAN;
+    case KRN_TYPE_F32: mv_group(run_f32, 1, 4, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_F16: mv_group(dec_f16_n, 1, 2, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_BF16: mv_group(dec_bf16_n, 1, 2, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q4_0: mv_group(run_q4_0, 32, 18, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q4_1: mv_group(run_q4_1, 32, 20, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q5_0: mv_group(run_q5_0, 32, 22, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q5_1: mv_group(run_q5_1, 32, 24, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q8_0: mv_group(run_q8_0, 32, 34, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q4_K: mv_group(run_q4_k, QK_K, 144, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q5_K: mv_group(run_q5_k, QK_K, 176, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q6_K: mv_group(run_q6_k, QK_K, 210, w, rb, nr, x, n, pf, acc); break;
+    default: break;   /* callers check the type */
     }
 }
-
-/* ---- matrix-vector -------------------------------------------------------------------- */
-
-#define PF_BYTES 2048
 
 void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
                 const float *x, float *y) {
+    if (n_rows <= 0) return;
+    if (!krn_type_supported(type)) {
+        for (int64_t r = 0; r < n_rows; r++) y[r] = NAN;
+        return;
+    }
     const uint8_t *w = W;
     size_t rb = krn_row_bytes(type, n_cols);
+    int64_t n_grp = (n_rows + KR - 1) / KR;
     /* below ~64K weights the fork/join costs more than it saves */
     #pragma omp parallel for schedule(static) if (n_rows * n_cols >= 65536)
-    for (int64_t r = 0; r < n_rows; r++) {
-#if defined(__AVX2__)
-        /* the weights stream from DRAM once: ask for the row PF_BYTES ahead while this one
-         * is computed (the hardware prefetcher alone leaves the decode waiting) */
-        size_t ahead = (size_t)r * rb + PF_BYTES;
-        for (size_t o = 0; o < rb && ahead + o < (size_t)n_rows * rb; o += 64)
-            _mm_prefetch((const char *)w + ahead + o, _MM_HINT_T0);
-#endif
-        y[r] = krn_vec_dot(type, w + (size_t)r * rb, x, n_cols);
+    for (int64_t g = 0; g < n_grp; g++) {
+        int64_t r0 = g * KR;
+        int nr = (int)min64(KR, n_rows - r0);
+        size_t pf = r0 + 2 * KR <= n_rows ? KR * rb : 0;   /* the next group, if whole */
+        vf acc[KT][KR];
+        for (int r = 0; r < KR; r++) acc[0][r] = vf_zero();
+        mv_dispatch(type, w + (size_t)r0 * rb, rb, nr, x, n_cols, pf, acc);
+        for (int r = 0; r < nr; r++) y[r0 + r] = vf_fold(acc[0][r]);
     }
+}
+
+float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n) {
+    float y;
+    krn_matvec(type, row, 1, n, x, &y);
+    return y;
+}
+
+/* ---- many tokens: the f32 core of krn_matmul -------------------------------------------
+ * Rows go MR_F32 at a time (a tile that stays in L2), tokens KT at a time: the tokens' columns
+ * stay in L1 while the tile's rows stream past, KR per micro-kernel call. Columns go in passes
+ * of KC (each block's accumulators kept in between) so that long rows do not push the tokens
+ * out of L1. */
+#define MR_F32 (KR * (128 / KR))
+#define KC 1024
+
+/* y rows (ldy floats apart, one per token) of the nt tokens at x (rows ldx apart) against the
+ * nr <= MR_F32 rows at w (ldw apart), n columns. Rows past nr in the last block repeat row
+ * nr - 1 and are dropped. */
+static inline __attribute__((always_inline)) void
+tokens_run(int nt, const float *w, int64_t ldw, int nr, const float *x, int64_t ldx, int64_t n,
+           float *y, int64_t ldy, vf (*acc)[KT][KR]) {
+    int n_blk = (nr + KR - 1) / KR;
+    for (int64_t k0 = 0; k0 == 0 || k0 < n; k0 += KC) {   /* one pass even when n = 0 */
+        int64_t kc = min64(KC, n - k0);
+        bool first = k0 == 0, last = k0 + kc == n;
+        for (int i = 0; i < n_blk; i++) {
+            const float *rows[KR];
+            for (int r = 0; r < KR; r++) rows[r] = w + min64(i * KR + r, nr - 1) * ldw + k0;
+            vf c[KT][KR];
+            for (int t = 0; t < nt; t++)
+                for (int r = 0; r < KR; r++) c[t][r] = first ? vf_zero() : acc[i][t][r];
+            tile_acc(nt, rows, x + k0, ldx, kc, c);
+            if (last) {
+                tile_store(nt, c, y + i * KR, ldy, nr - i * KR < KR ? nr - i * KR : KR);
+            } else {
+                for (int t = 0; t < nt; t++)
+                    for (int r = 0; r < KR; r++) acc[i][t][r] = c[t][r];
+            }
+        }
+    }
+}
+
+static void tokens_dispatch(int nt, const float *w, int64_t ldw, int nr, const float *x,
+                            int64_t ldx, int64_t n, float *y, int64_t ldy, vf (*acc)[KT][KR]) {
+    switch (nt) {
+    case 1: tokens_run(1, w, ldw, nr, x, ldx, n, y, ldy, acc); break;
+    case 2: tokens_run(2, w, ldw, nr, x, ldx, n, y, ldy, acc); break;
+#if KT >= 4
+    case 3: tokens_run(3, w, ldw, nr, x, ldx, n, y, ldy, acc); break;
+    case 4: tokens_run(4, w, ldw, nr, x, ldx, n, y, ldy, acc); break;
+#endif
+#if KT >= 6
+    case 5: tokens_run(5, w, ldw, nr, x, ldx, n, y, ldy, acc); break;
+    case 6: tokens_run(6, w, ldw, nr, x, ldx, n, y, ldy, acc); break;
+#endif
+    default: break;   /* nt is always 1..KT */
+    }
+}
+
+void krn_matmul_f32(const float *W, int64_t ldw, int64_t n_rows, const float *X, int64_t ldx,
+                    int64_t n_tok, int64_t n, float *Y, int64_t ldy) {
+    vf acc[MR_F32 / KR][KT][KR];   /* touched only when n > KC */
+    for (int64_t r0 = 0; r0 < n_rows; r0 += MR_F32)
+        for (int64_t t = 0; t < n_tok; t += KT)
+            tokens_dispatch((int)min64(KT, n_tok - t), W + r0 * ldw, ldw, (int)min64(MR_F32, n_rows - r0),
+                            X + t * ldx, ldx, n, Y + t * ldy + r0, ldy, acc);
 }

@@ -34,6 +34,11 @@ uint16_t krn_f32_to_f16_soft(float f);
 /* Dequantize n elements (multiple of the block size) starting at a block boundary. */
 void krn_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
 
+/* Products of weight rows with f32 activations. Every output of krn_vec_dot, krn_matvec,
+ * krn_matmul and krn_matmul_f32 is summed in one fixed order (quant.c), so the same row and
+ * activation give the same bits through any of them, whatever the batch size, the position of
+ * the token in the batch or the number of OpenMP threads. */
+
 /* dot(row, x) over n elements; row in `type`, x in f32. */
 float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n);
 
@@ -46,8 +51,13 @@ void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
  * both row-major. Each weight row is decoded once per call and reused for every token. */
 void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
                 const float *X, int64_t n_tok, float *Y);
+/* The f32 core of krn_matmul, on rows already decoded: Y[t * ldy + r] = dot(W row r, X row t)
+ * over n columns for r < n_rows, t < n_tok, W rows ldw floats apart and X rows ldx apart.
+ * Single-threaded; best on tiles of up to about a hundred rows that stay in L2. */
+void krn_matmul_f32(const float *W, int64_t ldw, int64_t n_rows, const float *X, int64_t ldx,
+                    int64_t n_tok, int64_t n, float *Y, int64_t ldy);
 /* krn_matmul keeps a scratch buffer per calling thread that grows to the largest call
- * (about (n_tok + 33 * threads) * n_cols floats); this frees the calling thread's. */
+ * (about 128 * threads * n_cols floats); this frees the calling thread's. */
 void krn_matmul_scratch_free(void);
 
 #endif

@@ -54,7 +54,7 @@ static void run_model(const char *path) {
         step++;
     }
     float da = max_diff(ra, ga, (size_t)NA * V), db = max_diff(rb, gb, (size_t)NB * V), dc = max_diff(rc, gc, (size_t)NC * V);
-    CHECK(da < 1e-4f && db < 1e-4f && dc < 1e-4f, "batched == alone (max diff %g %g %g)", da, db, dc);
+    CHECK(da == 0 && db == 0 && dc == 0, "batched == alone, bit for bit (max diff %g %g %g)", da, db, dc);
     printf("  %s: batched vs alone max diff a %.2g b %.2g c %.2g\n", path, da, db, dc);
 
     /* rejected batches change nothing */

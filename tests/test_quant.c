@@ -1,12 +1,16 @@
 /* Tests for kernels/quant.h: the type table, f16/bf16 conversion over every bit pattern,
- * and krn_vec_dot / krn_matvec / krn_matmul against a plain double loop over the decoded
- * weights (the decoders themselves are checked against gguf-py by test_dequant_ref.py). */
+ * krn_vec_dot / krn_matvec / krn_matmul against a plain double loop over the decoded
+ * weights (the decoders themselves are checked against gguf-py by test_dequant_ref.py), and
+ * batch invariance: a token's outputs are the same bits whatever batch it is computed in. */
 #include "check.h"
 #include "quant.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Dot products may differ from the double reference by f32 rounding in any order:
  * |got - ref| <= REL_TOL * Σ|w_i·x_i| (plus a tiny absolute floor for all-zero rows). */
@@ -230,6 +234,86 @@ static void test_products(uint32_t type, int64_t n_cols) {
     free(W); free(wf); free(X); free(Y); free(ref); free(mag);
 }
 
+/* Batch invariance, bitwise: for every n_tok, thread count and batch position, krn_matmul's
+ * Y[t] equals krn_matvec on token t alone (and krn_vec_dot row by row), and a batch holding the
+ * same tokens rotated by `shift` gives each token the same bits at its new position. */
+static void set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+static void test_batch_invariance(uint32_t type, int64_t n_rows, int64_t n_cols) {
+    static const int64_t tok_list[] = {1, 2, 3, 4, 5, 11, 12, 13, 31, 64};
+    static const int threads[] = {1, 2, 3};
+    const int64_t max_tok = 64;
+    const char *tn = krn_type_name(type);
+    size_t rb = krn_row_bytes(type, n_cols);
+    uint8_t *W = make_matrix(type, n_rows, n_cols);
+    float *X = malloc(sizeof(float) * max_tok * n_cols), *Xs = malloc(sizeof(float) * max_tok * n_cols);
+    float *ref = malloc(sizeof(float) * max_tok * n_rows), *Y = malloc(sizeof(float) * max_tok * n_rows);
+    float *Ys = malloc(sizeof(float) * max_tok * n_rows);
+    for (int64_t i = 0; i < max_tok * n_cols; i++) X[i] = rng_unif(-1.0f, 1.0f);
+
+    set_threads(1);
+    for (int64_t t = 0; t < max_tok; t++) krn_matvec(type, W, n_rows, n_cols, X + t * n_cols, ref + t * n_rows);
+    int bad_dot = 0;
+    for (int64_t t = 0; t < 3; t++)
+        for (int64_t r = 0; r < n_rows; r++) {
+            float d = krn_vec_dot(type, W + r * rb, X + t * n_cols, n_cols);
+            bad_dot += memcmp(&d, ref + t * n_rows + r, sizeof d) != 0;
+        }
+    CHECK(bad_dot == 0, "%s %lldx%lld: %d vec_dot results differ from matvec", tn,
+          (long long)n_rows, (long long)n_cols, bad_dot);
+    /* krn_matmul_f32 on the decoded rows (packed n_cols apart, so unaligned for odd lengths) */
+    float *wf = malloc(sizeof(float) * n_rows * n_cols);
+    for (int64_t r = 0; r < n_rows; r++) krn_dequantize_row(type, W + r * rb, wf + r * n_cols, n_cols);
+    krn_matmul_f32(wf, n_cols, n_rows, X, n_cols, 13, n_cols, Y, n_rows);
+    CHECK(memcmp(Y, ref, sizeof(float) * 13 * n_rows) == 0, "%s %lldx%lld: matmul_f32 differs from matvec",
+          tn, (long long)n_rows, (long long)n_cols);
+    free(wf);
+
+    for (size_t ith = 0; ith < sizeof threads / sizeof threads[0]; ith++) {
+        set_threads(threads[ith]);
+        int bad_mv = 0;
+        for (int64_t t = 0; t < max_tok; t += 7) {
+            krn_matvec(type, W, n_rows, n_cols, X + t * n_cols, Y);
+            bad_mv += memcmp(Y, ref + t * n_rows, sizeof(float) * n_rows) != 0;
+        }
+        CHECK(bad_mv == 0, "%s %lldx%lld threads=%d: %d matvec tokens change with threads", tn,
+              (long long)n_rows, (long long)n_cols, threads[ith], bad_mv);
+        for (size_t it = 0; it < sizeof tok_list / sizeof tok_list[0]; it++) {
+            int64_t n_tok = tok_list[it], shift = n_tok / 2 + 1;
+            krn_matmul(type, W, n_rows, n_cols, X, n_tok, Y);
+            int bad = 0, bad_pos = 0;
+            for (int64_t t = 0; t < n_tok; t++)
+                if (memcmp(Y + t * n_rows, ref + t * n_rows, sizeof(float) * n_rows) != 0 && bad++ < 2)
+                    for (int64_t r = 0; r < n_rows; r++)
+                        if (memcmp(Y + t * n_rows + r, ref + t * n_rows + r, sizeof(float)) != 0) {
+                            fprintf(stderr, "  %s n_tok=%lld tok %lld row %lld: matmul %a matvec %a\n",
+                                    tn, (long long)n_tok, (long long)t, (long long)r,
+                                    Y[t * n_rows + r], ref[t * n_rows + r]);
+                            break;
+                        }
+            CHECK(bad == 0, "%s %lldx%lld threads=%d n_tok=%lld: %d tokens differ from matvec", tn,
+                  (long long)n_rows, (long long)n_cols, threads[ith], (long long)n_tok, bad);
+            /* token t moves to position (t + shift) % n_tok */
+            for (int64_t t = 0; t < n_tok; t++)
+                memcpy(Xs + (t + shift) % n_tok * n_cols, X + t * n_cols, sizeof(float) * n_cols);
+            krn_matmul(type, W, n_rows, n_cols, Xs, n_tok, Ys);
+            for (int64_t t = 0; t < n_tok; t++)
+                bad_pos += memcmp(Ys + (t + shift) % n_tok * n_rows, Y + t * n_rows,
+                                  sizeof(float) * n_rows) != 0;
+            CHECK(bad_pos == 0, "%s %lldx%lld threads=%d n_tok=%lld: %d tokens change with position",
+                  tn, (long long)n_rows, (long long)n_cols, threads[ith], (long long)n_tok, bad_pos);
+        }
+    }
+    set_threads(1);
+    free(W); free(X); free(Xs); free(ref); free(Y); free(Ys);
+}
+
 int main(void) {
     test_type_table();
     test_f16();
@@ -243,6 +327,19 @@ int main(void) {
         for (int j = 0; j < 5 && bs > 1; j++)
             test_products(type, blocks[j] ? blocks[j] * bs : (bs == 32 ? 640 : 2048));
     }
+    int max_threads = 1;
+#ifdef _OPENMP
+    max_threads = omp_get_max_threads();
+#endif
+    /* row counts off every tile multiple; lengths odd (plain types), with a half 64-column
+     * group (32-blocks), and long enough to cross column chunks */
+    for (int i = 0; i < N_TYPES; i++) {
+        uint32_t type = all_types[i];
+        int bs = krn_type_block_size(type);
+        test_batch_invariance(type, 131, bs == 1 ? 1063 : bs == 32 ? 1120 : 1280);
+        test_batch_invariance(type, 7, bs == 1 ? 37 : bs == 32 ? 96 : 256);
+    }
+    set_threads(max_threads);
     krn_matmul_scratch_free();
     return check_summary("test_quant");
 }
