@@ -14,13 +14,13 @@ OPT     ?= -O3
 CFLAGS  ?= $(OPT) $(ARCHFLAGS) -g $(SAN)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -MMD -MP \
            -Iengine -Ikernels -Ikvcache -Iindex -Iserver
-LDLIBS  += $(SAN) -fopenmp -lcjson -lm
+LDLIBS  += $(SAN) -fopenmp -lmicrohttpd -lcjson -lpthread -lfaiss -lopenblas -lstdc++ -lm
 MODEL   ?= models/gemma-3-270m-q4_k_m.gguf
 PYTHON  ?= python3
 
 LIB_SRC := $(wildcard engine/*.c kernels/*.c kvcache/*.c index/*.c)
 SRV_SRC := $(wildcard server/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard index/*.cpp))
 SRV_OBJ := $(SRV_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -33,6 +33,11 @@ all: $(BUILD)/kvseek $(TEST_BIN) $(TOOL_BIN)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# C++ only for index/faiss_c_shim.cpp (the FAISS C API over its C++ API)
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(OPT) $(ARCHFLAGS) -g $(SAN) -std=c++17 -Wall -Wextra -fopenmp -MMD -MP -c $< -o $@
 
 $(BUILD)/libkvseek.a: $(LIB_OBJ)
 	@rm -f $@
@@ -62,7 +67,7 @@ $(BUILD)/tiny/.stamp: tests/make_tiny.py
 	@touch $@
 
 run: setup model all
-	./$(BUILD)/kvseek generate -m $(MODEL) -p "The capital of France is" -n 32 --temp 0
+	./$(BUILD)/kvseek serve -m $(MODEL)
 
 test: setup model all tiny
 	bash tests/run.sh $(BUILD) $(MODEL)

@@ -1,0 +1,302 @@
+/* Sparse/range attention for a GQA group: one online-softmax state (m, d, o) per query, each
+ * K and V row loaded once per block of 4 queries; SIMD via a tiny vector layer (AVX-512,
+ * AVX2+FMA+F16C, plain C); OpenMP only as split-K when the caller is serial. */
+#include "attn_sparse.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "ops.h"
+#include "quant.h"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
+#include <immintrin.h>
+#endif
+
+enum {
+    BLK = 32,           /* keys per online-softmax block */
+    SPLIT_MIN = 2048,   /* keys per thread below which split-K does not pay */
+    PAR_BUF = 8192,     /* floats of private output per split thread (n_q * dv) */
+};
+
+/* ---- vector layer: vf holds VL floats ------------------------------------------------ */
+
+#if defined(__AVX512F__)
+#define VL 16
+typedef __m512 vf;
+static inline vf v_zero(void) { return _mm512_setzero_ps(); }
+static inline vf v_set1(float x) { return _mm512_set1_ps(x); }
+static inline vf v_ld(const float *p) { return _mm512_loadu_ps(p); }
+static inline vf v_ldh(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline void v_st(float *p, vf a) { _mm512_storeu_ps(p, a); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define VL 8
+typedef __m256 vf;
+static inline vf v_zero(void) { return _mm256_setzero_ps(); }
+static inline vf v_set1(float x) { return _mm256_set1_ps(x); }
+static inline vf v_ld(const float *p) { return _mm256_loadu_ps(p); }
+static inline vf v_ldh(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline void v_st(float *p, vf a) { _mm256_storeu_ps(p, a); }
+static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline float v_sum(vf a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#else
+#define VL 0
+#endif
+
+/* ---- row primitives ------------------------------------------------------------------ */
+
+/* q . k for an f32 or f16 row of n elements. */
+static float dot1(const float *q, const void *k, int n, attn_dtype dt) {
+    int i = 0;
+    float s = 0.0f;
+#if VL
+    vf a0 = v_zero(), a1 = v_zero();
+    if (dt == ATTN_F32) {
+        const float *kf = k;
+        for (; i + 2 * VL <= n; i += 2 * VL) {
+            a0 = v_fma(v_ld(q + i), v_ld(kf + i), a0);
+            a1 = v_fma(v_ld(q + i + VL), v_ld(kf + i + VL), a1);
+        }
+        for (; i + VL <= n; i += VL) a0 = v_fma(v_ld(q + i), v_ld(kf + i), a0);
+    } else {
+        const uint16_t *kh = k;
+        for (; i + 2 * VL <= n; i += 2 * VL) {
+            a0 = v_fma(v_ld(q + i), v_ldh(kh + i), a0);
+            a1 = v_fma(v_ld(q + i + VL), v_ldh(kh + i + VL), a1);
+        }
+        for (; i + VL <= n; i += VL) a0 = v_fma(v_ld(q + i), v_ldh(kh + i), a0);
+    }
+    s = v_sum(v_add(a0, a1));
+#endif
+    if (dt == ATTN_F32) {
+        const float *kf = k;
+        for (; i < n; i++) s += q[i] * kf[i];
+    } else {
+        const uint16_t *kh = k;
+        for (; i < n; i++) s += q[i] * krn_f16_to_f32(kh[i]);
+    }
+    return s;
+}
+
+/* s[g] = q[g * n] . k for the 4 queries g < 4 (rows n floats apart): the row is loaded and
+ * converted once for all four. */
+static void dot4(const float *q, const void *k, int n, attn_dtype dt, float *s) {
+    const float *q0 = q, *q1 = q + n, *q2 = q + 2 * n, *q3 = q + 3 * n;
+    int i = 0;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#if VL
+    vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+    for (; i + VL <= n; i += VL) {
+        vf kv = dt == ATTN_F32 ? v_ld((const float *)k + i) : v_ldh((const uint16_t *)k + i);
+        a0 = v_fma(v_ld(q0 + i), kv, a0);
+        a1 = v_fma(v_ld(q1 + i), kv, a1);
+        a2 = v_fma(v_ld(q2 + i), kv, a2);
+        a3 = v_fma(v_ld(q3 + i), kv, a3);
+    }
+    s0 = v_sum(a0); s1 = v_sum(a1); s2 = v_sum(a2); s3 = v_sum(a3);
+#endif
+    for (; i < n; i++) {
+        float x = dt == ATTN_F32 ? ((const float *)k)[i] : krn_f16_to_f32(((const uint16_t *)k)[i]);
+        s0 += q0[i] * x; s1 += q1[i] * x; s2 += q2[i] * x; s3 += q3[i] * x;
+    }
+    s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3;
+}
+
+/* out[g * n + i] += p[g] * v[i] for g < n_q: one load (and conversion) of v per chunk. */
+static void axpy_group(float *out, const float *p, int n_q, const void *v, int n, attn_dtype dt) {
+    int i = 0;
+#if VL
+    for (; i + VL <= n; i += VL) {
+        vf x = dt == ATTN_F32 ? v_ld((const float *)v + i) : v_ldh((const uint16_t *)v + i);
+        for (int g = 0; g < n_q; g++) {
+            float *o = out + (size_t)g * n + i;
+            v_st(o, v_fma(v_set1(p[g]), x, v_ld(o)));
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        float x = dt == ATTN_F32 ? ((const float *)v)[i] : krn_f16_to_f32(((const uint16_t *)v)[i]);
+        for (int g = 0; g < n_q; g++) out[(size_t)g * n + i] += p[g] * x;
+    }
+}
+
+/* ---- row addressing ------------------------------------------------------------------ */
+
+static inline size_t elt_size(const attn_kv_view *kv) { return kv->dtype == ATTN_F32 ? 4 : 2; }
+
+static inline const char *page_of(const attn_kv_view *kv, int64_t p) {
+    int64_t pg = p >> kv->page_shift;
+    if (kv->ring_pages > 0) pg %= kv->ring_pages;
+    return (const char *)kv->pages[pg];
+}
+
+static inline const void *k_row(const attn_kv_view *kv, int64_t p) {
+    int64_t r = p & (((int64_t)1 << kv->page_shift) - 1);
+    return page_of(kv, p) + kv->k_off + (size_t)r * kv->k_stride * elt_size(kv);
+}
+
+static inline const void *v_row(const attn_kv_view *kv, int64_t p) {
+    int64_t r = p & (((int64_t)1 << kv->page_shift) - 1);
+    return page_of(kv, p) + kv->v_off + (size_t)r * kv->v_stride * elt_size(kv);
+}
+
+/* ---- online softmax over blocks ------------------------------------------------------- */
+
+typedef struct {
+    const attn_kv_view *kv;
+    const float *q;     /* (n_q, dk) */
+    int n_q;            /* <= ATTN_MAX_GROUP */
+    float scale;
+    float *out;         /* (n_q, dv), unnormalised during the pass */
+    float m[ATTN_MAX_GROUP], d[ATTN_MAX_GROUP];
+} soft_state;
+
+static void soft_init(soft_state *st, const attn_kv_view *kv, const float *q, int n_q, float scale,
+                      float *out) {
+    st->kv = kv; st->q = q; st->n_q = n_q; st->scale = scale; st->out = out;
+    for (int g = 0; g < n_q; g++) { st->m[g] = -INFINITY; st->d[g] = 0.0f; }
+    memset(out, 0, sizeof(float) * n_q * kv->dv);
+}
+
+/* One block of nb <= BLK keys given by positions pos[j]. */
+static void soft_block(soft_state *st, const int64_t *pos, int nb) {
+    const attn_kv_view *kv = st->kv;
+    const int n_q = st->n_q, dk = kv->dk, dv = kv->dv;
+    float s[ATTN_MAX_GROUP][BLK], p[ATTN_MAX_GROUP], tmp[4];
+    for (int j = 0; j < nb; j++) {
+        const void *k = k_row(kv, pos[j]);
+        int g = 0;
+        for (; g + 4 <= n_q; g += 4) {
+            dot4(st->q + (size_t)g * dk, k, dk, kv->dtype, tmp);
+            for (int u = 0; u < 4; u++) s[g + u][j] = st->scale * tmp[u];
+        }
+        for (; g < n_q; g++) s[g][j] = st->scale * dot1(st->q + (size_t)g * dk, k, dk, kv->dtype);
+    }
+    for (int g = 0; g < n_q; g++) {
+        float bm = -INFINITY;
+        for (int j = 0; j < nb; j++) bm = s[g][j] > bm ? s[g][j] : bm;
+        if (bm > st->m[g]) {
+            float c = expf(st->m[g] - bm); /* 0 on the first block (m = -inf) */
+            st->d[g] *= c;
+            float *o = st->out + (size_t)g * dv;
+            for (int i = 0; i < dv; i++) o[i] *= c;
+            st->m[g] = bm;
+        }
+        float dsum = 0.0f;
+        for (int j = 0; j < nb; j++) {
+            s[g][j] = expf(s[g][j] - st->m[g]);
+            dsum += s[g][j];
+        }
+        st->d[g] += dsum;
+    }
+    for (int j = 0; j < nb; j++) {
+        for (int g = 0; g < n_q; g++) p[g] = s[g][j];
+        axpy_group(st->out, p, n_q, v_row(kv, pos[j]), dv, kv->dtype);
+    }
+}
+
+static void soft_finish(soft_state *st, float *lse) {
+    const int dv = st->kv->dv;
+    for (int g = 0; g < st->n_q; g++) {
+        float *o = st->out + (size_t)g * dv;
+        if (st->d[g] > 0.0f) {
+            float inv = 1.0f / st->d[g];
+            for (int i = 0; i < dv; i++) o[i] *= inv;
+            lse[g] = st->m[g] + logf(st->d[g]);
+        } else {
+            lse[g] = -INFINITY;
+        }
+    }
+}
+
+/* Serial pass over entries [a, b) of either the position range (ids == NULL: position = entry)
+ * or the id list (position = ids[entry]); n_q <= ATTN_MAX_GROUP. */
+static void attn_serial(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids,
+                        int64_t a, int64_t b, float scale, float *out, float *lse) {
+    soft_state st;
+    int64_t pos[BLK];
+    soft_init(&st, kv, q, n_q, scale, out);
+    for (int64_t j0 = a; j0 < b; j0 += BLK) {
+        int nb = (int)(b - j0 < BLK ? b - j0 : BLK);
+        for (int j = 0; j < nb; j++) pos[j] = ids ? ids[j0 + j] : j0 + j;
+        soft_block(&st, pos, nb);
+    }
+    soft_finish(&st, lse);
+}
+
+/* Splits [a, b) over the threads when that pays and the caller is serial. Each thread keeps
+ * its part on its own stack and publishes a pointer; after one barrier thread 0 merges the parts
+ * in thread order, so the result only depends on the thread count. */
+static void attn_dispatch(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids,
+                          int64_t a, int64_t b, float scale, float *out, float *lse) {
+    enum { MAX_SPLIT = 64 };
+    const int64_t n = b - a;
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > n / SPLIT_MIN) nt = (int)(n / SPLIT_MIN);
+    if (nt > MAX_SPLIT) nt = MAX_SPLIT;
+    if (nt < 2 || n_q * kv->dv > PAR_BUF) {
+        attn_serial(kv, q, n_q, ids, a, b, scale, out, lse);
+        return;
+    }
+    float *part_o[MAX_SPLIT], *part_l[MAX_SPLIT];
+    #pragma omp parallel num_threads(nt)
+    {
+        const int T = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t pa = a + n * t / T, pb = a + n * (t + 1) / T;
+        float o_loc[PAR_BUF], l_loc[ATTN_MAX_GROUP];
+        part_o[t] = t == 0 ? out : o_loc;
+        part_l[t] = t == 0 ? lse : l_loc;
+        attn_serial(kv, q, n_q, ids, pa, pb, scale, part_o[t], part_l[t]);
+        #pragma omp barrier
+        if (t == 0)
+            for (int i = 1; i < T; i++) attn_merge(out, lse, part_o[i], part_l[i], n_q, kv->dv);
+        /* the implicit barrier at the end keeps every o_loc alive until the merge is done */
+    }
+}
+
+/* ---- public entry points ------------------------------------------------------------- */
+
+void attn_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int64_t hi,
+                float scale, float *out, float *lse) {
+    if (hi < lo) hi = lo;
+    for (int g = 0; g < n_q; g += ATTN_MAX_GROUP) {
+        int ng = n_q - g < ATTN_MAX_GROUP ? n_q - g : ATTN_MAX_GROUP;
+        attn_dispatch(kv, q + (size_t)g * kv->dk, ng, NULL, lo, hi, scale, out + (size_t)g * kv->dv,
+                      lse + g);
+    }
+}
+
+void attn_ids(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids, int64_t n,
+              float scale, float *out, float *lse) {
+    if (n < 0) n = 0;
+    for (int g = 0; g < n_q; g += ATTN_MAX_GROUP) {
+        int ng = n_q - g < ATTN_MAX_GROUP ? n_q - g : ATTN_MAX_GROUP;
+        attn_dispatch(kv, q + (size_t)g * kv->dk, ng, ids, 0, n, scale, out + (size_t)g * kv->dv,
+                      lse + g);
+    }
+}
+
+void attn_merge(float *o_a, float *lse_a, const float *o_b, const float *lse_b, int n_q, int dv) {
+    for (int g = 0; g < n_q; g++)
+        krn_attn_merge(o_a + (size_t)g * dv, lse_a + g, o_b + (size_t)g * dv, lse_b[g], dv);
+}
+
+void attn_scores_range(const attn_kv_view *kv, const float *q, int64_t lo, int64_t hi,
+                       float *scores) {
+    for (int64_t p = lo; p < hi; p++) scores[p - lo] = dot1(q, k_row(kv, p), kv->dk, kv->dtype);
+}
+
+void attn_scores_ids(const attn_kv_view *kv, const float *q, const int32_t *ids, int64_t n,
+                     float *scores) {
+    for (int64_t j = 0; j < n; j++) scores[j] = dot1(q, k_row(kv, ids[j]), kv->dk, kv->dtype);
+}

@@ -1,0 +1,60 @@
+/* Attention of one query, or of a GQA group's queries sharing a KV head, over a paged K/V store:
+ * a contiguous range or an explicit list of positions, with output and log-sum-exp per query.
+ * defines: attn_kv_view, attn_range, attn_ids, attn_merge, attn_scores_range, attn_scores_ids */
+#ifndef KVSEEK_ATTN_SPARSE_H
+#define KVSEEK_ATTN_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { ATTN_F32 = 0, ATTN_F16 = 1 } attn_dtype;
+
+/* Where the rows of one (layer, KV head) live. A kernel is a leaf: the store (kvcache/) fills
+ * this plain description (kv_view) and the kernel only follows pointers.
+ * Token at position p: page pg = (p >> page_shift), modulo ring_pages when ring_pages > 0 (a
+ * ring that keeps the last ring_pages << page_shift tokens), row r = p & (page_size - 1);
+ * its K row starts at (char *)pages[pg] + k_off + r * k_stride * elt, elt = 4 (f32) or 2 (f16),
+ * and likewise V with v_off and v_stride. */
+typedef struct {
+    const void *const *pages; /* page base pointers; only pages holding requested rows are read */
+    int64_t ring_pages;       /* 0: positions map to pages directly; > 0: ring of that many pages */
+    int page_shift;           /* log2 of tokens per page */
+    size_t k_off, v_off;      /* bytes from a page base to row 0 of this head's K, V */
+    int64_t k_stride, v_stride; /* elements between consecutive rows of a page */
+    int dk, dv;               /* K and V row lengths */
+    attn_dtype dtype;         /* element type of both K and V */
+} attn_kv_view;
+
+/* Queries of one group above this many run in chunks (K rows then stream once per chunk). */
+enum { ATTN_MAX_GROUP = 16 };
+
+/* Attention of the n_q queries q[g * dk] (g < n_q, all against the same KV head) over the
+ * positions [lo, hi) of kv: out[g * dv] = sum_j softmax_j(scale * q_g.k_j) v_j and
+ * lse[g] = log sum_j exp(scale * q_g.k_j). An empty range gives out = 0, lse = -inf (the neutral
+ * element of attn_merge).
+ * Threads: called outside an OpenMP parallel region, a long range (>= 2 * 2048 keys) is split
+ * across the OpenMP threads (split-K) and merged in a fixed order, so a decode step with a single
+ * KV head still uses every core; called inside a parallel region (the caller already spreads
+ * rows or heads over threads) it runs serially. Allocates nothing. */
+void attn_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int64_t hi,
+                float scale, float *out, float *lse);
+
+/* The same over the explicit positions ids[0..n) (any order, no duplicates expected: a
+ * duplicate counts twice). Ascending ids read pages in order; selectors return them sorted.
+ * Same threading rule as attn_range. */
+void attn_ids(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids, int64_t n,
+              float scale, float *out, float *lse);
+
+/* (o_a, lse_a) += (o_b, lse_b) for n_q queries: exact merge of attention over disjoint key
+ * sets (krn_attn_merge per query). */
+void attn_merge(float *o_a, float *lse_a, const float *o_b, const float *lse_b, int n_q, int dv);
+
+/* Raw inner products, for selectors ranking keys (no scale, no softmax):
+ * scores[j] = q . K[lo + j] for j < hi - lo, or q . K[ids[j]] for j < n. Serial, SIMD, f16 rows
+ * converted on the fly. */
+void attn_scores_range(const attn_kv_view *kv, const float *q, int64_t lo, int64_t hi,
+                       float *scores);
+void attn_scores_ids(const attn_kv_view *kv, const float *q, const int32_t *ids, int64_t n,
+                     float *scores);
+
+#endif

@@ -1,0 +1,341 @@
+/* Selectors: oracle == brute force (f32/f16, GQA union and mean, fractions); FAISS-backed ids
+ * valid; idx_add; on a synthetic OOD set retrieval recall@100 >= 0.90 at 2% scanned (>= 0.95
+ * with query cells only) and above FAISS IVF on keys at equal scan. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "index.h"
+#include "kvcache.h"
+#include "quant.h"
+
+static uint64_t rs = 0x853c49e6748fea9bull;
+static double urand(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (rs >> 11) * 0x1.0p-53; }
+static float frand(void) { return (float)urand() * 2.0f - 1.0f; }
+static float nrand(void) {
+    double u = urand() + 1e-300, v = urand();
+    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
+}
+
+static kv_store *make_store(const float *K, int n, int d, kv_dtype dt) {
+    kv_params p = kv_params_default();
+    p.n_layer = 2; p.n_head_kv = 1; p.head_dim = d; p.v_dim = 4; p.max_tokens = n; p.dtype = dt;
+    p.page_size = 32;
+    kv_store *s = NULL;
+    float *V = calloc((size_t)n * 4, sizeof(float));
+    CHECK(kv_create(&p, &s) == KV_OK, "store");
+    CHECK(kv_append(s, 1, K, V, n) == KV_OK, "append"); /* layer 1 holds the keys */
+    free(V);
+    return s;
+}
+
+static idx_set *make_index_share(idx_kind kind, int d, int min_keys, float key_share) {
+    idx_params p = idx_params_default();
+    const int mask[2] = {0, 1};
+    p.kind = kind; p.n_layer = 2; p.n_head_kv = 1; p.head_dim = d; p.layer_mask = mask;
+    p.min_keys = min_keys;
+    p.key_share = key_share;
+    idx_set *ix = NULL;
+    CHECK(idx_create(&p, &ix) == IDX_OK, "create %s", idx_kind_name(kind));
+    return ix;
+}
+
+static idx_set *make_index(idx_kind kind, int d, int min_keys) {
+    return make_index_share(kind, d, min_keys, idx_params_default().key_share);
+}
+
+/* Brute-force top-k positions in [lo, hi) of q . K (K possibly rounded to f16), into a 0/1 mask. */
+static void brute_topk(const float *K, int d, int lo, int hi, const float *q, int k, kv_dtype dt,
+                       unsigned char *in) {
+    double *s = malloc(sizeof(double) * hi);
+    for (int j = lo; j < hi; j++) {
+        double a = 0;
+        for (int i = 0; i < d; i++) {
+            float x = K[(size_t)j * d + i];
+            if (dt == KV_F16) x = krn_f16_to_f32(krn_f32_to_f16(x));
+            a += (double)q[i] * x;
+        }
+        s[j] = a;
+    }
+    for (int t = 0; t < k; t++) {
+        int best = -1;
+        for (int j = lo; j < hi; j++)
+            if (!in[j] && (best < 0 || s[j] > s[best])) best = j;
+        in[best] = 1;
+    }
+    free(s);
+}
+
+static int valid_ids(const int32_t *ids, int64_t n, int64_t lo, int64_t hi) {
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < lo || ids[i] >= hi) return 0;
+        if (i > 0 && ids[i] <= ids[i - 1]) return 0; /* ascending, hence distinct */
+    }
+    return 1;
+}
+
+static void oracle_tests(void) {
+    const int n = 3000, d = 64, lo = 100, hi = 2900;
+    float *K = malloc(sizeof(float) * n * d), q[4 * 64], qm[64];
+    for (int i = 0; i < n * d; i++) K[i] = frand();
+    for (int i = 0; i < 4 * d; i++) q[i] = frand();
+    for (int i = 0; i < d; i++) qm[i] = (q[i] + q[d + i] + q[2 * d + i]) / 3;
+    int32_t *ids = malloc(sizeof(int32_t) * n);
+    unsigned char *in = malloc(n);
+    for (int dt = 0; dt < 2; dt++) {
+        kv_store *kv = make_store(K, n, d, (kv_dtype)dt);
+        idx_set *ix = make_index(IDX_ORACLE, d, 1024);
+        CHECK(idx_build(ix, 1, 0, kv, lo, hi, NULL, 0) == IDX_OK, "build oracle");
+        idx_request r = idx_request_default();
+        r.top_k = 37;
+        /* one query */
+        int64_t m = idx_select(ix, 1, 0, kv, q, 1, &r, ids, n);
+        memset(in, 0, n);
+        brute_topk(K, d, lo, hi, q, 37, (kv_dtype)dt, in);
+        int ok = m == 37 && valid_ids(ids, m, lo, hi);
+        for (int64_t i = 0; ok && i < m; i++) ok &= in[ids[i]];
+        CHECK(ok, "oracle top-37 == brute force (dtype %d, got %lld)", dt, (long long)m);
+        /* GQA union of 3 queries: the union of their own top-k */
+        m = idx_select(ix, 1, 0, kv, q, 3, &r, ids, n);
+        unsigned char *one = calloc(n, 1);
+        memset(in, 0, n);
+        for (int g = 0; g < 3; g++) {
+            memset(one, 0, n);
+            brute_topk(K, d, lo, hi, q + g * d, 37, (kv_dtype)dt, one);
+            for (int j = 0; j < n; j++) in[j] |= one[j];
+        }
+        free(one);
+        int cnt = 0;
+        for (int j = 0; j < n; j++) cnt += in[j];
+        ok = m == cnt && valid_ids(ids, m, lo, hi);
+        for (int64_t i = 0; ok && i < m; i++) ok &= in[ids[i]];
+        CHECK(ok, "oracle GQA union == union of brute-force top-k (%lld vs %d)", (long long)m, cnt);
+        /* GQA mean: the top-k of the mean query */
+        r.gqa = IDX_GQA_MEAN;
+        m = idx_select(ix, 1, 0, kv, q, 3, &r, ids, n);
+        memset(in, 0, n);
+        brute_topk(K, d, lo, hi, qm, 37, (kv_dtype)dt, in);
+        ok = m == 37 && valid_ids(ids, m, lo, hi);
+        for (int64_t i = 0; ok && i < m; i++) ok &= in[ids[i]];
+        CHECK(ok, "oracle GQA mean == brute force of the mean query");
+        /* a fraction budget: ceil(1% of 2800) = 28 */
+        r.gqa = IDX_GQA_UNION; r.top_k = 0; r.fraction = 0.01f;
+        CHECK(idx_select(ix, 1, 0, kv, q, 1, &r, ids, n) == 28, "fraction budget");
+        /* capacity too small, masked layer, unbuilt slot */
+        r.top_k = 37;
+        CHECK(idx_select(ix, 1, 0, kv, q, 1, &r, ids, 36) == IDX_ERR_PARAM, "capacity");
+        CHECK(idx_max_ids(ix, 1, 0, 3, &r) == 111, "max ids");
+        CHECK(idx_select(ix, 0, 0, kv, q, 1, &r, ids, n) == IDX_ERR_PARAM, "masked layer");
+        idx_stats st;
+        idx_stats_get(ix, &st);
+        CHECK(st.selects == 4 && st.scanned == 4 * 2800 && st.returned > 0, "stats");
+        idx_free(ix);
+
+        /* dense: every candidate; window: none */
+        ix = make_index(IDX_DENSE, d, 0);
+        idx_build(ix, 1, 0, kv, lo, hi, NULL, 0);
+        m = idx_select(ix, 1, 0, kv, q, 2, &r, ids, n);
+        CHECK(m == hi - lo && ids[0] == lo && ids[m - 1] == hi - 1 && valid_ids(ids, m, lo, hi), "dense");
+        idx_free(ix);
+        ix = make_index(IDX_WINDOW, d, 0);
+        CHECK(idx_select(ix, 1, 0, kv, q, 1, &r, ids, n) == IDX_ERR_STATE, "select before build");
+        idx_build(ix, 1, 0, kv, lo, hi, NULL, 0);
+        CHECK(idx_select(ix, 1, 0, kv, q, 1, &r, ids, 0) == 0, "window");
+        idx_free(ix);
+        kv_free(kv);
+    }
+    idx_kind k;
+    CHECK(idx_kind_parse("retrieval", &k) == IDX_OK && k == IDX_RETRIEVAL, "parse");
+    CHECK(idx_kind_parse("hnsw", &k) == IDX_ERR_PARAM, "parse unknown");
+    free(K); free(ids); free(in);
+}
+
+/* Synthetic OOD set: keys = mu_k + nuisance (std 3 on the first d/4 dims) + topic centre
+ * (other dims) + noise; queries = mu_q + 1.5 * topic centre + small noise. */
+/* Synthetic out-of-distribution set: keys = a large shared offset + high-variance nuisance
+ * dimensions (std 3 on d/4 dims) + one of 64 topic centres elsewhere + noise; queries = another
+ * offset + 1.5 x a topic centre + small noise, so what ranks keys for a query is a direction
+ * the keys vary little along, while key-space clusters follow the nuisance dimensions. */
+typedef struct { int d, T; float *ck, *mu_k, *mu_q; } synth;
+
+static void synth_init(synth *s, int d, int T) {
+    s->d = d; s->T = T;
+    s->ck = malloc(sizeof(float) * T * d);
+    s->mu_k = malloc(sizeof(float) * d);
+    s->mu_q = malloc(sizeof(float) * d);
+    for (int i = 0; i < d; i++) { s->mu_k[i] = 2.0f * nrand(); s->mu_q[i] = 0.5f * nrand(); }
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < d; i++) s->ck[t * d + i] = i < d / 4 ? 0.0f : 0.6f * nrand();
+}
+
+static void synth_key(const synth *s, float *k) {
+    int t = (int)(urand() * s->T);
+    for (int i = 0; i < s->d; i++)
+        k[i] = s->mu_k[i] + (i < s->d / 4 ? 3.0f * nrand() : s->ck[t * s->d + i] + 0.5f * nrand());
+}
+
+static void synth_query(const synth *s, float *q) {
+    int t = (int)(urand() * s->T);
+    for (int i = 0; i < s->d; i++) q[i] = s->mu_q[i] + 1.5f * s->ck[t * s->d + i] + 0.3f * nrand();
+}
+
+static double recall(const int32_t *truth, int64_t nt, const int32_t *got, int64_t n) {
+    int64_t hit = 0, i = 0, j = 0;
+    while (i < nt && j < n) {
+        if (truth[i] == got[j]) { hit++; i++; j++; }
+        else if (truth[i] < got[j]) i++;
+        else j++;
+    }
+    return nt ? (double)hit / nt : 1.0;
+}
+
+static void recall_tests(void) {
+    const int d = 128, n = 8192, n_pre = 4096, n_test = 100, topk = 100;
+    synth sy;
+    synth_init(&sy, d, 64);
+    float *K = malloc(sizeof(float) * (n + 64) * d), *Qp = malloc(sizeof(float) * n_pre * d);
+    float *Qt = malloc(sizeof(float) * n_test * d);
+    for (int i = 0; i < n; i++) synth_key(&sy, K + (size_t)i * d);
+    for (int i = 0; i < n_pre; i++) synth_query(&sy, Qp + (size_t)i * d);
+    for (int i = 0; i < n_test; i++) synth_query(&sy, Qt + (size_t)i * d);
+    /* 64 more keys appended later: each a strong match for one test query */
+    for (int i = 0; i < 64; i++)
+        for (int c = 0; c < d; c++) K[(size_t)(n + i) * d + c] = 4.0f * Qt[(size_t)i * d + c];
+    kv_params kp = kv_params_default();
+    kp.n_layer = 2; kp.n_head_kv = 1; kp.head_dim = d; kp.v_dim = 4; kp.max_tokens = n + 64;
+    kv_store *kv;
+    CHECK(kv_create(&kp, &kv) == KV_OK, "store");
+    float *V = calloc((size_t)(n + 64) * 4, sizeof(float));
+    kv_append(kv, 1, K, V, n + 64);
+    free(V);
+
+    idx_set *ora = make_index(IDX_ORACLE, d, 0), *ret = make_index(IDX_RETRIEVAL, d, 0);
+    idx_set *ivf = make_index(IDX_IVF, d, 0), *pure = make_index_share(IDX_RETRIEVAL, d, 0, 0.0f);
+    CHECK(idx_build(ora, 1, 0, kv, 0, n, NULL, 0) == IDX_OK, "oracle build");
+    /* prefill queries arrive in chunks, as the engine offers them */
+    for (int c = 0; c < n_pre; c += 512) {
+        CHECK(idx_observe(ret, 1, 0, Qp + (size_t)c * d, 512, d) == IDX_OK, "observe");
+        CHECK(idx_observe(pure, 1, 0, Qp + (size_t)c * d, 512, d) == IDX_OK, "observe");
+    }
+    CHECK(idx_build(ret, 1, 0, kv, 0, n, NULL, 0) == IDX_OK, "retrieval build: %s", idx_last_error(ret));
+    CHECK(idx_build(pure, 1, 0, kv, 0, n, NULL, 0) == IDX_OK, "build: %s", idx_last_error(pure));
+    CHECK(idx_build(ivf, 1, 0, kv, 0, n, NULL, 0) == IDX_OK, "ivf build: %s", idx_last_error(ivf));
+
+    int32_t truth[topk + 64], got[4 * topk];
+    idx_request r = idx_request_default();
+    r.top_k = topk;
+    r.scan = 0.02f;
+    double rec_ret = 0, rec_ivf = 0, rec_pure = 0;
+    int ok_valid = 1;
+    idx_stats_reset(ret); idx_stats_reset(ivf); idx_stats_reset(pure);
+    for (int t = 0; t < n_test; t++) {
+        const float *q = Qt + (size_t)t * d;
+        int64_t nt = idx_select(ora, 1, 0, kv, q, 1, &r, truth, topk);
+        int64_t m = idx_select(ret, 1, 0, kv, q, 1, &r, got, topk);
+        ok_valid &= m > 0 && m <= topk && valid_ids(got, m, 0, n);
+        rec_ret += recall(truth, nt, got, m);
+        m = idx_select(pure, 1, 0, kv, q, 1, &r, got, topk);
+        ok_valid &= m > 0 && m <= topk && valid_ids(got, m, 0, n);
+        rec_pure += recall(truth, nt, got, m);
+    }
+    idx_stats sr, si, sp;
+    idx_stats_get(ret, &sr);
+    idx_stats_get(pure, &sp);
+    const double scan_ret = (double)sr.scanned / sr.candidates;
+    const double scan_pure = (double)sp.scanned / sp.candidates;
+    rec_pure /= n_test;
+    /* ivf: the smallest scan share that reads at least as many keys as retrieval did */
+    double scan_ivf = 0;
+    for (float f = 0.02f; f < 1.0f && scan_ivf < scan_ret; f += 0.005f) {
+        idx_stats_reset(ivf);
+        rec_ivf = 0;
+        r.scan = f;
+        for (int t = 0; t < n_test; t++) {
+            const float *q = Qt + (size_t)t * d;
+            int64_t nt = idx_select(ora, 1, 0, kv, q, 1, &r, truth, topk);
+            int64_t m = idx_select(ivf, 1, 0, kv, q, 1, &r, got, topk);
+            ok_valid &= m > 0 && m <= topk && valid_ids(got, m, 0, n);
+            rec_ivf += recall(truth, nt, got, m);
+        }
+        idx_stats_get(ivf, &si);
+        scan_ivf = (double)si.scanned / si.candidates;
+    }
+    rec_ret /= n_test;
+    rec_ivf /= n_test;
+    printf("synthetic OOD, %d keys, recall@%d: retrieval %.3f at %.2f%% scanned (query cells only: "
+           "%.3f at %.2f%%), ivf %.3f at %.2f%%\n", n, topk, rec_ret, 100 * scan_ret, rec_pure,
+           100 * scan_pure, rec_ivf, 100 * scan_ivf);
+    CHECK(ok_valid, "FAISS-backed selectors return valid, distinct, in-range ids");
+    CHECK(scan_ret <= 0.021 && scan_pure <= 0.021, "scanned %.4f, %.4f for a 2%% target", scan_ret, scan_pure);
+    /* the hybrid spends 30% of its scan on key-space lists, which this set defeats on purpose */
+    CHECK(rec_ret >= 0.90, "retrieval recall %.3f >= 0.90 at 2%% scanned", rec_ret);
+    CHECK(rec_pure >= 0.95, "query cells alone: recall %.3f >= 0.95 at 2%% scanned", rec_pure);
+    CHECK(rec_ivf < rec_ret, "retrieval %.3f beats ivf %.3f at equal scan", rec_ret, rec_ivf);
+
+    /* GQA: union of 4 queries returns up to 4 * top_k distinct ids; mean exactly top_k */
+    r.scan = 0.02f;
+    int64_t m = idx_select(ret, 1, 0, kv, Qt, 4, &r, got, 4 * topk);
+    CHECK(m > topk && m <= 4 * topk && valid_ids(got, m, 0, n), "retrieval union %lld", (long long)m);
+    r.gqa = IDX_GQA_MEAN;
+    m = idx_select(ret, 1, 0, kv, Qt, 4, &r, got, topk);
+    CHECK(m > 0 && m <= topk && valid_ids(got, m, 0, n), "retrieval mean %lld", (long long)m);
+    r.gqa = IDX_GQA_UNION;
+    r.scan = 0;
+    r.nprobe = 3;
+    m = idx_select(ivf, 1, 0, kv, Qt, 2, &r, got, 2 * topk);
+    CHECK(m > 0 && m <= 2 * topk && valid_ids(got, m, 0, n), "ivf nprobe 3");
+
+    /* idx_add: the 64 appended keys (tokens leaving the window) become selectable */
+    idx_set *all[3] = {ora, ret, ivf};
+    for (int w = 0; w < 3; w++) {
+        CHECK(idx_add(all[w], 1, 0, kv, n + 32) == IDX_OK && idx_add(all[w], 1, 0, kv, n + 64) == IDX_OK,
+              "add %d", w);
+        CHECK(idx_add(all[w], 1, 0, kv, n) == IDX_ERR_PARAM, "add backwards");
+        int64_t lo, hi;
+        idx_range(all[w], 1, 0, &lo, &hi);
+        CHECK(lo == 0 && hi == n + 64, "range after add");
+        int found = 0;
+        r.scan = 0.02f;
+        r.nprobe = 0;
+        for (int t = 0; t < 64; t++) {
+            m = idx_select(all[w], 1, 0, kv, Qt + (size_t)t * d, 1, &r, got, topk);
+            for (int64_t i = 0; i < m; i++) found += got[i] == n + t;
+        }
+        const idx_kind kinds[3] = {IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF};
+        CHECK(found >= 60, "%s finds %d of 64 added keys", idx_kind_name(kinds[w]), found);
+    }
+    idx_free(ora); idx_free(ret); idx_free(ivf); idx_free(pure);
+
+    /* a slot below min_keys scans exactly, and builds its structure once idx_add reaches it */
+    idx_set *lazy = make_index(IDX_RETRIEVAL, d, 2048);
+    idx_observe(lazy, 1, 0, Qp, 1024, d);
+    CHECK(idx_build(lazy, 1, 0, kv, 0, 1000, NULL, 0) == IDX_OK, "small build");
+    r.scan = 0.02f;
+    m = idx_select(lazy, 1, 0, kv, Qt, 1, &r, got, topk);
+    int64_t nt = idx_select(lazy, 1, 0, kv, Qt, 1, &r, truth, topk);
+    CHECK(m == topk && nt == topk, "exact while small");
+    CHECK(idx_add(lazy, 1, 0, kv, 4000) == IDX_OK, "add past min_keys: %s", idx_last_error(lazy));
+    idx_stats st;
+    idx_stats_reset(lazy);
+    m = idx_select(lazy, 1, 0, kv, Qt, 1, &r, got, topk);
+    idx_stats_get(lazy, &st);
+    /* the target is max(2% of 4000, top_k) = 100 keys, plus at most one IVF list: a structure,
+     * not the exact scan of all 4000 */
+    CHECK(m > 0 && valid_ids(got, m, 0, 4000) && st.scanned <= 150,
+          "structure built by idx_add (scanned %lld)", (long long)st.scanned);
+    idx_reset(lazy);
+    CHECK(idx_select(lazy, 1, 0, kv, Qt, 1, &r, got, topk) == IDX_ERR_STATE, "reset forgets the build");
+    CHECK(idx_build(lazy, 1, 0, kv, 0, 3000, NULL, 0) == IDX_OK, "rebuild after reset (no queries: keys)");
+    m = idx_select(lazy, 1, 0, kv, Qt, 1, &r, got, topk);
+    CHECK(m > 0 && valid_ids(got, m, 0, 3000), "select after rebuild");
+    idx_free(lazy);
+    kv_free(kv);
+    free(K); free(Qp); free(Qt); free(sy.ck); free(sy.mu_k); free(sy.mu_q);
+}
+
+int main(void) {
+    oracle_tests();
+    recall_tests();
+    return check_summary("test_index");
+}
