@@ -1,7 +1,7 @@
 /* Model loading and the forward pass for gemma3, qwen2 and llama. A prefill chunk of T tokens
  * runs every weight matrix once over all T tokens (krn_matmul); decode is the T = 1 case.
- * Attention reads the sequence's contiguous f32 KV cache through attend(), the one place the
- * offloaded, selector-driven store will plug in. */
+ * K and V live in each sequence's paged store (kvcache/); attend() reads them densely for
+ * prefill rows and through the sequence's selector (index/) for decode rows of global layers. */
 #include "model.h"
 
 #include <math.h>
@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn_sparse.h"
+#include "index.h"
+#include "kvcache.h"
 #include "ops.h"
 #include "quant.h"
 
@@ -47,6 +50,7 @@ struct eng_model {
     int chunk;
     eng_seq **row_seq;  /* (chunk) the sequence of each row */
     int *row_pos;       /* (chunk) the position of each row in its sequence */
+    char *row_sparse;   /* (chunk) the row is its sequence's only row: a decode step */
     float *logits;      /* (LOGIT_GROUP, n_vocab) */
     float *x, *h, *q, *k, *v, *att, *o, *ff_g, *ff_u, *rope_cos, *rope_sin;
 };
@@ -54,8 +58,16 @@ struct eng_model {
 struct eng_seq {
     const eng_model *m;
     int n_ctx, pos;
-    size_t layer_stride; /* floats per layer in k and v: n_ctx * n_head_kv * dim */
-    float *k, *v;        /* (n_layer, n_ctx, n_head_kv, head_dim) and (..., v_dim) */
+    kv_store *kv;
+    idx_set *ix;
+    idx_kind kind;
+    idx_request req;
+    int measure_recall;
+    int built;            /* the selector has indexed the prefill */
+    attn_kv_view *views;  /* (n_layer, n_head_kv) */
+    int32_t *ids;         /* (n_head_kv, ids_cap) selector output per KV head */
+    int64_t ids_cap;
+    eng_attn_stats st;
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) {
@@ -242,9 +254,21 @@ static int alloc_workspace(eng_model *m) {
     m->rope_sin = malloc(T * 2 * hp->n_rot * sizeof(float));
     m->row_seq = malloc(T * sizeof *m->row_seq);
     m->row_pos = malloc(T * sizeof *m->row_pos);
+    m->row_sparse = malloc(T);
     m->logits = malloc((size_t)LOGIT_GROUP * hp->n_vocab * sizeof(float));
-    return m->row_seq && m->row_pos && m->logits && m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
+    return m->row_seq && m->row_pos && m->row_sparse && m->logits && m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
                    m->rope_cos && m->rope_sin ? 0 : -1;
+}
+
+eng_attn_params eng_attn_default(void) {
+    eng_attn_params a = {0};
+    a.selector = "dense";
+    a.top_k = 100;
+    a.scan = 0.02f;
+    a.n_sink = 128;
+    a.n_window = 512;
+    a.page_size = 64;
+    return a;
 }
 
 eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err, size_t errlen) {
@@ -254,6 +278,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
         return NULL;
     }
     if (p) m->params = *p;
+    if (!m->params.attn.selector) m->params.attn = eng_attn_default();
     m->chunk = m->params.chunk > 0 ? m->params.chunk : 256;
     if (m->params.n_threads > 0) omp_set_num_threads(m->params.n_threads);
     m->g = gguf_open(path, err, errlen);
@@ -309,6 +334,11 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
 #undef NAME
     }
     if (L.failed) goto fail;
+    if (hp->n_head / hp->n_head_kv > ATTN_MAX_GROUP || (hp->n_head / hp->n_head_kv) * hp->v_dim > 4096) {
+        set_err(err, errlen, "model: %d query heads per KV head of dim %d exceed the attention kernels' limit",
+                hp->n_head / hp->n_head_kv, hp->v_dim);
+        goto fail;
+    }
     if (alloc_workspace(m)) {
         set_err(err, errlen, "model: out of memory for the workspace");
         goto fail;
@@ -323,7 +353,7 @@ void eng_model_free(eng_model *m) {
     if (!m) return;
     free(m->x); free(m->h); free(m->q); free(m->k); free(m->v); free(m->att); free(m->o);
     free(m->ff_g); free(m->ff_u); free(m->rope_cos); free(m->rope_sin);
-    free(m->row_seq); free(m->row_pos); free(m->logits);
+    free(m->row_seq); free(m->row_pos); free(m->row_sparse); free(m->logits);
     free(m->layers);
     tok_free(m->vocab);
     gguf_close(m->g);
@@ -342,43 +372,125 @@ bool eng_layer_is_local(const eng_model *m, int layer) {
 /* ---- sequences ---- */
 
 eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen) {
+    return eng_seq_create_ex(m, n_ctx, &m->params.attn, err, errlen);
+}
+
+eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *a, char *err,
+                           size_t errlen) {
     const eng_hparams *hp = &m->hp;
     if (n_ctx <= 0) {
         set_err(err, errlen, "context size must be positive");
         return NULL;
     }
+    idx_kind kind;
+    if (!a->selector || idx_kind_parse(a->selector, &kind) != IDX_OK) {
+        set_err(err, errlen, "unknown attention selector '%s' (dense, window, oracle, retrieval, ivf)",
+                a->selector ? a->selector : "(null)");
+        return NULL;
+    }
+    if (a->top_k < 1 || a->n_sink < 0 || a->n_window < 1 || !(a->scan > 0.0f && a->scan <= 1.0f)) {
+        set_err(err, errlen, "invalid attention parameters (top_k %d, sink %d, window %d, scan %g)",
+                a->top_k, a->n_sink, a->n_window, a->scan);
+        return NULL;
+    }
     eng_seq *s = calloc(1, sizeof *s);
-    if (!s) {
+    int *layer_window = calloc(hp->n_layer, sizeof(int));
+    if (!s || !layer_window) {
+        free(s);
+        free(layer_window);
         set_err(err, errlen, "out of memory");
         return NULL;
     }
     s->m = m;
     s->n_ctx = n_ctx;
-    s->layer_stride = (size_t)n_ctx * hp->n_head_kv * (hp->head_dim > hp->v_dim ? hp->head_dim : hp->v_dim);
-    size_t total = s->layer_stride * hp->n_layer;
-    s->k = malloc(total * sizeof(float));
-    s->v = malloc(total * sizeof(float));
-    if (!s->k || !s->v) {
-        set_err(err, errlen, "cannot allocate the KV cache for %d tokens (%.1f GiB)", n_ctx,
-                2.0 * total * sizeof(float) / (1 << 30));
-        eng_seq_free(s);
-        return NULL;
+    s->kind = kind;
+    s->measure_recall = a->measure_recall;
+    for (int l = 0; l < hp->n_layer; l++) layer_window[l] = eng_layer_is_local(m, l) ? hp->sliding_window : 0;
+
+    kv_params kp = kv_params_default();
+    kp.n_layer = hp->n_layer;
+    kp.n_head_kv = hp->n_head_kv;
+    kp.head_dim = hp->head_dim;
+    kp.v_dim = hp->v_dim;
+    kp.max_tokens = n_ctx;
+    if (a->page_size > 0) kp.page_size = a->page_size;
+    kp.dtype = a->kv_f16 ? KV_F16 : KV_F32;
+    kp.n_sink = a->n_sink;
+    kp.n_window = a->n_window;
+    kp.max_bytes = a->kv_max_bytes;
+    kp.layer_window = layer_window;
+    kp.ring_slack = m->chunk;
+    int rc = kv_create(&kp, &s->kv);
+    if (rc != KV_OK) {
+        set_err(err, errlen, "KV store: %s", kv_strerror(rc));
+        goto fail;
     }
+    idx_params ip = idx_params_default();
+    ip.kind = kind;
+    ip.n_layer = hp->n_layer;
+    ip.n_head_kv = hp->n_head_kv;
+    ip.head_dim = hp->head_dim;
+    for (int l = 0; l < hp->n_layer; l++) layer_window[l] = !eng_layer_is_local(m, l); /* now: the mask */
+    ip.layer_mask = layer_window;
+    rc = idx_create(&ip, &s->ix);
+    if (rc != IDX_OK) {
+        set_err(err, errlen, "selector: %s", idx_strerror(rc));
+        goto fail;
+    }
+    s->req = idx_request_default();
+    s->req.top_k = a->top_k;
+    s->req.scan = a->scan;
+    s->req.gqa = a->gqa_mean ? IDX_GQA_MEAN : IDX_GQA_UNION;
+    s->views = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *s->views);
+    s->ids_cap = n_ctx > 1 ? n_ctx : 1;
+    s->ids = malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
+    if (!s->views || !s->ids) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int h = 0; h < hp->n_head_kv; h++) kv_view(s->kv, l, h, &s->views[l * hp->n_head_kv + h]);
+    free(layer_window);
     return s;
+fail:
+    free(layer_window);
+    eng_seq_free(s);
+    return NULL;
 }
 
 void eng_seq_free(eng_seq *s) {
     if (!s) return;
-    free(s->k);
-    free(s->v);
+    kv_free(s->kv);
+    idx_free(s->ix);
+    free(s->views);
+    free(s->ids);
     free(s);
 }
 
 int eng_seq_pos(const eng_seq *s) { return s->pos; }
 int eng_seq_capacity(const eng_seq *s) { return s->n_ctx; }
-void eng_seq_reset(eng_seq *s) { s->pos = 0; }
+
+void eng_seq_reset(eng_seq *s) {
+    s->pos = 0;
+    s->built = 0;
+    kv_reset(s->kv);
+    idx_reset(s->ix);
+    memset(&s->st, 0, sizeof s->st);
+}
+
 size_t eng_seq_bytes(const eng_seq *s) {
-    return 2 * s->layer_stride * s->m->hp.n_layer * sizeof(float);
+    idx_stats is;
+    idx_stats_get(s->ix, &is);
+    return kv_bytes(s->kv) + is.bytes;
+}
+
+void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out) {
+    *out = s->st;
+    idx_stats is;
+    idx_stats_get(s->ix, &is);
+    out->search_s = is.search_s;
+    out->keys_scanned = is.scanned;
+    if (out->recall_n) out->mass_recall /= out->recall_n;
 }
 
 /* ---- forward ---- */
@@ -393,28 +505,79 @@ static void add_bias(float *y, const float *b, int T, int n) {
         for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 }
 
-/* Attention of a chunk's rows over their sequences' caches. Row t sits at position pos[t] of
- * its sequence and sees keys [lo, pos[t]], lo = pos[t] - window + 1 on local layers. This is the
- * call the offloaded store and the selectors replace. */
-static void attend(const eng_model *m, int layer, int T) {
+static double now_s(void) { return omp_get_wtime(); }
+
+/* Attention of one (row, KV head): the group's G query heads against the row's sequence.
+ * Prefill rows, local layers and the dense selector read the causal range densely; a decode
+ * row of a global layer reads sinks + recent window + the selector's ids, merged by LSE. */
+static void attend_one(const eng_model *m, int layer, int t, int kvh, int local) {
     const eng_hparams *hp = &m->hp;
-    const int hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    const int64_t kstride = (int64_t)hp->n_head_kv * hd, vstride = (int64_t)hp->n_head_kv * vd;
-    const int window = eng_layer_is_local(m, layer) ? hp->sliding_window : 0;
-    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int t = 0; t < T; t++) {
-        for (int h = 0; h < nh; h++) {
-            const eng_seq *s = m->row_seq[t];
-            const float *K = s->k + layer * s->layer_stride, *V = s->v + layer * s->layer_stride;
-            const int p = m->row_pos[t], kvh = h / group;
-            int lo = window ? p - window + 1 : 0;
-            if (lo < 0) lo = 0;
-            float lse;
-            krn_attn_dense(m->q + ((size_t)t * nh + h) * hd, K + lo * kstride + kvh * hd,
-                           V + lo * vstride + kvh * vd, p - lo + 1, kstride, vstride, hd, vd,
-                           hp->attn_scale, m->att + ((size_t)t * nh + h) * vd, &lse);
+    const int hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, G = nh / hp->n_head_kv;
+    eng_seq *s = m->row_seq[t];
+    const int64_t p = m->row_pos[t];
+    const attn_kv_view *view = &s->views[layer * hp->n_head_kv + kvh];
+    const float *q = m->q + ((size_t)t * nh + (size_t)kvh * G) * hd;
+    float *out = m->att + ((size_t)t * nh + (size_t)kvh * G) * vd;
+    float lse[ATTN_MAX_GROUP];
+    if (local) {
+        int64_t lo = p - hp->sliding_window + 1;
+        attn_range(view, q, G, lo < 0 ? 0 : lo, p + 1, hp->attn_scale, out, lse);
+        return;
+    }
+    if (!m->row_sparse[t] || s->kind == IDX_DENSE) {
+        attn_range(view, q, G, 0, p + 1, hp->attn_scale, out, lse);
+        return;
+    }
+    kv_ranges r = kv_ranges_of(s->kv, layer, p + 1);
+    float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
+    attn_range(view, q, G, r.win_lo, p + 1, hp->attn_scale, out, lse);
+    if (r.sink_hi > 0) {
+        attn_range(view, q, G, 0, r.sink_hi, hp->attn_scale, part, plse);
+        attn_merge(out, lse, part, plse, G, vd);
+    }
+    if (r.off_hi > r.off_lo) {
+        int64_t ilo, ihi;
+        idx_range(s->ix, layer, kvh, &ilo, &ihi);
+        if (ihi < r.off_hi) idx_add(s->ix, layer, kvh, s->kv, r.off_hi); /* tokens that left the window */
+        int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
+        int64_t n = idx_select(s->ix, layer, kvh, s->kv, q, G, &s->req, ids, s->ids_cap);
+        if (n > 0) {
+            attn_ids(view, q, G, ids, n, hp->attn_scale, part, plse);
+            attn_merge(out, lse, part, plse, G, vd);
+        }
+        #pragma omp atomic
+        s->st.sparse_rows++;
+        #pragma omp atomic
+        s->st.offloaded_keys += r.off_hi - r.off_lo;
+        #pragma omp atomic
+        s->st.keys_read += n > 0 ? n : 0;
+        if (s->measure_recall) {
+            /* share of the full softmax mass the attended set covers, per query, vs dense */
+            attn_range(view, q, G, 0, p + 1, hp->attn_scale, part, plse);
+            double rec = 0;
+            for (int g = 0; g < G; g++) rec += exp((double)lse[g] - plse[g]);
+            #pragma omp critical(eng_recall)
+            {
+                s->st.mass_recall += rec / G;
+                s->st.recall_n++;
+            }
         }
     }
+}
+
+/* Rows x KV heads in parallel. Always inside a parallel region, so the kernels never split a
+ * key range across threads: a row's result then does not depend on what else is in the batch
+ * (a single decode row of a one-KV-head model uses one thread here; see the README's notes). */
+static void attend(const eng_model *m, int layer, int T) {
+    const int nkv = m->hp.n_head_kv, local = eng_layer_is_local(m, layer);
+    const double t0 = now_s();
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nkv; h++) attend_one(m, layer, t, h, local);
+    const double dt = now_s() - t0;
+    /* attribute the time to the sequences of the chunk, once each */
+    for (int t = 0; t < T; t++)
+        if (t == 0 || m->row_seq[t] != m->row_seq[t - 1]) m->row_seq[t]->st.attn_s += dt;
 }
 
 /* Runs rows [0, T) (T <= chunk); row_seq/row_pos are already filled. Logits of the rows that
@@ -464,10 +627,16 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
                 if (w->k_norm) krn_rmsnorm(k, k, w->k_norm, hd, hp->eps);
                 krn_rope(k, hp->n_rot, c, sn, hp->rope_neox);
             }
+        }
+        /* serial: rows of one sequence append to the same store in order; space was reserved */
+        for (int t = 0; t < T; t++) {
             eng_seq *s = m->row_seq[t];
-            float *Kc = s->k + l * s->layer_stride, *Vc = s->v + l * s->layer_stride;
-            memcpy(Kc + (size_t)m->row_pos[t] * nkv * hd, m->k + (size_t)t * nkv * hd, sizeof(float) * nkv * hd);
-            memcpy(Vc + (size_t)m->row_pos[t] * nkv * vd, m->v + (size_t)t * nkv * vd, sizeof(float) * nkv * vd);
+            kv_append(s->kv, l, m->k + (size_t)t * nkv * hd, m->v + (size_t)t * nkv * vd, 1);
+            if (!local && !m->row_sparse[t] && s->kind == IDX_RETRIEVAL) {
+                const int G = nh / nkv;
+                for (int h = 0; h < nkv; h++)
+                    idx_observe(s->ix, l, h, m->q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd);
+            }
         }
         attend(m, l, T);
         matmul(&w->wo, m->att, T, m->o);
@@ -514,6 +683,20 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
     }
 }
 
+/* Indexes each global layer's offloaded tokens of a sequence whose prefill just ended. */
+static void build_index(const eng_model *m, eng_seq *s) {
+    const double t0 = now_s();
+    const int nkv = m->hp.n_head_kv;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        if (eng_layer_is_local(m, l)) continue;
+        /* the decode row about to run sits at position pos; its window covers it */
+        kv_ranges r = kv_ranges_of(s->kv, l, (int64_t)s->pos + 1);
+        for (int h = 0; h < nkv; h++) idx_build(s->ix, l, h, s->kv, r.off_lo, r.off_hi, NULL, 0);
+    }
+    s->built = 1;
+    s->st.build_s += now_s() - t0;
+}
+
 int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err, size_t errlen) {
     if (n <= 0) {
         set_err(err, errlen, "no tokens to evaluate");
@@ -540,6 +723,10 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
                     s->pos, j - i, s->n_ctx);
             return -1;
         }
+        if (kv_reserve(s->kv, (int64_t)s->pos + (j - i)) != KV_OK) {
+            set_err(err, errlen, "%s", kv_last_error(s->kv));
+            return -1;
+        }
         for (int k = j; k < n; k++) {
             if (rows[k].seq == s) {
                 set_err(err, errlen, "batch rows of one sequence must be consecutive (row %d)", k);
@@ -548,12 +735,20 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
         }
         i = j;
     }
+    /* a sequence advanced by exactly one row is decoding: its selector indexes the prefill once */
+    for (int i = 0; i < n; i++) {
+        eng_seq *s = rows[i].seq;
+        int single = (i == 0 || rows[i - 1].seq != s) && (i + 1 == n || rows[i + 1].seq != s);
+        if (single && !s->built && s->kind != IDX_DENSE) build_index(m, s);
+    }
     for (int i = 0; i < n; i += m->chunk) {
         int T = n - i < m->chunk ? n - i : m->chunk;
         for (int t = 0; t < T; t++) {
             eng_seq *s = rows[i + t].seq;
+            const int k = i + t;
             m->row_seq[t] = s;
             m->row_pos[t] = s->pos++;
+            m->row_sparse[t] = (k == 0 || rows[k - 1].seq != s) && (k + 1 == n || rows[k + 1].seq != s);
         }
         forward_chunk(m, rows + i, T);
     }

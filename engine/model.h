@@ -42,10 +42,44 @@ typedef struct {
 typedef struct eng_model eng_model;
 typedef struct eng_seq eng_seq;
 
+/* How a sequence stores its KV cache and which keys its decode steps attend (DESIGN.md).
+ * Prefill rows always attend densely (causal); a decode row (a sequence advanced by one row)
+ * of a global layer attends its static set (sinks + recent window) plus the ids its selector
+ * picks among the offloaded tokens, merged exactly by log-sum-exp. */
+typedef struct {
+    const char *selector;  /* "dense" (default), "window", "oracle", "retrieval", "ivf" */
+    int top_k;             /* ids per query the selector returns (default 100) */
+    float scan;            /* retrieval/ivf: share of offloaded keys scored (default 0.02) */
+    int gqa_mean;          /* 1: select with the group's mean query; 0: union of per-query top-k */
+    int n_sink;            /* static set: first n_sink tokens (default 128) */
+    int n_window;          /* ... and the last n_window tokens (default 512) */
+    int page_size;         /* tokens per KV page (default 64) */
+    int kv_f16;            /* store K and V as f16 */
+    size_t kv_max_bytes;   /* per-sequence KV memory limit; 0: none */
+    int measure_recall;    /* also run dense attention to measure the selected set's mass recall */
+} eng_attn_params;
+
+/* Defaults: dense, top_k 100, scan 0.02, union, sinks 128, window 512, pages of 64, f32. */
+eng_attn_params eng_attn_default(void);
+
 typedef struct {
     int n_threads;     /* 0: OpenMP default */
     int chunk;         /* prefill tokens per forward chunk; 0: 256 */
+    eng_attn_params attn; /* sequences' default; all-zero means eng_attn_default() */
 } eng_model_params;
+
+/* Attention statistics of a sequence since its creation or last reset (global layers). */
+typedef struct {
+    int64_t sparse_rows;    /* (decode row, layer, KV head) triples that used the selector */
+    int64_t offloaded_keys; /* offloaded candidates of those triples, summed */
+    int64_t keys_read;      /* offloaded keys attended (selected ids), summed */
+    int64_t keys_scanned;   /* keys the selector scored exactly, summed */
+    double search_s;        /* seconds in the selector */
+    double build_s;         /* seconds building indexes after prefill */
+    double attn_s;          /* seconds in attention (all layers, all rows) */
+    double mass_recall;     /* mean attention-mass recall of sparse triples (measure_recall) */
+    int64_t recall_n;       /* triples measured */
+} eng_attn_stats;
 
 /* Loads the model at path. NULL and a one-line reason in err on failure. */
 eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err, size_t errlen);
@@ -56,13 +90,18 @@ const tok_vocab *eng_model_vocab(const eng_model *m);
 const gguf_ctx *eng_model_gguf(const eng_model *m);
 bool eng_layer_is_local(const eng_model *m, int layer);
 
-/* A sequence: its KV cache of capacity n_ctx tokens (f32, contiguous per layer). */
+/* A sequence: its paged KV store of capacity n_ctx tokens and its selector, configured by the
+ * model's attention parameters (eng_seq_create) or by attn (eng_seq_create_ex; the selector
+ * string need not outlive the call). NULL and a reason in err on bad parameters. */
 eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen);
+eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *attn,
+                           char *err, size_t errlen);
+void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out);
 void eng_seq_free(eng_seq *s); /* accepts NULL */
 int eng_seq_pos(const eng_seq *s);      /* tokens already in the cache */
 int eng_seq_capacity(const eng_seq *s);
-void eng_seq_reset(eng_seq *s);         /* forget all tokens */
-size_t eng_seq_bytes(const eng_seq *s); /* KV memory held */
+void eng_seq_reset(eng_seq *s);         /* forget all tokens and statistics */
+size_t eng_seq_bytes(const eng_seq *s); /* KV (and index) memory held */
 
 /* One row of a batch: the next token of a sequence. Rows of one sequence must be consecutive
  * and in order; each takes the sequence's next position, and sees the rows before it. */

@@ -16,7 +16,7 @@ static float max_diff(const float *a, const float *b, size_t n) {
 
 static void run_model(const char *path) {
     char err[512];
-    eng_model_params mp = {0, 5}; /* chunk 5: batches cross chunk borders */
+    eng_model_params mp = {.chunk = 5}; /* batches cross chunk borders */
     eng_model *m = eng_model_load(path, &mp, err, sizeof err);
     CHECK(m != NULL, "load %s: %s", path, err);
     if (!m) return;
