@@ -15,7 +15,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 py=${PYTHON:-python3}
-if ! "$py" -c 'import numpy, gguf, tokenizers' 2>/dev/null; then
+if ! "$py" -c 'import numpy, gguf, tokenizers, openai' 2>/dev/null; then
   echo "setup: installing Python test tooling (tests/requirements.txt)" >&2
   "$py" -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || "$py" -m pip install -q --break-system-packages -r tests/requirements.txt

@@ -15,6 +15,7 @@
 
 #include "model.h"
 #include "sampler.h"
+#include "server.h"
 #include "tok.h"
 
 #define KVSEEK_VERSION "0.1.0"
@@ -58,6 +59,8 @@ typedef struct {
     float temp, top_p, min_p, repeat_penalty;
     uint64_t seed;
     bool json, no_bos, no_special, help, seed_set, render_special;
+    eng_attn_params attn;
+    float kv_mem_gb;
 } args;
 
 static void usage(const char *cmd) {
@@ -70,7 +73,8 @@ static void usage(const char *cmd) {
                "  detokenize   print the text of token ids\n"
                "  perplexity   llama.cpp-compatible perplexity over a text file\n"
                "  logits       write the logits of every position of a token sequence (f32)\n"
-               "  info         print the model's hyperparameters as JSON\n", KVSEEK_VERSION);
+               "  info         print the model's hyperparameters as JSON\n"
+               "  serve        HTTP server: TGI and OpenAI-compatible APIs, streaming, batching\n", KVSEEK_VERSION);
         return;
     }
     printf("usage: kvseek %s -m MODEL", cmd);
@@ -87,7 +91,17 @@ static void usage(const char *cmd) {
                "  -c, --ctx-size N      KV cache capacity (default: prompt + n)\n"
                "  --no-bos              do not prepend BOS\n"
                "  --no-special          treat special-token text in the prompt as plain text\n"
-               "  --json                print one JSON object with tokens, text and timings\n");
+               "  --json                print one JSON object with tokens, text, timings, attention stats\n"
+               "\nattention over the offloaded KV cache (DESIGN.md):\n"
+               "  --attn S              selector: dense (default), window, oracle, retrieval, ivf\n"
+               "  --attn-top-k N        ids per query the selector returns (default 100)\n"
+               "  --attn-scan F         retrieval/ivf: share of offloaded keys scored (default 0.02)\n"
+               "  --attn-gqa union|mean selection per KV head: union of per-query top-k, or mean query\n"
+               "  --sink N              static set: first N tokens (default 128)\n"
+               "  --window N            static set: last N tokens (default 512)\n"
+               "  --kv-f16              store K and V as f16\n"
+               "  --kv-mem-gb G         KV memory limit of the sequence\n"
+               "  --measure-recall      also attend densely to report the selected set's mass recall\n");
     } else if (!strcmp(cmd, "tokenize")) {
         printf(" -p TEXT | -f FILE [--no-bos] [--no-special]\n");
     } else if (!strcmp(cmd, "detokenize")) {
@@ -131,6 +145,7 @@ static int parse_args(int argc, char **argv, args *a) {
     a->n_predict = 128;
     a->temp = 0.8f; a->top_k = 40; a->top_p = 0.95f; a->min_p = 0.05f;
     a->repeat_penalty = 1.0f; a->repeat_last_n = 64;
+    a->attn = eng_attn_default();
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -169,6 +184,22 @@ static int parse_args(int argc, char **argv, args *a) {
             a->seed_set = true;
         }
         else if (IS("--json")) a->json = true;
+        else if (IS("--attn")) { NEED(); a->attn.selector = v; }
+        else if (IS("--attn-top-k")) INT(a->attn.top_k, 1, 1 << 24);
+        else if (IS("--attn-scan")) FLT(a->attn.scan);
+        else if (IS("--attn-gqa")) {
+            NEED();
+            if (strcmp(v, "union") && strcmp(v, "mean")) {
+                fprintf(stderr, "error: --attn-gqa must be union or mean\n");
+                return -1;
+            }
+            a->attn.gqa_mean = !strcmp(v, "mean");
+        }
+        else if (IS("--sink")) INT(a->attn.n_sink, 0, 1 << 24);
+        else if (IS("--window")) INT(a->attn.n_window, 1, 1 << 24);
+        else if (IS("--kv-f16")) a->attn.kv_f16 = 1;
+        else if (IS("--kv-mem-gb")) FLT(a->kv_mem_gb);
+        else if (IS("--measure-recall")) a->attn.measure_recall = 1;
         else if (IS("--no-bos")) a->no_bos = true;
         else if (IS("--no-special")) a->no_special = true;
         else if (IS("--special")) a->render_special = true;
@@ -193,6 +224,15 @@ static int parse_args(int argc, char **argv, args *a) {
         fprintf(stderr, "error: --temp must be >= 0\n");
         return -1;
     }
+    if (!(a->attn.scan > 0.0f && a->attn.scan <= 1.0f)) {
+        fprintf(stderr, "error: --attn-scan must be in (0, 1]\n");
+        return -1;
+    }
+    if (a->kv_mem_gb < 0.0f) {
+        fprintf(stderr, "error: --kv-mem-gb must be >= 0\n");
+        return -1;
+    }
+    a->attn.kv_max_bytes = (size_t)((double)a->kv_mem_gb * (1u << 30));
     if (a->repeat_penalty <= 0.0f) {
         fprintf(stderr, "error: --repeat-penalty must be > 0\n");
         return -1;
@@ -235,7 +275,8 @@ static eng_model *load_model(const args *a) {
         fprintf(stderr, "error: no model given (-m MODEL)\n");
         return NULL;
     }
-    eng_model_params mp = {a->threads > 0 ? a->threads : physical_cores(), a->chunk};
+    eng_model_params mp = {.n_threads = a->threads > 0 ? a->threads : physical_cores(), .chunk = a->chunk,
+                           .attn = a->attn};
     char err[512];
     double t0 = now_ms();
     eng_model *m = eng_model_load(a->model, &mp, err, sizeof err);
@@ -313,6 +354,36 @@ static int32_t *parse_ids(const char *s, int64_t *n_out) {
     }
     *n_out = (int64_t)n;
     return ids;
+}
+
+/* Copies text replacing each invalid UTF-8 sequence by U+FFFD, so JSON output stays valid
+ * when generation stops inside a character. The caller frees. */
+static char *utf8_sanitize(const char *s, size_t n) {
+    char *out = malloc(3 * n + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + len <= n;
+        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] & 0xC0) == 0x80;
+        if (ok && len > 1) { /* overlong forms and surrogates are invalid too */
+            unsigned cp = len == 2 ? (c & 0x1Fu) : len == 3 ? (c & 0x0Fu) : (c & 0x07u);
+            for (int k = 1; k < len; k++) cp = (cp << 6) | ((unsigned char)s[i + k] & 0x3Fu);
+            ok = (len == 2 && cp >= 0x80) || (len == 3 && cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) ||
+                 (len == 4 && cp >= 0x10000 && cp <= 0x10FFFF);
+        }
+        if (ok && c) {
+            memcpy(o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    *o = 0;
+    return out;
 }
 
 /* ---- subcommands ---- */
@@ -497,7 +568,9 @@ static int cmd_generate(const args *a) {
         cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
         cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
         for (int i = 0; i < n_gen; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + i]));
-        cJSON_AddStringToObject(o, "text", gen_text ? gen_text : "");
+        char *clean = utf8_sanitize(gen_text ? gen_text : "", gen_len);
+        cJSON_AddStringToObject(o, "text", clean ? clean : "");
+        free(clean);
         cJSON_AddNumberToObject(o, "generated_tokens", n_gen);
         cJSON_AddStringToObject(o, "finish_reason", finish);
         cJSON_AddNumberToObject(o, "prefill_ms", t_prefill);
@@ -505,6 +578,21 @@ static int cmd_generate(const args *a) {
         cJSON_AddNumberToObject(o, "decode_ms", t_decode);
         cJSON_AddNumberToObject(o, "decode_tok_s", dec_tps);
         cJSON_AddNumberToObject(o, "seed", (double)sp.seed);
+        eng_attn_stats st;
+        eng_seq_attn_stats(s, &st);
+        cJSON *at = cJSON_AddObjectToObject(o, "attn");
+        cJSON_AddStringToObject(at, "selector", a->attn.selector);
+        cJSON_AddNumberToObject(at, "sparse_rows", (double)st.sparse_rows);
+        cJSON_AddNumberToObject(at, "offloaded_keys", (double)st.offloaded_keys);
+        cJSON_AddNumberToObject(at, "keys_read", (double)st.keys_read);
+        cJSON_AddNumberToObject(at, "keys_read_fraction",
+                                st.offloaded_keys ? (double)st.keys_read / st.offloaded_keys : 0.0);
+        cJSON_AddNumberToObject(at, "keys_scanned", (double)st.keys_scanned);
+        cJSON_AddNumberToObject(at, "search_ms", st.search_s * 1e3);
+        cJSON_AddNumberToObject(at, "attn_ms", st.attn_s * 1e3);
+        cJSON_AddNumberToObject(at, "index_build_ms", st.build_s * 1e3);
+        cJSON_AddNumberToObject(at, "kv_bytes", (double)eng_seq_bytes(s));
+        if (st.recall_n) cJSON_AddNumberToObject(at, "mass_recall", st.mass_recall);
         char *js = cJSON_PrintUnformatted(o);
         if (js) printf("%s\n", js);
         free(js);
@@ -669,6 +757,7 @@ int main(int argc, char **argv) {
         printf("kvseek %s\n", KVSEEK_VERSION);
         return 0;
     }
+    if (!strcmp(argv[1], "serve")) return srv_serve_main(argc, argv);
     static const struct { const char *name; int (*fn)(const args *); } cmds[] = {
         {"generate", cmd_generate}, {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
         {"perplexity", cmd_perplexity}, {"logits", cmd_logits}, {"info", cmd_info},

@@ -363,6 +363,15 @@ def tensor_types(arch, c, matmuls, quantized):
     return types
 
 
+# The qwen2 model carries a chat template (ChatML) in its metadata; the gemma3 one, like the
+# default Gemma 3 270M file, has none (the server infers the format from the architecture).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 def write_model(outdir, arch, quantized):
     c = MODELS[arch]
     name = "tiny-%s%s.gguf" % (arch, "" if quantized else "-f32")
@@ -400,6 +409,7 @@ def write_model(outdir, arch, quantized):
         w.add_eos_token_id(eot)
         w.add_pad_token_id(eot)
         w.add_add_bos_token(False)
+        w.add_chat_template(CHATML_TEMPLATE)
     else:
         extra = ["<start_of_turn>", "<end_of_turn>"] if arch == "gemma3" else []
         tokens, scores, types = spm_tokenizer(extra)

@@ -1,0 +1,708 @@
+/* The scheduler (see scheduler.h): a bounded FIFO of submitted requests, n_parallel slots each
+ * holding a sequence, and one engine thread that loops: admit queued requests into free slots,
+ * drop cancelled ones, build one batch (a decode row per running sequence, then prompt tokens of
+ * prefilling ones, oldest first, up to batch_rows), run eng_forward_batch, sample every row that
+ * produced logits, and push the token events.
+ *
+ * A request is shared by its submitter and the engine through a reference count: the submitter's
+ * handle (dropped by eng_req_release) and the engine's (dropped when the request finishes). The
+ * channel of events is a growable FIFO under the request's own mutex, so a slow reader never
+ * blocks the engine. Workload assumed: tens of concurrent requests, a step every few tens of ms. */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tok.h"
+
+typedef enum { REQ_QUEUED = 0, REQ_PREFILL, REQ_DECODE, REQ_DONE } req_state;
+
+struct eng_req {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;                /* under mu */
+    atomic_bool cancel;
+    /* channel: evs[head .. head+count) */
+    eng_event *evs;
+    int head, count, cap;
+    bool final_pushed, final_popped;
+
+    /* set by submit, then read-only */
+    int n_prompt, max_tokens;
+    eng_sampler_params sp;
+    char *stop[ENG_MAX_STOP];
+    size_t stop_len[ENG_MAX_STOP];
+    int n_stop;
+    size_t max_stop_len;
+    bool stop_inclusive, ignore_eos;
+    int top_logprobs;
+    double t_submit;
+
+    /* engine thread only */
+    eng_req *next;           /* queue link */
+    req_state state;
+    int32_t *hist;           /* prompt then generated tokens; capacity n_prompt + max_tokens */
+    int n_hist, n_fed, n_gen;
+    eng_sampler *smp;
+    char *out;               /* generated text; out[0 .. sent) has been released */
+    size_t out_len, out_cap, sent;
+    uint64_t admit_seq;
+    double t_admit, t_first, t_last;
+};
+
+typedef struct {
+    eng_seq *seq;
+    eng_req *req;            /* NULL when free; written under the scheduler's mutex */
+    float *logits;           /* n_vocab */
+    int row;                 /* the row of this step that produced logits, or -1 */
+    int32_t tok;             /* token sampled this step */
+    float lp;
+} slot;
+
+struct eng_sched {
+    eng_model *m;
+    const tok_vocab *vocab;
+    eng_sched_params p;
+    int n_vocab;
+    pthread_t th;
+    bool started;
+
+    pthread_mutex_t mu;      /* guards the queue, the slots' req pointers, stopping, stats */
+    pthread_cond_t cv;
+    eng_req *q_head, *q_tail;
+    int q_len, n_active;
+    bool stopping;
+    uint64_t admit_counter;
+    eng_sched_stats st;
+
+    slot *slots;
+    eng_batch_row *rows;     /* batch_rows */
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+const char *eng_sched_strerror(int code) {
+    switch (code) {
+    case 0: return "ok";
+    case ENG_SCHED_ENOMEM: return "out of memory";
+    case ENG_SCHED_EARG: return "invalid argument";
+    case ENG_SCHED_EFULL: return "the request queue is full";
+    case ENG_SCHED_ESTOPPED: return "the server is shutting down";
+    case ENG_SCHED_ETOOLONG: return "prompt and max_tokens exceed the context size";
+    default: return "unknown error";
+    }
+}
+
+const char *eng_finish_name(eng_finish f) {
+    static const char *names[] = {"none", "length", "eos", "stop", "cancelled", "error"};
+    return f >= ENG_FINISH_NONE && f <= ENG_FINISH_ERROR ? names[f] : "unknown";
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- requests and their channels ---- */
+
+static void req_free(eng_req *r) {
+    for (int i = r->head; i < r->head + r->count; i++) eng_event_clear(&r->evs[i]);
+    free(r->evs);
+    for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    free(r->hist);
+    free(r->out);
+    eng_sampler_free(r->smp);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
+
+static void req_unref(eng_req *r) {
+    pthread_mutex_lock(&r->mu);
+    int left = --r->refs;
+    pthread_mutex_unlock(&r->mu);
+    if (left == 0) req_free(r);
+}
+
+/* Appends an event (taking what it owns). When the channel cannot grow, the token is dropped
+ * but a final event is always kept: the last slot is reserved for it. */
+static void req_push(eng_req *r, eng_event *ev) {
+    pthread_mutex_lock(&r->mu);
+    if (r->head + r->count == r->cap) {
+        if (r->head > 0) {
+            memmove(r->evs, r->evs + r->head, sizeof(eng_event) * r->count);
+            r->head = 0;
+        } else {
+            int nc = r->cap ? 2 * r->cap : 16;
+            eng_event *ne = realloc(r->evs, sizeof(eng_event) * nc);
+            if (ne) {
+                r->evs = ne;
+                r->cap = nc;
+            }
+        }
+    }
+    if (r->head + r->count < r->cap) {
+        r->evs[r->head + r->count++] = *ev;
+    } else if (ev->finish != ENG_FINISH_NONE && r->count > 0) {
+        eng_event_clear(&r->evs[r->head + r->count - 1]); /* out of memory: the end matters most */
+        r->evs[r->head + r->count - 1] = *ev;
+    } else {
+        eng_event_clear(ev);
+    }
+    if (ev->finish != ENG_FINISH_NONE) r->final_pushed = true;
+    memset(ev, 0, sizeof *ev);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+int eng_req_next(eng_req *r, eng_event *ev, int timeout_ms) {
+    pthread_mutex_lock(&r->mu);
+    struct timespec dl;
+    if (timeout_ms >= 0) {
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        dl.tv_sec += timeout_ms / 1000;
+        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
+    }
+    int rc = 0;
+    for (;;) {
+        if (r->count > 0) {
+            *ev = r->evs[r->head++];
+            if (--r->count == 0) r->head = 0;
+            if (ev->finish != ENG_FINISH_NONE) r->final_popped = true;
+            rc = 1;
+            break;
+        }
+        if (r->final_popped) { rc = -1; break; }
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&r->cv, &r->mu);
+        } else if (pthread_cond_timedwait(&r->cv, &r->mu, &dl) == ETIMEDOUT) {
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+void eng_event_clear(eng_event *ev) {
+    if (!ev) return;
+    free(ev->text);
+    ev->text = NULL;
+    ev->text_len = 0;
+}
+
+void eng_req_cancel(eng_req *r) { atomic_store(&r->cancel, true); }
+
+void eng_req_release(eng_req *r) {
+    if (!r) return;
+    atomic_store(&r->cancel, true); /* a no-op when it already finished */
+    req_unref(r);
+}
+
+/* ---- submit ---- */
+
+int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
+    *out = NULL;
+    if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 ||
+        p->n_stop > ENG_MAX_STOP || p->top_logprobs < 0 || p->top_logprobs > ENG_MAX_TOP_LOGPROBS)
+        return ENG_SCHED_EARG;
+    for (int i = 0; i < p->n_prompt; i++)
+        if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_SCHED_EARG;
+    if ((int64_t)p->n_prompt + p->max_tokens > s->p.n_ctx) return ENG_SCHED_ETOOLONG;
+
+    eng_req *r = calloc(1, sizeof *r);
+    if (!r) return ENG_SCHED_ENOMEM;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    r->refs = 2; /* the caller's handle and the engine's */
+    r->n_prompt = p->n_prompt;
+    r->max_tokens = p->max_tokens;
+    r->sp = p->sampling;
+    r->stop_inclusive = p->stop_inclusive;
+    r->ignore_eos = p->ignore_eos;
+    r->top_logprobs = p->top_logprobs;
+    r->hist = malloc(sizeof(int32_t) * ((size_t)p->n_prompt + p->max_tokens));
+    if (!r->hist) goto nomem;
+    memcpy(r->hist, p->prompt, sizeof(int32_t) * p->n_prompt);
+    r->n_hist = p->n_prompt;
+    for (int i = 0; i < p->n_stop; i++) {
+        if (!p->stop[i] || !p->stop[i][0]) continue;
+        size_t len = strlen(p->stop[i]);
+        if (!(r->stop[r->n_stop] = strdup(p->stop[i]))) goto nomem;
+        r->stop_len[r->n_stop++] = len;
+        if (len > r->max_stop_len) r->max_stop_len = len;
+    }
+    r->t_submit = now_ms();
+
+    pthread_mutex_lock(&s->mu);
+    int free_slots = s->p.n_parallel - s->n_active;
+    int rc = 0;
+    if (s->stopping) rc = ENG_SCHED_ESTOPPED;
+    else if (s->q_len >= s->p.queue_cap + (free_slots > 0 ? free_slots : 0)) rc = ENG_SCHED_EFULL;
+    if (rc == 0) {
+        if (s->q_tail) s->q_tail->next = r;
+        else s->q_head = r;
+        s->q_tail = r;
+        s->q_len++;
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc) {
+        req_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+nomem:
+    req_free(r);
+    return ENG_SCHED_ENOMEM;
+}
+
+/* ---- engine side ---- */
+
+/* Ends a request: pushes its final event (carrying the last token when tok_ev has one), frees
+ * its slot and drops the engine's reference. */
+static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_event *tok_ev,
+                       const char *error) {
+    eng_event ev;
+    if (tok_ev) {
+        ev = *tok_ev;
+    } else {
+        memset(&ev, 0, sizeof ev);
+        ev.t_ms = now_ms();
+    }
+    /* whatever text is still held back is released now (a cut at a stop string already
+     * shortened out_len) */
+    if (r->sent < r->out_len) {
+        size_t add = r->out_len - r->sent;
+        char *t = realloc(ev.text, (size_t)ev.text_len + add + 1);
+        if (t) {
+            memcpy(t + ev.text_len, r->out + r->sent, add);
+            ev.text_len += (int)add;
+            t[ev.text_len] = 0;
+            ev.text = t;
+        }
+        r->sent = r->out_len;
+    }
+    ev.finish = why;
+    ev.n_prompt = r->n_prompt;
+    ev.n_gen = r->n_gen;
+    double t_end = now_ms();
+    if (r->t_admit > 0) ev.t_queue_ms = r->t_admit - r->t_submit;
+    if (r->t_first > 0) {
+        ev.t_prefill_ms = r->t_first - r->t_admit;
+        ev.t_decode_ms = (r->t_last > 0 ? r->t_last : t_end) - r->t_first;
+    }
+    if (error) snprintf(ev.error, sizeof ev.error, "%s", error);
+    r->state = REQ_DONE;
+    eng_sampler_free(r->smp);
+    r->smp = NULL;
+    req_push(r, &ev);
+    pthread_mutex_lock(&s->mu);
+    if (sl) {
+        sl->req = NULL;
+        s->n_active--;
+    }
+    s->st.finished[why]++;
+    pthread_mutex_unlock(&s->mu);
+    req_unref(r);
+}
+
+/* End of the last complete UTF-8 character in s[start, end): an incomplete multi-byte sequence
+ * at the end is held back (invalid bytes are not: they would never complete). */
+static size_t utf8_safe_end(const char *s, size_t start, size_t end) {
+    for (size_t i = end, k = 0; i > start && k < 4; i--, k++) {
+        unsigned char c = (unsigned char)s[i - 1];
+        if ((c & 0xC0) == 0x80) continue; /* continuation byte */
+        size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 :
+                      (c & 0xF8) == 0xF0 ? 4 : 1;
+        return end - (i - 1) < need ? i - 1 : end;
+    }
+    return end;
+}
+
+/* Length of the longest suffix of s[0, len) that is a proper prefix of a stop string. */
+static size_t stop_holdback(const eng_req *r, const char *s, size_t len) {
+    size_t best = 0;
+    for (int i = 0; i < r->n_stop; i++) {
+        size_t L = r->stop_len[i] - 1 < len ? r->stop_len[i] - 1 : len;
+        for (; L > best; L--)
+            if (!memcmp(s + len - L, r->stop[i], L)) { best = L; break; }
+    }
+    return best;
+}
+
+static int out_append(eng_req *r, const char *b, size_t n) {
+    if (r->out_len + n + 1 > r->out_cap) {
+        size_t nc = 2 * (r->out_len + n + 1) + 64;
+        char *no = realloc(r->out, nc);
+        if (!no) return -1;
+        r->out = no;
+        r->out_cap = nc;
+    }
+    memcpy(r->out + r->out_len, b, n);
+    r->out_len += n;
+    r->out[r->out_len] = 0;
+    return 0;
+}
+
+/* The alternatives with the highest logits and their log-probabilities (before penalties). */
+static void top_logprobs(const float *logits, int n_vocab, int k, eng_event *ev) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n_vocab; i++) if (logits[i] > mx) mx = logits[i];
+    double z = 0.0;
+    for (int i = 0; i < n_vocab; i++) z += exp((double)logits[i] - mx);
+    const float log_z = mx + (float)log(z);
+    int n = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        float l = logits[i];
+        if (n == k && l <= ev->top_logprob[n - 1]) continue;
+        int j = n < k ? n++ : n - 1;
+        while (j > 0 && ev->top_logprob[j - 1] < l) {
+            ev->top_logprob[j] = ev->top_logprob[j - 1];
+            ev->top_id[j] = ev->top_id[j - 1];
+            j--;
+        }
+        ev->top_logprob[j] = l;
+        ev->top_id[j] = i;
+    }
+    for (int i = 0; i < n; i++) ev->top_logprob[i] -= log_z;
+    ev->n_top = n;
+}
+
+/* Takes the token sampled for r: updates its text, decides whether it ends the request and
+ * pushes the event. ev already holds the token, its logprob and alternatives. */
+static void take_token(eng_sched *s, slot *sl, eng_req *r, eng_event *ev) {
+    const int32_t tok = ev->id;
+    const double t = ev->t_ms;
+    if (r->t_first == 0) r->t_first = t;
+    r->t_last = t;
+    r->hist[r->n_hist++] = tok;
+    r->n_gen++;
+    pthread_mutex_lock(&s->mu);
+    s->st.generated_tokens++;
+    pthread_mutex_unlock(&s->mu);
+
+    const bool eog = tok_is_eog(s->vocab, tok);
+    const tok_type tt = tok_get_type(s->vocab, tok);
+    ev->special = eog || tt == TOK_TYPE_CONTROL;
+    eng_finish why = ENG_FINISH_NONE;
+    if (eog && !r->ignore_eos) {
+        why = ENG_FINISH_EOS;
+    } else {
+        char piece[256];
+        int pl = tok_piece(s->vocab, tok, false, piece, sizeof piece);
+        char *big = NULL;
+        if (pl > (int)sizeof piece && (big = malloc(pl))) tok_piece(s->vocab, tok, false, big, pl);
+        if (pl > (int)sizeof piece && !big) pl = sizeof piece;
+        if (pl > 0 && out_append(r, big ? big : piece, pl)) {
+            free(big);
+            finish_req(s, sl, r, ENG_FINISH_ERROR, ev, "out of memory");
+            return;
+        }
+        free(big);
+        /* a stop string can only start in the unreleased text */
+        size_t best = (size_t)-1, best_len = 0;
+        for (int i = 0; i < r->n_stop; i++) {
+            const char *hit = memmem(r->out + r->sent, r->out_len - r->sent, r->stop[i], r->stop_len[i]);
+            if (hit && (size_t)(hit - r->out) < best) {
+                best = hit - r->out;
+                best_len = r->stop_len[i];
+            }
+        }
+        if (best != (size_t)-1) {
+            r->out_len = best + (r->stop_inclusive ? best_len : 0);
+            r->out[r->out_len] = 0;
+            why = ENG_FINISH_STOP;
+        }
+    }
+    if (why == ENG_FINISH_NONE && r->n_gen >= r->max_tokens) why = ENG_FINISH_LENGTH;
+    if (why == ENG_FINISH_NONE && eng_seq_pos(sl->seq) >= eng_seq_capacity(sl->seq))
+        why = ENG_FINISH_LENGTH;
+    if (why != ENG_FINISH_NONE) {
+        finish_req(s, sl, r, why, ev, NULL);
+        return;
+    }
+    size_t end = r->out_len - stop_holdback(r, r->out, r->out_len);
+    if (end < r->sent) end = r->sent;
+    end = utf8_safe_end(r->out, r->sent, end);
+    if (end > r->sent) {
+        ev->text = malloc(end - r->sent + 1);
+        if (ev->text) {
+            memcpy(ev->text, r->out + r->sent, end - r->sent);
+            ev->text_len = (int)(end - r->sent);
+            ev->text[ev->text_len] = 0;
+            r->sent = end;
+        }
+    }
+    r->state = REQ_DECODE;
+    req_push(r, ev);
+}
+
+/* Moves queued requests into free slots (under s->mu). Returns the admitted ones that were
+ * cancelled while waiting in *cancelled (a list through ->next). */
+static eng_req *admit_locked(eng_sched *s) {
+    eng_req *cancelled = NULL;
+    for (int i = 0; i < s->p.n_parallel && s->q_head; i++) {
+        if (s->slots[i].req) continue;
+        eng_req *r = s->q_head;
+        s->q_head = r->next;
+        if (!s->q_head) s->q_tail = NULL;
+        s->q_len--;
+        r->next = NULL;
+        if (atomic_load(&r->cancel)) {
+            r->next = cancelled;
+            cancelled = r;
+            i--; /* the slot is still free */
+            continue;
+        }
+        s->slots[i].req = r;
+        s->n_active++;
+        r->state = REQ_PREFILL;
+        r->admit_seq = s->admit_counter++;
+    }
+    return cancelled;
+}
+
+/* Runs one step over the active slots. */
+static void step(eng_sched *s) {
+    char err[256];
+    const int np = s->p.n_parallel;
+    /* set up newly admitted requests; end cancelled ones */
+    for (int i = 0; i < np; i++) {
+        slot *sl = &s->slots[i];
+        eng_req *r = sl->req;
+        sl->row = -1;
+        if (!r) continue;
+        if (atomic_load(&r->cancel)) {
+            finish_req(s, sl, r, ENG_FINISH_CANCELLED, NULL, NULL);
+            continue;
+        }
+        if (r->state == REQ_PREFILL && !r->smp) {
+            r->t_admit = now_ms();
+            eng_seq_reset(sl->seq);
+            r->smp = eng_sampler_create(&r->sp, s->n_vocab);
+            if (!r->smp) finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, "out of memory");
+        }
+    }
+    /* one decode row per running sequence */
+    int n = 0;
+    for (int i = 0; i < np; i++) {
+        slot *sl = &s->slots[i];
+        eng_req *r = sl->req;
+        if (!r || r->state != REQ_DECODE) continue;
+        sl->row = n;
+        s->rows[n++] = (eng_batch_row){sl->seq, r->hist[r->n_hist - 1], sl->logits};
+    }
+    /* prompt tokens, oldest request first, in the room left */
+    int n_prefill = 0;
+    for (;;) {
+        slot *pick = NULL;
+        for (int i = 0; i < np; i++) {
+            slot *sl = &s->slots[i];
+            eng_req *r = sl->req;
+            if (!r || r->state != REQ_PREFILL || sl->row >= 0 || r->n_fed >= r->n_prompt) continue;
+            if (!pick || r->admit_seq < pick->req->admit_seq) pick = sl;
+        }
+        int room = s->p.batch_rows - n;
+        if (!pick || room <= 0) break;
+        eng_req *r = pick->req;
+        int k = r->n_prompt - r->n_fed < room ? r->n_prompt - r->n_fed : room;
+        for (int j = 0; j < k; j++) {
+            bool last = r->n_fed + j == r->n_prompt - 1;
+            s->rows[n + j] = (eng_batch_row){pick->seq, r->hist[r->n_fed + j], last ? pick->logits : NULL};
+            if (last) pick->row = n + j;
+        }
+        if (pick->row < 0) pick->row = -2; /* fed this step, no logits yet */
+        r->n_fed += k;
+        n += k;
+        n_prefill += k;
+    }
+    if (n == 0) return;
+
+    double t0 = now_ms();
+    if (eng_forward_batch(s->m, s->rows, n, err, sizeof err)) {
+        for (int i = 0; i < np; i++) {
+            slot *sl = &s->slots[i];
+            if (sl->req && sl->row != -1) finish_req(s, sl, sl->req, ENG_FINISH_ERROR, NULL, err);
+        }
+        return;
+    }
+    /* sample every row with logits: samplers are independent, so in parallel */
+    int idx[np], n_s = 0;
+    for (int i = 0; i < np; i++)
+        if (s->slots[i].req && s->slots[i].row >= 0) idx[n_s++] = i;
+    eng_event evs[np];
+    memset(evs, 0, sizeof(eng_event) * (n_s > 0 ? n_s : 1));
+#pragma omp parallel for schedule(dynamic, 1) if (n_s > 1)
+    for (int j = 0; j < n_s; j++) {
+        slot *sl = &s->slots[idx[j]];
+        eng_req *r = sl->req;
+        if (r->top_logprobs > 0) top_logprobs(sl->logits, s->n_vocab, r->top_logprobs, &evs[j]);
+        evs[j].id = eng_sampler_sample(r->smp, sl->logits, r->hist, r->n_hist, &evs[j].logprob);
+    }
+    double t1 = now_ms();
+    for (int j = 0; j < n_s; j++) {
+        slot *sl = &s->slots[idx[j]];
+        evs[j].has_token = true;
+        evs[j].t_ms = t1;
+        take_token(s, sl, sl->req, &evs[j]);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.steps++;
+    s->st.batch_rows += n;
+    s->st.prompt_tokens += n_prefill;
+    s->st.busy_ms += t1 - t0;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *engine_main(void *arg) {
+    eng_sched *s = arg;
+    if (s->p.n_threads > 0) omp_set_num_threads(s->p.n_threads);
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stopping && s->n_active == 0 && !s->q_head) pthread_cond_wait(&s->cv, &s->mu);
+        if (s->stopping) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        eng_req *cancelled = admit_locked(s);
+        pthread_mutex_unlock(&s->mu);
+        while (cancelled) {
+            eng_req *next = cancelled->next;
+            finish_req(s, NULL, cancelled, ENG_FINISH_CANCELLED, NULL, NULL);
+            cancelled = next;
+        }
+        step(s);
+    }
+    /* shutdown: everything still queued or running ends as cancelled */
+    for (int i = 0; i < s->p.n_parallel; i++)
+        if (s->slots[i].req) finish_req(s, &s->slots[i], s->slots[i].req, ENG_FINISH_CANCELLED, NULL, NULL);
+    pthread_mutex_lock(&s->mu);
+    eng_req *q = s->q_head;
+    s->q_head = s->q_tail = NULL;
+    s->q_len = 0;
+    pthread_mutex_unlock(&s->mu);
+    while (q) {
+        eng_req *next = q->next;
+        finish_req(s, NULL, q, ENG_FINISH_CANCELLED, NULL, NULL);
+        q = next;
+    }
+    return NULL;
+}
+
+void eng_sched_cancel_all(eng_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    for (eng_req *r = s->q_head; r; r = r->next) atomic_store(&r->cancel, true);
+    for (int i = 0; i < s->p.n_parallel; i++)
+        if (s->slots[i].req) atomic_store(&s->slots[i].req->cancel, true);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void eng_sched_get_stats(eng_sched *s, eng_sched_stats *st) {
+    pthread_mutex_lock(&s->mu);
+    *st = s->st;
+    st->queue_depth = s->q_len;
+    st->active = s->n_active;
+    st->n_parallel = s->p.n_parallel;
+    st->n_ctx = s->p.n_ctx;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- lifecycle ---- */
+
+int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, char *err,
+                     size_t errlen) {
+    *out = NULL;
+    if (p->n_parallel < 1 || p->n_parallel > 1024) {
+        set_err(err, errlen, "parallel must be in [1, 1024], not %d", p->n_parallel);
+        return ENG_SCHED_EARG;
+    }
+    if (p->n_ctx < 2) {
+        set_err(err, errlen, "context size must be at least 2, not %d", p->n_ctx);
+        return ENG_SCHED_EARG;
+    }
+    if (p->queue_cap < 0 || p->batch_rows < p->n_parallel) {
+        set_err(err, errlen, "batch size (%d) must be at least parallel (%d), queue size >= 0",
+                p->batch_rows, p->n_parallel);
+        return ENG_SCHED_EARG;
+    }
+    eng_sched *s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, errlen, "out of memory");
+        return ENG_SCHED_ENOMEM;
+    }
+    s->m = m;
+    s->vocab = eng_model_vocab(m);
+    s->p = *p;
+    s->n_vocab = eng_model_hparams(m)->n_vocab;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->slots = calloc(p->n_parallel, sizeof(slot));
+    s->rows = malloc(sizeof(eng_batch_row) * p->batch_rows);
+    if (!s->slots || !s->rows) {
+        set_err(err, errlen, "out of memory");
+        eng_sched_free(s);
+        return ENG_SCHED_ENOMEM;
+    }
+    for (int i = 0; i < p->n_parallel; i++) {
+        s->slots[i].seq = eng_seq_create(m, p->n_ctx, err, errlen);
+        s->slots[i].logits = malloc(sizeof(float) * s->n_vocab);
+        if (!s->slots[i].seq || !s->slots[i].logits) {
+            if (s->slots[i].seq) set_err(err, errlen, "out of memory");
+            eng_sched_free(s);
+            return ENG_SCHED_ENOMEM;
+        }
+    }
+    if (pthread_create(&s->th, NULL, engine_main, s)) {
+        set_err(err, errlen, "cannot start the engine thread");
+        eng_sched_free(s);
+        return ENG_SCHED_ENOMEM;
+    }
+    s->started = true;
+    *out = s;
+    return 0;
+}
+
+void eng_sched_free(eng_sched *s) {
+    if (!s) return;
+    if (s->started) {
+        pthread_mutex_lock(&s->mu);
+        s->stopping = true;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->th, NULL);
+    }
+    if (s->slots) {
+        for (int i = 0; i < s->p.n_parallel; i++) {
+            eng_seq_free(s->slots[i].seq);
+            free(s->slots[i].logits);
+        }
+    }
+    free(s->slots);
+    free(s->rows);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}

@@ -1,0 +1,137 @@
+/* The scheduler: one engine thread that owns the model's sequences and runs every request
+ * through them with continuous batching. Callers (the HTTP threads) submit a tokenized request
+ * to a bounded queue and read its tokens from a per-request channel; they never touch the model.
+ *
+ * Each step the engine gathers one decode row for every running sequence, fills the rest of the
+ * batch (up to batch_rows) with prompt tokens of admitted requests (chunked prefill, oldest
+ * first), runs one eng_forward_batch, samples the rows that produced logits and pushes one event
+ * per generated token to the request's channel. New requests join between steps; finished,
+ * cancelled and failed ones leave and free their sequence for the next in the queue.
+ *
+ * Knows no HTTP and no JSON. Thread-safe: any thread may submit, read, cancel and release. */
+#ifndef KVSEEK_SCHEDULER_H
+#define KVSEEK_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sampler.h"
+
+#define ENG_MAX_TOP_LOGPROBS 20
+#define ENG_MAX_STOP 16
+
+/* Negative status codes of eng_sched_create and eng_sched_submit. */
+enum {
+    ENG_SCHED_ENOMEM = -1,
+    ENG_SCHED_EARG = -2,     /* a parameter out of range (the message says which) */
+    ENG_SCHED_EFULL = -3,    /* the queue of waiting requests is full: retry later */
+    ENG_SCHED_ESTOPPED = -4, /* the scheduler is shutting down */
+    ENG_SCHED_ETOOLONG = -5, /* prompt + max_tokens does not fit in a sequence's context */
+};
+const char *eng_sched_strerror(int code);
+
+typedef struct {
+    int n_parallel; /* sequences decoded together; each holds a KV cache of n_ctx tokens */
+    int n_ctx;      /* tokens per sequence: prompt + generated */
+    int queue_cap;  /* requests that may wait for a free sequence; submit refuses past it */
+    int batch_rows; /* rows per forward pass: one per decoding sequence, prompt tokens fill the rest */
+    int n_threads;  /* OpenMP threads of the engine thread; 0: OpenMP's default (an OpenMP thread
+                     * count set in another thread, as eng_model_load does, does not carry over) */
+} eng_sched_params;
+
+typedef struct eng_sched eng_sched;
+typedef struct eng_req eng_req;
+
+/* Starts the engine thread over model m (not owned: free the scheduler first). Allocates the
+ * n_parallel sequences up front. Returns 0, or a negative code with a reason in err. */
+int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, char *err,
+                     size_t errlen);
+/* Cancels everything still queued or running, joins the engine thread and frees the sequences.
+ * Requests whose handles are still held get their final event (ENG_FINISH_CANCELLED) and stay
+ * valid until released. Accepts NULL. */
+void eng_sched_free(eng_sched *s);
+
+/* What one request asks for. Everything is copied by eng_sched_submit. */
+typedef struct {
+    const int32_t *prompt; /* token ids, at least one, each < n_vocab */
+    int n_prompt;
+    int max_tokens;        /* >= 1; generation also ends when the sequence's context is full */
+    eng_sampler_params sampling;
+    const char *const *stop; /* stop strings (up to ENG_MAX_STOP, empty ones ignored) */
+    int n_stop;
+    bool stop_inclusive;   /* true: the matched stop string stays in the text (TGI); false: cut (OpenAI) */
+    bool ignore_eos;       /* keep going past end-of-generation tokens */
+    int top_logprobs;      /* alternatives reported per token, 0..ENG_MAX_TOP_LOGPROBS */
+} eng_gen_params;
+
+typedef enum {
+    ENG_FINISH_NONE = 0,  /* not finished: more events follow */
+    ENG_FINISH_LENGTH,    /* max_tokens reached, or the context is full */
+    ENG_FINISH_EOS,       /* an end-of-generation token */
+    ENG_FINISH_STOP,      /* a stop string matched */
+    ENG_FINISH_CANCELLED, /* eng_req_cancel, eng_req_release before the end, or shutdown */
+    ENG_FINISH_ERROR,     /* the forward pass failed; error holds why */
+} eng_finish;
+const char *eng_finish_name(eng_finish f);
+
+/* One event of a request's channel. A token event has has_token; the last event of a request
+ * has finish != ENG_FINISH_NONE (it may also carry the last token). */
+typedef struct {
+    bool has_token;
+    int32_t id;
+    float logprob;   /* log-probability under the model's unmodified distribution */
+    bool special;    /* an end-of-generation or control token (contributes no text) */
+    int n_top;       /* alternatives, most likely first */
+    int32_t top_id[ENG_MAX_TOP_LOGPROBS];
+    float top_logprob[ENG_MAX_TOP_LOGPROBS];
+    /* Output text released with this event (owned by the event, NUL-terminated). Cut only at
+     * UTF-8 character boundaries, and text that may be the start of a stop string is held back
+     * until it is known not to be; so the concatenation of every event's text is the output. */
+    char *text;
+    int text_len;
+    double t_ms;     /* monotonic ms when the event was produced */
+    eng_finish finish;
+    /* filled in the last event: */
+    int n_prompt, n_gen;  /* prompt tokens, generated tokens (an end-of-generation token counts) */
+    double t_queue_ms;    /* submitted -> admitted to a sequence */
+    double t_prefill_ms;  /* admitted -> first token */
+    double t_decode_ms;   /* first token -> last */
+    char error[160];
+} eng_event;
+
+/* Queues a request. On success *out is a handle the caller must release. Fails with
+ * ENG_SCHED_EFULL when queue_cap requests already wait, ENG_SCHED_ETOOLONG when n_prompt +
+ * max_tokens > n_ctx, ENG_SCHED_EARG for bad parameters, ENG_SCHED_ESTOPPED after shutdown. */
+int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out);
+
+/* Waits up to timeout_ms (< 0: forever) for the next event. Returns 1 and fills *ev (clear it
+ * with eng_event_clear), 0 on timeout, or -1 when the last event was already read. */
+int eng_req_next(eng_req *r, eng_event *ev, int timeout_ms);
+/* Frees what an event owns. */
+void eng_event_clear(eng_event *ev);
+
+/* Asks the engine to stop the request; it ends at the next step with ENG_FINISH_CANCELLED
+ * (unless it finished first). Returns at once. */
+void eng_req_cancel(eng_req *r);
+/* Drops the caller's handle; cancels the request when it has not finished. r is no longer valid. */
+void eng_req_release(eng_req *r);
+
+/* Cancels every queued and running request (shutdown after the grace period). */
+void eng_sched_cancel_all(eng_sched *s);
+
+typedef struct {
+    int queue_depth;       /* requests waiting for a sequence */
+    int active;            /* sequences holding a request */
+    int n_parallel, n_ctx;
+    uint64_t prompt_tokens;    /* prompt tokens run through the model */
+    uint64_t generated_tokens; /* tokens sampled */
+    uint64_t steps;            /* forward passes */
+    uint64_t batch_rows;       /* rows over all passes */
+    uint64_t finished[ENG_FINISH_ERROR + 1]; /* requests ended, by reason */
+    double busy_ms;            /* time spent in forward passes and sampling */
+} eng_sched_stats;
+void eng_sched_get_stats(eng_sched *s, eng_sched_stats *st);
+
+#endif

@@ -1,0 +1,1147 @@
+/* The endpoints: request bodies parsed and validated into a typed generation request (TGI,
+ * OpenAI completions, OpenAI chat), tokenized in the HTTP thread, submitted to the scheduler,
+ * and the token events turned into a JSON response or a Server-Sent Events stream. Also
+ * /v1/models, /tokenize and /detokenize.
+ *
+ * Validation follows the APIs: unknown fields are ignored, wrong types and out-of-range values
+ * are errors naming the field (OpenAI 400 with "param"; TGI 422). A null value means "default",
+ * as the OpenAI clients send it. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "srv.h"
+
+/* ---- UTF-8 ---- */
+
+char *srv_utf8_clean(const char *s, size_t n) {
+    char *o = malloc(3 * n + 1), *p = o;
+    if (!o) return NULL;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = u[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n && c != 0;
+        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
+        for (size_t k = 1; ok && k < len; k++) {
+            if ((u[i + k] & 0xC0) != 0x80) ok = false;
+            cp = (cp << 6) | (u[i + k] & 0x3F);
+        }
+        /* overlong forms, surrogates and values past U+10FFFF are invalid too */
+        if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+                   (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
+            ok = false;
+        if (ok) {
+            memcpy(p, s + i, len);
+            p += len;
+            i += len;
+        } else {
+            memcpy(p, "\xEF\xBF\xBD", 3);
+            p += 3;
+            i++;
+        }
+    }
+    *p = 0;
+    return o;
+}
+
+/* Adds a string of n bytes (any bytes) to obj as key, cleaned to valid UTF-8. */
+static void add_str(cJSON *obj, const char *key, const char *s, size_t n) {
+    char *c = srv_utf8_clean(s ? s : "", s ? n : 0);
+    cJSON_AddItemToObject(obj, key, cJSON_CreateString(c ? c : ""));
+    free(c);
+}
+
+static cJSON *mk_str(const char *s, size_t n) {
+    char *c = srv_utf8_clean(s ? s : "", s ? n : 0);
+    cJSON *it = cJSON_CreateString(c ? c : "");
+    free(c);
+    return it;
+}
+
+/* A token's text as shown in token lists (control tokens as their text). */
+static int piece(const tok_vocab *v, int32_t id, char *buf, int cap) {
+    int n = tok_piece(v, id, true, buf, cap - 1);
+    if (n > cap - 1) n = cap - 1;
+    if (n < 0) n = 0;
+    buf[n] = 0;
+    return n;
+}
+
+/* ---- field validation ---- */
+
+typedef struct {
+    const char *param;
+    char msg[400];
+} perr;
+
+static int fail(perr *e, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(perr *e, const char *param, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    e->param = param;
+    return -1;
+}
+
+static bool absent(const cJSON *it) { return !it || cJSON_IsNull(it); }
+
+/* Each returns 1 when the field is there (and valid), 0 when absent or null, -1 with e set. */
+static int opt_num(const cJSON *it, const char *name, double lo, double hi, double *out, perr *e) {
+    if (absent(it)) return 0;
+    double v = cJSON_GetNumberValue(it);
+    if (!cJSON_IsNumber(it) || !isfinite(v) || v < lo || v > hi)
+        return fail(e, name, "'%s' must be a number in [%g, %g]", name, lo, hi);
+    *out = v;
+    return 1;
+}
+
+static int opt_top_p(const cJSON *it, double *out, perr *e) {
+    if (absent(it)) return 0;
+    double v = cJSON_GetNumberValue(it);
+    if (!cJSON_IsNumber(it) || !(v > 0 && v <= 1)) return fail(e, "top_p", "'top_p' must be a number in (0, 1]");
+    *out = v;
+    return 1;
+}
+
+static int opt_int(const cJSON *it, const char *name, double lo, double hi, long long *out, perr *e) {
+    if (absent(it)) return 0;
+    double v = cJSON_GetNumberValue(it);
+    if (!cJSON_IsNumber(it) || !isfinite(v) || v != floor(v) || v < lo || v > hi)
+        return fail(e, name, "'%s' must be an integer in [%.0f, %.0f]", name, lo, hi);
+    *out = (long long)v;
+    return 1;
+}
+
+static int opt_bool(const cJSON *it, const char *name, bool *out, perr *e) {
+    if (absent(it)) return 0;
+    if (!cJSON_IsBool(it)) return fail(e, name, "'%s' must be a boolean", name);
+    *out = cJSON_IsTrue(it);
+    return 1;
+}
+
+/* ---- the generation request ---- */
+
+typedef struct {
+    srv_route route;
+    bool stream;
+    char *prompt;          /* text to tokenize (owned); NULL when ids were given */
+    size_t prompt_len;
+    int32_t *ids;          /* the prompt's tokens (owned) */
+    int n_ids;
+    const char *prompt_param;
+    long long max_tokens;  /* -1: the route's default */
+    const char *max_param;
+    eng_sampler_params sp;
+    bool seed_given;
+    char *stop[ENG_MAX_STOP];
+    int n_stop;
+    bool details;          /* TGI: token list in details */
+    bool full_text;        /* TGI return_full_text, OpenAI echo */
+    int logprobs;          /* -1: none; else alternatives per token (0..20) */
+    bool include_usage;
+    bool ignore_eos;
+} gen_req;
+
+static void gen_req_free(gen_req *g) {
+    free(g->prompt);
+    free(g->ids);
+    for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
+}
+
+/* The OpenAI default sampling: temperature 1, nothing cut. */
+static eng_sampler_params sampling_none(void) {
+    eng_sampler_params p = {1.0f, 0, 1.0f, 0.0f, 1.0f, 64, 0.0f, 0.0f, 0};
+    return p;
+}
+
+/* stop: a string or an array of strings (at most ENG_MAX_STOP). */
+static int parse_stop(const cJSON *it, const char *name, bool allow_string, gen_req *g, perr *e) {
+    if (absent(it)) return 0;
+    if (cJSON_IsString(it) && allow_string) {
+        if (*it->valuestring && !(g->stop[g->n_stop++] = strdup(it->valuestring)))
+            return fail(e, name, "out of memory");
+        return 1;
+    }
+    if (!cJSON_IsArray(it))
+        return fail(e, name, allow_string ? "'%s' must be a string or an array of strings" :
+                    "'%s' must be an array of strings", name);
+    if (cJSON_GetArraySize(it) > ENG_MAX_STOP)
+        return fail(e, name, "'%s' has more than %d entries", name, ENG_MAX_STOP);
+    const cJSON *s;
+    cJSON_ArrayForEach(s, it) {
+        if (!cJSON_IsString(s)) return fail(e, name, "'%s' must contain strings only", name);
+        if (*s->valuestring && !(g->stop[g->n_stop++] = strdup(s->valuestring)))
+            return fail(e, name, "out of memory");
+    }
+    return 1;
+}
+
+static int set_prompt(gen_req *g, const char *s, perr *e) {
+    g->prompt_len = strlen(s);
+    if (!(g->prompt = strdup(s))) return fail(e, g->prompt_param, "out of memory");
+    return 0;
+}
+
+/* Token ids given directly (OpenAI completions' prompt as an array of integers). */
+static int set_ids(gen_req *g, const cJSON *arr, int n_vocab, perr *e) {
+    int n = cJSON_GetArraySize(arr);
+    g->ids = malloc(sizeof(int32_t) * (n > 0 ? n : 1));
+    if (!g->ids) return fail(e, "prompt", "out of memory");
+    const cJSON *t;
+    cJSON_ArrayForEach(t, arr) {
+        double v = cJSON_GetNumberValue(t);
+        if (!cJSON_IsNumber(t) || v != floor(v) || v < 0 || v >= n_vocab)
+            return fail(e, "prompt", "'prompt' token ids must be integers in [0, %d)", n_vocab);
+        g->ids[g->n_ids++] = (int32_t)v;
+    }
+    return 0;
+}
+
+/* Sampling fields shared by the OpenAI routes (plus the usual extensions: top_k, min_p,
+ * repetition_penalty, ignore_eos). */
+static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
+    double d = 0;
+    long long ll = 0;
+    int rc;
+    g->sp = sampling_none();
+    if ((rc = opt_num(cJSON_GetObjectItemCaseSensitive(root, "temperature"), "temperature", 0, 2, &d, e)) < 0) return -1;
+    if (rc) g->sp.temperature = (float)d;
+    if ((rc = opt_top_p(cJSON_GetObjectItemCaseSensitive(root, "top_p"), &d, e)) < 0) return -1;
+    if (rc) g->sp.top_p = (float)d;
+    if ((rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "top_k"), "top_k", -1, 1e9, &ll, e)) < 0) return -1;
+    if (rc) g->sp.top_k = ll < 0 ? 0 : (int)ll;
+    if ((rc = opt_num(cJSON_GetObjectItemCaseSensitive(root, "min_p"), "min_p", 0, 1, &d, e)) < 0) return -1;
+    if (rc) g->sp.min_p = (float)d;
+    if ((rc = opt_num(cJSON_GetObjectItemCaseSensitive(root, "presence_penalty"), "presence_penalty", -2, 2, &d, e)) < 0) return -1;
+    if (rc) g->sp.presence_penalty = (float)d;
+    if ((rc = opt_num(cJSON_GetObjectItemCaseSensitive(root, "frequency_penalty"), "frequency_penalty", -2, 2, &d, e)) < 0) return -1;
+    if (rc) g->sp.frequency_penalty = (float)d;
+    if ((rc = opt_num(cJSON_GetObjectItemCaseSensitive(root, "repetition_penalty"), "repetition_penalty", 0, 10, &d, e)) < 0) return -1;
+    if (rc) {
+        if (d <= 0) return fail(e, "repetition_penalty", "'repetition_penalty' must be > 0");
+        g->sp.repeat_penalty = (float)d;
+    }
+    if (g->sp.presence_penalty != 0 || g->sp.frequency_penalty != 0) g->sp.repeat_last_n = -1;
+    if ((rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "seed"), "seed", -9.2e18, 9.2e18, &ll, e)) < 0) return -1;
+    if (rc) {
+        g->sp.seed = (uint64_t)ll;
+        g->seed_given = true;
+    }
+    if ((rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "n"), "n", 1, 128, &ll, e)) < 0) return -1;
+    if (rc && ll != 1) return fail(e, "n", "only n=1 is supported");
+    if ((rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "best_of"), "best_of", 1, 128, &ll, e)) < 0) return -1;
+    if (rc && ll != 1) return fail(e, "best_of", "only best_of=1 is supported");
+    long long mt = -1, mct = -1;
+    if (opt_int(cJSON_GetObjectItemCaseSensitive(root, "max_tokens"), "max_tokens", 1, 1 << 30, &mt, e) < 0) return -1;
+    if (opt_int(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens"), "max_completion_tokens", 1, 1 << 30, &mct, e) < 0) return -1;
+    g->max_tokens = mct > 0 ? mct : mt;
+    g->max_param = mct > 0 ? "max_completion_tokens" : "max_tokens";
+    if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), "stop", true, g, e) < 0) return -1;
+    if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (!absent(so)) {
+        if (!cJSON_IsObject(so)) return fail(e, "stream_options", "'stream_options' must be an object");
+        if (!g->stream)
+            return fail(e, "stream_options", "'stream_options' is only allowed when 'stream' is true");
+        if (opt_bool(cJSON_GetObjectItemCaseSensitive(so, "include_usage"), "stream_options.include_usage",
+                     &g->include_usage, e) < 0)
+            return -1;
+    }
+    if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
+    /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (!absent(lb) && (!cJSON_IsObject(lb) || cJSON_GetArraySize(lb) > 0))
+        return fail(e, "logit_bias", "'logit_bias' is not supported");
+    const char *unsupported[] = {"tools", "functions"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, unsupported[i]);
+        if (!absent(t) && (!cJSON_IsArray(t) || cJSON_GetArraySize(t) > 0))
+            return fail(e, unsupported[i], "'%s' (tool calling) is not supported", unsupported[i]);
+    }
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    if (!absent(rf)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+        if (!cJSON_IsObject(rf) || !cJSON_IsString(type) || strcmp(type->valuestring, "text"))
+            return fail(e, "response_format", "only 'response_format': {\"type\": \"text\"} is supported");
+    }
+    const cJSON *user = cJSON_GetObjectItemCaseSensitive(root, "user");
+    if (!absent(user) && !cJSON_IsString(user)) return fail(e, "user", "'user' must be a string");
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!absent(model) && !cJSON_IsString(model)) return fail(e, "model", "'model' must be a string");
+    return 0;
+}
+
+static int parse_completions(const cJSON *root, gen_req *g, int n_vocab, perr *e) {
+    g->prompt_param = "prompt";
+    if (parse_openai_common(root, g, e)) return -1;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (absent(p)) return fail(e, "prompt", "'prompt' is required");
+    if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && !cJSON_IsNumber(cJSON_GetArrayItem(p, 0)))
+        p = cJSON_GetArrayItem(p, 0); /* ["text"] or [[ids]]: one prompt */
+    if (cJSON_IsString(p)) {
+        if (set_prompt(g, p->valuestring, e)) return -1;
+    } else if (cJSON_IsArray(p) && (cJSON_GetArraySize(p) == 0 || cJSON_IsNumber(cJSON_GetArrayItem(p, 0)))) {
+        if (set_ids(g, p, n_vocab, e)) return -1;
+    } else if (cJSON_IsArray(p)) {
+        return fail(e, "prompt", "only one prompt per request is supported");
+    } else {
+        return fail(e, "prompt", "'prompt' must be a string, an array of one string, or an array of token ids");
+    }
+    long long lp = 0;
+    int rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "logprobs"), "logprobs", 0, ENG_MAX_TOP_LOGPROBS, &lp, e);
+    if (rc < 0) return -1;
+    g->logprobs = rc ? (int)lp : -1;
+    if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "echo"), "echo", &g->full_text, e) < 0) return -1;
+    if (!absent(cJSON_GetObjectItemCaseSensitive(root, "suffix")) &&
+        !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "suffix")))
+        return fail(e, "suffix", "'suffix' must be a string");
+    return 0;
+}
+
+/* A message's content: a string, or an array of {"type":"text","text":...} parts. */
+static int content_text(const cJSON *c, int i, char **out, perr *e) {
+    static char pname[48];
+    snprintf(pname, sizeof pname, "messages[%d].content", i);
+    if (absent(c)) return (*out = strdup("")) ? 0 : fail(e, pname, "out of memory");
+    if (cJSON_IsString(c)) return (*out = strdup(c->valuestring)) ? 0 : fail(e, pname, "out of memory");
+    if (!cJSON_IsArray(c)) return fail(e, pname, "'%s' must be a string or an array of text parts", pname);
+    size_t len = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, c) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsObject(part) || !cJSON_IsString(type))
+            return fail(e, pname, "'%s' parts must be objects with a 'type'", pname);
+        if (strcmp(type->valuestring, "text"))
+            return fail(e, pname, "content parts of type '%s' are not supported (text only)", type->valuestring);
+        if (!cJSON_IsString(text)) return fail(e, pname, "a text part needs a string 'text'");
+        len += strlen(text->valuestring);
+    }
+    char *s = malloc(len + 1), *p = s;
+    if (!s) return fail(e, pname, "out of memory");
+    cJSON_ArrayForEach(part, c) {
+        const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
+        size_t n = strlen(t);
+        memcpy(p, t, n);
+        p += n;
+    }
+    *p = 0;
+    *out = s;
+    return 0;
+}
+
+static int parse_chat(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) {
+    g->prompt_param = "messages";
+    if (parse_openai_common(root, g, e)) return -1;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (absent(msgs)) return fail(e, "messages", "'messages' is required");
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
+        return fail(e, "messages", "'messages' must be a non-empty array");
+    bool lp = false;
+    long long top = 0;
+    if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "logprobs"), "logprobs", &lp, e) < 0) return -1;
+    int rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "top_logprobs"), "top_logprobs", 0, ENG_MAX_TOP_LOGPROBS, &top, e);
+    if (rc < 0) return -1;
+    if (rc && top > 0 && !lp) return fail(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    g->logprobs = lp ? (int)top : -1;
+
+    int n = cJSON_GetArraySize(msgs), i = 0;
+    srv_chat_msg *m = calloc(n, sizeof *m);
+    if (!m) return fail(e, "messages", "out of memory");
+    int ret = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, msgs) {
+        static char pname[48];
+        snprintf(pname, sizeof pname, "messages[%d]", i);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
+        if (!cJSON_IsObject(it) || !cJSON_IsString(role)) {
+            ret = fail(e, pname, "'%s' must be an object with a string 'role'", pname);
+            break;
+        }
+        m[i].role = role->valuestring;
+        if (content_text(cJSON_GetObjectItemCaseSensitive(it, "content"), i, &m[i].content, e)) {
+            ret = -1;
+            break;
+        }
+        i++;
+    }
+    if (ret == 0 && fmt == SRV_CHAT_NONE) {
+        ret = fail(e, "messages", "this model has no chat template kvseek can render (supported: gemma, "
+                   "chatml, llama3); start the server with --chat-template, or use /v1/completions");
+    }
+    if (ret == 0) {
+        char err[200];
+        g->prompt = srv_chat_render(fmt, m, n, err, sizeof err);
+        if (!g->prompt) ret = fail(e, "messages", "%s", err);
+        else g->prompt_len = strlen(g->prompt);
+    }
+    for (int k = 0; k < n; k++) free(m[k].content);
+    free(m);
+    return ret;
+}
+
+/* TGI: {"inputs", "parameters": {...}}, or the flat form {"prompt", "max_tokens", ...}. */
+static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
+    g->prompt_param = "inputs";
+    g->max_param = "max_new_tokens";
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(root, "inputs");
+    if (absent(in)) in = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (absent(in)) return fail(e, "inputs", "'inputs' is required");
+    if (!cJSON_IsString(in)) return fail(e, "inputs", "'inputs' must be a string");
+    if (set_prompt(g, in->valuestring, e)) return -1;
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "parameters");
+    if (!absent(params) && !cJSON_IsObject(params)) return fail(e, "parameters", "'parameters' must be an object");
+    /* a field is looked up in "parameters" first, then at the top level (the flat form) */
+#define F(k) (!absent(cJSON_GetObjectItemCaseSensitive(params, k)) ? cJSON_GetObjectItemCaseSensitive(params, k) \
+                                                                   : cJSON_GetObjectItemCaseSensitive(root, k))
+    double d = 0;
+    long long ll = 0;
+    int rc;
+    bool do_sample = false, sampling = false;
+    g->sp = sampling_none();
+    if (opt_bool(F("do_sample"), "do_sample", &do_sample, e) < 0) return -1;
+    if ((rc = opt_num(F("temperature"), "temperature", 0, 100, &d, e)) < 0) return -1;
+    if (rc) {
+        g->sp.temperature = (float)d;
+        sampling |= d > 0;
+    }
+    if ((rc = opt_top_p(F("top_p"), &d, e)) < 0) return -1;
+    if (rc) {
+        g->sp.top_p = (float)d;
+        sampling |= d < 1;
+    }
+    if ((rc = opt_int(F("top_k"), "top_k", 0, 1e9, &ll, e)) < 0) return -1;
+    if (rc) {
+        g->sp.top_k = (int)ll;
+        sampling |= ll > 0;
+    }
+    if ((rc = opt_num(F("repetition_penalty"), "repetition_penalty", 0, 100, &d, e)) < 0) return -1;
+    if (rc) {
+        if (d <= 0) return fail(e, "repetition_penalty", "'repetition_penalty' must be > 0");
+        g->sp.repeat_penalty = (float)d;
+    }
+    if ((rc = opt_num(F("frequency_penalty"), "frequency_penalty", -2, 2, &d, e)) < 0) return -1;
+    if (rc) {
+        g->sp.frequency_penalty = (float)d;
+        g->sp.repeat_last_n = -1;
+    }
+    if ((rc = opt_int(F("seed"), "seed", 0, 1.8e19, &ll, e)) < 0) return -1;
+    if (rc) {
+        g->sp.seed = (uint64_t)ll;
+        g->seed_given = true;
+    }
+    long long mt = -1;
+    const char *names[] = {"max_new_tokens", "max_tokens", "n_predict"};
+    for (int i = 0; i < 3 && mt < 0; i++) {
+        if ((rc = opt_int(F(names[i]), names[i], 1, 1 << 30, &mt, e)) < 0) return -1;
+        if (rc) g->max_param = names[i];
+    }
+    g->max_tokens = mt;
+    if (parse_stop(F("stop"), "stop", true, g, e) < 0) return -1;
+    if (opt_bool(F("details"), "details", &g->details, e) < 0) return -1;
+    if (opt_bool(F("return_full_text"), "return_full_text", &g->full_text, e) < 0) return -1;
+    if (opt_bool(F("ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
+    if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
+    if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
+#undef F
+    g->logprobs = -1;
+    /* TGI samples when asked to, or when a sampling parameter says so; else greedy */
+    if (!do_sample && !sampling) g->sp.temperature = 0.0f;
+    else if (g->sp.temperature <= 0) g->sp.temperature = 1.0f;
+    return 0;
+}
+
+/* ---- running a generation ---- */
+
+typedef struct {
+    int32_t id;
+    float logprob;
+    bool special;
+    int n_top;
+    int32_t top_id[ENG_MAX_TOP_LOGPROBS];
+    float top_lp[ENG_MAX_TOP_LOGPROBS];
+    size_t offset;         /* where its text starts in the output */
+} tok_rec;
+
+typedef struct {
+    srv *s;
+    struct MHD_Connection *conn;
+    gen_req g;
+    eng_req *req;
+    char id[40];
+    long long created;     /* unix time, for the OpenAI "created" fields */
+    double t_start;        /* request received (monotonic ms) */
+    /* the output so far */
+    char *text;
+    size_t text_len, text_cap;
+    tok_rec *toks;         /* kept for details / logprobs */
+    int n_toks, cap_toks;
+    int n_events;
+    double t_prev;         /* last token's time, for the inter-token latency */
+    eng_event fin;         /* the final event's summary (its text already taken) */
+    bool finished;
+    bool gone;             /* the client went away */
+    bool oom;
+    /* stream output waiting to be written */
+    char *out;
+    size_t out_len, out_off, out_cap;
+    bool ended;            /* the stream's last bytes are in out */
+} gen;
+
+static void gen_free(gen *G) {
+    if (!G) return;
+    if (G->req) {
+        if (!G->finished) {
+            srv_metrics_client_cancel(G->s->metrics);
+            G->gone = true;
+        }
+        eng_req_release(G->req);
+    }
+    gen_req_free(&G->g);
+    free(G->text);
+    free(G->toks);
+    free(G->out);
+    free(G);
+}
+
+static void append(char **buf, size_t *len, size_t *cap, const char *s, size_t n, bool *oom) {
+    if (*len + n + 1 > *cap) {
+        size_t nc = 2 * (*len + n + 1) + 256;
+        char *nb = realloc(*buf, nc);
+        if (!nb) { *oom = true; return; }
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = 0;
+}
+
+/* One SSE event "data: <json>\n\n"; takes obj. */
+static void sse(gen *G, cJSON *obj) {
+    char *js = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+    if (!js) { G->oom = true; return; }
+    append(&G->out, &G->out_len, &G->out_cap, "data: ", 6, &G->oom);
+    append(&G->out, &G->out_len, &G->out_cap, js, strlen(js), &G->oom);
+    append(&G->out, &G->out_len, &G->out_cap, "\n\n", 2, &G->oom);
+    free(js);
+}
+
+static const char *finish_openai(eng_finish f) {
+    return f == ENG_FINISH_LENGTH ? "length" : "stop";
+}
+
+static const char *finish_tgi(eng_finish f) {
+    return f == ENG_FINISH_LENGTH ? "length" : f == ENG_FINISH_STOP ? "stop_sequence" : "eos_token";
+}
+
+static bool ok_finish(eng_finish f) {
+    return f == ENG_FINISH_LENGTH || f == ENG_FINISH_EOS || f == ENG_FINISH_STOP;
+}
+
+static cJSON *tgi_token(gen *G, const tok_rec *t) {
+    char buf[512];
+    int n = piece(G->s->vocab, t->id, buf, sizeof buf);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id", t->id);
+    add_str(o, "text", buf, n);
+    cJSON_AddNumberToObject(o, "logprob", t->logprob);
+    cJSON_AddBoolToObject(o, "special", t->special);
+    return o;
+}
+
+static cJSON *tgi_details(gen *G, bool with_tokens) {
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "finish_reason", finish_tgi(G->fin.finish));
+    cJSON_AddNumberToObject(d, "generated_tokens", G->fin.n_gen);
+    if (G->g.sp.temperature > 0) cJSON_AddNumberToObject(d, "seed", (double)G->g.sp.seed);
+    else cJSON_AddNullToObject(d, "seed");
+    cJSON_AddNumberToObject(d, "input_length", G->fin.n_prompt);
+    if (with_tokens) {
+        cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
+        cJSON *arr = cJSON_AddArrayToObject(d, "tokens");
+        for (int i = 0; i < G->n_toks; i++) cJSON_AddItemToArray(arr, tgi_token(G, &G->toks[i]));
+    }
+    return d;
+}
+
+/* The full text a response reports: the prompt first for return_full_text / echo. */
+static cJSON *full_text(gen *G) {
+    if (!G->g.full_text) return mk_str(G->text, G->text_len);
+    char *both = malloc(G->g.prompt_len + G->text_len + 1);
+    if (!both) return mk_str(G->text, G->text_len);
+    memcpy(both, G->g.prompt ? G->g.prompt : "", G->g.prompt ? G->g.prompt_len : 0);
+    memcpy(both + (G->g.prompt ? G->g.prompt_len : 0), G->text ? G->text : "", G->text_len);
+    cJSON *it = mk_str(both, (G->g.prompt ? G->g.prompt_len : 0) + G->text_len);
+    free(both);
+    return it;
+}
+
+/* OpenAI completions logprobs for tokens [a, b). */
+static cJSON *logprobs_completions(gen *G, int a, int b) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
+    char buf[512];
+    size_t base = G->g.full_text ? G->g.prompt_len : 0;
+    for (int i = a; i < b; i++) {
+        const tok_rec *t = &G->toks[i];
+        int n = piece(G->s->vocab, t->id, buf, sizeof buf);
+        cJSON_AddItemToArray(toks, mk_str(buf, n));
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->logprob));
+        cJSON *top = cJSON_CreateObject();
+        for (int k = 0; k < t->n_top; k++) {
+            n = piece(G->s->vocab, t->top_id[k], buf, sizeof buf);
+            char *c = srv_utf8_clean(buf, n);
+            if (c && !cJSON_GetObjectItemCaseSensitive(top, c)) cJSON_AddNumberToObject(top, c, t->top_lp[k]);
+            free(c);
+        }
+        cJSON_AddItemToArray(tops, top);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(base + t->offset)));
+    }
+    return o;
+}
+
+static cJSON *bytes_array(const char *s, int n) {
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((unsigned char)s[i]));
+    return a;
+}
+
+/* OpenAI chat logprobs {"content": [...]} for tokens [a, b). */
+static cJSON *logprobs_chat(gen *G, int a, int b) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(o, "content");
+    char buf[512];
+    for (int i = a; i < b; i++) {
+        const tok_rec *t = &G->toks[i];
+        cJSON *e = cJSON_CreateObject();
+        int n = piece(G->s->vocab, t->id, buf, sizeof buf);
+        add_str(e, "token", buf, n);
+        cJSON_AddNumberToObject(e, "logprob", t->logprob);
+        cJSON_AddItemToObject(e, "bytes", bytes_array(buf, n));
+        cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
+        for (int k = 0; k < t->n_top; k++) {
+            cJSON *x = cJSON_CreateObject();
+            n = piece(G->s->vocab, t->top_id[k], buf, sizeof buf);
+            add_str(x, "token", buf, n);
+            cJSON_AddNumberToObject(x, "logprob", t->top_lp[k]);
+            cJSON_AddItemToObject(x, "bytes", bytes_array(buf, n));
+            cJSON_AddItemToArray(tops, x);
+        }
+        cJSON_AddItemToArray(arr, e);
+    }
+    return o;
+}
+
+static cJSON *usage(gen *G) {
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", G->fin.n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", G->fin.n_gen);
+    cJSON_AddNumberToObject(u, "total_tokens", G->fin.n_prompt + G->fin.n_gen);
+    return u;
+}
+
+/* An OpenAI stream chunk with one choice; the caller fills the choice. */
+static cJSON *chunk(gen *G, cJSON **choice) {
+    bool chat = G->g.route == SRV_ROUTE_CHAT;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", G->id);
+    cJSON_AddStringToObject(o, "object", chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)G->created);
+    cJSON_AddStringToObject(o, "model", G->s->cfg.model_alias);
+    cJSON_AddStringToObject(o, "system_fingerprint", "kvseek");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    if (choice) {
+        *choice = cJSON_CreateObject();
+        cJSON_AddNumberToObject(*choice, "index", 0);
+        cJSON_AddItemToArray(choices, *choice);
+    }
+    if (G->g.include_usage) cJSON_AddNullToObject(o, "usage");
+    return o;
+}
+
+/* A stream chunk carrying text (and the logprobs of tokens [a, b)). */
+static void openai_text_chunk(gen *G, const char *text, size_t n, int a, int b, const char *finish) {
+    cJSON *choice;
+    cJSON *o = chunk(G, &choice);
+    if (G->g.route == SRV_ROUTE_CHAT) {
+        cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
+        if (text) add_str(delta, "content", text, n);
+        if (G->g.logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_chat(G, a, b));
+        else cJSON_AddNullToObject(choice, "logprobs");
+    } else {
+        add_str(choice, "text", text ? text : "", text ? n : 0);
+        if (G->g.logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_completions(G, a, b));
+        else cJSON_AddNullToObject(choice, "logprobs");
+    }
+    if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
+    else cJSON_AddNullToObject(choice, "finish_reason");
+    sse(G, o);
+}
+
+/* The stream's opening bytes: the chat role, or the echoed prompt. */
+static void stream_open(gen *G) {
+    if (G->g.route == SRV_ROUTE_CHAT) {
+        cJSON *choice;
+        cJSON *o = chunk(G, &choice);
+        cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
+        cJSON_AddStringToObject(delta, "role", "assistant");
+        cJSON_AddStringToObject(delta, "content", "");
+        cJSON_AddNullToObject(choice, "logprobs");
+        cJSON_AddNullToObject(choice, "finish_reason");
+        sse(G, o);
+    } else if (G->g.route == SRV_ROUTE_COMPLETIONS && G->g.full_text && G->g.prompt) {
+        openai_text_chunk(G, G->g.prompt, G->g.prompt_len, 0, 0, NULL);
+    }
+}
+
+static void stream_error(gen *G, int status, const char *msg) {
+    srv_shape shape = G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM ?
+                      SRV_SHAPE_TGI : SRV_SHAPE_OPENAI;
+    sse(G, srv_error_json(shape, status, NULL, NULL, msg));
+}
+
+/* Takes one event: the text and token into the output, the metrics, and for a stream its SSE
+ * bytes. Takes what ev owns. */
+static void consume(gen *G, eng_event *ev, bool stream) {
+    srv *s = G->s;
+    int first_tok = G->n_toks;
+    if (ev->has_token) {
+        if (G->n_events == 0) srv_metrics_ttft(s->metrics, (ev->t_ms - G->t_start) / 1e3);
+        else srv_metrics_itl(s->metrics, (ev->t_ms - G->t_prev) / 1e3);
+        G->t_prev = ev->t_ms;
+        G->n_events++;
+        bool keep = G->g.details || G->g.logprobs >= 0 || stream;
+        if (keep && G->n_toks == G->cap_toks) {
+            int nc = G->cap_toks ? 2 * G->cap_toks : 64;
+            tok_rec *nt = realloc(G->toks, sizeof(tok_rec) * nc);
+            if (nt) { G->toks = nt; G->cap_toks = nc; }
+        }
+        /* an end-of-generation token that ends the text is no part of an OpenAI answer */
+        bool hidden = G->g.route != SRV_ROUTE_GENERATE && G->g.route != SRV_ROUTE_GENERATE_STREAM &&
+                      ev->finish == ENG_FINISH_EOS;
+        if (keep && G->n_toks < G->cap_toks && !hidden) {
+            tok_rec *t = &G->toks[G->n_toks++];
+            t->id = ev->id;
+            t->logprob = ev->logprob;
+            t->special = ev->special;
+            t->n_top = ev->n_top;
+            memcpy(t->top_id, ev->top_id, sizeof(int32_t) * ev->n_top);
+            memcpy(t->top_lp, ev->top_logprob, sizeof(float) * ev->n_top);
+            t->offset = G->text_len;
+        }
+    }
+    size_t text_from = G->text_len;
+    if (ev->text_len) append(&G->text, &G->text_len, &G->text_cap, ev->text, ev->text_len, &G->oom);
+    const char *delta = G->text ? G->text + text_from : NULL;
+    size_t delta_len = G->text_len - text_from;
+    if (ev->finish != ENG_FINISH_NONE) {
+        G->finished = true;
+        G->fin = *ev;
+        G->fin.text = NULL;
+        G->fin.text_len = 0;
+        if (ok_finish(ev->finish)) srv_metrics_e2e(s->metrics, (srv_now_ms() - G->t_start) / 1e3);
+    }
+    if (stream) {
+        bool tgi = G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM;
+        bool final_ok = ev->finish != ENG_FINISH_NONE && ok_finish(ev->finish);
+        if (tgi) {
+            if (ev->has_token && G->n_toks > first_tok) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddNumberToObject(o, "index", G->n_toks - 1);
+                cJSON_AddItemToObject(o, "token", tgi_token(G, &G->toks[G->n_toks - 1]));
+                cJSON_AddNullToObject(o, "top_tokens");
+                if (final_ok) {
+                    cJSON_AddItemToObject(o, "generated_text", full_text(G));
+                    cJSON_AddItemToObject(o, "details", tgi_details(G, false));
+                } else {
+                    cJSON_AddNullToObject(o, "generated_text");
+                    cJSON_AddNullToObject(o, "details");
+                }
+                sse(G, o);
+            }
+        } else if (delta_len > 0 || (G->g.logprobs >= 0 && G->n_toks > first_tok)) {
+            openai_text_chunk(G, delta, delta_len, first_tok, G->n_toks, NULL);
+        }
+        if (ev->finish != ENG_FINISH_NONE) {
+            if (!ok_finish(ev->finish)) {
+                stream_error(G, ev->finish == ENG_FINISH_ERROR ? 500 : 503,
+                             ev->finish == ENG_FINISH_ERROR ? (ev->error[0] ? ev->error : "generation failed")
+                                                            : "the request was cancelled (server shutting down)");
+            } else if (!tgi) {
+                openai_text_chunk(G, G->g.route == SRV_ROUTE_CHAT ? NULL : "", 0, 0, 0,
+                                  finish_openai(ev->finish));
+                if (G->g.include_usage) {
+                    cJSON *o = chunk(G, NULL);
+                    cJSON_ReplaceItemInObject(o, "usage", usage(G));
+                    sse(G, o);
+                }
+            }
+            if (!tgi) append(&G->out, &G->out_len, &G->out_cap, "data: [DONE]\n\n", 14, &G->oom);
+            G->ended = true;
+        }
+        /* a stream only needs the tokens of the current event */
+        if (!G->g.details && G->g.logprobs < 0 && !tgi) G->n_toks = 0;
+    }
+    eng_event_clear(ev);
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    gen *G = cls;
+    while (G->out_off == G->out_len) {
+        G->out_off = G->out_len = 0;
+        if (G->ended) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (srv_client_gone(G->conn)) {
+            eng_req_cancel(G->req);
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* the free callback counts the cancel */
+        }
+        eng_event ev;
+        int r = eng_req_next(G->req, &ev, 25);
+        if (r == 1) {
+            consume(G, &ev, true);
+            if (G->oom) return MHD_CONTENT_READER_END_WITH_ERROR;
+        } else if (r < 0) {
+            G->ended = true;
+        }
+    }
+    size_t n = G->out_len - G->out_off < max ? G->out_len - G->out_off : max;
+    memcpy(buf, G->out + G->out_off, n);
+    G->out_off += n;
+    return (ssize_t)n;
+}
+
+static void stream_free(void *cls) { gen_free(cls); }
+
+/* Waits for the whole generation (non-streaming), watching for the client going away. */
+static void wait_done(gen *G) {
+    double last_check = 0;
+    for (;;) {
+        eng_event ev;
+        int r = eng_req_next(G->req, &ev, 25);
+        if (r == 1) {
+            consume(G, &ev, false);
+            if (G->finished) return;
+        } else if (r < 0) {
+            return;
+        }
+        double t = srv_now_ms();
+        if (!G->gone && t - last_check > 20) {
+            last_check = t;
+            if (srv_client_gone(G->conn)) {
+                G->gone = true;
+                srv_metrics_client_cancel(G->s->metrics);
+                eng_req_cancel(G->req);
+            }
+        }
+    }
+}
+
+static enum MHD_Result respond_final(srv_conn *c, gen *G) {
+    if (G->gone) return MHD_NO; /* nobody to answer: close */
+    if (!ok_finish(G->fin.finish)) {
+        if (G->fin.finish == ENG_FINISH_CANCELLED)
+            return srv_respond_error(c, 503, NULL, NULL, "the request was cancelled (server shutting down)");
+        return srv_respond_error(c, 500, NULL, NULL, "generation failed: %s", G->fin.error[0] ? G->fin.error : "unknown error");
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM) {
+        cJSON_AddItemToObject(o, "generated_text", full_text(G));
+        cJSON_AddItemToObject(o, "details", tgi_details(G, G->g.details));
+        return srv_respond_json(c, 200, o);
+    }
+    bool chat = G->g.route == SRV_ROUTE_CHAT;
+    cJSON_AddStringToObject(o, "id", G->id);
+    cJSON_AddStringToObject(o, "object", chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)G->created);
+    cJSON_AddStringToObject(o, "model", G->s->cfg.model_alias);
+    cJSON_AddStringToObject(o, "system_fingerprint", "kvseek");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", 0);
+    if (chat) {
+        cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        add_str(msg, "content", G->text, G->text_len);
+        if (G->g.logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_chat(G, 0, G->n_toks));
+        else cJSON_AddNullToObject(ch, "logprobs");
+    } else {
+        cJSON_AddItemToObject(ch, "text", full_text(G));
+        if (G->g.logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_completions(G, 0, G->n_toks));
+        else cJSON_AddNullToObject(ch, "logprobs");
+    }
+    cJSON_AddStringToObject(ch, "finish_reason", finish_openai(G->fin.finish));
+    cJSON_AddItemToObject(o, "usage", usage(G));
+    return srv_respond_json(c, 200, o);
+}
+
+/* Tokenizes the request's prompt text into g->ids. */
+static int tokenize(srv *s, gen_req *g, perr *e) {
+    if (g->ids) return 0;
+    int64_t cap = (int64_t)g->prompt_len + 16;
+    g->ids = malloc(sizeof(int32_t) * cap);
+    if (!g->ids) return fail(e, g->prompt_param, "out of memory");
+    int64_t n = tok_encode(s->vocab, g->prompt, g->prompt_len, true, true, g->ids, cap);
+    if (n > cap) {
+        int32_t *ni = realloc(g->ids, sizeof(int32_t) * n);
+        if (!ni) return fail(e, g->prompt_param, "out of memory");
+        g->ids = ni;
+        n = tok_encode(s->vocab, g->prompt, g->prompt_len, true, true, g->ids, n);
+    }
+    if (n < 0) return fail(e, g->prompt_param, "cannot tokenize the prompt: %s", tok_strerror(n));
+    if (n > INT32_MAX / 2) return fail(e, g->prompt_param, "the prompt is too long");
+    g->n_ids = (int)n;
+    return 0;
+}
+
+static uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+enum MHD_Result srv_api_generate(srv_conn *c) {
+    srv *s = c->s;
+    const int n_vocab = tok_n_vocab(s->vocab);
+    cJSON *root = cJSON_ParseWithLength(c->body ? c->body : "", c->body_len);
+    if (!root) return srv_respond_error(c, 400, NULL, NULL, "the body is not valid JSON");
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return srv_respond_error(c, 400, NULL, NULL, "the body must be a JSON object");
+    }
+    gen *G = calloc(1, sizeof *G);
+    if (!G) {
+        cJSON_Delete(root);
+        return srv_respond_error(c, 500, NULL, NULL, "out of memory");
+    }
+    G->s = s;
+    G->conn = c->conn;
+    G->t_start = c->t_start;
+    G->created = (long long)time(NULL);
+    G->g.route = c->route;
+    G->g.max_tokens = -1;
+    G->g.logprobs = -1;
+    perr e = {0};
+    int rc;
+    if (c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM) rc = parse_tgi(root, &G->g, &e);
+    else if (c->route == SRV_ROUTE_COMPLETIONS) rc = parse_completions(root, &G->g, n_vocab, &e);
+    else rc = parse_chat(root, &G->g, s->chat_fmt, &e);
+    cJSON_Delete(root);
+    if (c->route == SRV_ROUTE_GENERATE_STREAM) G->g.stream = true;
+    if (rc == 0) rc = tokenize(s, &G->g, &e);
+    if (rc) {
+        enum MHD_Result r = srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
+        gen_free(G);
+        return r;
+    }
+    gen_req *g = &G->g;
+    const int n_ctx = s->n_ctx;
+    if (g->n_ids == 0) {
+        gen_free(G);
+        return srv_respond_error(c, 400, NULL, g->prompt_param, "the prompt is empty");
+    }
+    if (g->n_ids >= n_ctx) {
+        enum MHD_Result r = srv_respond_error(c, 400, "context_length_exceeded", g->prompt_param,
+            "the prompt has %d tokens; the context holds %d (prompt and output together)", g->n_ids, n_ctx);
+        gen_free(G);
+        return r;
+    }
+    int room = n_ctx - g->n_ids;
+    if (g->max_tokens < 0) {
+        int def = c->route == SRV_ROUTE_COMPLETIONS ? 16 : c->route == SRV_ROUTE_CHAT ? room : 100;
+        g->max_tokens = def < room ? def : room;
+    } else if (g->max_tokens > room) {
+        enum MHD_Result r = srv_respond_error(c, 400, "context_length_exceeded", g->max_param,
+            "the context holds %d tokens; the prompt has %d and %s asks for %lld more", n_ctx,
+            g->n_ids, g->max_param, g->max_tokens);
+        gen_free(G);
+        return r;
+    }
+    uint64_t nid = atomic_fetch_add(&s->next_id, 1);
+    if (!g->seed_given) g->sp.seed = mix64((uint64_t)time(NULL) ^ mix64(nid) ^ (uint64_t)(srv_now_ms() * 1e3));
+    snprintf(G->id, sizeof G->id, "%s-%016llx", c->route == SRV_ROUTE_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)mix64(nid ^ ((uint64_t)s->created << 20)));
+
+    eng_gen_params gp = {
+        .prompt = g->ids, .n_prompt = g->n_ids, .max_tokens = (int)g->max_tokens, .sampling = g->sp,
+        .stop = (const char *const *)g->stop, .n_stop = g->n_stop,
+        .stop_inclusive = c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM,
+        .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : 0,
+    };
+    rc = eng_sched_submit(s->sched, &gp, &G->req);
+    if (rc) {
+        gen_free(G);
+        switch (rc) {
+        case ENG_SCHED_EFULL:
+            return srv_respond_error(c, 429, NULL, NULL, "too many requests are waiting; retry later");
+        case ENG_SCHED_ESTOPPED:
+            return srv_respond_error(c, 503, NULL, NULL, "the server is shutting down");
+        case ENG_SCHED_ENOMEM:
+            return srv_respond_error(c, 500, NULL, NULL, "out of memory");
+        default:
+            return srv_respond_error(c, 400, NULL, NULL, "invalid request: %s", eng_sched_strerror(rc));
+        }
+    }
+    if (g->stream) {
+        stream_open(G);
+        return srv_respond_stream(c, stream_read, G, stream_free);
+    }
+    wait_done(G);
+    enum MHD_Result r = respond_final(c, G);
+    gen_free(G);
+    return r;
+}
+
+/* ---- /v1/models, /tokenize, /detokenize ---- */
+
+enum MHD_Result srv_api_models(srv_conn *c) {
+    srv *s = c->s;
+    const eng_hparams *hp = eng_model_hparams(s->model);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(o, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "id", s->cfg.model_alias);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)s->created);
+    cJSON_AddStringToObject(m, "owned_by", "kvseek");
+    cJSON *meta = cJSON_AddObjectToObject(m, "meta");
+    cJSON_AddStringToObject(meta, "arch", hp->arch_name);
+    cJSON_AddNumberToObject(meta, "n_vocab", hp->n_vocab);
+    cJSON_AddNumberToObject(meta, "n_ctx", s->n_ctx);
+    cJSON_AddNumberToObject(meta, "n_ctx_train", hp->n_ctx_train);
+    cJSON_AddNumberToObject(meta, "n_parallel", s->cfg.parallel);
+    cJSON_AddStringToObject(meta, "chat_template", srv_chat_name(s->chat_fmt));
+    cJSON_AddItemToArray(data, m);
+    return srv_respond_json(c, 200, o);
+}
+
+static cJSON *parse_body(srv_conn *c, enum MHD_Result *r) {
+    cJSON *root = cJSON_ParseWithLength(c->body ? c->body : "", c->body_len);
+    if (!root) {
+        *r = srv_respond_error(c, 400, NULL, NULL, "the body is not valid JSON");
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        *r = srv_respond_error(c, 400, NULL, NULL, "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* {"content" | "prompt": text, "add_special": true, "parse_special": true, "with_pieces": false}
+ * -> {"tokens": [...], "count", "max_model_len"} */
+enum MHD_Result srv_api_tokenize(srv_conn *c) {
+    srv *s = c->s;
+    enum MHD_Result r = MHD_NO;
+    cJSON *root = parse_body(c, &r);
+    if (!root) return r;
+    perr e = {0};
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "content");
+    const char *pname = "content";
+    if (absent(t)) {
+        t = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+        pname = "prompt";
+    }
+    bool add_special = true, parse_special = true, pieces = false;
+    if (absent(t) || !cJSON_IsString(t)) {
+        fail(&e, pname, "'content' (or 'prompt') must be a string");
+    } else if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "add_special"), "add_special", &add_special, &e) < 0 ||
+               opt_bool(cJSON_GetObjectItemCaseSensitive(root, "add_special_tokens"), "add_special_tokens", &add_special, &e) < 0 ||
+               opt_bool(cJSON_GetObjectItemCaseSensitive(root, "parse_special"), "parse_special", &parse_special, &e) < 0 ||
+               opt_bool(cJSON_GetObjectItemCaseSensitive(root, "with_pieces"), "with_pieces", &pieces, &e) < 0) {
+    }
+    if (e.msg[0]) {
+        cJSON_Delete(root);
+        return srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
+    }
+    size_t len = strlen(t->valuestring);
+    int64_t cap = (int64_t)len + 16;
+    int32_t *ids = malloc(sizeof(int32_t) * cap);
+    int64_t n = ids ? tok_encode(s->vocab, t->valuestring, len, add_special, parse_special, ids, cap) : -1;
+    if (n > cap) {
+        int32_t *ni = realloc(ids, sizeof(int32_t) * n);
+        if (ni) {
+            ids = ni;
+            n = tok_encode(s->vocab, t->valuestring, len, add_special, parse_special, ids, n);
+        } else {
+            n = -1;
+        }
+    }
+    cJSON_Delete(root);
+    if (n < 0) {
+        free(ids);
+        return srv_respond_error(c, 500, NULL, NULL, "tokenization failed");
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
+    char buf[512];
+    for (int64_t i = 0; i < n; i++) {
+        if (!pieces) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+            continue;
+        }
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddNumberToObject(p, "id", ids[i]);
+        int pl = piece(s->vocab, ids[i], buf, sizeof buf);
+        add_str(p, "piece", buf, pl);
+        cJSON_AddItemToArray(arr, p);
+    }
+    cJSON_AddNumberToObject(o, "count", (double)n);
+    cJSON_AddNumberToObject(o, "max_model_len", s->n_ctx);
+    free(ids);
+    return srv_respond_json(c, 200, o);
+}
+
+/* {"tokens": [ids]} -> {"content": text, "prompt": text} (llama.cpp's and vLLM's names). */
+enum MHD_Result srv_api_detokenize(srv_conn *c) {
+    srv *s = c->s;
+    enum MHD_Result r = MHD_NO;
+    cJSON *root = parse_body(c, &r);
+    if (!root) return r;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+    const int n_vocab = tok_n_vocab(s->vocab);
+    if (!cJSON_IsArray(arr)) {
+        cJSON_Delete(root);
+        return srv_respond_error(c, 400, NULL, "tokens", "'tokens' must be an array of token ids");
+    }
+    int n = cJSON_GetArraySize(arr), i = 0;
+    int32_t *ids = malloc(sizeof(int32_t) * (n > 0 ? n : 1));
+    const cJSON *t;
+    bool bad = !ids;
+    cJSON_ArrayForEach(t, arr) {
+        if (bad) break;
+        double v = cJSON_GetNumberValue(t);
+        if (!cJSON_IsNumber(t) || v != floor(v) || v < 0 || v >= n_vocab) bad = true;
+        else ids[i++] = (int32_t)v;
+    }
+    cJSON_Delete(root);
+    if (bad) {
+        free(ids);
+        return srv_respond_error(c, 400, NULL, "tokens", "'tokens' must hold integer ids in [0, %d)", n_vocab);
+    }
+    int64_t need = tok_decode(s->vocab, ids, n, false, NULL, 0);
+    char *txt = malloc(need + 1);
+    if (!txt) {
+        free(ids);
+        return srv_respond_error(c, 500, NULL, NULL, "out of memory");
+    }
+    tok_decode(s->vocab, ids, n, false, txt, need + 1);
+    free(ids);
+    cJSON *o = cJSON_CreateObject();
+    add_str(o, "content", txt, (size_t)need);
+    add_str(o, "prompt", txt, (size_t)need);
+    free(txt);
+    return srv_respond_json(c, 200, o);
+}

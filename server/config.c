@@ -1,0 +1,308 @@
+/* Server configuration: built-in defaults, then a JSON file (configs/server.json unless -c names
+ * another), then command-line options; the effective result is logged as one JSON line. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "srv.h"
+
+#define DEFAULT_CONFIG "configs/server.json"
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void srv_config_usage(FILE *f) {
+    fprintf(f,
+        "usage: kvseek serve -m MODEL [options]\n\n"
+        "  -m, --model FILE          GGUF model\n"
+        "  -c, --config FILE         JSON configuration (default: " DEFAULT_CONFIG " when present);\n"
+        "                            options given here override it\n"
+        "  --host HOST               bind address (default 127.0.0.1)\n"
+        "  --port N                  (default 8080; 0 = any free port, logged)\n"
+        "  -np, --parallel N         sequences decoded together (default 8)\n"
+        "  --ctx-size N              tokens per sequence, prompt + output (default: the model's\n"
+        "                            training context, at most 4096)\n"
+        "  --batch-size N            rows per forward pass: decode rows, then prompt chunks (default 128)\n"
+        "  --queue-size N            requests that may wait for a sequence before 429 (default 64)\n"
+        "  --api-key KEY             require 'Authorization: Bearer KEY' (also $KVSEEK_API_KEY)\n"
+        "  --alias NAME              model id reported by /v1/models (default: the file name)\n"
+        "  --chat-template T         gemma | chatml | llama3 | a Jinja template to recognise\n"
+        "                            (default: the model's tokenizer.chat_template)\n"
+        "  --max-body BYTES          request body limit (default 8388608)\n"
+        "  --connection-limit N      concurrent connections (default 256)\n"
+        "  --timeout S               idle connection timeout in seconds (default 600)\n"
+        "  --shutdown-timeout S      grace for in-flight requests on SIGTERM (default 10)\n"
+        "  -t, --threads N           compute threads (default: OpenMP's)\n"
+        "  -h, --help                this help\n");
+}
+
+static void defaults(srv_config *c) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    c->port = 8080;
+    c->ctx_size = 0; /* the model's training context, at most 4096 */
+    c->parallel = 8;
+    c->threads = 0;
+    c->queue_size = 64;
+    c->batch_size = 128;
+    c->max_body_bytes = 8u << 20;
+    c->connection_limit = 256;
+    c->timeout_s = 600;
+    c->shutdown_timeout_s = 10.0;
+}
+
+/* Integer option value in [lo, hi]. */
+static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int copy_str(char *dst, size_t cap, const char *src, const char *what, char *err, size_t errlen) {
+    if (strlen(src) >= cap) {
+        set_err(err, errlen, "%s is too long (at most %zu bytes)", what, cap - 1);
+        return -1;
+    }
+    snprintf(dst, cap, "%s", src);
+    return 0;
+}
+
+/* Applies the JSON file's keys. Unknown keys are reported on stderr, not fatal (the file may
+ * carry settings of a newer version). */
+static int load_file(srv_config *c, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        set_err(err, errlen, "cannot open config %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 > cap) {
+            char *nb = realloc(buf, cap = 2 * cap + 4096);
+            if (!nb) { free(buf); fclose(f); set_err(err, errlen, "out of memory"); return -1; }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    fclose(f);
+    cJSON *root = cJSON_ParseWithLength(buf, n);
+    free(buf);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        set_err(err, errlen, "config %s is not a JSON object", path);
+        return -1;
+    }
+    int rc = 0;
+    cJSON *it;
+    cJSON_ArrayForEach(it, root) {
+        const char *k = it->string;
+        struct { const char *key; int *dst; long long lo, hi; } ints[] = {
+            {"port", &c->port, 0, 65535}, {"ctx_size", &c->ctx_size, 0, 1 << 24},
+            {"parallel", &c->parallel, 1, 1024}, {"threads", &c->threads, 0, 1024},
+            {"queue_size", &c->queue_size, 0, 1 << 20}, {"batch_size", &c->batch_size, 1, 1 << 16},
+            {"connection_limit", &c->connection_limit, 1, 1 << 16},
+            {"timeout_s", &c->timeout_s, 1, 1 << 24},
+        };
+        struct { const char *key; char *dst; size_t cap; } strs[] = {
+            {"host", c->host, sizeof c->host}, {"model", c->model, sizeof c->model},
+            {"model_alias", c->model_alias, sizeof c->model_alias},
+            {"api_key", c->api_key, sizeof c->api_key},
+            {"chat_template", c->chat_template, sizeof c->chat_template},
+        };
+        bool known = false;
+        for (size_t i = 0; i < sizeof ints / sizeof ints[0] && !known; i++) {
+            if (strcmp(k, ints[i].key)) continue;
+            known = true;
+            double v = cJSON_GetNumberValue(it);
+            if (!cJSON_IsNumber(it) || v != floor(v) || v < ints[i].lo || v > ints[i].hi) {
+                set_err(err, errlen, "config %s: \"%s\" must be an integer in [%lld, %lld]", path,
+                        k, ints[i].lo, ints[i].hi);
+                rc = -1;
+            } else {
+                *ints[i].dst = (int)v;
+            }
+        }
+        for (size_t i = 0; i < sizeof strs / sizeof strs[0] && !known; i++) {
+            if (strcmp(k, strs[i].key)) continue;
+            known = true;
+            if (!cJSON_IsString(it)) {
+                set_err(err, errlen, "config %s: \"%s\" must be a string", path, k);
+                rc = -1;
+            } else if (copy_str(strs[i].dst, strs[i].cap, it->valuestring, k, err, errlen)) {
+                rc = -1;
+            }
+        }
+        if (known) {
+        } else if (!strcmp(k, "max_body_bytes")) {
+            double v = cJSON_GetNumberValue(it);
+            if (!cJSON_IsNumber(it) || v != floor(v) || v < 1 || v > (double)(1ull << 40)) {
+                set_err(err, errlen, "config %s: \"max_body_bytes\" must be a positive integer", path);
+                rc = -1;
+            } else {
+                c->max_body_bytes = (size_t)v;
+            }
+        } else if (!strcmp(k, "shutdown_timeout_s")) {
+            double v = cJSON_GetNumberValue(it);
+            if (!cJSON_IsNumber(it) || !(v >= 0 && v <= 86400)) {
+                set_err(err, errlen, "config %s: \"shutdown_timeout_s\" must be a number in [0, 86400]", path);
+                rc = -1;
+            } else {
+                c->shutdown_timeout_s = v;
+            }
+        } else if (k[0] != '_') { /* "_comment" keys are documentation */
+            fprintf(stderr, "kvseek: warning: config %s: unknown key \"%s\" ignored\n", path, k);
+        }
+        if (rc) break;
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errlen) {
+    defaults(c);
+    /* the file first, so that every other option overrides it */
+    const char *file = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            srv_config_usage(stdout);
+            return 1;
+        }
+        if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) file = argv[++i];
+    }
+    if (!file && access(DEFAULT_CONFIG, R_OK) == 0) file = DEFAULT_CONFIG;
+    if (file) {
+        if (load_file(c, file, err, errlen)) return -1;
+        snprintf(c->config_path, sizeof c->config_path, "%s", file);
+    }
+    const char *env_key = getenv("KVSEEK_API_KEY");
+    if (env_key && *env_key && !c->api_key[0] &&
+        copy_str(c->api_key, sizeof c->api_key, env_key, "KVSEEK_API_KEY", err, errlen))
+        return -1;
+
+    for (int i = 2; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long long n;
+#define IS(x) (!strcmp(o, x))
+        struct { const char *a, *b; int *dst; long long lo, hi; } ints[] = {
+            {"--port", NULL, &c->port, 0, 65535}, {"--ctx-size", "--ctx", &c->ctx_size, 2, 1 << 24},
+            {"--parallel", "-np", &c->parallel, 1, 1024}, {"--threads", "-t", &c->threads, 1, 1024},
+            {"--queue-size", NULL, &c->queue_size, 0, 1 << 20},
+            {"--batch-size", "-b", &c->batch_size, 1, 1 << 16},
+            {"--connection-limit", NULL, &c->connection_limit, 1, 1 << 16},
+            {"--timeout", NULL, &c->timeout_s, 1, 1 << 24},
+        };
+        struct { const char *a, *b; char *dst; size_t cap; } strs[] = {
+            {"--model", "-m", c->model, sizeof c->model}, {"--host", NULL, c->host, sizeof c->host},
+            {"--alias", NULL, c->model_alias, sizeof c->model_alias},
+            {"--api-key", NULL, c->api_key, sizeof c->api_key},
+            {"--chat-template", NULL, c->chat_template, sizeof c->chat_template},
+        };
+        bool done = false;
+        if (IS("-c") || IS("--config")) {
+            if (!v) goto need_value;
+            i++;
+            continue;
+        }
+        for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !done; k++) {
+            if (!IS(ints[k].a) && !(ints[k].b && IS(ints[k].b))) continue;
+            if (!v) goto need_value;
+            if (parse_ll(v, ints[k].lo, ints[k].hi, &n)) {
+                set_err(err, errlen, "%s: '%s' is not an integer in [%lld, %lld]", o, v, ints[k].lo, ints[k].hi);
+                return -1;
+            }
+            *ints[k].dst = (int)n;
+            i++;
+            done = true;
+        }
+        for (size_t k = 0; k < sizeof strs / sizeof strs[0] && !done; k++) {
+            if (!IS(strs[k].a) && !(strs[k].b && IS(strs[k].b))) continue;
+            if (!v) goto need_value;
+            if (copy_str(strs[k].dst, strs[k].cap, v, o, err, errlen)) return -1;
+            i++;
+            done = true;
+        }
+        if (done) continue;
+        if (IS("--max-body")) {
+            if (!v) goto need_value;
+            if (parse_ll(v, 1, 1ll << 40, &n)) {
+                set_err(err, errlen, "--max-body: '%s' is not a positive integer", v);
+                return -1;
+            }
+            c->max_body_bytes = (size_t)n;
+            i++;
+        } else if (IS("--shutdown-timeout")) {
+            if (!v) goto need_value;
+            char *end;
+            double d = strtod(v, &end);
+            if (end == v || *end || !(d >= 0 && d <= 86400)) {
+                set_err(err, errlen, "--shutdown-timeout: '%s' is not a number of seconds in [0, 86400]", v);
+                return -1;
+            }
+            c->shutdown_timeout_s = d;
+            i++;
+        } else {
+            set_err(err, errlen, "unknown option '%s' (see kvseek serve --help)", o);
+            return -1;
+        }
+        continue;
+need_value:
+        set_err(err, errlen, "%s needs a value", o);
+        return -1;
+#undef IS
+    }
+    if (!c->model[0]) {
+        set_err(err, errlen, "no model given (-m MODEL or \"model\" in the config)");
+        return -1;
+    }
+    if (c->batch_size < c->parallel) {
+        set_err(err, errlen, "--batch-size (%d) must be at least --parallel (%d)", c->batch_size, c->parallel);
+        return -1;
+    }
+    if (!c->model_alias[0]) {
+        const char *base = strrchr(c->model, '/');
+        base = base ? base + 1 : c->model;
+        size_t n = strlen(base);
+        if (n >= sizeof c->model_alias) n = sizeof c->model_alias - 1;
+        memcpy(c->model_alias, base, n);
+        c->model_alias[n] = 0;
+    }
+    return 0;
+}
+
+void srv_config_log(const srv_config *c, FILE *f) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "config_file", c->config_path);
+    cJSON_AddStringToObject(o, "host", c->host);
+    cJSON_AddNumberToObject(o, "port", c->port);
+    cJSON_AddStringToObject(o, "model", c->model);
+    cJSON_AddStringToObject(o, "model_alias", c->model_alias);
+    cJSON_AddNumberToObject(o, "ctx_size", c->ctx_size);
+    cJSON_AddNumberToObject(o, "parallel", c->parallel);
+    cJSON_AddNumberToObject(o, "threads", c->threads);
+    cJSON_AddNumberToObject(o, "queue_size", c->queue_size);
+    cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
+    cJSON_AddNumberToObject(o, "max_body_bytes", (double)c->max_body_bytes);
+    cJSON_AddNumberToObject(o, "connection_limit", c->connection_limit);
+    cJSON_AddNumberToObject(o, "timeout_s", c->timeout_s);
+    cJSON_AddNumberToObject(o, "shutdown_timeout_s", c->shutdown_timeout_s);
+    cJSON_AddStringToObject(o, "api_key", c->api_key[0] ? "(set)" : "");
+    cJSON_AddStringToObject(o, "chat_template", c->chat_template[0] ? (strlen(c->chat_template) > 16 ? "(custom)" : c->chat_template) : "");
+    char *s = cJSON_PrintUnformatted(o);
+    if (s) fprintf(f, "kvseek: config %s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}

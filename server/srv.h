@@ -1,0 +1,151 @@
+/* Internal header of the HTTP server (every server/ file but main.c): configuration, chat
+ * templates, metrics, the connection state shared by the MHD glue (http.c) and the endpoint
+ * handlers (api.c). cJSON and libmicrohttpd stay inside server/. */
+#ifndef KVSEEK_SRV_H
+#define KVSEEK_SRV_H
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "model.h"
+#include "scheduler.h"
+#include "server.h"
+#include "tok.h"
+
+/* ---- configuration (config.c) ---- */
+
+typedef struct {
+    char host[256];
+    int port;               /* 0: any free port (the chosen one is logged) */
+    char model[1024];
+    char model_alias[256];  /* the model id in /v1/models and responses; default: file name */
+    int ctx_size;           /* tokens per sequence */
+    int parallel;           /* sequences decoded together */
+    int threads;            /* 0: OpenMP default */
+    int queue_size;         /* requests waiting for a free sequence before 429 */
+    int batch_size;         /* rows per forward pass (decode rows + prefill chunk) */
+    size_t max_body_bytes;  /* request bodies past this get 413 */
+    int connection_limit;   /* concurrent connections (one thread each) */
+    int timeout_s;          /* idle connection timeout */
+    double shutdown_timeout_s; /* grace for in-flight requests on SIGTERM before they are cancelled */
+    char api_key[256];      /* empty: no authentication */
+    char chat_template[4096]; /* empty: from the model; else gemma|chatml|llama3 or a Jinja text */
+    char config_path[1024]; /* the file read, or empty */
+} srv_config;
+
+/* Fills c from defaults, then the JSON file (-c FILE, or configs/server.json when present), then
+ * the command line (argv[2..]). Returns 0; 1 when --help was asked (usage printed); -1 with a
+ * one-line reason in err. */
+int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errlen);
+void srv_config_usage(FILE *f);
+/* One JSON line with the effective configuration (the API key masked). */
+void srv_config_log(const srv_config *c, FILE *f);
+
+/* ---- chat templates (chat.c) ---- */
+
+typedef enum { SRV_CHAT_NONE = 0, SRV_CHAT_GEMMA, SRV_CHAT_CHATML, SRV_CHAT_LLAMA3 } srv_chat_fmt;
+const char *srv_chat_name(srv_chat_fmt f);
+/* A format by name ("gemma", "chatml", "llama3"), else by recognising a Jinja template's
+ * markers; SRV_CHAT_NONE when neither. */
+srv_chat_fmt srv_chat_detect(const char *name_or_jinja, size_t len);
+
+typedef struct {
+    const char *role;    /* system, developer, user, assistant */
+    char *content;       /* owned by the caller */
+} srv_chat_msg;
+
+/* Renders messages as a prompt ending with the assistant's turn opener. Returns a malloc'd
+ * string (caller frees), or NULL with a reason in err (a role the format cannot place). */
+char *srv_chat_render(srv_chat_fmt f, const srv_chat_msg *msgs, int n, char *err, size_t errlen);
+
+/* ---- metrics (metrics.c) ---- */
+
+typedef enum {
+    SRV_ROUTE_HEALTH, SRV_ROUTE_METRICS, SRV_ROUTE_MODELS, SRV_ROUTE_TOKENIZE, SRV_ROUTE_DETOKENIZE,
+    SRV_ROUTE_GENERATE, SRV_ROUTE_GENERATE_STREAM, SRV_ROUTE_COMPLETIONS, SRV_ROUTE_CHAT,
+    SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
+} srv_route;
+
+typedef struct srv_metrics srv_metrics;
+srv_metrics *srv_metrics_create(void);
+void srv_metrics_free(srv_metrics *m);
+void srv_metrics_request(srv_metrics *m, srv_route r, int status);
+void srv_metrics_ttft(srv_metrics *m, double seconds);
+void srv_metrics_itl(srv_metrics *m, double seconds);
+void srv_metrics_e2e(srv_metrics *m, double seconds);
+void srv_metrics_client_cancel(srv_metrics *m);
+/* Prometheus text exposition; malloc'd (caller frees). st may be NULL while loading. */
+char *srv_metrics_render(srv_metrics *m, const eng_sched_stats *st, bool ready);
+
+/* ---- the server and its connections (http.c) ---- */
+
+enum { SRV_LOADING = 0, SRV_READY = 1, SRV_DRAINING = 2 };
+
+typedef struct {
+    srv_config cfg;
+    eng_model *model;
+    const tok_vocab *vocab;
+    eng_sched *sched;
+    srv_chat_fmt chat_fmt;
+    char chat_source[64];   /* where the template came from, for the log and /v1/models */
+    int n_ctx;
+    atomic_int state;
+    atomic_int inflight;    /* requests being handled (not idle keep-alive connections) */
+    atomic_uint_fast64_t next_id;
+    long long created;      /* unix time the server started */
+    srv_metrics *metrics;
+    struct MHD_Daemon *daemon;
+} srv;
+
+typedef enum { SRV_SHAPE_OPENAI, SRV_SHAPE_TGI } srv_shape;
+
+/* One HTTP request, from its first call to the completed callback. */
+typedef struct {
+    srv *s;
+    struct MHD_Connection *conn;
+    srv_route route;
+    srv_shape shape;
+    char *body;
+    size_t body_len, body_cap, body_seen;
+    int early_status;       /* an error decided before the body was read (answered after it) */
+    const char *early_code, *early_msg;
+    int status;             /* the status sent, for the metrics */
+    double t_start;         /* monotonic ms */
+    bool processed;
+} srv_conn;
+
+double srv_now_ms(void);
+/* The client closed its side of the connection. */
+bool srv_client_gone(struct MHD_Connection *conn);
+
+/* Queue responses (each takes ownership of what it is given). */
+enum MHD_Result srv_respond(srv_conn *c, int status, const char *content_type, char *body, size_t len);
+enum MHD_Result srv_respond_json(srv_conn *c, int status, cJSON *obj);
+/* An error in the route's shape: OpenAI {"error":{message,type,param,code}} (type from the
+ * status; code and param may be NULL) or TGI {"error","error_type"} (where a 400 becomes 422, as
+ * TGI answers validation errors). 429 and 503 add Retry-After. */
+enum MHD_Result srv_respond_error(srv_conn *c, int status, const char *code, const char *param,
+                                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The error object of srv_respond_error, for a stream that already sent its headers. */
+cJSON *srv_error_json(srv_shape shape, int status, const char *code, const char *param, const char *msg);
+enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, void *cls,
+                                   MHD_ContentReaderFreeCallback fcb);
+
+/* ---- endpoints (api.c) ---- */
+
+enum MHD_Result srv_api_models(srv_conn *c);
+enum MHD_Result srv_api_tokenize(srv_conn *c);
+enum MHD_Result srv_api_detokenize(srv_conn *c);
+enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->route */
+
+/* ---- helpers (api.c) ---- */
+
+/* A copy of s[0, n) with invalid UTF-8 (and NUL) replaced by U+FFFD; malloc'd. */
+char *srv_utf8_clean(const char *s, size_t n);
+
+#endif
