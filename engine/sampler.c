@@ -17,6 +17,7 @@ struct eng_sampler {
     uint64_t rng[4];
     cand *c;
     float *raw;      /* the logits before penalties, for the reported logprob */
+    float *probs;    /* exp of the logits, scratch */
     int32_t *counts; /* per-token occurrence counts in the penalty window */
 };
 
@@ -50,7 +51,8 @@ eng_sampler *eng_sampler_create(const eng_sampler_params *p, int n_vocab) {
     s->c = malloc(sizeof(cand) * n_vocab);
     s->counts = calloc(n_vocab, sizeof(int32_t));
     s->raw = malloc(sizeof(float) * n_vocab);
-    if (!s->c || !s->counts || !s->raw) {
+    s->probs = malloc(sizeof(float) * n_vocab);
+    if (!s->c || !s->counts || !s->raw || !s->probs) {
         eng_sampler_free(s);
         return NULL;
     }
@@ -64,6 +66,7 @@ void eng_sampler_free(eng_sampler *s) {
     free(s->c);
     free(s->counts);
     free(s->raw);
+    free(s->probs);
     free(s);
 }
 
@@ -110,38 +113,105 @@ static void apply_penalties(eng_sampler *s, float *logits, const int32_t *hist, 
     }
 }
 
+/* out[i] = exp((x[i] - mx) * k), returns their sum. No errno from expf lets the compiler use
+ * its vector expf: this runs over the whole vocabulary once or twice per sampled token. */
+__attribute__((optimize("no-math-errno")))
+static float exp_sum(const float *x, float *out, int n, float mx, float k) {
+    float z = 0.0f;
+    #pragma omp simd reduction(+ : z)
+    for (int i = 0; i < n; i++) {
+        float e = expf((x[i] - mx) * k);
+        out[i] = e;
+        z += e;
+    }
+    return z;
+}
+
+static float max_of(const float *x, int n) {
+    float mx = -INFINITY;
+    #pragma omp simd reduction(max : mx)
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+/* Samples index i of c[0..m) (sorted by logit, descending) with weight exp((logit - c0) / t). */
+static int pick_sorted(eng_sampler *s, const cand *c, int m, float t) {
+    double tot = 0.0;
+    for (int i = 0; i < m; i++) tot += exp(((double)c[i].logit - c[0].logit) / t);
+    double u = (double)(next_u64(s->rng) >> 11) * 0x1.0p-53 * tot, acc = 0.0;
+    for (int i = 0; i < m; i++) {
+        acc += exp(((double)c[i].logit - c[0].logit) / t);
+        if (u < acc) return i;
+    }
+    return m - 1;
+}
+
 int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history, int n_hist,
                            float *logprob) {
     const int n = s->n_vocab;
     const eng_sampler_params *p = &s->p;
-    /* log-softmax normaliser of the raw distribution, for the reported logprob */
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++) if (logits[i] > mx) mx = logits[i];
-    double z = 0.0;
-    for (int i = 0; i < n; i++) z += exp((double)logits[i] - mx);
-    const float log_z = mx + (float)log(z);
+    float log_z = 0.0f;
+    if (logprob) {
+        /* log-softmax normaliser of the raw distribution, for the reported logprob */
+        memcpy(s->raw, logits, sizeof(float) * n);
+        const float mx = max_of(logits, n);
+        log_z = mx + logf(exp_sum(logits, s->probs, n, mx, 1.0f));
+    }
+    apply_penalties(s, logits, history, n_hist);
     int32_t chosen;
-    if (logprob) memcpy(s->raw, logits, sizeof(float) * n);
-
     if (p->temperature <= 0.0f) {
-        apply_penalties(s, logits, history, n_hist);
         chosen = 0;
         for (int i = 1; i < n; i++) if (logits[i] > logits[chosen]) chosen = i;
-    } else {
-        apply_penalties(s, logits, history, n_hist);
-        cand *c = s->c;
-        int m = n;
-        for (int i = 0; i < n; i++) { c[i].id = i; c[i].logit = logits[i]; }
-        if (p->top_k > 0 && p->top_k < m) {
-            select_top_k(c, m, p->top_k);
-            m = p->top_k;
+    } else if ((p->top_k <= 0 || p->top_k >= n) && p->top_p >= 1.0f && p->min_p <= 0.0f) {
+        /* no truncation: sample the whole softmax directly, no sort */
+        const float mx = max_of(logits, n);
+        const float tot = exp_sum(logits, s->probs, n, mx, 1.0f / p->temperature);
+        const float u = (float)((next_u64(s->rng) >> 11) * 0x1.0p-53) * tot;
+        float acc = 0.0f;
+        chosen = n - 1;
+        for (int i = 0; i < n; i++) {
+            acc += s->probs[i];
+            if (u < acc) { chosen = i; break; }
         }
-        qsort(c, m, sizeof(cand), cmp_desc);
+    } else {
+        cand *c = s->c;
+        int m;
+        if (p->top_k > 0 && p->top_k < n) {
+            for (int i = 0; i < n; i++) { c[i].id = i; c[i].logit = logits[i]; }
+            select_top_k(c, n, p->top_k);
+            m = p->top_k;
+            qsort(c, m, sizeof(cand), cmp_desc);
+        } else {
+            /* top-p/min-p over the whole vocabulary: sort only a growing head of it, until the
+             * head holds the nucleus (top-p) and every token above the min-p floor */
+            const float mx = max_of(logits, n);
+            const float z = exp_sum(logits, s->probs, n, mx, 1.0f);
+            const float floor_logit = p->min_p > 0.0f ? mx + logf(p->min_p) : INFINITY;
+            for (int k = 64;; k *= 4) {
+                if (k >= n) k = n;
+                for (int i = 0; i < n; i++) { c[i].id = i; c[i].logit = logits[i]; }
+                if (k < n) select_top_k(c, n, k);
+                qsort(c, k, sizeof(cand), cmp_desc);
+                double mass = 0.0;
+                for (int i = 0; i < k; i++) mass += s->probs[c[i].id] / z;
+                int enough_p = p->top_p >= 1.0f || mass >= p->top_p;
+                int enough_min = p->min_p <= 0.0f || c[k - 1].logit < floor_logit;
+                if (k == n || (enough_p && enough_min)) {
+                    m = k;
+                    break;
+                }
+            }
+        }
         /* probabilities at temperature 1 for top-p/min-p, as llama.cpp's chain does */
-        double sum = 0.0;
-        for (int i = 0; i < m; i++) sum += exp((double)c[i].logit - c[0].logit);
         if (p->top_p > 0.0f && p->top_p < 1.0f) {
-            double acc = 0.0;
+            double sum = 0.0, acc = 0.0;
+            if (p->top_k > 0 && p->top_k < n) {
+                for (int i = 0; i < m; i++) sum += exp((double)c[i].logit - c[0].logit);
+            } else {
+                /* the head was cut from the whole vocabulary, whose max is c[0]: normalise by
+                 * the full softmax sum in probs */
+                for (int i = 0; i < n; i++) sum += (double)s->probs[i];
+            }
             for (int i = 0; i < m; i++) {
                 acc += exp((double)c[i].logit - c[0].logit) / sum;
                 if (acc >= p->top_p) { m = i + 1; break; }
@@ -153,16 +223,7 @@ int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history
             while (keep < m && c[keep].logit - c[0].logit >= thr) keep++;
             m = keep;
         }
-        double tot = 0.0;
-        for (int i = 0; i < m; i++) tot += exp(((double)c[i].logit - c[0].logit) / p->temperature);
-        double u = (double)(next_u64(s->rng) >> 11) * 0x1.0p-53 * tot;
-        int pick = m - 1;
-        double acc = 0.0;
-        for (int i = 0; i < m; i++) {
-            acc += exp(((double)c[i].logit - c[0].logit) / p->temperature);
-            if (u < acc) { pick = i; break; }
-        }
-        chosen = c[pick].id;
+        chosen = c[pick_sorted(s, c, m, p->temperature)].id;
     }
     if (logprob) *logprob = s->raw[chosen] - log_z;
     return chosen;

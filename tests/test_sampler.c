@@ -102,6 +102,39 @@ int main(void) {
         CHECK(eng_sampler_sample(t, l, hist, 2, NULL) == 0, "presence penalty steers away");
         eng_sampler_free(t);
     }
+    /* top-p and min-p without top-k on a large vocabulary (the sorted-head path): every pick
+     * lies in the nucleus computed by brute force, and the nucleus is used beyond its head */
+    {
+        enum { BV = 5000 };
+        static float base[BV], x[BV];
+        for (int i = 0; i < BV; i++) base[i] = (float)(-0.004 * i) + (i % 7 == 0 ? 1.0f : 0.0f);
+        /* brute force nucleus for top-p 0.5 */
+        int order[BV];
+        for (int i = 0; i < BV; i++) order[i] = i;
+        for (int i = 1; i < BV; i++) { /* insertion sort by logit, descending */
+            int v = order[i], j = i;
+            while (j > 0 && base[order[j - 1]] < base[v]) { order[j] = order[j - 1]; j--; }
+            order[j] = v;
+        }
+        double tot = 0;
+        for (int i = 0; i < BV; i++) tot += exp((double)base[i]);
+        static char in[BV];
+        double acc = 0;
+        int nucleus = 0;
+        for (int i = 0; i < BV; i++) { in[order[i]] = 1; nucleus++; acc += exp((double)base[order[i]]) / tot; if (acc >= 0.5) break; }
+        eng_sampler_params q = eng_sampler_default();
+        q.top_k = 0; q.top_p = 0.5f; q.min_p = 0.0f; q.temperature = 1.0f; q.seed = 3;
+        eng_sampler *t = eng_sampler_create(&q, BV);
+        int ok = 1, beyond = 0;
+        for (int i = 0; i < 3000; i++) {
+            memcpy(x, base, sizeof x);
+            int k = eng_sampler_sample(t, x, NULL, 0, NULL);
+            ok &= in[k];
+            beyond |= k != order[0] && k != order[1];
+        }
+        CHECK(ok && beyond && nucleus > 64, "top-p 0.5 over %d tokens stays in the %d-token nucleus", BV, nucleus);
+        eng_sampler_free(t);
+    }
     eng_sampler_free(NULL);
     return check_summary("test_sampler");
 }
