@@ -4,6 +4,7 @@
  * tiles, token ranges, threads and the scratch they decode into. */
 #include "quant.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -23,6 +24,12 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * once. */
 static _Thread_local float *scratch;
 static _Thread_local size_t scratch_cap;   /* floats */
+/* A thread-exit destructor frees the buffer of threads that end (the server's engine thread),
+ * which thread-local storage alone would leak. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static void scratch_destroy(void *p) { free(p); }
+static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_destroy); }
 
 static float *scratch_get(size_t n) {
     if (n <= scratch_cap) return scratch;
@@ -30,6 +37,8 @@ static float *scratch_get(size_t n) {
     n = (n + 4095) & ~(size_t)4095;
     scratch = aligned_alloc(64, n * sizeof(float));
     scratch_cap = scratch ? n : 0;
+    pthread_once(&scratch_once, scratch_key_init);
+    pthread_setspecific(scratch_key, scratch);
     return scratch;
 }
 
@@ -37,6 +46,8 @@ void krn_matmul_scratch_free(void) {
     free(scratch);
     scratch = NULL;
     scratch_cap = 0;
+    pthread_once(&scratch_once, scratch_key_init);
+    pthread_setspecific(scratch_key, NULL);
 }
 
 void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
