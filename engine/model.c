@@ -3,10 +3,10 @@
  * K and V live in each sequence's paged store (kvcache/); attend() reads them densely for
  * prefill rows and through the sequence's selector (index/) for decode rows of global layers. */
 #include "model.h"
+#include "util.h"
 
 #include <math.h>
 #include <omp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,13 +70,6 @@ struct eng_seq {
     eng_attn_stats st;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- loading ---- */
 
@@ -91,7 +84,7 @@ static const gguf_tensor *find(loader *L, const char *name, int required) {
     if (L->failed) return NULL;
     const gguf_tensor *t = gguf_find_tensor(L->m->g, name);
     if (!t && required) {
-        set_err(L->err, L->errlen, "model: missing tensor '%s'", name);
+        eng_set_err(L->err, L->errlen, "model: missing tensor '%s'", name);
         L->failed = 1;
     }
     return t;
@@ -102,13 +95,13 @@ static const float *vec(loader *L, const char *name, int64_t n, int required) {
     const gguf_tensor *t = find(L, name, required);
     if (!t) return NULL;
     if (t->type != KRN_TYPE_F32 || t->ne[0] != n || t->ne[1] * t->ne[2] * t->ne[3] != 1) {
-        set_err(L->err, L->errlen, "model: tensor '%s' must be f32 of %lld elements (is type %u, %lld x %lld)",
+        eng_set_err(L->err, L->errlen, "model: tensor '%s' must be f32 of %lld elements (is type %u, %lld x %lld)",
                 name, (long long)n, t->type, (long long)t->ne[0], (long long)t->ne[1]);
         L->failed = 1;
         return NULL;
     }
     if ((uintptr_t)t->data % sizeof(float)) {
-        set_err(L->err, L->errlen, "model: tensor '%s' is misaligned", name);
+        eng_set_err(L->err, L->errlen, "model: tensor '%s' is misaligned", name);
         L->failed = 1;
         return NULL;
     }
@@ -121,13 +114,13 @@ static weight mat(loader *L, const char *name, int64_t n_rows, int64_t n_cols, i
     const gguf_tensor *t = find(L, name, required);
     if (!t) return w;
     if (t->ne[0] != n_cols || t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
-        set_err(L->err, L->errlen, "model: tensor '%s' has shape %lld x %lld, expected %lld x %lld",
+        eng_set_err(L->err, L->errlen, "model: tensor '%s' has shape %lld x %lld, expected %lld x %lld",
                 name, (long long)t->ne[0], (long long)t->ne[1], (long long)n_cols, (long long)n_rows);
         L->failed = 1;
         return w;
     }
     if (!krn_type_supported(t->type)) {
-        set_err(L->err, L->errlen, "model: tensor '%s' has unsupported type %u", name, t->type);
+        eng_set_err(L->err, L->errlen, "model: tensor '%s' has unsupported type %u", name, t->type);
         L->failed = 1;
         return w;
     }
@@ -156,7 +149,7 @@ static int read_hparams(eng_model *m, char *err, size_t errlen) {
     const char *s;
     uint64_t len;
     if (!gguf_get_str(g, "general.architecture", &s, &len) || len == 0 || len >= sizeof hp->arch_name) {
-        set_err(err, errlen, "model: missing general.architecture");
+        eng_set_err(err, errlen, "model: missing general.architecture");
         return -1;
     }
     memcpy(hp->arch_name, s, len);
@@ -166,14 +159,14 @@ static int read_hparams(eng_model *m, char *err, size_t errlen) {
     else if (!strcmp(a, "qwen2")) hp->arch = ENG_ARCH_QWEN2;
     else if (!strcmp(a, "gemma3")) hp->arch = ENG_ARCH_GEMMA3;
     else {
-        set_err(err, errlen, "model: unsupported architecture '%s' (supported: gemma3, qwen2, llama)", a);
+        eng_set_err(err, errlen, "model: unsupported architecture '%s' (supported: gemma3, qwen2, llama)", a);
         return -1;
     }
     uint32_t u;
 #define REQ(field, suffix)                                                                   \
     do {                                                                                     \
         if (!key_u32(g, a, suffix, &u) || u == 0 || u > (1u << 24)) {                        \
-            set_err(err, errlen, "model: missing or invalid %s.%s", a, suffix);              \
+            eng_set_err(err, errlen, "model: missing or invalid %s.%s", a, suffix);              \
             return -1;                                                                       \
         }                                                                                    \
         hp->field = (int)u;                                                                  \
@@ -185,7 +178,7 @@ static int read_hparams(eng_model *m, char *err, size_t errlen) {
     REQ(n_ctx_train, "context_length");
 #undef REQ
     if (hp->n_layer > 4096) {
-        set_err(err, errlen, "model: block_count %d is implausible", hp->n_layer);
+        eng_set_err(err, errlen, "model: block_count %d is implausible", hp->n_layer);
         return -1;
     }
     hp->n_head_kv = key_u32(g, a, "attention.head_count_kv", &u) ? (int)u : hp->n_head;
@@ -193,13 +186,13 @@ static int read_hparams(eng_model *m, char *err, size_t errlen) {
     hp->v_dim = key_u32(g, a, "attention.value_length", &u) ? (int)u : hp->head_dim;
     if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hp->head_dim <= 0 || hp->head_dim > 1024 ||
         hp->v_dim <= 0 || hp->v_dim > 1024 || hp->head_dim % 2) {
-        set_err(err, errlen, "model: invalid attention shape (heads %d, kv heads %d, head dim %d)",
+        eng_set_err(err, errlen, "model: invalid attention shape (heads %d, kv heads %d, head dim %d)",
                 hp->n_head, hp->n_head_kv, hp->head_dim);
         return -1;
     }
     hp->n_rot = key_u32(g, a, "rope.dimension_count", &u) ? (int)u : hp->head_dim;
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2) {
-        set_err(err, errlen, "model: invalid rope.dimension_count %d", hp->n_rot);
+        eng_set_err(err, errlen, "model: invalid rope.dimension_count %d", hp->n_rot);
         return -1;
     }
     hp->eps = 1e-6f;
@@ -214,7 +207,7 @@ static int read_hparams(eng_model *m, char *err, size_t errlen) {
             float f = 1.0f;
             if (key_f32(g, a, "rope.scaling.factor", &f) && f > 0.0f) hp->rope_freq_scale = 1.0f / f;
         } else if (!(len == 5 && !memcmp(s, "llama", 5)) && !(len == 6 && !memcmp(s, "llama3", 6))) {
-            set_err(err, errlen, "model: unsupported rope scaling '%.*s'", (int)len, s);
+            eng_set_err(err, errlen, "model: unsupported rope scaling '%.*s'", (int)len, s);
             return -1;
         }
     }
@@ -274,7 +267,7 @@ eng_attn_params eng_attn_default(void) {
 eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err, size_t errlen) {
     eng_model *m = calloc(1, sizeof *m);
     if (!m) {
-        set_err(err, errlen, "model: out of memory");
+        eng_set_err(err, errlen, "model: out of memory");
         return NULL;
     }
     if (p) m->params = *p;
@@ -293,7 +286,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
     if (!te) goto fail;
     hp->n_vocab = (int)te->ne[1];
     if (te->ne[1] > INT32_MAX || hp->n_vocab != tok_n_vocab(m->vocab)) {
-        set_err(err, errlen, "model: token_embd has %lld rows but the vocabulary %d tokens",
+        eng_set_err(err, errlen, "model: token_embd has %lld rows but the vocabulary %d tokens",
                 (long long)te->ne[1], tok_n_vocab(m->vocab));
         goto fail;
     }
@@ -307,7 +300,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
         m->rope_factors = vec(&L, "rope_freqs.weight", hp->n_rot / 2, 1);
     m->layers = calloc(hp->n_layer, sizeof *m->layers);
     if (!m->layers) {
-        set_err(err, errlen, "model: out of memory");
+        eng_set_err(err, errlen, "model: out of memory");
         goto fail;
     }
     const int gemma = hp->arch == ENG_ARCH_GEMMA3;
@@ -335,12 +328,12 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
     }
     if (L.failed) goto fail;
     if (hp->n_head / hp->n_head_kv > ATTN_MAX_GROUP || (hp->n_head / hp->n_head_kv) * hp->v_dim > 4096) {
-        set_err(err, errlen, "model: %d query heads per KV head of dim %d exceed the attention kernels' limit",
+        eng_set_err(err, errlen, "model: %d query heads per KV head of dim %d exceed the attention kernels' limit",
                 hp->n_head / hp->n_head_kv, hp->v_dim);
         goto fail;
     }
     if (alloc_workspace(m)) {
-        set_err(err, errlen, "model: out of memory for the workspace");
+        eng_set_err(err, errlen, "model: out of memory for the workspace");
         goto fail;
     }
     return m;
@@ -379,17 +372,17 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
                            size_t errlen) {
     const eng_hparams *hp = &m->hp;
     if (n_ctx <= 0) {
-        set_err(err, errlen, "context size must be positive");
+        eng_set_err(err, errlen, "context size must be positive");
         return NULL;
     }
     idx_kind kind;
     if (!a->selector || idx_kind_parse(a->selector, &kind) != IDX_OK) {
-        set_err(err, errlen, "unknown attention selector '%s' (dense, window, oracle, retrieval, ivf)",
+        eng_set_err(err, errlen, "unknown attention selector '%s' (dense, window, oracle, retrieval, ivf)",
                 a->selector ? a->selector : "(null)");
         return NULL;
     }
     if (a->top_k < 1 || a->n_sink < 0 || a->n_window < 1 || !(a->scan > 0.0f && a->scan <= 1.0f)) {
-        set_err(err, errlen, "invalid attention parameters (top_k %d, sink %d, window %d, scan %g)",
+        eng_set_err(err, errlen, "invalid attention parameters (top_k %d, sink %d, window %d, scan %g)",
                 a->top_k, a->n_sink, a->n_window, a->scan);
         return NULL;
     }
@@ -398,7 +391,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     if (!s || !layer_window) {
         free(s);
         free(layer_window);
-        set_err(err, errlen, "out of memory");
+        eng_set_err(err, errlen, "out of memory");
         return NULL;
     }
     s->m = m;
@@ -422,7 +415,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     kp.ring_slack = m->chunk;
     int rc = kv_create(&kp, &s->kv);
     if (rc != KV_OK) {
-        set_err(err, errlen, "KV store: %s", kv_strerror(rc));
+        eng_set_err(err, errlen, "KV store: %s", kv_strerror(rc));
         goto fail;
     }
     idx_params ip = idx_params_default();
@@ -434,7 +427,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     ip.layer_mask = layer_window;
     rc = idx_create(&ip, &s->ix);
     if (rc != IDX_OK) {
-        set_err(err, errlen, "selector: %s", idx_strerror(rc));
+        eng_set_err(err, errlen, "selector: %s", idx_strerror(rc));
         goto fail;
     }
     s->req = idx_request_default();
@@ -445,7 +438,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     s->ids_cap = n_ctx > 1 ? n_ctx : 1;
     s->ids = malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
     if (!s->views || !s->ids) {
-        set_err(err, errlen, "out of memory");
+        eng_set_err(err, errlen, "out of memory");
         goto fail;
     }
     for (int l = 0; l < hp->n_layer; l++)
@@ -699,37 +692,37 @@ static void build_index(const eng_model *m, eng_seq *s) {
 
 int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err, size_t errlen) {
     if (n <= 0) {
-        set_err(err, errlen, "no tokens to evaluate");
+        eng_set_err(err, errlen, "no tokens to evaluate");
         return -1;
     }
     /* validate everything first so that an error leaves every sequence unchanged */
     for (int i = 0; i < n; ) {
         eng_seq *s = rows[i].seq;
         if (!s || s->m != m) {
-            set_err(err, errlen, "batch row %d has no sequence of this model", i);
+            eng_set_err(err, errlen, "batch row %d has no sequence of this model", i);
             return -1;
         }
         int j = i;
         while (j < n && rows[j].seq == s) {
             if (rows[j].token < 0 || rows[j].token >= m->hp.n_vocab) {
-                set_err(err, errlen, "token id %d at index %d is out of range [0, %d)", rows[j].token, j,
+                eng_set_err(err, errlen, "token id %d at index %d is out of range [0, %d)", rows[j].token, j,
                         m->hp.n_vocab);
                 return -1;
             }
             j++;
         }
         if (j - i > s->n_ctx - s->pos) {
-            set_err(err, errlen, "context full: %d tokens in the cache, %d more requested, capacity %d",
+            eng_set_err(err, errlen, "context full: %d tokens in the cache, %d more requested, capacity %d",
                     s->pos, j - i, s->n_ctx);
             return -1;
         }
         if (kv_reserve(s->kv, (int64_t)s->pos + (j - i)) != KV_OK) {
-            set_err(err, errlen, "%s", kv_last_error(s->kv));
+            eng_set_err(err, errlen, "%s", kv_last_error(s->kv));
             return -1;
         }
         for (int k = j; k < n; k++) {
             if (rows[k].seq == s) {
-                set_err(err, errlen, "batch rows of one sequence must be consecutive (row %d)", k);
+                eng_set_err(err, errlen, "batch rows of one sequence must be consecutive (row %d)", k);
                 return -1;
             }
         }
@@ -758,12 +751,12 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
 int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *logits,
                 bool all_logits, char *err, size_t errlen) {
     if (n <= 0) {
-        set_err(err, errlen, "no tokens to evaluate");
+        eng_set_err(err, errlen, "no tokens to evaluate");
         return -1;
     }
     eng_batch_row *rows = malloc(sizeof *rows * (size_t)n);
     if (!rows) {
-        set_err(err, errlen, "out of memory");
+        eng_set_err(err, errlen, "out of memory");
         return -1;
     }
     for (int i = 0; i < n; i++) {

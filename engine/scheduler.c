@@ -9,12 +9,12 @@
  * channel of events is a growable FIFO under the request's own mutex, so a slow reader never
  * blocks the engine. Workload assumed: tens of concurrent requests, a step every few tens of ms. */
 #include "scheduler.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,13 +110,6 @@ const char *eng_finish_name(eng_finish f) {
     return f >= ENG_FINISH_NONE && f <= ENG_FINISH_ERROR ? names[f] : "unknown";
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- requests and their channels ---- */
 
@@ -636,21 +629,21 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
                      size_t errlen) {
     *out = NULL;
     if (p->n_parallel < 1 || p->n_parallel > 1024) {
-        set_err(err, errlen, "parallel must be in [1, 1024], not %d", p->n_parallel);
+        eng_set_err(err, errlen, "parallel must be in [1, 1024], not %d", p->n_parallel);
         return ENG_SCHED_EARG;
     }
     if (p->n_ctx < 2) {
-        set_err(err, errlen, "context size must be at least 2, not %d", p->n_ctx);
+        eng_set_err(err, errlen, "context size must be at least 2, not %d", p->n_ctx);
         return ENG_SCHED_EARG;
     }
     if (p->queue_cap < 0 || p->batch_rows < p->n_parallel) {
-        set_err(err, errlen, "batch size (%d) must be at least parallel (%d), queue size >= 0",
+        eng_set_err(err, errlen, "batch size (%d) must be at least parallel (%d), queue size >= 0",
                 p->batch_rows, p->n_parallel);
         return ENG_SCHED_EARG;
     }
     eng_sched *s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, errlen, "out of memory");
+        eng_set_err(err, errlen, "out of memory");
         return ENG_SCHED_ENOMEM;
     }
     s->m = m;
@@ -662,7 +655,7 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
     s->slots = calloc(p->n_parallel, sizeof(slot));
     s->rows = malloc(sizeof(eng_batch_row) * p->batch_rows);
     if (!s->slots || !s->rows) {
-        set_err(err, errlen, "out of memory");
+        eng_set_err(err, errlen, "out of memory");
         eng_sched_free(s);
         return ENG_SCHED_ENOMEM;
     }
@@ -670,13 +663,13 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
         s->slots[i].seq = eng_seq_create(m, p->n_ctx, err, errlen);
         s->slots[i].logits = malloc(sizeof(float) * s->n_vocab);
         if (!s->slots[i].seq || !s->slots[i].logits) {
-            if (s->slots[i].seq) set_err(err, errlen, "out of memory");
+            if (s->slots[i].seq) eng_set_err(err, errlen, "out of memory");
             eng_sched_free(s);
             return ENG_SCHED_ENOMEM;
         }
     }
     if (pthread_create(&s->th, NULL, engine_main, s)) {
-        set_err(err, errlen, "cannot start the engine thread");
+        eng_set_err(err, errlen, "cannot start the engine thread");
         eng_sched_free(s);
         return ENG_SCHED_ENOMEM;
     }

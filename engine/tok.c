@@ -11,9 +11,9 @@
  * special tokens are split out longest first; within one length, leftmost first (llama.cpp
  * leaves the order of equal-length tokens unspecified). */
 #include "tok_internal.h"
+#include "util.h"
 #include "unicode.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,13 +28,6 @@ const char *tok_strerror(int64_t code) {
     }
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- growable containers ---- */
 
@@ -473,11 +466,11 @@ static int read_id(const gguf_ctx *g, const tok_vocab *v, const char *key, int32
     if (gguf_find_key(g, key) < 0) return 0;
     int64_t id;
     if (!gguf_get_i64(g, key, &id)) {
-        set_err(err, errlen, "tokenizer: %s is not an integer", key);
+        eng_set_err(err, errlen, "tokenizer: %s is not an integer", key);
         return -1;
     }
     if (id < 0 || id >= v->n) {
-        set_err(err, errlen, "tokenizer: %s = %lld is outside the vocabulary (%d tokens)", key,
+        eng_set_err(err, errlen, "tokenizer: %s = %lld is outside the vocabulary (%d tokens)", key,
                 (long long)id, v->n);
         return -1;
     }
@@ -508,11 +501,11 @@ static int load_tokens(tok_vocab *v, const gguf_ctx *g, char *err, size_t errlen
     gguf_type t;
     uint64_t n;
     if (!gguf_get_arr(g, KEY("tokens"), &t, &n) || t != GGUF_TYPE_STRING) {
-        set_err(err, errlen, "tokenizer: " KEY("tokens") " is missing or not a string array");
+        eng_set_err(err, errlen, "tokenizer: " KEY("tokens") " is missing or not a string array");
         return -1;
     }
     if (n == 0 || n >= INT32_MAX) {
-        set_err(err, errlen, "tokenizer: vocabulary size %llu is out of range", (unsigned long long)n);
+        eng_set_err(err, errlen, "tokenizer: vocabulary size %llu is out of range", (unsigned long long)n);
         return -1;
     }
     v->n = (int32_t)n;
@@ -520,7 +513,7 @@ static int load_tokens(tok_vocab *v, const gguf_ctx *g, char *err, size_t errlen
     for (uint64_t i = 0; i < n; i++) {
         uint64_t len;
         if (!gguf_arr_str(g, KEY("tokens"), i, &len) || len > UINT32_MAX / 2) {
-            set_err(err, errlen, "tokenizer: token %llu is unreadable", (unsigned long long)i);
+            eng_set_err(err, errlen, "tokenizer: token %llu is unreadable", (unsigned long long)i);
             return -1;
         }
         total += len + 1;
@@ -535,7 +528,7 @@ static int load_tokens(tok_vocab *v, const gguf_ctx *g, char *err, size_t errlen
     v->map.slots = calloc(cap, sizeof *v->map.slots);
     v->map.mask = cap - 1;
     if (!v->arena || !v->off || !v->len || !v->score || !v->type || !v->eog || !v->map.slots) {
-        set_err(err, errlen, "tokenizer: out of memory for %llu tokens", (unsigned long long)n);
+        eng_set_err(err, errlen, "tokenizer: out of memory for %llu tokens", (unsigned long long)n);
         return -1;
     }
     uint64_t pos = 0;
@@ -553,20 +546,20 @@ static int load_tokens(tok_vocab *v, const gguf_ctx *g, char *err, size_t errlen
     bool bad;
     const void *scores = numeric_array(g, KEY("scores"), GGUF_TYPE_FLOAT32, v->n, &bad);
     if (bad) {
-        set_err(err, errlen, "tokenizer: " KEY("scores") " is not an f32 array of %d entries", v->n);
+        eng_set_err(err, errlen, "tokenizer: " KEY("scores") " is not an f32 array of %d entries", v->n);
         return -1;
     }
     if (scores) memcpy(v->score, scores, n * sizeof(float));
     const void *types = numeric_array(g, KEY("token_type"), GGUF_TYPE_INT32, v->n, &bad);
     if (bad) {
-        set_err(err, errlen, "tokenizer: " KEY("token_type") " is not an i32 array of %d entries", v->n);
+        eng_set_err(err, errlen, "tokenizer: " KEY("token_type") " is not an i32 array of %d entries", v->n);
         return -1;
     }
     for (uint64_t i = 0; i < n; i++) {
         int32_t ty = TOK_TYPE_NORMAL; /* llama.cpp's default when the file gives no types */
         if (types) memcpy(&ty, (const char *)types + 4 * i, 4);
         if (ty < TOK_TYPE_UNDEFINED || ty > TOK_TYPE_BYTE) {
-            set_err(err, errlen, "tokenizer: token %llu has invalid type %d", (unsigned long long)i, ty);
+            eng_set_err(err, errlen, "tokenizer: token %llu has invalid type %d", (unsigned long long)i, ty);
             return -1;
         }
         v->type[i] = (uint8_t)ty;
@@ -591,12 +584,12 @@ static void mark_eog(tok_vocab *v) {
 tok_vocab *tok_load(const gguf_ctx *g, char *err, size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!g) {
-        set_err(err, errlen, "tokenizer: no GGUF context");
+        eng_set_err(err, errlen, "tokenizer: no GGUF context");
         return NULL;
     }
     tok_vocab *v = calloc(1, sizeof *v);
     if (!v) {
-        set_err(err, errlen, "tokenizer: out of memory");
+        eng_set_err(err, errlen, "tokenizer: out of memory");
         return NULL;
     }
     v->bos = v->eos = v->unk = v->pad = v->eot = v->eom = -1;
@@ -604,13 +597,13 @@ tok_vocab *tok_load(const gguf_ctx *g, char *err, size_t errlen) {
     const char *model;
     uint64_t model_len;
     if (!gguf_get_str(g, KEY("model"), &model, &model_len)) {
-        set_err(err, errlen, "tokenizer: " KEY("model") " is missing");
+        eng_set_err(err, errlen, "tokenizer: " KEY("model") " is missing");
         goto fail;
     }
     if (str_is(model, model_len, "llama")) v->model = TOK_MODEL_SPM;
     else if (str_is(model, model_len, "gpt2")) v->model = TOK_MODEL_BPE;
     else {
-        set_err(err, errlen, "tokenizer: unsupported model '%.*s' (kvseek supports 'llama' and 'gpt2')",
+        eng_set_err(err, errlen, "tokenizer: unsupported model '%.*s' (kvseek supports 'llama' and 'gpt2')",
                 (int)(model_len > 64 ? 64 : model_len), model);
         goto fail;
     }
@@ -660,7 +653,7 @@ tok_vocab *tok_load(const gguf_ctx *g, char *err, size_t errlen) {
         v->byte_id[b] = id;
     }
     if (build_specials(v)) {
-        set_err(err, errlen, "tokenizer: out of memory");
+        eng_set_err(err, errlen, "tokenizer: out of memory");
         goto fail;
     }
     mark_eog(v);
