@@ -67,6 +67,32 @@ TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_BYTE = 1, 2, 3, 6
 # --------------------------------------------------------------------------------------------
 # Tokenizers
 
+def bpe_merges(words):
+    """Yields BPE merges (a, b) learned on a Counter of words, most frequent pair first, ties
+    broken lexicographically so the result is reproducible."""
+    splits = {w: list(w) for w in words}
+    while True:
+        pairs = collections.Counter()
+        for w, n in words.items():
+            s = splits[w]
+            for a, b in zip(s, s[1:]):
+                pairs[(a, b)] += n
+        if not pairs:
+            raise RuntimeError("sample text too small for the vocab")
+        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        for w in words:
+            s, out, i = splits[w], [], 0
+            while i < len(s):
+                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            splits[w] = out
+        yield a, b
+
+
 def learn_spm_vocab(n_pieces):
     """SentencePiece-style BPE pieces: ASCII characters, then merges in order of frequency.
 
@@ -82,28 +108,10 @@ def learn_spm_vocab(n_pieces):
     chars = sorted({c for w in words for c in w})
     pieces = [(c, -1000.0 - i) for i, c in enumerate(chars)]
     known = set(chars)
-    splits = {w: list(w) for w in words}
     rank = 0
+    merges = bpe_merges(words)
     while len(pieces) < n_pieces:
-        pairs = collections.Counter()
-        for w, n in words.items():
-            s = splits[w]
-            for a, b in zip(s, s[1:]):
-                pairs[(a, b)] += n
-        if not pairs:
-            raise RuntimeError("sample text too small for the vocab")
-        # Most frequent pair, ties broken lexicographically so the result is reproducible.
-        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
-        for w in words:
-            s, out, i = splits[w], [], 0
-            while i < len(s):
-                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            splits[w] = out
+        a, b = next(merges)
         if a + b not in known:
             known.add(a + b)
             pieces.append((a + b, -float(rank)))
@@ -158,27 +166,10 @@ def gpt2_tokenizer(specials):
     known = set(tokens)
     words = collections.Counter(
         "".join(b2u[b] for b in w.encode("utf-8")) for w in regex.findall(QWEN2_PRE, SAMPLE_TEXT))
-    splits = {w: list(w) for w in words}
     merges = []
+    learned = bpe_merges(words)
     while len(tokens) < N_VOCAB - len(specials):
-        pairs = collections.Counter()
-        for w, n in words.items():
-            s = splits[w]
-            for a, b in zip(s, s[1:]):
-                pairs[(a, b)] += n
-        if not pairs:
-            raise RuntimeError("sample text too small for the vocab")
-        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
-        for w in words:
-            s, out, i = splits[w], [], 0
-            while i < len(s):
-                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            splits[w] = out
+        a, b = next(learned)
         merges.append(a + " " + b)
         if a + b not in known:
             known.add(a + b)
