@@ -63,6 +63,7 @@ struct eng_seq {
     idx_kind kind;
     idx_request req;
     int measure_recall;
+    eng_attn_params attn; /* as configured (eng_seq_set_attn) */
     int built;            /* the selector has indexed the prefill */
     attn_kv_view *views;  /* (n_layer, n_head_kv) */
     int32_t *ids;         /* (n_head_kv, ids_cap) selector output per KV head */
@@ -255,7 +256,7 @@ static int alloc_workspace(eng_model *m) {
 
 eng_attn_params eng_attn_default(void) {
     eng_attn_params a = {0};
-    a.selector = "dense";
+    snprintf(a.selector, sizeof a.selector, "dense");
     a.top_k = 100;
     a.scan = 0.02f;
     a.n_sink = 128;
@@ -271,7 +272,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
         return NULL;
     }
     if (p) m->params = *p;
-    if (!m->params.attn.selector) m->params.attn = eng_attn_default();
+    if (!m->params.attn.selector[0]) m->params.attn = eng_attn_default();
     m->chunk = m->params.chunk > 0 ? m->params.chunk : 256;
     if (m->params.n_threads > 0) omp_set_num_threads(m->params.n_threads);
     m->g = gguf_open(path, err, errlen);
@@ -364,6 +365,38 @@ bool eng_layer_is_local(const eng_model *m, int layer) {
 
 /* ---- sequences ---- */
 
+/* The selector state of a sequence: one slot per (global layer, KV head). */
+static int make_index(const eng_model *m, idx_kind kind, idx_set **out, char *err, size_t errlen) {
+    const eng_hparams *hp = &m->hp;
+    int *mask = calloc(hp->n_layer, sizeof(int));
+    if (!mask) {
+        eng_set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int l = 0; l < hp->n_layer; l++) mask[l] = !eng_layer_is_local(m, l);
+    idx_params ip = idx_params_default();
+    ip.kind = kind;
+    ip.n_layer = hp->n_layer;
+    ip.n_head_kv = hp->n_head_kv;
+    ip.head_dim = hp->head_dim;
+    ip.layer_mask = mask;
+    int rc = idx_create(&ip, out);
+    free(mask);
+    if (rc != IDX_OK) {
+        eng_set_err(err, errlen, "selector: %s", idx_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+static void set_request(eng_seq *s, const eng_attn_params *a) {
+    s->req = idx_request_default();
+    s->req.top_k = a->top_k;
+    s->req.scan = a->scan;
+    s->req.gqa = a->gqa_mean ? IDX_GQA_MEAN : IDX_GQA_UNION;
+    s->measure_recall = a->measure_recall;
+}
+
 eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen) {
     return eng_seq_create_ex(m, n_ctx, &m->params.attn, err, errlen);
 }
@@ -375,17 +408,9 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
         eng_set_err(err, errlen, "context size must be positive");
         return NULL;
     }
+    if (eng_attn_check(a, err, errlen)) return NULL;
     idx_kind kind;
-    if (!a->selector || idx_kind_parse(a->selector, &kind) != IDX_OK) {
-        eng_set_err(err, errlen, "unknown attention selector '%s' (dense, window, oracle, retrieval, ivf)",
-                a->selector ? a->selector : "(null)");
-        return NULL;
-    }
-    if (a->top_k < 1 || a->n_sink < 0 || a->n_window < 1 || !(a->scan > 0.0f && a->scan <= 1.0f)) {
-        eng_set_err(err, errlen, "invalid attention parameters (top_k %d, sink %d, window %d, scan %g)",
-                a->top_k, a->n_sink, a->n_window, a->scan);
-        return NULL;
-    }
+    idx_kind_parse(a->selector, &kind);
     eng_seq *s = calloc(1, sizeof *s);
     int *layer_window = calloc(hp->n_layer, sizeof(int));
     if (!s || !layer_window) {
@@ -397,6 +422,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     s->m = m;
     s->n_ctx = n_ctx;
     s->kind = kind;
+    s->attn = *a;
     s->measure_recall = a->measure_recall;
     for (int l = 0; l < hp->n_layer; l++) layer_window[l] = eng_layer_is_local(m, l) ? hp->sliding_window : 0;
 
@@ -418,22 +444,8 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
         eng_set_err(err, errlen, "KV store: %s", kv_strerror(rc));
         goto fail;
     }
-    idx_params ip = idx_params_default();
-    ip.kind = kind;
-    ip.n_layer = hp->n_layer;
-    ip.n_head_kv = hp->n_head_kv;
-    ip.head_dim = hp->head_dim;
-    for (int l = 0; l < hp->n_layer; l++) layer_window[l] = !eng_layer_is_local(m, l); /* now: the mask */
-    ip.layer_mask = layer_window;
-    rc = idx_create(&ip, &s->ix);
-    if (rc != IDX_OK) {
-        eng_set_err(err, errlen, "selector: %s", idx_strerror(rc));
-        goto fail;
-    }
-    s->req = idx_request_default();
-    s->req.top_k = a->top_k;
-    s->req.scan = a->scan;
-    s->req.gqa = a->gqa_mean ? IDX_GQA_MEAN : IDX_GQA_UNION;
+    if (make_index(m, kind, &s->ix, err, errlen)) goto fail;
+    set_request(s, a);
     s->views = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *s->views);
     s->ids_cap = n_ctx > 1 ? n_ctx : 1;
     s->ids = malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
@@ -459,6 +471,33 @@ void eng_seq_free(eng_seq *s) {
     free(s->ids);
     free(s);
 }
+
+int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t errlen) {
+    if (s->pos != 0) {
+        eng_set_err(err, errlen, "attention parameters change only on an empty sequence");
+        return -1;
+    }
+    if (eng_attn_check(a, err, errlen)) return -1;
+    idx_kind kind;
+    idx_kind_parse(a->selector, &kind);
+    if (kind != s->kind) {
+        idx_set *ix = NULL;
+        if (make_index(s->m, kind, &ix, err, errlen)) return -1;
+        idx_free(s->ix);
+        s->ix = ix;
+        s->kind = kind;
+    }
+    kv_set_static(s->kv, a->n_sink, a->n_window);
+    set_request(s, a);
+    eng_attn_params keep = s->attn;
+    s->attn = *a;
+    s->attn.page_size = keep.page_size;
+    s->attn.kv_f16 = keep.kv_f16;
+    s->attn.kv_max_bytes = keep.kv_max_bytes;
+    return 0;
+}
+
+void eng_seq_get_attn(const eng_seq *s, eng_attn_params *out) { *out = s->attn; }
 
 int eng_seq_pos(const eng_seq *s) { return s->pos; }
 int eng_seq_capacity(const eng_seq *s) { return s->n_ctx; }

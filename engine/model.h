@@ -47,7 +47,7 @@ typedef struct eng_seq eng_seq;
  * of a global layer attends its static set (sinks + recent window) plus the ids its selector
  * picks among the offloaded tokens, merged exactly by log-sum-exp. */
 typedef struct {
-    const char *selector;  /* "dense" (default), "window", "oracle", "retrieval", "ivf" */
+    char selector[16];     /* "dense" (default), "window", "oracle", "retrieval", "ivf", "centroids" */
     int top_k;             /* ids per query the selector returns (default 100) */
     float scan;            /* retrieval/ivf: share of offloaded keys scored (default 0.02) */
     int gqa_mean;          /* 1: select with the group's mean query; 0: union of per-query top-k */
@@ -57,10 +57,25 @@ typedef struct {
     int kv_f16;            /* store K and V as f16 */
     size_t kv_max_bytes;   /* per-sequence KV memory limit; 0: none */
     int measure_recall;    /* also run dense attention to measure the selected set's mass recall */
+    float target;          /* centroids: share of offloaded keys to read; 0: the selector's default */
 } eng_attn_params;
 
 /* Defaults: dense, top_k 100, scan 0.02, union, sinks 128, window 512, pages of 64, f32. */
 eng_attn_params eng_attn_default(void);
+
+/* One knob by name, from text: the single place that knows the names, ranges and meaning, used
+ * by the command line (--attn-top-k 100 -> "top_k"), the server's config file and requests.
+ * Keys: selector, top_k, scan, target, gqa (union|mean), sink, window, measure_recall (0|1,
+ * true|false), and the storage keys page_size (power of two), kv_f16, kv_mem_gb, which only
+ * apply when a sequence is created. Returns 0, or -1 with a one-line reason in err (unknown
+ * key, bad value). */
+int eng_attn_set(eng_attn_params *a, const char *key, const char *value, char *err, size_t errlen);
+/* Whether key is one of the storage keys (fixed per server, not per request). */
+int eng_attn_is_storage_key(const char *key);
+/* The command-line flag of a key ("top_k" -> "--attn-top-k"), and back (NULL: not a flag). */
+const char *eng_attn_key_of_flag(const char *flag);
+/* Checks a whole parameter set (as eng_seq_create_ex would). 0, or -1 with a reason. */
+int eng_attn_check(const eng_attn_params *a, char *err, size_t errlen);
 
 typedef struct {
     int n_threads;     /* 0: OpenMP default */
@@ -97,6 +112,12 @@ eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen)
 eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *attn,
                            char *err, size_t errlen);
 void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out);
+/* Reconfigures an empty sequence (position 0) for the next request: selector, top_k, scan,
+ * target, gqa, sinks, window and measure_recall from attn; its storage (page size, dtype,
+ * memory limit) stays as created. 0, or -1 with a reason (bad parameters, not empty). */
+int eng_seq_set_attn(eng_seq *s, const eng_attn_params *attn, char *err, size_t errlen);
+/* The parameters the sequence now runs with. */
+void eng_seq_get_attn(const eng_seq *s, eng_attn_params *out);
 void eng_seq_free(eng_seq *s); /* accepts NULL */
 int eng_seq_pos(const eng_seq *s);      /* tokens already in the cache */
 int eng_seq_capacity(const eng_seq *s);

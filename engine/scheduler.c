@@ -44,6 +44,8 @@ struct eng_req {
     size_t max_stop_len;
     bool stop_inclusive, ignore_eos;
     int top_logprobs;
+    eng_attn_params attn;
+    bool has_attn;
     double t_submit;
 
     /* engine thread only */
@@ -85,6 +87,7 @@ struct eng_sched {
 
     slot *slots;
     eng_batch_row *rows;     /* batch_rows */
+    eng_attn_params attn_default; /* the model's, for requests that give none */
 };
 
 static double now_ms(void) {
@@ -217,6 +220,8 @@ int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
         return ENG_SCHED_EARG;
     for (int i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_SCHED_EARG;
+    char aerr[8];
+    if (p->attn && eng_attn_check(p->attn, aerr, sizeof aerr)) return ENG_SCHED_EARG;
     if ((int64_t)p->n_prompt + p->max_tokens > s->p.n_ctx) return ENG_SCHED_ETOOLONG;
 
     eng_req *r = calloc(1, sizeof *r);
@@ -234,6 +239,10 @@ int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
     r->stop_inclusive = p->stop_inclusive;
     r->ignore_eos = p->ignore_eos;
     r->top_logprobs = p->top_logprobs;
+    if (p->attn) {
+        r->attn = *p->attn;
+        r->has_attn = true;
+    }
     r->hist = malloc(sizeof(int32_t) * ((size_t)p->n_prompt + p->max_tokens));
     if (!r->hist) goto nomem;
     memcpy(r->hist, p->prompt, sizeof(int32_t) * p->n_prompt);
@@ -307,6 +316,12 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
         ev.t_decode_ms = (r->t_last > 0 ? r->t_last : t_end) - r->t_first;
     }
     if (error) snprintf(ev.error, sizeof ev.error, "%s", error);
+    if (sl) {
+        eng_attn_params a;
+        eng_seq_get_attn(sl->seq, &a);
+        snprintf(ev.selector, sizeof ev.selector, "%s", a.selector);
+        eng_seq_attn_stats(sl->seq, &ev.attn);
+    }
     r->state = REQ_DONE;
     eng_sampler_free(r->smp);
     r->smp = NULL;
@@ -494,6 +509,10 @@ static void step(eng_sched *s) {
         if (r->state == REQ_PREFILL && !r->smp) {
             r->t_admit = now_ms();
             eng_seq_reset(sl->seq);
+            if (eng_seq_set_attn(sl->seq, r->has_attn ? &r->attn : &s->attn_default, err, sizeof err)) {
+                finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, err);
+                continue;
+            }
             r->smp = eng_sampler_create(&r->sp, s->n_vocab);
             if (!r->smp) finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, "out of memory");
         }
@@ -668,6 +687,7 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
             return ENG_SCHED_ENOMEM;
         }
     }
+    eng_seq_get_attn(s->slots[0].seq, &s->attn_default);
     if (pthread_create(&s->th, NULL, engine_main, s)) {
         eng_set_err(err, errlen, "cannot start the engine thread");
         eng_sched_free(s);

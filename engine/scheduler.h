@@ -64,6 +64,8 @@ typedef struct {
     bool stop_inclusive;   /* true: the matched stop string stays in the text (TGI); false: cut (OpenAI) */
     bool ignore_eos;       /* keep going past end-of-generation tokens */
     int top_logprobs;      /* alternatives reported per token, 0..ENG_MAX_TOP_LOGPROBS */
+    const eng_attn_params *attn; /* selector and its knobs for this request (storage keys are
+                            * ignored: they are the server's); NULL: the model's default */
 } eng_gen_params;
 
 typedef enum {
@@ -99,6 +101,8 @@ typedef struct {
     double t_prefill_ms;  /* admitted -> first token */
     double t_decode_ms;   /* first token -> last */
     char error[160];
+    char selector[16];    /* the attention selector the request ran with */
+    eng_attn_stats attn;  /* its attention statistics (global layers) */
 } eng_event;
 
 /* Queues a request. On success *out is a handle the caller must release. Fails with

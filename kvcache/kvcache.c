@@ -239,6 +239,15 @@ void kv_reset(kv_store *s) {
     s->err[0] = 0;
 }
 
+int kv_set_static(kv_store *s, int n_sink, int n_window) {
+    if (n_sink < 0 || n_window < 0) return fail(s, KV_ERR_PARAM, "static set: negative sink or window");
+    for (int l = 0; l < s->p.n_layer; l++)
+        if (s->layers[l].n_tok) return fail(s, KV_ERR_PARAM, "static set changes only on an empty store");
+    s->p.n_sink = n_sink;
+    s->p.n_window = n_window;
+    return KV_OK;
+}
+
 int64_t kv_n_tokens(const kv_store *s, int layer) {
     return layer >= 0 && layer < s->p.n_layer ? s->layers[layer].n_tok : 0;
 }

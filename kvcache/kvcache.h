@@ -68,6 +68,10 @@ int kv_reserve(kv_store *s, int64_t n_total);
  * oldest ring slots. */
 int kv_append(kv_store *s, int layer, const float *k, const float *v, int n);
 
+/* Changes the static set (sinks, window) of global layers; only on an empty store (KV_ERR_PARAM
+ * otherwise), as the ranges of held tokens would move. */
+int kv_set_static(kv_store *s, int n_sink, int n_window);
+
 /* Forgets every token; pages stay allocated (and counted) for reuse. */
 void kv_reset(kv_store *s);
 

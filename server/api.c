@@ -76,6 +76,7 @@ static int piece(const tok_vocab *v, int32_t id, char *buf, int cap) {
 typedef struct {
     const char *param;
     char msg[400];
+    char param_buf[64];    /* a param name built at run time (e->param may point here) */
 } perr;
 
 static int fail(perr *e, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -145,6 +146,7 @@ typedef struct {
     int logprobs;          /* -1: none; else alternatives per token (0..20) */
     bool include_usage;
     bool ignore_eos;
+    eng_attn_params attn;  /* the server's default, then the request's "attention" */
 } gen_req;
 
 static void gen_req_free(gen_req *g) {
@@ -202,6 +204,24 @@ static int set_ids(gen_req *g, const cJSON *arr, int n_vocab, perr *e) {
     return 0;
 }
 
+/* "attention": a selector name or an object of knobs (selector, top_k, scan, target, gqa, sink,
+ * window, measure_recall) over the server's default. */
+static int parse_attention(const cJSON *it, gen_req *g, perr *e) {
+    if (absent(it)) return 0;
+    char err[200];
+    const char *key;
+    if (srv_attn_from_json(it, &g->attn, false, err, sizeof err, &key)) {
+        char param[64];
+        snprintf(param, sizeof param, "attention%s%.40s", strcmp(key, "attention") ? "." : "",
+                 strcmp(key, "attention") ? key : "");
+        fail(e, NULL, "%s", err);
+        snprintf(e->param_buf, sizeof e->param_buf, "%s", param);
+        e->param = e->param_buf;
+        return -1;
+    }
+    return 0;
+}
+
 /* Sampling fields shared by the OpenAI routes (plus the usual extensions: top_k, min_p,
  * repetition_penalty, ignore_eos). */
 static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
@@ -253,6 +273,7 @@ static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
             return -1;
     }
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
+    if (parse_attention(cJSON_GetObjectItemCaseSensitive(root, "attention"), g, e)) return -1;
     /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
     const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
     if (!absent(lb) && (!cJSON_IsObject(lb) || cJSON_GetArraySize(lb) > 0))
@@ -448,6 +469,7 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (opt_bool(F("ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
+    if (parse_attention(F("attention"), g, e)) return -1;
 #undef F
     g->logprobs = -1;
     /* TGI samples when asked to, or when a sampling parameter says so; else greedy */
@@ -563,6 +585,7 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
     if (G->g.sp.temperature > 0) cJSON_AddNumberToObject(d, "seed", (double)G->g.sp.seed);
     else cJSON_AddNullToObject(d, "seed");
     cJSON_AddNumberToObject(d, "input_length", G->fin.n_prompt);
+    cJSON_AddItemToObject(d, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
     if (with_tokens) {
         cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
         cJSON *arr = cJSON_AddArrayToObject(d, "tokens");
@@ -642,6 +665,22 @@ static cJSON *logprobs_chat(gen *G, int a, int b) {
     return o;
 }
 
+cJSON *srv_attn_json(const char *selector, const eng_attn_stats *st) {
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddStringToObject(a, "selector", selector);
+    cJSON_AddNumberToObject(a, "sparse_rows", (double)st->sparse_rows);
+    cJSON_AddNumberToObject(a, "offloaded_keys", (double)st->offloaded_keys);
+    cJSON_AddNumberToObject(a, "keys_read", (double)st->keys_read);
+    cJSON_AddNumberToObject(a, "keys_read_fraction",
+                            st->offloaded_keys ? (double)st->keys_read / st->offloaded_keys : 0.0);
+    cJSON_AddNumberToObject(a, "keys_scanned", (double)st->keys_scanned);
+    cJSON_AddNumberToObject(a, "search_ms", st->search_s * 1e3);
+    cJSON_AddNumberToObject(a, "attn_ms", st->attn_s * 1e3);
+    cJSON_AddNumberToObject(a, "index_build_ms", st->build_s * 1e3);
+    if (st->recall_n) cJSON_AddNumberToObject(a, "mass_recall", st->mass_recall);
+    return a;
+}
+
 static cJSON *usage(gen *G) {
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", G->fin.n_prompt);
@@ -683,8 +722,12 @@ static void openai_text_chunk(gen *G, const char *text, size_t n, int a, int b, 
         if (G->g.logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_completions(G, a, b));
         else cJSON_AddNullToObject(choice, "logprobs");
     }
-    if (finish) cJSON_AddStringToObject(choice, "finish_reason", finish);
-    else cJSON_AddNullToObject(choice, "finish_reason");
+    if (finish) {
+        cJSON_AddStringToObject(choice, "finish_reason", finish);
+        cJSON_AddItemToObject(o, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
+    } else {
+        cJSON_AddNullToObject(choice, "finish_reason");
+    }
     sse(G, o);
 }
 
@@ -881,6 +924,7 @@ static enum MHD_Result respond_final(srv_conn *c, gen *G) {
     }
     cJSON_AddStringToObject(ch, "finish_reason", finish_openai(G->fin.finish));
     cJSON_AddItemToObject(o, "usage", usage(G));
+    cJSON_AddItemToObject(o, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
     return srv_respond_json(c, 200, o);
 }
 
@@ -931,6 +975,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
     G->g.route = c->route;
     G->g.max_tokens = -1;
     G->g.logprobs = -1;
+    G->g.attn = s->cfg.attn;
     perr e = {0};
     int rc;
     if (c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM) rc = parse_tgi(root, &G->g, &e);
@@ -977,6 +1022,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         .stop = (const char *const *)g->stop, .n_stop = g->n_stop,
         .stop_inclusive = c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM,
         .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : 0,
+        .attn = &g->attn,
     };
     rc = eng_sched_submit(s->sched, &gp, &G->req);
     if (rc) {

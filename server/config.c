@@ -41,6 +41,17 @@ void srv_config_usage(FILE *f) {
         "  --timeout S               idle connection timeout in seconds (default 600)\n"
         "  --shutdown-timeout S      grace for in-flight requests on SIGTERM (default 10)\n"
         "  -t, --threads N           compute threads (default: OpenMP's)\n"
+        "\nattention (the default of requests; a request may choose its own, DESIGN.md):\n"
+        "  --attn S                  selector: dense (default), window, oracle, retrieval, ivf, centroids\n"
+        "  --attn-top-k N            ids per query the selector returns (default 100)\n"
+        "  --attn-scan F             retrieval/ivf: share of offloaded keys scored (default 0.02)\n"
+        "  --attn-target F           centroids: share of offloaded keys to read (default 0.03)\n"
+        "  --attn-gqa union|mean     selection per KV head (default union)\n"
+        "  --sink N, --window N      static set: first N / last N tokens (default 128 / 512)\n"
+        "  --measure-recall          also attend densely to report attention-mass recall\n"
+        "  --kv-f16                  store K and V as f16 (server-wide)\n"
+        "  --page-size N             tokens per KV page, a power of two (default 64; server-wide)\n"
+        "  --kv-mem-gb G             KV memory limit per sequence (server-wide; 0: none)\n"
         "  -h, --help                this help\n");
 }
 
@@ -57,6 +68,38 @@ static void defaults(srv_config *c) {
     c->connection_limit = 256;
     c->timeout_s = 600;
     c->shutdown_timeout_s = 10.0;
+    c->attn = eng_attn_default();
+}
+
+int srv_attn_from_json(const cJSON *it, eng_attn_params *a, bool storage_ok, char *err, size_t errlen,
+                       const char **key) {
+    *key = "attention";
+    if (cJSON_IsString(it)) return eng_attn_set(a, "selector", it->valuestring, err, errlen);
+    if (!cJSON_IsObject(it)) {
+        set_err(err, errlen, "'attention' must be a selector name or an object");
+        return -1;
+    }
+    const cJSON *f;
+    cJSON_ArrayForEach(f, it) {
+        char num[64];
+        const char *v = NULL;
+        *key = f->string;
+        if (!storage_ok && eng_attn_is_storage_key(f->string)) {
+            set_err(err, errlen, "attention %s is the server's setting, not a request's", f->string);
+            return -1;
+        }
+        if (cJSON_IsString(f)) v = f->valuestring;
+        else if (cJSON_IsBool(f)) v = cJSON_IsTrue(f) ? "true" : "false";
+        else if (cJSON_IsNumber(f)) {
+            snprintf(num, sizeof num, "%.17g", f->valuedouble);
+            v = num;
+        } else {
+            set_err(err, errlen, "attention %s must be a string, number or boolean", f->string);
+            return -1;
+        }
+        if (eng_attn_set(a, f->string, v, err, errlen)) return -1;
+    }
+    return 0;
 }
 
 /* Integer option value in [lo, hi]. */
@@ -163,6 +206,13 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             } else {
                 c->shutdown_timeout_s = v;
             }
+        } else if (!strcmp(k, "attention")) {
+            char aerr[200];
+            const char *key;
+            if (srv_attn_from_json(it, &c->attn, true, aerr, sizeof aerr, &key)) {
+                set_err(err, errlen, "config %s: %s", path, aerr);
+                rc = -1;
+            }
         } else if (k[0] != '_') { /* "_comment" keys are documentation */
             fprintf(stderr, "kvseek: warning: config %s: unknown key \"%s\" ignored\n", path, k);
         }
@@ -236,6 +286,18 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             done = true;
         }
         if (done) continue;
+        const char *akey = eng_attn_key_of_flag(o);
+        if (akey) {
+            const bool is_bool = !strcmp(akey, "kv_f16") || !strcmp(akey, "measure_recall");
+            if (!is_bool && !v) goto need_value;
+            char aerr[200];
+            if (eng_attn_set(&c->attn, akey, is_bool ? "1" : v, aerr, sizeof aerr)) {
+                set_err(err, errlen, "%s: %s", o, aerr);
+                return -1;
+            }
+            if (!is_bool) i++;
+            continue;
+        }
         if (IS("--max-body")) {
             if (!v) goto need_value;
             if (parse_ll(v, 1, 1ll << 40, &n)) {
@@ -300,6 +362,17 @@ void srv_config_log(const srv_config *c, FILE *f) {
     cJSON_AddNumberToObject(o, "timeout_s", c->timeout_s);
     cJSON_AddNumberToObject(o, "shutdown_timeout_s", c->shutdown_timeout_s);
     cJSON_AddStringToObject(o, "api_key", c->api_key[0] ? "(set)" : "");
+    cJSON *at = cJSON_AddObjectToObject(o, "attention");
+    cJSON_AddStringToObject(at, "selector", c->attn.selector);
+    cJSON_AddNumberToObject(at, "top_k", c->attn.top_k);
+    cJSON_AddNumberToObject(at, "scan", c->attn.scan);
+    cJSON_AddNumberToObject(at, "target", c->attn.target);
+    cJSON_AddStringToObject(at, "gqa", c->attn.gqa_mean ? "mean" : "union");
+    cJSON_AddNumberToObject(at, "sink", c->attn.n_sink);
+    cJSON_AddNumberToObject(at, "window", c->attn.n_window);
+    cJSON_AddNumberToObject(at, "page_size", c->attn.page_size);
+    cJSON_AddBoolToObject(at, "kv_f16", c->attn.kv_f16);
+    cJSON_AddNumberToObject(at, "kv_mem_gb", (double)c->attn.kv_max_bytes / (1u << 30));
     cJSON_AddStringToObject(o, "chat_template", c->chat_template[0] ? (strlen(c->chat_template) > 16 ? "(custom)" : c->chat_template) : "");
     char *s = cJSON_PrintUnformatted(o);
     if (s) fprintf(f, "kvseek: config %s\n", s);

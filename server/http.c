@@ -480,7 +480,7 @@ int srv_serve_main(int argc, char **argv) {
             s.cfg.host, strchr(s.cfg.host, ':') ? "]" : "", port);
 
     double t0 = srv_now_ms();
-    eng_model_params mp = {.n_threads = s.cfg.threads};
+    eng_model_params mp = {.n_threads = s.cfg.threads, .attn = s.cfg.attn};
     s.model = eng_model_load(s.cfg.model, &mp, err, sizeof err);
     if (!s.model) {
         fprintf(stderr, "error: %s\n", err);

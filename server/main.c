@@ -60,7 +60,6 @@ typedef struct {
     uint64_t seed;
     bool json, no_bos, no_special, help, seed_set, render_special;
     eng_attn_params attn;
-    float kv_mem_gb;
 } args;
 
 static void usage(const char *cmd) {
@@ -93,13 +92,15 @@ static void usage(const char *cmd) {
                "  --no-special          treat special-token text in the prompt as plain text\n"
                "  --json                print one JSON object with tokens, text, timings, attention stats\n"
                "\nattention over the offloaded KV cache (DESIGN.md):\n"
-               "  --attn S              selector: dense (default), window, oracle, retrieval, ivf\n"
+               "  --attn S              selector: dense (default), window, oracle, retrieval, ivf, centroids\n"
                "  --attn-top-k N        ids per query the selector returns (default 100)\n"
                "  --attn-scan F         retrieval/ivf: share of offloaded keys scored (default 0.02)\n"
+               "  --attn-target F       centroids: share of offloaded keys to read (default: calibrated 0.03)\n"
                "  --attn-gqa union|mean selection per KV head: union of per-query top-k, or mean query\n"
                "  --sink N              static set: first N tokens (default 128)\n"
                "  --window N            static set: last N tokens (default 512)\n"
                "  --kv-f16              store K and V as f16\n"
+               "  --page-size N         tokens per KV page, a power of two (default 64)\n"
                "  --kv-mem-gb G         KV memory limit of the sequence\n"
                "  --measure-recall      also attend densely to report the selected set's mass recall\n");
     } else if (!strcmp(cmd, "tokenize")) {
@@ -184,22 +185,17 @@ static int parse_args(int argc, char **argv, args *a) {
             a->seed_set = true;
         }
         else if (IS("--json")) a->json = true;
-        else if (IS("--attn")) { NEED(); a->attn.selector = v; }
-        else if (IS("--attn-top-k")) INT(a->attn.top_k, 1, 1 << 24);
-        else if (IS("--attn-scan")) FLT(a->attn.scan);
-        else if (IS("--attn-gqa")) {
-            NEED();
-            if (strcmp(v, "union") && strcmp(v, "mean")) {
-                fprintf(stderr, "error: --attn-gqa must be union or mean\n");
+        else if (eng_attn_key_of_flag(o)) {
+            /* boolean flags take no value */
+            const char *key = eng_attn_key_of_flag(o);
+            const int is_bool = !strcmp(key, "kv_f16") || !strcmp(key, "measure_recall");
+            if (!is_bool) NEED();
+            char err[256];
+            if (eng_attn_set(&a->attn, key, is_bool ? "1" : v, err, sizeof err)) {
+                fprintf(stderr, "error: %s: %s\n", o, err);
                 return -1;
             }
-            a->attn.gqa_mean = !strcmp(v, "mean");
         }
-        else if (IS("--sink")) INT(a->attn.n_sink, 0, 1 << 24);
-        else if (IS("--window")) INT(a->attn.n_window, 1, 1 << 24);
-        else if (IS("--kv-f16")) a->attn.kv_f16 = 1;
-        else if (IS("--kv-mem-gb")) FLT(a->kv_mem_gb);
-        else if (IS("--measure-recall")) a->attn.measure_recall = 1;
         else if (IS("--no-bos")) a->no_bos = true;
         else if (IS("--no-special")) a->no_special = true;
         else if (IS("--special")) a->render_special = true;
@@ -224,15 +220,6 @@ static int parse_args(int argc, char **argv, args *a) {
         fprintf(stderr, "error: --temp must be >= 0\n");
         return -1;
     }
-    if (!(a->attn.scan > 0.0f && a->attn.scan <= 1.0f)) {
-        fprintf(stderr, "error: --attn-scan must be in (0, 1]\n");
-        return -1;
-    }
-    if (a->kv_mem_gb < 0.0f) {
-        fprintf(stderr, "error: --kv-mem-gb must be >= 0\n");
-        return -1;
-    }
-    a->attn.kv_max_bytes = (size_t)((double)a->kv_mem_gb * (1u << 30));
     if (a->repeat_penalty <= 0.0f) {
         fprintf(stderr, "error: --repeat-penalty must be > 0\n");
         return -1;
@@ -580,19 +567,9 @@ static int cmd_generate(const args *a) {
         cJSON_AddNumberToObject(o, "seed", (double)sp.seed);
         eng_attn_stats st;
         eng_seq_attn_stats(s, &st);
-        cJSON *at = cJSON_AddObjectToObject(o, "attn");
-        cJSON_AddStringToObject(at, "selector", a->attn.selector);
-        cJSON_AddNumberToObject(at, "sparse_rows", (double)st.sparse_rows);
-        cJSON_AddNumberToObject(at, "offloaded_keys", (double)st.offloaded_keys);
-        cJSON_AddNumberToObject(at, "keys_read", (double)st.keys_read);
-        cJSON_AddNumberToObject(at, "keys_read_fraction",
-                                st.offloaded_keys ? (double)st.keys_read / st.offloaded_keys : 0.0);
-        cJSON_AddNumberToObject(at, "keys_scanned", (double)st.keys_scanned);
-        cJSON_AddNumberToObject(at, "search_ms", st.search_s * 1e3);
-        cJSON_AddNumberToObject(at, "attn_ms", st.attn_s * 1e3);
-        cJSON_AddNumberToObject(at, "index_build_ms", st.build_s * 1e3);
+        cJSON *at = srv_attn_json(a->attn.selector, &st);
         cJSON_AddNumberToObject(at, "kv_bytes", (double)eng_seq_bytes(s));
-        if (st.recall_n) cJSON_AddNumberToObject(at, "mass_recall", st.mass_recall);
+        cJSON_AddItemToObject(o, "attn", at);
         char *js = cJSON_PrintUnformatted(o);
         if (js) printf("%s\n", js);
         free(js);

@@ -36,7 +36,15 @@ typedef struct {
     char api_key[256];      /* empty: no authentication */
     char chat_template[4096]; /* empty: from the model; else gemma|chatml|llama3 or a Jinja text */
     char config_path[1024]; /* the file read, or empty */
+    eng_attn_params attn;   /* the default attention of requests, and the KV storage of all */
 } srv_config;
+
+/* Applies a JSON attention object ({"selector": "retrieval", "top_k": 100, ...}) or a selector
+ * name (a string) to *a through eng_attn_set. storage_ok: whether page_size / kv_f16 /
+ * kv_mem_gb may be set (the config file) or are refused (a request). 0, or -1 with a reason and
+ * the offending key (a static string or one in `it`) in *key. */
+int srv_attn_from_json(const cJSON *it, eng_attn_params *a, bool storage_ok, char *err, size_t errlen,
+                       const char **key);
 
 /* Fills c from defaults, then the JSON file (-c FILE, or configs/server.json when present), then
  * the command line (argv[2..]). Returns 0; 1 when --help was asked (usage printed); -1 with a

@@ -55,7 +55,7 @@ int main(void) {
 
         const char *all_sel[] = {"oracle", "retrieval", "ivf"};
         for (int k = 0; k < 3; k++) {
-            a.selector = all_sel[k];
+            snprintf(a.selector, sizeof a.selector, "%s", all_sel[k]);
             a.top_k = 1000; /* every candidate */
             a.scan = 1.0f;
             CHECK(run(m, &a, got, &st) == 0, "%s run", all_sel[k]);
@@ -65,7 +65,7 @@ int main(void) {
                   "%s read all offloaded keys (%lld of %lld)", all_sel[k], (long long)st.keys_read,
                   (long long)st.offloaded_keys);
         }
-        a.selector = "oracle";
+        snprintf(a.selector, sizeof a.selector, "%s", "oracle");
         a.top_k = 5;
         a.measure_recall = 1;
         CHECK(run(m, &a, got, &st) == 0, "oracle top-5 run");
@@ -74,14 +74,14 @@ int main(void) {
         CHECK(st.recall_n > 0 && st.mass_recall > 0.0 && st.mass_recall < 1.0 + 1e-6,
               "mass recall measured: %f", st.mass_recall);
         a.measure_recall = 0;
-        a.selector = "window";
+        snprintf(a.selector, sizeof a.selector, "%s", "window");
         CHECK(run(m, &a, got, &st) == 0, "window run");
         CHECK(st.keys_read == 0 && max_diff(dense, got, (size_t)N_DEC * V) > 1e-3f,
               "window reads nothing offloaded and differs from dense");
 
         /* bad selector name and a memory limit too small for the prompt */
         a = eng_attn_default();
-        a.selector = "magic";
+        snprintf(a.selector, sizeof a.selector, "%s", "magic");
         CHECK(eng_seq_create_ex(m, 64, &a, err, sizeof err) == NULL && strstr(err, "selector"),
               "unknown selector rejected: %s", err);
         a = eng_attn_default();

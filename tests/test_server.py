@@ -373,6 +373,42 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
     check(h["content-type"].startswith("text/plain") and "# TYPE kvseek_time_to_first_token_seconds histogram" in text
           and "kvseek_queue_depth 0" in text and "kvseek_active_sequences 0" in text
           and "kvseek_parallel_sequences 4" in text, "/metrics: Prometheus text, histograms, idle gauges")
+    # attention chosen per request: the selector runs (stats say so), knobs are validated
+    long_prompt = " ".join(["alpha beta gamma delta"] * 20)
+    base = {"inputs": long_prompt, "parameters": {"max_new_tokens": 6, "details": True}}
+    st, _, b = s.request("POST", "/generate", base)
+    a = b["details"]["attention"] if st == 200 else {}
+    check(st == 200 and a.get("selector") == "dense" and a.get("sparse_rows") == 0,
+          "default attention is the server's (dense, no sparse rows)")
+    win = dict(base, parameters=dict(base["parameters"], attention={"selector": "window", "sink": 4, "window": 16}))
+    st, _, b = s.request("POST", "/generate", win)
+    a = b["details"]["attention"] if st == 200 else {}
+    check(st == 200 and a.get("selector") == "window" and a.get("sparse_rows", 0) > 0
+          and a.get("offloaded_keys", 0) > 0 and a.get("keys_read") == 0,
+          f"per-request window: sparse rows, offloaded keys, none read ({a})")
+    orc = {"prompt": long_prompt, "max_tokens": 6, "temperature": 0,
+           "attention": {"selector": "oracle", "top_k": 8, "sink": 4, "window": 16, "measure_recall": True}}
+    st, _, b = s.request("POST", "/v1/completions", orc)
+    a = b.get("attention", {}) if st == 200 else {}
+    check(st == 200 and a.get("selector") == "oracle" and 0 < a.get("keys_read_fraction", 0) < 1
+          and 0 < a.get("mass_recall", 0) <= 1.0001,
+          f"OpenAI extra field attention: oracle top-8 reads a fraction, reports mass recall ({a})")
+    chunks = [c for c in s.stream("/v1/completions", dict(orc, stream=True)) if isinstance(c, dict)]
+    check(chunks and chunks[-1].get("attention", {}).get("selector") == "oracle",
+          "streaming: the final chunk carries the attention stats")
+    st, _, b = s.request("POST", "/v1/completions", dict(orc, attention="retrieval"))
+    check(st == 200 and b["attention"]["selector"] == "retrieval", "attention as a selector name")
+    st, _, b = s.request("POST", "/v1/completions", dict(orc, attention={"top_k": 0}))
+    check(openai_error(st, b, 400, param="attention.top_k"), "attention.top_k 0: 400 naming the field")
+    st, _, b = s.request("POST", "/v1/completions", dict(orc, attention={"selector": "magic"}))
+    check(openai_error(st, b, 400, param="attention.selector"), "unknown selector: 400")
+    st, _, b = s.request("POST", "/v1/completions", dict(orc, attention={"kv_f16": True}))
+    check(openai_error(st, b, 400, param="attention.kv_f16"), "a storage key per request: 400")
+    st, _, b = s.request("POST", "/generate", dict(base, parameters={"attention": [1]}))
+    check(tgi_error(st, b, 422, "validation"), "TGI attention of a wrong type: 422")
+    st, _, b = s.request("POST", "/generate", base)
+    check(st == 200 and b["details"]["attention"]["selector"] == "dense",
+          "the next request on a reused sequence is back to the default")
     check(s.proc.poll() is None, "server A still running after every error case")
     rc = s.stop()
     check(rc == 0, f"SIGTERM on an idle server: exit 0 (got {rc})")
