@@ -14,6 +14,8 @@ typedef struct {
     void **pages;        /* (n_slots) page pointers, allocated prefix [0, n_alloc) */
     int64_t n_slots;     /* table length: pages for max_tokens, or the ring's pages */
     int64_t n_alloc;
+    int64_t n_borrowed;  /* leading slots [0, n_borrowed) point at pages this store does not own
+                          * (a shared context's, or a mapped file's): never freed nor counted */
     int64_t n_tok;       /* positions appended */
     int window;          /* 0: global layer; W: local layer */
     int64_t ring_pages;  /* 0: global; else pages of the ring (n_slots) */
@@ -65,6 +67,7 @@ static int fail(kv_store *s, int code, const char *fmt, ...) {
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int held(const kv_store *s, const kv_layer *L, int64_t pos);
 
 int kv_create(const kv_params *p, kv_store **out) {
     *out = NULL;
@@ -128,7 +131,7 @@ void kv_free(kv_store *s) {
     if (s->layers) {
         for (int l = 0; l < s->p.n_layer; l++) {
             kv_layer *L = &s->layers[l];
-            for (int64_t i = 0; i < L->n_alloc; i++) free(L->pages[i]);
+            for (int64_t i = L->n_borrowed; i < L->n_alloc; i++) free(L->pages[i]);
             free(L->pages);
         }
     }
@@ -233,10 +236,126 @@ int kv_append(kv_store *s, int layer, const float *k, const float *v, int n) {
     return KV_OK;
 }
 
+/* Drops the borrowed prefix of a layer: its owned pages move down to slot 0 (their contents no
+ * longer matter), so the table is again an allocated prefix of owned pages. */
+static void unborrow(kv_layer *L) {
+    if (!L->n_borrowed) return;
+    const int64_t owned = L->n_alloc - L->n_borrowed;
+    memmove(L->pages, L->pages + L->n_borrowed, sizeof(void *) * (size_t)owned);
+    for (int64_t i = owned; i < L->n_alloc; i++) L->pages[i] = NULL;
+    L->n_alloc = owned;
+    L->n_borrowed = 0;
+}
+
 void kv_reset(kv_store *s) {
     if (!s) return;
-    for (int l = 0; l < s->p.n_layer; l++) s->layers[l].n_tok = 0;
+    for (int l = 0; l < s->p.n_layer; l++) {
+        unborrow(&s->layers[l]);
+        s->layers[l].n_tok = 0;
+    }
     s->err[0] = 0;
+}
+
+size_t kv_page_bytes(const kv_store *s) { return s->page_bytes; }
+
+int kv_layer_pages(const kv_store *s, int layer, const void *const **pages, int64_t *n_pages) {
+    if (!s || layer < 0 || layer >= s->p.n_layer) return KV_ERR_PARAM;
+    const kv_layer *L = &s->layers[layer];
+    *pages = (const void *const *)L->pages;
+    *n_pages = L->ring_pages ? (L->n_alloc < L->ring_pages ? L->n_alloc : L->ring_pages)
+                             : ceil_div(L->n_tok, s->p.page_size);
+    return KV_OK;
+}
+
+int64_t kv_layer_slots(const kv_store *s, int layer) {
+    return layer >= 0 && layer < s->p.n_layer ? s->layers[layer].n_slots : 0;
+}
+
+int kv_adopt(kv_store *s, int layer, void *const *pages, int64_t n_pages, int64_t n_tok) {
+    if (!s || layer < 0 || layer >= s->p.n_layer || n_pages < 0 || n_tok < 0)
+        return KV_ERR_PARAM;
+    kv_layer *L = &s->layers[layer];
+    if (L->n_alloc || L->n_tok)
+        return fail(s, KV_ERR_PARAM, "adopt: layer %d is not fresh", layer);
+    if (n_tok > s->p.max_tokens || n_pages > L->n_slots ||
+        (L->ring_pages ? n_pages != (n_tok < (L->ring_pages << s->page_shift) ? ceil_div(n_tok, s->p.page_size) : L->ring_pages)
+                       : n_pages != ceil_div(n_tok, s->p.page_size)))
+        return fail(s, KV_ERR_PARAM, "adopt: %lld pages do not hold %lld tokens on layer %d",
+                    (long long)n_pages, (long long)n_tok, layer);
+    for (int64_t i = 0; i < n_pages; i++) {
+        if (!pages[i]) return fail(s, KV_ERR_PARAM, "adopt: page %lld is NULL", (long long)i);
+        L->pages[i] = pages[i];
+    }
+    L->n_alloc = L->n_borrowed = n_pages;
+    L->n_tok = n_tok;
+    return KV_OK;
+}
+
+int kv_share_prefix(kv_store *dst, const kv_store *src, int64_t n) {
+    if (!dst || !src || n < 0) return KV_ERR_PARAM;
+    const kv_params *a = &dst->p, *b = &src->p;
+    if (a->n_layer != b->n_layer || a->n_head_kv != b->n_head_kv || a->head_dim != b->head_dim ||
+        a->v_dim != b->v_dim || a->page_size != b->page_size || a->dtype != b->dtype)
+        return fail(dst, KV_ERR_PARAM, "share: the stores differ in shape, page size or dtype");
+    if (n > a->max_tokens)
+        return fail(dst, KV_ERR_FULL, "share: %lld tokens exceed the context size %d", (long long)n, a->max_tokens);
+    for (int l = 0; l < a->n_layer; l++) {
+        const kv_layer *S = &src->layers[l];
+        if (dst->layers[l].n_tok) return fail(dst, KV_ERR_PARAM, "share: the store is not empty");
+        if (dst->layers[l].window != S->window)
+            return fail(dst, KV_ERR_PARAM, "share: layer %d differs in window", l);
+        if (S->n_tok < n) return fail(dst, KV_ERR_PARAM, "share: the source holds fewer than %lld tokens", (long long)n);
+        if (dst->layers[l].ring_pages && n > 0) {
+            int64_t need = n - (dst->layers[l].ring_pages << dst->page_shift);
+            if (need < 0) need = 0;
+            if (!held(src, S, need))
+                return fail(dst, KV_ERR_PARAM, "share: the source ring of layer %d is shorter than this store's", l);
+        }
+    }
+    const int64_t nb = n >> dst->page_shift; /* whole pages: borrowed */
+    for (int l = 0; l < a->n_layer; l++) {
+        kv_layer *L = &dst->layers[l];
+        if (L->ring_pages) continue;
+        unborrow(L);
+        int64_t owned = L->n_alloc;
+        while (nb + owned > L->n_slots) { /* no room for every owned page after the shared ones */
+            free(L->pages[--owned]);
+            L->pages[owned] = NULL;
+            dst->bytes -= dst->page_bytes;
+        }
+        memmove(L->pages + nb, L->pages, sizeof(void *) * (size_t)owned);
+        for (int64_t i = 0; i < nb; i++) L->pages[i] = src->layers[l].pages[i];
+        L->n_alloc = nb + owned;
+        L->n_borrowed = nb;
+    }
+    /* the partial last page and the rings are copied (this store writes into them) */
+    int rc = ensure_pages(dst, 0, a->n_layer, n);
+    if (rc) {
+        for (int l = 0; l < a->n_layer; l++) unborrow(&dst->layers[l]);
+        return rc;
+    }
+    for (int l = 0; l < a->n_layer; l++) {
+        kv_layer *L = &dst->layers[l];
+        const kv_layer *S = &src->layers[l];
+        if (!L->ring_pages) {
+            if (n > (nb << dst->page_shift)) memcpy(L->pages[nb], S->pages[nb], dst->page_bytes);
+        } else {
+            int64_t lo = n - (L->ring_pages << dst->page_shift);
+            for (int64_t pos = lo < 0 ? 0 : lo; pos < n; pos++) {
+                const int64_t r = row_in_page(dst, pos);
+                const char *sp = page_ptr(src, S, pos);
+                char *dp = page_ptr(dst, L, pos);
+                for (int h = 0; h < a->n_head_kv; h++) {
+                    size_t ko = h * dst->k_head_bytes + r * a->head_dim * dst->elt;
+                    size_t vo = a->n_head_kv * dst->k_head_bytes + h * dst->v_head_bytes + r * a->v_dim * dst->elt;
+                    memcpy(dp + ko, sp + ko, a->head_dim * dst->elt);
+                    memcpy(dp + vo, sp + vo, a->v_dim * dst->elt);
+                }
+            }
+        }
+        L->n_tok = n;
+    }
+    return KV_OK;
 }
 
 int kv_set_static(kv_store *s, int n_sink, int n_window) {

@@ -72,8 +72,32 @@ int kv_append(kv_store *s, int layer, const float *k, const float *v, int n);
  * otherwise), as the ranges of held tokens would move. */
 int kv_set_static(kv_store *s, int n_sink, int n_window);
 
-/* Forgets every token; pages stay allocated (and counted) for reuse. */
+/* ---- sharing a read-only prefix (registered contexts) ----
+ * A context's store is filled once and then only read; sequences on it borrow its whole pages
+ * of global layers (no copy, not counted against their limit) and copy the rest (the partial
+ * last page and the rings of local layers), then append their own tokens after it. The source
+ * must outlive the borrowers' use (until their kv_reset or kv_free): the caller refcounts. */
+
+/* Makes dst (every layer empty) hold positions [0, n) of src: same shape, page size, dtype and
+ * layer windows; src must hold them (its rings at least as long as dst's). On error dst is
+ * left empty. */
+int kv_share_prefix(kv_store *dst, const kv_store *src, int64_t n);
+
+/* For loading a persisted store: makes a fresh layer (nothing appended, nothing allocated) hold
+ * n_tok tokens in the given pages, which it borrows (never writes, frees nor counts): for a
+ * global layer ceil(n_tok / page_size) pages, for a ring the ring's pages (fewer while n_tok is
+ * shorter than the ring) in the ring's layout. The pages must outlive the store. */
+int kv_adopt(kv_store *s, int layer, void *const *pages, int64_t n_pages, int64_t n_tok);
+
+/* Bytes of one page (all KV heads of a layer, K then V, 64-byte aligned), and the pages a layer
+ * uses now, for persisting a store: a global layer's ceil(n_tok / page_size), a ring's pages. */
+size_t kv_page_bytes(const kv_store *s);
+int kv_layer_pages(const kv_store *s, int layer, const void *const **pages, int64_t *n_pages);
+
+/* Forgets every token; owned pages stay allocated (and counted) for reuse, borrowed ones are
+ * released. */
 void kv_reset(kv_store *s);
+int64_t kv_layer_slots(const kv_store *s, int layer); /* page table length (a ring: its pages) */
 
 int64_t kv_n_tokens(const kv_store *s, int layer); /* tokens appended to the layer */
 size_t kv_bytes(const kv_store *s);                /* memory held, as counted against the limit */

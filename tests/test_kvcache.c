@@ -187,6 +187,101 @@ static void limits(void) {
     kv_free(NULL);
 }
 
+/* Appends n random tokens to every layer of s, recording them in the reference at positions
+ * [pos0, pos0 + n). */
+static void fill(kv_store *s, kv_dtype dt, int pos0, int n) {
+    float *k = malloc(sizeof(float) * NKV * HD), *v = malloc(sizeof(float) * NKV * VD);
+    for (int t = 0; t < n; t++)
+        for (int l = 0; l < NL; l++) {
+            for (int h = 0; h < NKV; h++) {
+                for (int i = 0; i < HD; i++) rk(l, pos0 + t, h)[i] = round_as(dt, k[h * HD + i] = frand());
+                for (int i = 0; i < VD; i++) rv(l, pos0 + t, h)[i] = round_as(dt, v[h * VD + i] = frand());
+            }
+            kv_append(s, l, k, v, 1);
+        }
+    free(k);
+    free(v);
+}
+
+/* Every row dst should hold in [0, n) equals the reference (a ring: its last tokens). */
+static int rows_match(const kv_store *s, kv_dtype dt, int n) {
+    for (int l = 0; l < NL; l++)
+        for (int pos = 0; pos < n; pos++)
+            for (int h = 0; h < NKV; h++) {
+                const void *kr = kv_k_row(s, l, h, pos), *vr = kv_v_row(s, l, h, pos);
+                if (!kr) {
+                    if (!kv_layer_window(s, l) || pos >= n - W) return 0; /* must be held */
+                    continue;
+                }
+                if (!row_eq(dt, kr, rk(l, pos, h), HD) || !row_eq(dt, vr, rv(l, pos, h), VD)) return 0;
+            }
+    return 1;
+}
+
+/* A context's store shared by sequences: whole pages borrowed, the rest copied; the borrower's
+ * appends never reach the source; reset releases the borrow; a store adopting persisted pages
+ * reads the same rows. */
+static void sharing(kv_dtype dt) {
+    const int win[NL] = {0, W, 0};
+    kv_params p = kv_params_default();
+    p.n_layer = NL; p.n_head_kv = NKV; p.head_dim = HD; p.v_dim = VD; p.max_tokens = MAXT;
+    p.page_size = PS; p.dtype = dt; p.layer_window = win; p.ring_slack = SLACK;
+    kv_store *src = NULL, *dst = NULL, *cp = NULL;
+    CHECK(kv_create(&p, &src) == KV_OK && kv_create(&p, &dst) == KV_OK, "create");
+    const int N = 7 * PS + 5; /* a partial last page */
+    fill(dst, dt, 0, 3 * PS);   /* dst owned pages from an earlier request */
+    kv_reset(dst);
+    fill(src, dt, 0, N);
+    const size_t src_bytes = kv_bytes(src), dst_before = kv_bytes(dst);
+    CHECK(kv_share_prefix(dst, src, N) == KV_OK, "share %d tokens: %s", N, kv_last_error(dst));
+    CHECK(rows_match(dst, dt, N), "the borrower reads the context's rows");
+    CHECK(kv_bytes(dst) - dst_before < src_bytes / 2,
+          "borrowing costs the borrower little (%zu new bytes vs %zu in the source)", kv_bytes(dst) - dst_before, src_bytes);
+    /* the borrower's own tokens go after the context; the source's rows stay as they were */
+    float *save_k = malloc(sizeof(float) * NL * MAXT * NKV * HD), *save_v = malloc(sizeof(float) * NL * MAXT * NKV * VD);
+    memcpy(save_k, ref_k, sizeof(float) * NL * MAXT * NKV * HD);
+    memcpy(save_v, ref_v, sizeof(float) * NL * MAXT * NKV * VD);
+    fill(dst, dt, N, 40);
+    CHECK(rows_match(dst, dt, N + 40), "the borrower appends after the context");
+    memcpy(ref_k, save_k, sizeof(float) * NL * MAXT * NKV * HD);
+    memcpy(ref_v, save_v, sizeof(float) * NL * MAXT * NKV * VD);
+    CHECK(rows_match(src, dt, N), "the source is untouched by the borrower's appends");
+    /* a second borrower at the same time */
+    kv_create(&p, &cp);
+    CHECK(kv_share_prefix(cp, src, N) == KV_OK && rows_match(cp, dt, N), "two borrowers of one source");
+    kv_free(cp);
+    cp = NULL;
+    /* reset releases the borrow: the store works alone again */
+    kv_reset(dst);
+    fill(dst, dt, 0, 10 * PS + 3);
+    CHECK(rows_match(dst, dt, 10 * PS + 3), "after reset the store holds its own tokens again");
+    CHECK(rows_match(src, dt, 0) && kv_share_prefix(dst, src, N) == KV_ERR_PARAM, "share needs an empty store");
+    /* adopting persisted pages (here: the source's own) */
+    kv_create(&p, &cp);
+    int ok = 1;
+    for (int l = 0; l < NL; l++) {
+        const void *const *pg;
+        int64_t np;
+        ok &= kv_layer_pages(src, l, &pg, &np) == KV_OK && kv_adopt(cp, l, (void *const *)pg, np, N) == KV_OK;
+    }
+    memcpy(ref_k, save_k, sizeof(float) * NL * MAXT * NKV * HD);
+    memcpy(ref_v, save_v, sizeof(float) * NL * MAXT * NKV * VD);
+    CHECK(ok && rows_match(cp, dt, N), "a store adopting the pages reads the same rows");
+    CHECK(kv_bytes(cp) < src_bytes / 2, "adopted pages are not counted");
+    kv_store *bad = NULL;
+    kv_create(&p, &bad);
+    const void *const *pg;
+    int64_t np;
+    kv_layer_pages(src, 0, &pg, &np);
+    CHECK(kv_adopt(bad, 0, (void *const *)pg, np - 1, N) == KV_ERR_PARAM, "adopt refuses too few pages");
+    kv_free(bad);
+    kv_free(cp);
+    kv_free(dst);
+    kv_free(src);
+    free(save_k);
+    free(save_v);
+}
+
 int main(void) {
     ref_k = malloc(sizeof(float) * NL * MAXT * NKV * HD);
     ref_v = malloc(sizeof(float) * NL * MAXT * NKV * VD);
@@ -194,6 +289,8 @@ int main(void) {
     differential(KV_F16);
     ranges();
     limits();
+    sharing(KV_F32);
+    sharing(KV_F16);
     free(ref_k); free(ref_v);
     return check_summary("test_kvcache");
 }
