@@ -3,6 +3,7 @@
  * K and V live in each sequence's paged store (kvcache/); attend() reads them densely for
  * prefill rows and through the sequence's selector (index/) for decode rows of global layers. */
 #include "model.h"
+#include "context.h"
 #include "util.h"
 
 #include <math.h>
@@ -69,6 +70,16 @@ struct eng_seq {
     int32_t *ids;         /* (n_head_kv, ids_cap) selector output per KV head */
     int64_t ids_cap;
     eng_attn_stats st;
+    /* queries recorded for a context's calibration: positions [cap_from, cap_from + cap_n) of
+     * every layer, rows of n_head * head_dim */
+    float *cap_q;
+    int64_t cap_from, cap_n;
+    /* a registered context the sequence starts with (eng_seq_attach_ctx) */
+    eng_ctx *ctx;
+    int64_t ctx_lo, ctx_hi;  /* its clustered range */
+    float *ctx_thr;          /* (n_layer, n_head_kv) thresholds for the request's target */
+    char *ctx_scratch;       /* (n_head_kv, ctx_scratch_bytes) */
+    size_t ctx_scratch_bytes;
 };
 
 
@@ -463,9 +474,20 @@ fail:
     return NULL;
 }
 
+static void detach_ctx(eng_seq *s) {
+    if (!s->ctx) return;
+    eng_ctx_unref(s->ctx);
+    s->ctx = NULL;
+    s->ctx_lo = s->ctx_hi = 0;
+}
+
 void eng_seq_free(eng_seq *s) {
     if (!s) return;
     kv_free(s->kv);
+    detach_ctx(s);
+    free(s->cap_q);
+    free(s->ctx_thr);
+    free(s->ctx_scratch);
     idx_free(s->ix);
     free(s->views);
     free(s->ids);
@@ -499,13 +521,92 @@ int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t err
 
 void eng_seq_get_attn(const eng_seq *s, eng_attn_params *out) { *out = s->attn; }
 
+kv_store *eng_seq_kv(eng_seq *s) { return s->kv; }
+
+int eng_seq_capture_queries(eng_seq *s, int64_t from, int64_t to, char *err, size_t errlen) {
+    const eng_hparams *hp = &s->m->hp;
+    if (from < 0 || to < from || to > s->n_ctx) {
+        eng_set_err(err, errlen, "query capture range [%lld, %lld) outside the sequence", (long long)from, (long long)to);
+        return -1;
+    }
+    free(s->cap_q);
+    s->cap_q = calloc((size_t)(to - from) * hp->n_layer * hp->n_head * hp->head_dim + 1, sizeof(float));
+    if (!s->cap_q) {
+        eng_set_err(err, errlen, "out of memory for %lld captured queries", (long long)(to - from));
+        return -1;
+    }
+    s->cap_from = from;
+    s->cap_n = to - from;
+    return 0;
+}
+
+const float *eng_seq_captured(const eng_seq *s, int layer, int64_t *n_rows) {
+    const eng_hparams *hp = &s->m->hp;
+    *n_rows = 0;
+    if (!s->cap_q || layer < 0 || layer >= hp->n_layer) return NULL;
+    int64_t have = s->pos - s->cap_from;
+    *n_rows = have < 0 ? 0 : have > s->cap_n ? s->cap_n : have;
+    return s->cap_q + (size_t)layer * s->cap_n * hp->n_head * hp->head_dim;
+}
+
+int eng_seq_attach_ctx(eng_seq *s, eng_ctx *c, char *err, size_t errlen) {
+    const eng_hparams *hp = &s->m->hp;
+    const int nkv = hp->n_head_kv, G = hp->n_head / nkv;
+    if (s->pos != 0 || s->ctx) {
+        eng_set_err(err, errlen, "a context attaches only to an empty sequence");
+        return -1;
+    }
+    const int n = eng_ctx_n_tokens(c);
+    if (n >= s->n_ctx) {
+        eng_set_err(err, errlen, "the context has %d tokens; the sequence holds %d", n, s->n_ctx);
+        return -1;
+    }
+    if (!s->ctx_thr && !(s->ctx_thr = malloc(sizeof(float) * hp->n_layer * nkv))) {
+        eng_set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    size_t need = 0;
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int h = 0; h < nkv; h++) {
+            const idx_cent *ce = eng_ctx_cent(c, l, h);
+            s->ctx_thr[l * nkv + h] = ce ? eng_ctx_threshold(c, l, h, s->attn.target) : 0.0f;
+            size_t b = ce ? idx_cent_scratch_bytes(ce, G) : 0;
+            if (b > need) need = b;
+        }
+    need = (need + 63) & ~(size_t)63;
+    if (need > s->ctx_scratch_bytes) {
+        char *sc = aligned_alloc(64, need * nkv);
+        if (!sc) {
+            eng_set_err(err, errlen, "out of memory");
+            return -1;
+        }
+        free(s->ctx_scratch);
+        s->ctx_scratch = sc;
+        s->ctx_scratch_bytes = need;
+    }
+    if (kv_share_prefix(s->kv, eng_ctx_kv(c), n) != KV_OK) {
+        eng_set_err(err, errlen, "context: %s", kv_last_error(s->kv));
+        return -1;
+    }
+    eng_ctx_ref(c);
+    s->ctx = c;
+    eng_ctx_range(c, &s->ctx_lo, &s->ctx_hi);
+    s->pos = n;
+    s->built = 1; /* the context's centroids are the index */
+    return 0;
+}
+
 int eng_seq_pos(const eng_seq *s) { return s->pos; }
 int eng_seq_capacity(const eng_seq *s) { return s->n_ctx; }
 
 void eng_seq_reset(eng_seq *s) {
     s->pos = 0;
     s->built = 0;
-    kv_reset(s->kv);
+    kv_reset(s->kv); /* releases a context's borrowed pages before the context goes */
+    detach_ctx(s);
+    free(s->cap_q);
+    s->cap_q = NULL;
+    s->cap_n = 0;
     idx_reset(s->ix);
     memset(&s->st, 0, sizeof s->st);
 }
@@ -520,8 +621,8 @@ void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out) {
     *out = s->st;
     idx_stats is;
     idx_stats_get(s->ix, &is);
-    out->search_s = is.search_s;
-    out->keys_scanned = is.scanned;
+    out->search_s += is.search_s;
+    out->keys_scanned += is.scanned;
     if (out->recall_n) out->mass_recall /= out->recall_n;
 }
 
@@ -538,6 +639,57 @@ static void add_bias(float *y, const float *b, int T, int n) {
 }
 
 static double now_s(void) { return omp_get_wtime(); }
+
+/* A decode row of a sequence on a registered context: the sinks and everything from the
+ * context's tail on (its last tokens, then the request's own) densely, the clustered middle
+ * through the context's centroids (none for `window`). */
+static void attend_ctx(const eng_model *m, eng_seq *s, int layer, int kvh, int64_t p, const float *q,
+                       float *out, float *lse) {
+    const eng_hparams *hp = &m->hp;
+    const int G = hp->n_head / hp->n_head_kv, vd = hp->v_dim;
+    const attn_kv_view *view = &s->views[layer * hp->n_head_kv + kvh];
+    float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
+    attn_range(view, q, G, s->ctx_hi, p + 1, hp->attn_scale, out, lse);
+    if (s->ctx_lo > 0) {
+        attn_range(view, q, G, 0, s->ctx_lo, hp->attn_scale, part, plse);
+        attn_merge(out, lse, part, plse, G, vd);
+    }
+    const idx_cent *ce = eng_ctx_cent(s->ctx, layer, kvh);
+    if (!ce || s->ctx_hi <= s->ctx_lo) return;
+    int64_t n = 0;
+    idx_cent_sel sel = {0};
+    const double t0 = now_s();
+    if (s->kind != IDX_WINDOW) {
+        int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
+        n = idx_cent_select(ce, q, G, s->ctx_thr[layer * hp->n_head_kv + kvh],
+                            s->ctx_scratch + (size_t)kvh * s->ctx_scratch_bytes, ids, s->ids_cap, &sel);
+        if (n > 0) {
+            attn_ids(view, q, G, ids, n, hp->attn_scale, part, plse);
+            attn_merge(out, lse, part, plse, G, vd);
+        }
+    }
+    const double dt = now_s() - t0;
+    #pragma omp atomic
+    s->st.sparse_rows++;
+    #pragma omp atomic
+    s->st.offloaded_keys += s->ctx_hi - s->ctx_lo;
+    #pragma omp atomic
+    s->st.keys_read += n > 0 ? n : 0;
+    #pragma omp atomic
+    s->st.keys_scanned += sel.clusters_scored;
+    #pragma omp atomic
+    s->st.search_s += dt;
+    if (s->measure_recall) {
+        attn_range(view, q, G, 0, p + 1, hp->attn_scale, part, plse);
+        double rec = 0;
+        for (int g = 0; g < G; g++) rec += exp((double)lse[g] - plse[g]);
+        #pragma omp critical(eng_recall)
+        {
+            s->st.mass_recall += rec / G;
+            s->st.recall_n++;
+        }
+    }
+}
 
 /* Attention of one (row, KV head): the group's G query heads against the row's sequence.
  * Prefill rows, local layers and the dense selector read the causal range densely; a decode
@@ -558,6 +710,10 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh, int local)
     }
     if (!m->row_sparse[t] || s->kind == IDX_DENSE) {
         attn_range(view, q, G, 0, p + 1, hp->attn_scale, out, lse);
+        return;
+    }
+    if (s->ctx) {
+        attend_ctx(m, s, layer, kvh, p, q, out, lse);
         return;
     }
     kv_ranges r = kv_ranges_of(s->kv, layer, p + 1);
@@ -664,6 +820,9 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
         for (int t = 0; t < T; t++) {
             eng_seq *s = m->row_seq[t];
             kv_append(s->kv, l, m->k + (size_t)t * nkv * hd, m->v + (size_t)t * nkv * vd, 1);
+            if (s->cap_q && m->row_pos[t] >= s->cap_from && m->row_pos[t] < s->cap_from + s->cap_n)
+                memcpy(s->cap_q + ((size_t)l * s->cap_n + (m->row_pos[t] - s->cap_from)) * nh * hd,
+                       m->q + (size_t)t * nh * hd, sizeof(float) * nh * hd);
             if (!local && !m->row_sparse[t] && s->kind == IDX_RETRIEVAL) {
                 const int G = nh / nkv;
                 for (int h = 0; h < nkv; h++)

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "context.h"
 #include "tok.h"
 
 typedef enum { REQ_QUEUED = 0, REQ_PREFILL, REQ_DECODE, REQ_DONE } req_state;
@@ -46,6 +47,10 @@ struct eng_req {
     int top_logprobs;
     eng_attn_params attn;
     bool has_attn;
+    eng_ctx *ctx;            /* the context the prompt continues (a reference), or NULL */
+    bool build;              /* a context build job: prefill only, hand the sequence over */
+    int obs_tokens;
+    atomic_int fed;          /* n_fed, readable by other threads (progress) */
     double t_submit;
 
     /* engine thread only */
@@ -118,6 +123,7 @@ const char *eng_finish_name(eng_finish f) {
 
 static void req_free(eng_req *r) {
     for (int i = r->head; i < r->head + r->count; i++) eng_event_clear(&r->evs[i]);
+    eng_ctx_unref(r->ctx);
     free(r->evs);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->hist);
@@ -198,6 +204,8 @@ int eng_req_next(eng_req *r, eng_event *ev, int timeout_ms) {
 
 void eng_event_clear(eng_event *ev) {
     if (!ev) return;
+    eng_seq_free(ev->seq);
+    ev->seq = NULL;
     free(ev->text);
     ev->text = NULL;
     ev->text_len = 0;
@@ -213,7 +221,25 @@ void eng_req_release(eng_req *r) {
 
 /* ---- submit ---- */
 
+static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out);
+
 int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
+    return submit(s, p, false, 0, out);
+}
+
+int eng_sched_submit_build(eng_sched *s, const int32_t *tokens, int n, int obs_tokens, eng_req **out) {
+    eng_gen_params p = {.prompt = tokens, .n_prompt = n, .max_tokens = 1};
+    p.sampling.temperature = 0.0f;
+    p.sampling.top_p = 1.0f;
+    p.sampling.repeat_penalty = 1.0f;
+    return submit(s, &p, true, obs_tokens, out);
+}
+
+double eng_req_progress(const eng_req *r) {
+    return r->n_prompt > 0 ? (double)atomic_load(&((eng_req *)r)->fed) / r->n_prompt : 0.0;
+}
+
+static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out) {
     *out = NULL;
     if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 ||
         p->n_stop > ENG_MAX_STOP || p->top_logprobs < 0 || p->top_logprobs > ENG_MAX_TOP_LOGPROBS)
@@ -222,7 +248,10 @@ int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
         if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_SCHED_EARG;
     char aerr[8];
     if (p->attn && eng_attn_check(p->attn, aerr, sizeof aerr)) return ENG_SCHED_EARG;
-    if ((int64_t)p->n_prompt + p->max_tokens > s->p.n_ctx) return ENG_SCHED_ETOOLONG;
+    if (build ? p->n_prompt > s->p.n_ctx + s->p.ctx_max_tokens
+              : (int64_t)p->n_prompt + p->max_tokens > s->p.n_ctx ||
+                (p->context && eng_ctx_n_tokens(p->context) > s->p.ctx_max_tokens))
+        return ENG_SCHED_ETOOLONG;
 
     eng_req *r = calloc(1, sizeof *r);
     if (!r) return ENG_SCHED_ENOMEM;
@@ -242,6 +271,12 @@ int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
     if (p->attn) {
         r->attn = *p->attn;
         r->has_attn = true;
+    }
+    r->build = build;
+    r->obs_tokens = obs_tokens > 0 ? obs_tokens : 1;
+    if (p->context) {
+        eng_ctx_ref(p->context);
+        r->ctx = p->context;
     }
     r->hist = malloc(sizeof(int32_t) * ((size_t)p->n_prompt + p->max_tokens));
     if (!r->hist) goto nomem;
@@ -467,6 +502,24 @@ static void take_token(eng_sched *s, slot *sl, eng_req *r, eng_event *ev) {
     req_push(r, ev);
 }
 
+/* A build job's prefill is complete: its sequence goes to the reader with the final event and
+ * the slot gets a fresh one. */
+static void hand_over(eng_sched *s, slot *sl, eng_req *r) {
+    char err[256];
+    eng_seq *fresh = eng_seq_create(s->m, s->p.n_ctx + s->p.ctx_max_tokens, err, sizeof err);
+    if (!fresh) {
+        finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, err);
+        return;
+    }
+    eng_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.t_ms = now_ms();
+    ev.seq = sl->seq;
+    sl->seq = fresh;
+    r->t_first = ev.t_ms;
+    finish_req(s, sl, r, ENG_FINISH_LENGTH, &ev, NULL);
+}
+
 /* Moves queued requests into free slots (under s->mu). Returns the admitted ones that were
  * cancelled while waiting in *cancelled (a list through ->next). */
 static eng_req *admit_locked(eng_sched *s) {
@@ -509,7 +562,13 @@ static void step(eng_sched *s) {
         if (r->state == REQ_PREFILL && !r->smp) {
             r->t_admit = now_ms();
             eng_seq_reset(sl->seq);
-            if (eng_seq_set_attn(sl->seq, r->has_attn ? &r->attn : &s->attn_default, err, sizeof err)) {
+            int bad = eng_seq_set_attn(sl->seq, r->has_attn ? &r->attn : &s->attn_default, err, sizeof err);
+            if (!bad && r->ctx) bad = eng_seq_attach_ctx(sl->seq, r->ctx, err, sizeof err);
+            if (!bad && r->build) {
+                int64_t from = r->n_prompt - r->obs_tokens;
+                bad = eng_seq_capture_queries(sl->seq, from < 0 ? 0 : from, r->n_prompt, err, sizeof err);
+            }
+            if (bad) {
                 finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, err);
                 continue;
             }
@@ -534,7 +593,9 @@ static void step(eng_sched *s) {
             slot *sl = &s->slots[i];
             eng_req *r = sl->req;
             if (!r || r->state != REQ_PREFILL || sl->row >= 0 || r->n_fed >= r->n_prompt) continue;
-            if (!pick || r->admit_seq < pick->req->admit_seq) pick = sl;
+            if (!pick || (pick->req->build && !r->build) ||
+                (pick->req->build == r->build && r->admit_seq < pick->req->admit_seq))
+                pick = sl;
         }
         int room = s->p.batch_rows - n;
         if (!pick || room <= 0) break;
@@ -547,6 +608,7 @@ static void step(eng_sched *s) {
         }
         if (pick->row < 0) pick->row = -2; /* fed this step, no logits yet */
         r->n_fed += k;
+        atomic_store(&r->fed, r->n_fed);
         n += k;
         n_prefill += k;
     }
@@ -562,8 +624,12 @@ static void step(eng_sched *s) {
     }
     /* sample every row with logits: samplers are independent, so in parallel */
     int idx[np], n_s = 0;
-    for (int i = 0; i < np; i++)
-        if (s->slots[i].req && s->slots[i].row >= 0) idx[n_s++] = i;
+    for (int i = 0; i < np; i++) {
+        slot *sl = &s->slots[i];
+        if (!sl->req || sl->row < 0) continue;
+        if (sl->req->build) hand_over(s, sl, sl->req);
+        else idx[n_s++] = i;
+    }
     eng_event evs[np];
     memset(evs, 0, sizeof(eng_event) * (n_s > 0 ? n_s : 1));
 #pragma omp parallel for schedule(dynamic, 1) if (n_s > 1)
@@ -679,7 +745,7 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
         return ENG_SCHED_ENOMEM;
     }
     for (int i = 0; i < p->n_parallel; i++) {
-        s->slots[i].seq = eng_seq_create(m, p->n_ctx, err, errlen);
+        s->slots[i].seq = eng_seq_create(m, p->n_ctx + p->ctx_max_tokens, err, errlen);
         s->slots[i].logits = malloc(sizeof(float) * s->n_vocab);
         if (!s->slots[i].seq || !s->slots[i].logits) {
             if (s->slots[i].seq) eng_set_err(err, errlen, "out of memory");

@@ -39,6 +39,9 @@ typedef struct {
     int batch_rows; /* rows per forward pass: one per decoding sequence, prompt tokens fill the rest */
     int n_threads;  /* OpenMP threads of the engine thread; 0: OpenMP's default (an OpenMP thread
                      * count set in another thread, as eng_model_load does, does not carry over) */
+    int ctx_max_tokens; /* the longest registered context a request may start with, and the longest
+                     * context a build job may prefill: each sequence's page tables (not memory:
+                     * a context's pages are borrowed) cover n_ctx + ctx_max_tokens positions */
 } eng_sched_params;
 
 typedef struct eng_sched eng_sched;
@@ -66,6 +69,8 @@ typedef struct {
     int top_logprobs;      /* alternatives reported per token, 0..ENG_MAX_TOP_LOGPROBS */
     const eng_attn_params *attn; /* selector and its knobs for this request (storage keys are
                             * ignored: they are the server's); NULL: the model's default */
+    struct eng_ctx *context; /* a registered context the prompt continues (the scheduler holds a
+                            * reference until the request ends); NULL: none */
 } eng_gen_params;
 
 typedef enum {
@@ -101,6 +106,8 @@ typedef struct {
     double t_prefill_ms;  /* admitted -> first token */
     double t_decode_ms;   /* first token -> last */
     char error[160];
+    struct eng_seq *seq;  /* a build job's final event: the prefilled sequence, now the reader's
+                           * (eng_ctx_create takes it; eng_event_clear frees it otherwise) */
     char selector[16];    /* the attention selector the request ran with */
     eng_attn_stats attn;  /* its attention statistics (global layers) */
 } eng_event;
@@ -109,6 +116,15 @@ typedef struct {
  * ENG_SCHED_EFULL when queue_cap requests already wait, ENG_SCHED_ETOOLONG when n_prompt +
  * max_tokens > n_ctx, ENG_SCHED_EARG for bad parameters, ENG_SCHED_ESTOPPED after shutdown. */
 int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out);
+
+/* Queues a context build: the n tokens are prefilled densely like a prompt (after the prompts
+ * of ordinary requests in each step, so builds never delay answers' first tokens), recording the
+ * queries of the last p->obs_tokens positions; nothing is sampled. The final event (finish
+ * ENG_FINISH_LENGTH) hands over the filled sequence in ev.seq for eng_ctx_create; the slot gets
+ * a fresh one. Errors as eng_sched_submit (ENG_SCHED_ETOOLONG past ctx_max_tokens + n_ctx). */
+int eng_sched_submit_build(eng_sched *s, const int32_t *tokens, int n, int obs_tokens, eng_req **out);
+/* Share of a request's prompt run through the model so far, in [0, 1]. */
+double eng_req_progress(const eng_req *r);
 
 /* Waits up to timeout_ms (< 0: forever) for the next event. Returns 1 and fills *ev (clear it
  * with eng_event_clear), 0 on timeout, or -1 when the last event was already read. */

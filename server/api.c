@@ -147,6 +147,7 @@ typedef struct {
     bool include_usage;
     bool ignore_eos;
     eng_attn_params attn;  /* the server's default, then the request's "attention" */
+    char context[48];      /* a registered context the prompt continues ("context"), or empty */
 } gen_req;
 
 static void gen_req_free(gen_req *g) {
@@ -222,6 +223,15 @@ static int parse_attention(const cJSON *it, gen_req *g, perr *e) {
     return 0;
 }
 
+/* "context": the id of a registered context (checked against the registry later). */
+static int parse_context(const cJSON *it, gen_req *g, perr *e) {
+    if (absent(it)) return 0;
+    if (!cJSON_IsString(it) || strlen(it->valuestring) >= sizeof g->context)
+        return fail(e, "context", "'context' must be the id of a registered context (ctx_...)");
+    snprintf(g->context, sizeof g->context, "%s", it->valuestring);
+    return 0;
+}
+
 /* Sampling fields shared by the OpenAI routes (plus the usual extensions: top_k, min_p,
  * repetition_penalty, ignore_eos). */
 static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
@@ -274,6 +284,7 @@ static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
     }
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
     if (parse_attention(cJSON_GetObjectItemCaseSensitive(root, "attention"), g, e)) return -1;
+    if (parse_context(cJSON_GetObjectItemCaseSensitive(root, "context"), g, e)) return -1;
     /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
     const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
     if (!absent(lb) && (!cJSON_IsObject(lb) || cJSON_GetArraySize(lb) > 0))
@@ -470,6 +481,7 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
     if (parse_attention(F("attention"), g, e)) return -1;
+    if (parse_context(F("context"), g, e)) return -1;
 #undef F
     g->logprobs = -1;
     /* TGI samples when asked to, or when a sampling parameter says so; else greedy */
@@ -934,12 +946,13 @@ static int tokenize(srv *s, gen_req *g, perr *e) {
     int64_t cap = (int64_t)g->prompt_len + 16;
     g->ids = malloc(sizeof(int32_t) * cap);
     if (!g->ids) return fail(e, g->prompt_param, "out of memory");
-    int64_t n = tok_encode(s->vocab, g->prompt, g->prompt_len, true, true, g->ids, cap);
+    const bool bos = !g->context[0]; /* a prompt after a context continues it */
+    int64_t n = tok_encode(s->vocab, g->prompt, g->prompt_len, bos, true, g->ids, cap);
     if (n > cap) {
         int32_t *ni = realloc(g->ids, sizeof(int32_t) * n);
         if (!ni) return fail(e, g->prompt_param, "out of memory");
         g->ids = ni;
-        n = tok_encode(s->vocab, g->prompt, g->prompt_len, true, true, g->ids, n);
+        n = tok_encode(s->vocab, g->prompt, g->prompt_len, bos, true, g->ids, n);
     }
     if (n < 0) return fail(e, g->prompt_param, "cannot tokenize the prompt: %s", tok_strerror(n));
     if (n > INT32_MAX / 2) return fail(e, g->prompt_param, "the prompt is too long");
@@ -1024,7 +1037,24 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : 0,
         .attn = &g->attn,
     };
+    eng_ctx *ctx = NULL;
+    if (g->context[0]) {
+        int cst = 404;
+        if (s->contexts) ctx = srv_ctx_acquire(s->contexts, g->context, &cst);
+        if (!ctx) {
+            enum MHD_Result r = cst == 409 ? srv_respond_error(c, 409, "context_not_ready", "context",
+                                                              "context '%s' is still building", g->context)
+                              : cst == 410 ? srv_respond_error(c, 409, "context_failed", "context",
+                                                              "context '%s' failed to build", g->context)
+                                           : srv_respond_error(c, 404, "context_not_found", "context",
+                                                              "no context '%.40s'", g->context);
+            gen_free(G);
+            return r;
+        }
+        gp.context = ctx;
+    }
     rc = eng_sched_submit(s->sched, &gp, &G->req);
+    eng_ctx_unref(ctx); /* the scheduler holds its own reference */
     if (rc) {
         gen_free(G);
         switch (rc) {

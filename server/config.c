@@ -41,6 +41,10 @@ void srv_config_usage(FILE *f) {
         "  --timeout S               idle connection timeout in seconds (default 600)\n"
         "  --shutdown-timeout S      grace for in-flight requests on SIGTERM (default 10)\n"
         "  -t, --threads N           compute threads (default: OpenMP's)\n"
+        "\nregistered contexts (POST /v1/contexts; Squeezed Attention):\n"
+        "  --data-dir DIR            where contexts persist (default data/contexts; \"\" disables)\n"
+        "  --context-max-tokens N    longest context that may be registered (default 131072)\n"
+        "  --max-contexts N          contexts registered at once (default 64)\n"
         "\nattention (the default of requests; a request may choose its own, DESIGN.md):\n"
         "  --attn S                  selector: dense (default), window, oracle, retrieval, ivf, centroids\n"
         "  --attn-top-k N            ids per query the selector returns (default 100)\n"
@@ -69,6 +73,64 @@ static void defaults(srv_config *c) {
     c->timeout_s = 600;
     c->shutdown_timeout_s = 10.0;
     c->attn = eng_attn_default();
+    snprintf(c->data_dir, sizeof c->data_dir, "data/contexts");
+    c->context_max_tokens = 131072;
+    c->max_contexts = 64;
+    c->ctx_params = eng_ctx_params_default();
+}
+
+static int copy_str(char *dst, size_t cap, const char *src, const char *what, char *err, size_t errlen);
+
+/* The "contexts" object of the config file. */
+static int load_contexts(srv_config *c, const cJSON *o, const char *path, char *err, size_t errlen) {
+    if (!cJSON_IsObject(o)) {
+        set_err(err, errlen, "config %s: \"contexts\" must be an object", path);
+        return -1;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, o) {
+        const char *k = it->string;
+        double v = cJSON_GetNumberValue(it);
+        bool num = cJSON_IsNumber(it);
+        if (!strcmp(k, "data_dir")) {
+            if (!cJSON_IsString(it) || copy_str(c->data_dir, sizeof c->data_dir, it->valuestring, "data_dir", err, errlen)) {
+                if (!cJSON_IsString(it)) set_err(err, errlen, "config %s: contexts.data_dir must be a string", path);
+                return -1;
+            }
+            continue;
+        }
+        struct { const char *key; int *dst; double lo, hi; } ints[] = {
+            {"max_tokens", &c->context_max_tokens, 1, 1 << 24}, {"max_contexts", &c->max_contexts, 0, 1 << 20},
+            {"obs_tokens", &c->ctx_params.obs_tokens, 1, 1 << 20}, {"sink", &c->ctx_params.n_sink, 0, 1 << 24},
+            {"tail", &c->ctx_params.n_tail, 0, 1 << 24}, {"global_calib", &c->ctx_params.global_calib, 0, 1},
+        };
+        struct { const char *key; float *dst; double lo, hi; } flts[] = {
+            {"fine_frac", &c->ctx_params.fine_frac, 1e-6, 1}, {"coarse_frac", &c->ctx_params.coarse_frac, 0, 1},
+            {"target", &c->ctx_params.target, 1e-6, 1},
+        };
+        bool known = false;
+        for (size_t i = 0; i < sizeof ints / sizeof ints[0] && !known; i++) {
+            if (strcmp(k, ints[i].key)) continue;
+            known = true;
+            if (cJSON_IsBool(it) && !strcmp(k, "global_calib")) { *ints[i].dst = cJSON_IsTrue(it); continue; }
+            if (!num || v != (double)(long long)v || v < ints[i].lo || v > ints[i].hi) {
+                set_err(err, errlen, "config %s: contexts.%s must be an integer in [%g, %g]", path, k, ints[i].lo, ints[i].hi);
+                return -1;
+            }
+            *ints[i].dst = (int)v;
+        }
+        for (size_t i = 0; i < sizeof flts / sizeof flts[0] && !known; i++) {
+            if (strcmp(k, flts[i].key)) continue;
+            known = true;
+            if (!num || v < flts[i].lo || v > flts[i].hi) {
+                set_err(err, errlen, "config %s: contexts.%s must be a number in [%g, %g]", path, k, flts[i].lo, flts[i].hi);
+                return -1;
+            }
+            *flts[i].dst = (float)v;
+        }
+        if (!known && k[0] != '_') fprintf(stderr, "kvseek: warning: config %s: unknown key \"contexts.%s\" ignored\n", path, k);
+    }
+    return 0;
 }
 
 int srv_attn_from_json(const cJSON *it, eng_attn_params *a, bool storage_ok, char *err, size_t errlen,
@@ -206,6 +268,8 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             } else {
                 c->shutdown_timeout_s = v;
             }
+        } else if (!strcmp(k, "contexts")) {
+            if (load_contexts(c, it, path, err, errlen)) rc = -1;
         } else if (!strcmp(k, "attention")) {
             char aerr[200];
             const char *key;
@@ -254,8 +318,11 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             {"--batch-size", "-b", &c->batch_size, 1, 1 << 16},
             {"--connection-limit", NULL, &c->connection_limit, 1, 1 << 16},
             {"--timeout", NULL, &c->timeout_s, 1, 1 << 24},
+            {"--context-max-tokens", NULL, &c->context_max_tokens, 1, 1 << 24},
+            {"--max-contexts", NULL, &c->max_contexts, 0, 1 << 20},
         };
         struct { const char *a, *b; char *dst; size_t cap; } strs[] = {
+            {"--data-dir", NULL, c->data_dir, sizeof c->data_dir},
             {"--model", "-m", c->model, sizeof c->model}, {"--host", NULL, c->host, sizeof c->host},
             {"--alias", NULL, c->model_alias, sizeof c->model_alias},
             {"--api-key", NULL, c->api_key, sizeof c->api_key},
@@ -362,6 +429,13 @@ void srv_config_log(const srv_config *c, FILE *f) {
     cJSON_AddNumberToObject(o, "timeout_s", c->timeout_s);
     cJSON_AddNumberToObject(o, "shutdown_timeout_s", c->shutdown_timeout_s);
     cJSON_AddStringToObject(o, "api_key", c->api_key[0] ? "(set)" : "");
+    cJSON *cx = cJSON_AddObjectToObject(o, "contexts");
+    cJSON_AddStringToObject(cx, "data_dir", c->data_dir);
+    cJSON_AddNumberToObject(cx, "max_tokens", c->context_max_tokens);
+    cJSON_AddNumberToObject(cx, "max_contexts", c->max_contexts);
+    cJSON_AddNumberToObject(cx, "fine_frac", c->ctx_params.fine_frac);
+    cJSON_AddNumberToObject(cx, "coarse_frac", c->ctx_params.coarse_frac);
+    cJSON_AddNumberToObject(cx, "target", c->ctx_params.target);
     cJSON *at = cJSON_AddObjectToObject(o, "attention");
     cJSON_AddStringToObject(at, "selector", c->attn.selector);
     cJSON_AddNumberToObject(at, "top_k", c->attn.top_k);

@@ -64,7 +64,10 @@ enum MHD_Result srv_respond(srv_conn *c, int status, const char *content_type, c
         /* every route takes one method */
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
                                 c->route == SRV_ROUTE_HEALTH || c->route == SRV_ROUTE_METRICS ||
-                                c->route == SRV_ROUTE_MODELS ? "GET, HEAD, OPTIONS" : "POST, OPTIONS");
+                                c->route == SRV_ROUTE_MODELS ? "GET, HEAD, OPTIONS" :
+                                c->route == SRV_ROUTE_CONTEXTS ? (c->ctx_id[0] ? "GET, HEAD, DELETE, OPTIONS"
+                                                                               : "GET, HEAD, POST, OPTIONS")
+                                                               : "POST, OPTIONS");
     }
     if (atomic_load(&c->s->state) == SRV_DRAINING)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -261,6 +264,7 @@ static enum MHD_Result dispatch(srv_conn *c) {
     case SRV_ROUTE_MODELS: return srv_api_models(c);
     case SRV_ROUTE_TOKENIZE: return srv_api_tokenize(c);
     case SRV_ROUTE_DETOKENIZE: return srv_api_detokenize(c);
+    case SRV_ROUTE_CONTEXTS: return srv_api_contexts(c, c->method, c->ctx_id[0] ? c->ctx_id : NULL);
     default: return srv_api_generate(c);
     }
 }
@@ -281,6 +285,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         int found = -1;
         for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
             if (!strcmp(url, routes[i].path)) found = (int)i;
+        if (found < 0 && !strncmp(url, "/v1/contexts", 12) && (!url[12] || url[12] == '/')) {
+            /* a collection (GET, POST) and its items (GET, DELETE): methods checked here */
+            const char *id = url[12] ? url + 13 : "";
+            c->route = SRV_ROUTE_CONTEXTS;
+            c->shape = SRV_SHAPE_OPENAI;
+            snprintf(c->method, sizeof c->method, "%s", strlen(method) < sizeof c->method ? method : "?");
+            if (strlen(id) >= sizeof c->ctx_id || strchr(id, '/')) {
+                set_early(c, 404, NULL, "no such context");
+                return MHD_YES;
+            }
+            snprintf(c->ctx_id, sizeof c->ctx_id, "%s", id);
+            bool item = id[0] != 0, is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+            if (!strcmp(method, "OPTIONS")) set_early(c, 204, NULL, "");
+            else if (!is_get && strcmp(method, item ? "DELETE" : "POST"))
+                set_early(c, 405, NULL, item ? "this route takes GET or DELETE" : "this route takes GET or POST");
+            else if (!authorized(s, conn))
+                set_early(c, 401, NULL, "missing or invalid API key (send 'Authorization: Bearer KEY')");
+            if (!strcmp(method, "HEAD")) snprintf(c->method, sizeof c->method, "GET");
+            return MHD_YES;
+        }
         if (found < 0) {
             set_early(c, 404, NULL, "unknown route (see the README's HTTP API section for the endpoints)");
             return MHD_YES;
@@ -501,12 +525,15 @@ int srv_serve_main(int argc, char **argv) {
         exit_code = 2;
         goto out;
     }
-    eng_sched_params sp = {s.cfg.parallel, s.n_ctx, s.cfg.queue_size, s.cfg.batch_size, s.cfg.threads};
+    eng_sched_params sp = {s.cfg.parallel, s.n_ctx, s.cfg.queue_size, s.cfg.batch_size, s.cfg.threads,
+                           s.cfg.data_dir[0] ? s.cfg.context_max_tokens : 0};
     if (eng_sched_create(s.model, &sp, &s.sched, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         exit_code = 1;
         goto out;
     }
+    if (s.cfg.data_dir[0] && !(s.contexts = srv_ctx_open(&s, err, sizeof err)))
+        fprintf(stderr, "kvseek: warning: contexts unavailable: %s\n", err);
     fprintf(stderr, "kvseek: model %s (%s, vocab %d) ready in %.0f ms; %d sequences x %d tokens, "
             "chat template %s (%s), %d threads\n", s.cfg.model_alias, hp->arch_name, hp->n_vocab,
             srv_now_ms() - t0, s.cfg.parallel, s.n_ctx, srv_chat_name(s.chat_fmt), s.chat_source,
@@ -532,6 +559,7 @@ out:
     MHD_stop_daemon(s.daemon);
     if (lsock != MHD_INVALID_SOCKET) close(lsock);
     eng_sched_free(s.sched);
+    srv_ctx_close(s.contexts); /* after the scheduler: builders have their last event */
     eng_model_free(s.model);
     srv_metrics_free(s.metrics);
     fprintf(stderr, "kvseek: stopped\n");

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "context.h"
 #include "model.h"
 #include "sampler.h"
 #include "server.h"
@@ -54,7 +55,8 @@ static int physical_cores(void) {
 /* ---- argument parsing ---- */
 
 typedef struct {
-    const char *model, *prompt, *prompt_file, *tokens, *out;
+    const char *model, *prompt, *prompt_file, *tokens, *out, *context;
+    eng_ctx_params cp;
     int n_predict, ctx, threads, chunk, top_k, repeat_last_n;
     float temp, top_p, min_p, repeat_penalty;
     uint64_t seed;
@@ -73,7 +75,24 @@ static void usage(const char *cmd) {
                "  perplexity   llama.cpp-compatible perplexity over a text file\n"
                "  logits       write the logits of every position of a token sequence (f32)\n"
                "  info         print the model's hyperparameters as JSON\n"
+               "  context      context build|info: register a fixed context (Squeezed Attention)\n"
                "  serve        HTTP server: TGI and OpenAI-compatible APIs, streaming, batching\n", KVSEEK_VERSION);
+        return;
+    }
+    if (!strcmp(cmd, "context")) {
+        printf("usage: kvseek context build -m MODEL -f FILE | -p TEXT | --tokens IDS -o DIR [options]\n"
+               "       kvseek context info -m MODEL -o DIR\n\n"
+               "Prefills the text once, clusters its keys per (global layer, KV head) and writes DIR\n"
+               "atomically; `kvseek generate --context DIR` then answers after it.\n\n"
+               "  --fine F        fine centroids per key (default 0.05)\n"
+               "  --coarse F      coarse centroids per key (default 0.01; 0: one level)\n"
+               "  --obs N         observation window: last N tokens calibrate (default 100)\n"
+               "  --attn-target F default share of the clustered keys read (default 0.03)\n"
+               "  --sink N        first tokens always attended (default 128)\n"
+               "  --tail N        last tokens of the context always attended (default 512)\n"
+               "  --global-calib  one threshold for every head (default: per head)\n"
+               "  --kv-f16        store the context's K and V as f16\n"
+               "  --no-bos        do not prepend BOS\n");
         return;
     }
     printf("usage: kvseek %s -m MODEL", cmd);
@@ -91,6 +110,7 @@ static void usage(const char *cmd) {
                "  --no-bos              do not prepend BOS\n"
                "  --no-special          treat special-token text in the prompt as plain text\n"
                "  --json                print one JSON object with tokens, text, timings, attention stats\n"
+               "  --context DIR         answer after a registered context (kvseek context build)\n"
                "\nattention over the offloaded KV cache (DESIGN.md):\n"
                "  --attn S              selector: dense (default), window, oracle, retrieval, ivf, centroids\n"
                "  --attn-top-k N        ids per query the selector returns (default 100)\n"
@@ -147,6 +167,7 @@ static int parse_args(int argc, char **argv, args *a) {
     a->temp = 0.8f; a->top_k = 40; a->top_p = 0.95f; a->min_p = 0.05f;
     a->repeat_penalty = 1.0f; a->repeat_last_n = 64;
     a->attn = eng_attn_default();
+    a->cp = eng_ctx_params_default();
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -185,6 +206,12 @@ static int parse_args(int argc, char **argv, args *a) {
             a->seed_set = true;
         }
         else if (IS("--json")) a->json = true;
+        else if (IS("--context")) { NEED(); a->context = v; }
+        else if (IS("--fine")) FLT(a->cp.fine_frac);
+        else if (IS("--coarse")) FLT(a->cp.coarse_frac);
+        else if (IS("--obs")) INT(a->cp.obs_tokens, 1, 1 << 20);
+        else if (IS("--tail")) INT(a->cp.n_tail, 0, 1 << 24);
+        else if (IS("--global-calib")) a->cp.global_calib = 1;
         else if (eng_attn_key_of_flag(o)) {
             /* boolean flags take no value */
             const char *key = eng_attn_key_of_flag(o);
@@ -459,7 +486,24 @@ static int cmd_generate(const args *a) {
     const tok_vocab *v = eng_model_vocab(m);
     int rc = 1;
     int64_t n_prompt = 0;
-    int32_t *prompt = tokenize(v, text, len, !a->no_bos, !a->no_special, &n_prompt);
+    char err[512];
+    eng_ctx *ctx = NULL;
+    int64_t n_context = 0;
+    if (a->context) {
+        double tl = now_ms();
+        ctx = eng_ctx_load(m, a->context, err, sizeof err);
+        if (!ctx) {
+            fprintf(stderr, "error: %s\n", err);
+            free(text);
+            eng_model_free(m);
+            return 1;
+        }
+        n_context = eng_ctx_n_tokens(ctx);
+        fprintf(stderr, "kvseek: context %s: %lld tokens, mapped in %.1f ms\n", a->context, (long long)n_context,
+                now_ms() - tl);
+    }
+    /* after a context the prompt continues it: no second BOS */
+    int32_t *prompt = tokenize(v, text, len, !a->no_bos && !ctx, !a->no_special, &n_prompt);
     int32_t *hist = NULL;
     float *logits = NULL;
     eng_seq *s = NULL;
@@ -471,8 +515,8 @@ static int cmd_generate(const args *a) {
         fprintf(stderr, "error: the prompt is empty and the model adds no BOS token\n");
         goto done;
     }
-    int64_t n_ctx = a->ctx ? a->ctx : n_prompt + a->n_predict;
-    if (n_prompt > n_ctx || n_ctx > INT32_MAX / 2) {
+    int64_t n_ctx = (a->ctx ? a->ctx : n_prompt + a->n_predict) + n_context;
+    if (n_prompt + n_context > n_ctx || n_ctx > INT32_MAX / 2) {
         fprintf(stderr, "error: the prompt has %lld tokens, more than the context size %lld\n",
                 (long long)n_prompt, (long long)n_ctx);
         goto done;
@@ -480,9 +524,8 @@ static int cmd_generate(const args *a) {
     if (n_ctx > hp->n_ctx_train)
         fprintf(stderr, "kvseek: warning: context %lld exceeds the model's training context %d\n",
                 (long long)n_ctx, hp->n_ctx_train);
-    char err[512];
     s = eng_seq_create(m, (int)n_ctx, err, sizeof err);
-    if (!s) {
+    if (!s || (ctx && eng_seq_attach_ctx(s, ctx, err, sizeof err))) {
         fprintf(stderr, "error: %s\n", err);
         goto done;
     }
@@ -553,6 +596,7 @@ static int cmd_generate(const args *a) {
     if (a->json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
+        if (ctx) cJSON_AddNumberToObject(o, "context_tokens", (double)n_context);
         cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
         for (int i = 0; i < n_gen; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + i]));
         char *clean = utf8_sanitize(gen_text ? gen_text : "", gen_len);
@@ -585,8 +629,95 @@ done:
     free(prompt);
     eng_sampler_free(smp);
     eng_seq_free(s);
+    eng_ctx_unref(ctx);
     eng_model_free(m);
     free(text);
+    return rc;
+}
+
+static void ctx_info_json(const eng_ctx *c, const char *dir) {
+    eng_ctx_info in;
+    eng_ctx_get_info(c, &in);
+    const eng_ctx_params *p = eng_ctx_get_params(c);
+    printf("{\"dir\": \"%s\", \"tokens\": %d, \"clustered_keys\": %lld, \"fine_centroids\": %lld, "
+           "\"coarse_centroids\": %lld, \"prefill_s\": %.3f, \"cluster_s\": %.3f, \"cluster_share_of_prefill\": %.4f, "
+           "\"save_s\": %.3f, \"file_bytes\": %zu, \"target\": %g, \"sink\": %d, \"tail\": %d, \"global_calib\": %s}\n",
+           dir, in.n_tokens, (long long)in.clustered_keys, (long long)in.n_fine, (long long)in.n_coarse,
+           in.prefill_s, in.cluster_s, in.prefill_s > 0 ? in.cluster_s / in.prefill_s : 0.0, in.save_s,
+           in.file_bytes, p->target, p->n_sink, p->n_tail, p->global_calib ? "true" : "false");
+}
+
+static void print_progress(void *ud, double done) {
+    int *last = ud;
+    int pct = (int)(done * 100);
+    if (pct / 5 != *last / 5) {
+        fprintf(stderr, "\rkvseek: building context %3d%%", pct);
+        if (pct >= 100) fputc('\n', stderr);
+        *last = pct;
+    }
+}
+
+/* kvseek context build | info (argv shifted: a was parsed from "context SUB ...") */
+static int cmd_context(const args *a, const char *sub) {
+    if (!a->out) {
+        fprintf(stderr, "error: context %s needs -o DIR\n", sub);
+        return 1;
+    }
+    eng_model *m = load_model(a);
+    if (!m) return 1;
+    char err[512];
+    int rc = 1;
+    if (!strcmp(sub, "info")) {
+        eng_ctx *c = eng_ctx_load(m, a->out, err, sizeof err);
+        if (!c) fprintf(stderr, "error: %s\n", err);
+        else ctx_info_json(c, a->out);
+        rc = c ? 0 : 1;
+        eng_ctx_unref(c);
+        eng_model_free(m);
+        return rc;
+    }
+    eng_ctx_params cp = a->cp;
+    cp.n_sink = a->attn.n_sink;
+    if (a->attn.target > 0) cp.target = a->attn.target;
+    if (!(cp.fine_frac > 0 && cp.fine_frac <= 1) || !(cp.coarse_frac >= 0 && cp.coarse_frac <= 1)) {
+        fprintf(stderr, "error: --fine must be in (0, 1] and --coarse in [0, 1]\n");
+        eng_model_free(m);
+        return 1;
+    }
+    int64_t n = 0;
+    int32_t *ids = NULL;
+    if (a->tokens) {
+        ids = parse_ids(a->tokens, &n);
+    } else {
+        size_t len;
+        char *text = prompt_text(a, &len);
+        if (text) ids = tokenize(eng_model_vocab(m), text, len, !a->no_bos, !a->no_special, &n);
+        free(text);
+    }
+    if (!ids) {
+        eng_model_free(m);
+        return 1;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= eng_model_hparams(m)->n_vocab) {
+            fprintf(stderr, "error: token id %d out of range\n", ids[i]);
+            n = -1;
+            break;
+        }
+    if (n == 0 || n > INT32_MAX / 2) fprintf(stderr, "error: the context is empty or too long\n");
+    if (n > 0 && n <= INT32_MAX / 2) {
+        int last = -1;
+        eng_ctx *c = eng_ctx_build(m, ids, (int)n, &cp, print_progress, &last, err, sizeof err);
+        if (!c || eng_ctx_save(c, a->out, err, sizeof err)) {
+            fprintf(stderr, "error: %s\n", err);
+        } else {
+            ctx_info_json(c, a->out);
+            rc = 0;
+        }
+        eng_ctx_unref(c);
+    }
+    free(ids);
+    eng_model_free(m);
     return rc;
 }
 
@@ -735,6 +866,24 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "serve")) return srv_serve_main(argc, argv);
+    if (!strcmp(argv[1], "context")) {
+        const char *sub = argc > 2 ? argv[2] : "";
+        if (!strcmp(sub, "-h") || !strcmp(sub, "--help")) {
+            usage("context");
+            return 0;
+        }
+        if (strcmp(sub, "build") && strcmp(sub, "info")) {
+            fprintf(stderr, "error: kvseek context build|info (see kvseek context --help)\n");
+            return 2;
+        }
+        args a;
+        if (parse_args(argc - 1, argv + 1, &a)) return 2;
+        if (a.help) {
+            usage("context");
+            return 0;
+        }
+        return cmd_context(&a, sub);
+    }
     static const struct { const char *name; int (*fn)(const args *); } cmds[] = {
         {"generate", cmd_generate}, {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
         {"perplexity", cmd_perplexity}, {"logits", cmd_logits}, {"info", cmd_info},

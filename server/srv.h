@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "context.h"
 #include "model.h"
 #include "scheduler.h"
 #include "server.h"
@@ -37,6 +38,10 @@ typedef struct {
     char chat_template[4096]; /* empty: from the model; else gemma|chatml|llama3 or a Jinja text */
     char config_path[1024]; /* the file read, or empty */
     eng_attn_params attn;   /* the default attention of requests, and the KV storage of all */
+    char data_dir[1024];    /* registered contexts live here, one directory each */
+    int context_max_tokens; /* the longest context that may be registered */
+    int max_contexts;       /* registered at once */
+    eng_ctx_params ctx_params; /* how contexts are clustered and calibrated */
 } srv_config;
 
 /* Applies a JSON attention object ({"selector": "retrieval", "top_k": 100, ...}) or a selector
@@ -76,7 +81,7 @@ char *srv_chat_render(srv_chat_fmt f, const srv_chat_msg *msgs, int n, char *err
 typedef enum {
     SRV_ROUTE_HEALTH, SRV_ROUTE_METRICS, SRV_ROUTE_MODELS, SRV_ROUTE_TOKENIZE, SRV_ROUTE_DETOKENIZE,
     SRV_ROUTE_GENERATE, SRV_ROUTE_GENERATE_STREAM, SRV_ROUTE_COMPLETIONS, SRV_ROUTE_CHAT,
-    SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
+    SRV_ROUTE_CONTEXTS, SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
 } srv_route;
 
 typedef struct srv_metrics srv_metrics;
@@ -94,8 +99,11 @@ char *srv_metrics_render(srv_metrics *m, const eng_sched_stats *st, bool ready);
 
 enum { SRV_LOADING = 0, SRV_READY = 1, SRV_DRAINING = 2 };
 
+typedef struct srv_ctx_reg srv_ctx_reg;
+
 typedef struct {
     srv_config cfg;
+    srv_ctx_reg *contexts;  /* NULL: contexts unavailable */
     eng_model *model;
     const tok_vocab *vocab;
     eng_sched *sched;
@@ -125,6 +133,8 @@ typedef struct {
     int status;             /* the status sent, for the metrics */
     double t_start;         /* monotonic ms */
     bool processed;
+    char method[8];         /* contexts: GET, POST or DELETE */
+    char ctx_id[48];        /* contexts: the {id} of /v1/contexts/{id}, or empty */
 } srv_conn;
 
 double srv_now_ms(void);
@@ -147,6 +157,21 @@ enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, vo
 /* ---- endpoints (api.c) ---- */
 
 enum MHD_Result srv_api_models(srv_conn *c);
+
+/* ---- registered contexts (contexts.c) ---- */
+/* Opens the registry over cfg.data_dir (created when missing): every persisted context that
+ * loads for this model is served; leftovers of interrupted builds are removed. NULL + reason. */
+srv_ctx_reg *srv_ctx_open(srv *s, char *err, size_t errlen);
+/* Joins the builders (call after the scheduler has stopped) and frees the registry. */
+void srv_ctx_close(srv_ctx_reg *r);
+/* ctx_ + 16 lowercase hex digits: the only names that reach the file system. */
+bool srv_ctx_id_valid(const char *id);
+/* A reference to a ready context (the caller unrefs), or NULL with *status 404 (unknown),
+ * 409 (still building) or 410 (its build failed). */
+eng_ctx *srv_ctx_acquire(srv_ctx_reg *r, const char *id, int *status);
+/* /v1/contexts (GET list, POST register) and /v1/contexts/{id} (GET, DELETE); id NULL for the
+ * collection. */
+enum MHD_Result srv_api_contexts(srv_conn *c, const char *method, const char *id);
 enum MHD_Result srv_api_tokenize(srv_conn *c);
 enum MHD_Result srv_api_detokenize(srv_conn *c);
 enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->route */
