@@ -391,6 +391,8 @@ static int make_index(const eng_model *m, idx_kind kind, idx_set **out, char *er
     ip.n_head_kv = hp->n_head_kv;
     ip.head_dim = hp->head_dim;
     ip.layer_mask = mask;
+    ip.group_size = hp->n_head / hp->n_head_kv;
+    ip.attn_scale = hp->attn_scale;
     int rc = idx_create(&ip, out);
     free(mask);
     if (rc != IDX_OK) {
@@ -405,6 +407,7 @@ static void set_request(eng_seq *s, const eng_attn_params *a) {
     s->req.top_k = a->top_k;
     s->req.scan = a->scan;
     s->req.gqa = a->gqa_mean ? IDX_GQA_MEAN : IDX_GQA_UNION;
+    if (a->target > 0) s->req.target = a->target;
     s->measure_recall = a->measure_recall;
 }
 
@@ -823,7 +826,7 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
             if (s->cap_q && m->row_pos[t] >= s->cap_from && m->row_pos[t] < s->cap_from + s->cap_n)
                 memcpy(s->cap_q + ((size_t)l * s->cap_n + (m->row_pos[t] - s->cap_from)) * nh * hd,
                        m->q + (size_t)t * nh * hd, sizeof(float) * nh * hd);
-            if (!local && !m->row_sparse[t] && s->kind == IDX_RETRIEVAL) {
+            if (!local && !m->row_sparse[t] && (s->kind == IDX_RETRIEVAL || s->kind == IDX_CENTROIDS)) {
                 const int G = nh / nkv;
                 for (int h = 0; h < nkv; h++)
                     idx_observe(s->ix, l, h, m->q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd);

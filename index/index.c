@@ -1,6 +1,7 @@
 /* Selectors over the offloaded keys of one sequence, one state per (layer, KV head): built once
  * after prefill (FAISS batched paths), probed once per decode step without allocating (every
- * buffer lives in the slot and only grows). */
+ * buffer lives in the slot and only grows). The centroids kind keeps an idx_cent
+ * (centroids.c) per slot plus an exact tail of the keys added after its build. */
 #include "index.h"
 
 #include <math.h>
@@ -27,6 +28,7 @@
  * and scores their listed keys exactly; key_share of the scan goes to IVF lists over the keys,
  * which catch content matches that no kept query anticipated. */
 enum { BATCH = 256 }; /* keys scored per attn_scores_ids call */
+#define CENT_TARGET_DEFAULT 0.03f /* idx_request.target 0: share of the clustered keys read */
 
 typedef struct {
     int32_t *ids;
@@ -52,8 +54,12 @@ typedef struct {
     int built;
     int64_t lo, hi;          /* candidates */
     /* latest prefill queries (retrieval) */
-    float *obs;              /* (max_queries, d), a ring */
+    float *obs;              /* (obs_cap, d), a ring */
     int64_t n_obs, n_seen;
+    /* centroids: the clustered keys [lo, cent_hi); [cent_hi, hi) is the exact tail */
+    idx_cent *cent;
+    int64_t cent_hi;
+    void *cent_scratch;      /* idx_cent_scratch_bytes of cent, made at build */
     /* retrieval: query cells */
     list_set qc;
     float *tau;              /* (qc.n) list_k-th best centroid.key score at build: new keys
@@ -171,7 +177,7 @@ static int cmp_i32(const void *a, const void *b) {
 
 /* ---- names, params, lifecycle ---------------------------------------------------------- */
 
-static const char *kind_names[] = {"dense", "window", "oracle", "retrieval", "ivf"};
+static const char *kind_names[] = {"dense", "window", "oracle", "retrieval", "ivf", "centroids"};
 
 const char *idx_kind_name(idx_kind k) {
     return (unsigned)k < sizeof kind_names / sizeof *kind_names ? kind_names[k] : "unknown";
@@ -208,6 +214,9 @@ idx_params idx_params_default(void) {
     p.kmeans_iter = 10;
     p.nprobe = 8;
     p.key_share = 0.3f;
+    p.cent = idx_cent_params_default();
+    p.group_size = 1;
+    p.obs_tokens = 100;
     return p;
 }
 
@@ -241,6 +250,11 @@ static void slot_clear_index(slot *s) {
     list_set_free(&s->kl);
     free(s->tau);
     s->tau = NULL;
+    idx_cent_free(s->cent);
+    s->cent = NULL;
+    free(s->cent_scratch);
+    s->cent_scratch = NULL;
+    s->cent_hi = 0;
     s->built = 0;
     s->lo = s->hi = 0;
 }
@@ -253,10 +267,13 @@ static void slot_free(slot *s) {
 
 int idx_create(const idx_params *p, idx_set **out) {
     *out = NULL;
-    if (!p || (unsigned)p->kind > IDX_IVF || p->n_layer <= 0 || p->n_head_kv <= 0 ||
+    if (!p || (unsigned)p->kind > IDX_CENTROIDS || p->n_layer <= 0 || p->n_head_kv <= 0 ||
         p->head_dim <= 0 || p->max_queries < 0 || p->n_cells < 0 || p->list_k < 0 ||
         p->kmeans_iter < 0 || p->nprobe < 0 || p->ivf_nlist < 0 || p->min_keys < 0 ||
-        !(p->key_share >= 0.0f && p->key_share < 1.0f))
+        !(p->key_share >= 0.0f && p->key_share < 1.0f) || p->group_size < 0 || p->obs_tokens < 0 ||
+        !(p->attn_scale >= 0.0f && isfinite(p->attn_scale)) ||
+        !(p->cent.fine_frac > 0.0f && p->cent.fine_frac <= 1.0f) ||
+        !(p->cent.coarse_frac >= 0.0f && p->cent.coarse_frac <= 1.0f) || p->cent.kmeans_iter < 0)
         return IDX_ERR_PARAM;
     idx_set *ix = calloc(1, sizeof *ix);
     if (!ix) return IDX_ERR_NOMEM;
@@ -266,6 +283,12 @@ int idx_create(const idx_params *p, idx_set **out) {
     if (!ix->p.list_k) ix->p.list_k = d.list_k;
     if (!ix->p.kmeans_iter) ix->p.kmeans_iter = d.kmeans_iter;
     if (!ix->p.nprobe) ix->p.nprobe = d.nprobe;
+    if (!ix->p.group_size) ix->p.group_size = 1;
+    if (!ix->p.obs_tokens) ix->p.obs_tokens = d.obs_tokens;
+    if (!ix->p.attn_scale) ix->p.attn_scale = 1.0f / sqrtf((float)p->head_dim);
+    if (!ix->p.cent.kmeans_iter) ix->p.cent.kmeans_iter = d.cent.kmeans_iter;
+    ix->p.cent.seed = p->seed;
+    ix->p.cent.group = ix->p.group_size;
     ix->layer_mask = malloc(sizeof(int) * p->n_layer);
     ix->slots = calloc((size_t)p->n_layer * p->n_head_kv, sizeof(slot));
     if (!ix->layer_mask || !ix->slots) { idx_free(ix); return IDX_ERR_NOMEM; }
@@ -312,12 +335,18 @@ static slot *get_slot(idx_set *ix, int layer, int head) {
 
 /* ---- observe -------------------------------------------------------------------------- */
 
+/* Rows the observation ring keeps: retrieval's max_queries, or centroids' window of the latest
+ * obs_tokens tokens (whole groups of group_size rows). */
+static int64_t obs_cap(const idx_set *ix) {
+    return ix->p.kind == IDX_CENTROIDS ? (int64_t)ix->p.obs_tokens * ix->p.group_size : ix->p.max_queries;
+}
+
 int idx_observe(idx_set *ix, int layer, int head, const float *q, int64_t n, int64_t stride) {
     slot *s = get_slot(ix, layer, head);
     if (!s || n < 0 || (n > 0 && !q)) return IDX_ERR_PARAM;
-    if (ix->p.kind != IDX_RETRIEVAL) return IDX_OK;
+    if (ix->p.kind != IDX_RETRIEVAL && ix->p.kind != IDX_CENTROIDS) return IDX_OK;
     const int d = ix->p.head_dim;
-    const int64_t cap = ix->p.max_queries;
+    const int64_t cap = obs_cap(ix);
     if (!s->obs) {
         s->obs = malloc(sizeof(float) * cap * d);
         if (!s->obs) return fail(ix, IDX_ERR_NOMEM, "cannot hold %lld prefill queries", (long long)cap);
@@ -553,7 +582,33 @@ static int keys_held(const kv_store *kv, int layer, int head, int64_t lo, int64_
     return lo == hi || (kv_k_row(kv, layer, head, lo) && kv_k_row(kv, layer, head, hi - 1));
 }
 
-/* Builds the search structure of a retrieval / ivf slot over its candidates [lo, hi). */
+/* Clusters the keys K (nk rows, positions lo..) of a centroids slot, calibrated on the given
+ * queries or the observation ring (whole groups of group_size rows, in any order: a group is
+ * one token's query heads). With no query seen at all the latest keys stand in for them, a poor
+ * proxy (keys and queries are out of distribution): the engine should observe. */
+static int build_cent(idx_set *ix, slot *s, const float *K, int64_t nk, const float *queries,
+                      int64_t n_queries, int layer, int head) {
+    const int d = ix->p.head_dim;
+    idx_cent_params cp = ix->p.cent;
+    const float *obs = queries ? queries : s->obs;
+    int64_t n_obs = queries ? n_queries : s->n_obs;
+    n_obs -= n_obs % cp.group;
+    if (n_obs <= 0) {
+        cp.group = 1;
+        n_obs = nk < ix->p.obs_tokens ? nk : ix->p.obs_tokens;
+        obs = K + (size_t)(nk - n_obs) * d;
+    }
+    char err[200];
+    int rc = idx_cent_build(&cp, K, nk, d, s->lo, obs, n_obs, ix->p.attn_scale, &s->cent, err, sizeof err);
+    if (rc) return fail(ix, rc, "centroids of layer %d head %d: %s", layer, head, err);
+    s->cent_hi = s->lo + nk;
+    s->cent_scratch = malloc(idx_cent_scratch_bytes(s->cent, ix->p.group_size));
+    if (!s->cent_scratch) return fail(ix, IDX_ERR_NOMEM, "out of memory for centroid scratch");
+    return IDX_OK;
+}
+
+/* Builds the search structure of a retrieval / ivf / centroids slot over its candidates
+ * [lo, hi). */
 static int build_structure(idx_set *ix, slot *s, int layer, int head, const kv_store *kv,
                            const float *queries, int64_t n_queries) {
     const int d = ix->p.head_dim;
@@ -566,6 +621,8 @@ static int build_structure(idx_set *ix, slot *s, int layer, int head, const kv_s
                   (long long)s->hi, layer, head);
     } else if (ix->p.kind == IDX_IVF) {
         rc = build_ivf(ix, s, K, nk, s->lo);
+    } else if (ix->p.kind == IDX_CENTROIDS) {
+        rc = build_cent(ix, s, K, nk, queries, n_queries, layer, head);
     } else {
         if (!queries) { queries = s->obs; n_queries = s->n_obs; }
         if (n_queries <= 0) { queries = K; n_queries = nk; } /* no queries seen: cluster keys */
@@ -581,7 +638,10 @@ static int build_structure(idx_set *ix, slot *s, int layer, int head, const kv_s
     return rc;
 }
 
-static int has_structure(const slot *s) { return s->qc.n > 0 || s->kl.n > 0; }
+static int has_structure(const slot *s) { return s->qc.n > 0 || s->kl.n > 0 || s->cent; }
+
+/* Kinds with a search structure (others keep only their candidate range). */
+static int structured(idx_kind k) { return k == IDX_RETRIEVAL || k == IDX_IVF || k == IDX_CENTROIDS; }
 
 int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,
               const float *queries, int64_t n_queries) {
@@ -596,13 +656,17 @@ int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, 
     s->lo = lo;
     s->hi = hi;
     int rc = IDX_OK;
-    if ((ix->p.kind == IDX_RETRIEVAL || ix->p.kind == IDX_IVF) && hi - lo > 0 &&
-        hi - lo >= ix->p.min_keys)
+    if (structured(ix->p.kind) && hi - lo > 0 && hi - lo >= ix->p.min_keys)
         rc = build_structure(ix, s, layer, head, kv, queries, n_queries);
     s->built = rc == IDX_OK;
     s->st.builds++;
     s->st.build_s += now_s() - t0;
     return rc;
+}
+
+const idx_cent *idx_get_cent(const idx_set *ix, int layer, int head) {
+    slot *s = get_slot((idx_set *)ix, layer, head);
+    return s ? s->cent : NULL;
 }
 
 int idx_range(const idx_set *ix, int layer, int head, int64_t *lo, int64_t *hi) {
@@ -626,7 +690,8 @@ int idx_add(idx_set *ix, int layer, int head, const kv_store *kv, int64_t hi) {
     const int d = ix->p.head_dim;
     const int64_t old = s->hi;
     int rc = IDX_OK;
-    for (int64_t pos = old; pos < hi && rc == IDX_OK; pos++) {
+    /* centroids: the new keys form the exact tail [cent_hi, hi), nothing to index */
+    for (int64_t pos = old; pos < hi && rc == IDX_OK && ix->p.kind != IDX_CENTROIDS; pos++) {
         if (!has_structure(s)) break;
         kv_gather(kv, layer, head, (const int32_t[]){(int32_t)pos}, 1, s->krow, NULL);
         if (s->qc.n > 0) {
@@ -657,8 +722,7 @@ int idx_add(idx_set *ix, int layer, int head, const kv_store *kv, int64_t hi) {
     if (rc == IDX_OK) {
         s->hi = hi;
         s->st.added += hi - old;
-        if ((ix->p.kind == IDX_RETRIEVAL || ix->p.kind == IDX_IVF) && !has_structure(s) &&
-            hi - s->lo >= ix->p.min_keys)
+        if (structured(ix->p.kind) && !has_structure(s) && hi - s->lo >= ix->p.min_keys)
             rc = build_structure(ix, s, layer, head, kv, NULL, 0);
     }
     s->st.add_s += now_s() - t0;
@@ -671,7 +735,7 @@ int64_t idx_max_ids(const idx_set *ix, int layer, int head, int n_q, const idx_r
     slot *s = get_slot((idx_set *)ix, layer, head);
     if (!s || !req || n_q <= 0) return 0;
     const int64_t nc = s->hi - s->lo;
-    if (ix->p.kind == IDX_DENSE) return nc;
+    if (ix->p.kind == IDX_DENSE || ix->p.kind == IDX_CENTROIDS) return nc;
     if (ix->p.kind == IDX_WINDOW) return 0;
     int64_t k = req->top_k > 0 ? req->top_k : (int64_t)ceil((double)req->fraction * nc);
     if (k > nc) k = nc;
@@ -766,7 +830,7 @@ int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const f
                    const idx_request *req, int32_t *ids, int64_t max_ids) {
     slot *s = get_slot(ix, layer, head);
     if (!s || !kv || !req || n_q <= 0 || !q || max_ids < 0 || req->top_k < 0 ||
-        req->fraction < 0 || req->nprobe < 0 || req->scan < 0)
+        req->fraction < 0 || req->nprobe < 0 || req->scan < 0 || !(req->target >= 0 && req->target <= 1))
         return IDX_ERR_PARAM;
     if (!s->built) return fail(ix, IDX_ERR_STATE, "select before build (layer %d head %d)", layer, head);
     const double t0 = now_s();
@@ -780,9 +844,27 @@ int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const f
     int64_t n_out = 0, read = 0;
     int nq = n_q;
 
-    if (ix->p.kind == IDX_DENSE) {
+    if (ix->p.kind == IDX_DENSE || (ix->p.kind == IDX_CENTROIDS && !s->cent)) {
         for (int64_t j = 0; j < nc; j++) ids[j] = (int32_t)(s->lo + j);
         n_out = read = nc;
+        goto done;
+    }
+    if (ix->p.kind == IDX_CENTROIDS) {
+        if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
+            for (int i = 0; i < d; i++) {
+                float a = 0.0f;
+                for (int g = 0; g < n_q; g++) a += q[(size_t)g * d + i];
+                s->qmean[i] = a / n_q;
+            }
+            q = s->qmean;
+            nq = 1;
+        }
+        const float thr = idx_cent_threshold(s->cent, req->target > 0 ? req->target : CENT_TARGET_DEFAULT);
+        idx_cent_sel cs;
+        n_out = idx_cent_select(s->cent, q, nq, thr, s->cent_scratch, ids, max_ids, &cs);
+        if (n_out < 0) return fail(ix, (int)n_out, "centroid select: non-finite query (layer %d head %d)", layer, head);
+        read = cs.clusters_scored;
+        for (int64_t pos = s->cent_hi; pos < s->hi; pos++) ids[n_out++] = (int32_t)pos; /* the exact tail */
         goto done;
     }
     if (ix->p.kind == IDX_WINDOW || k == 0) goto done;
@@ -853,7 +935,8 @@ static size_t list_set_bytes(const list_set *ls, int d) {
 
 static size_t slot_bytes(const idx_set *ix, const slot *s) {
     const int d = ix->p.head_dim;
-    size_t b = sizeof *s + (s->obs ? (size_t)ix->p.max_queries * d * sizeof(float) : 0);
+    size_t b = sizeof *s + (s->obs ? (size_t)obs_cap(ix) * d * sizeof(float) : 0);
+    if (s->cent) b += idx_cent_blob_size(s->cent) + idx_cent_scratch_bytes(s->cent, ix->p.group_size);
     b += list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) + (s->tau ? s->qc.n * sizeof(float) : 0);
     b += (size_t)s->stamp_cap * 3 * sizeof(uint32_t) + (size_t)s->scores_cap * sizeof(float);
     return b;

@@ -22,11 +22,18 @@
  *   ivf       FAISS IndexIVFFlat on the keys with inner product (the plain ANN baseline):
  *             FAISS trains and fills it, its centroids and lists are copied out and probed by
  *             inner product like FAISS does, scoring keys from the KV store (no second copy).
- * Every probe scores keys exactly, so `scanned` (keys scored) is the cost measure and lists
- * may be read in part to hit a scan target exactly: comparisons run at equal keys scanned.
+ *   centroids Squeezed Attention: the keys clustered once (cosine k-means, one or two levels,
+ *             an idx_cent below); a query keeps every cluster whose estimated per-key attention
+ *             probability exceeds a threshold calibrated on the latest observed queries for
+ *             the request's `target` share of keys, and reads all their members. Keys added
+ *             after the build (idx_add) form an exact tail that every select returns.
+ * Every probe of oracle / retrieval / ivf scores keys exactly, so `scanned` (keys scored) is
+ * the cost measure and lists may be read in part to hit a scan target exactly: comparisons run
+ * at equal keys scanned. centroids scores no key: its `scanned` counts centroid scores (one
+ * query . centroid product each, the same work as scoring one key).
  * Candidates are the positions [lo, hi) given to idx_build and extended by idx_add; the engine
  * keeps them equal to the offloaded range of kv_ranges_of(). */
-typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF } idx_kind;
+typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS } idx_kind;
 
 /* How a GQA group (several queries, one KV head) chooses: the union of each query's top_k
  * (up to n_q * top_k ids; every query keeps its own best keys), or the top_k of the group's
@@ -41,6 +48,123 @@ enum {
     IDX_ERR_KV = -4,     /* a key the index covers is not held by the store */
     IDX_ERR_STATE = -5,  /* not built yet */
 };
+
+/* ---- centroids: Squeezed Attention's clustered keys of one (layer, KV head) ----------------
+ * Built once from a fixed context's keys and the queries of its last tokens; immutable after,
+ * so one structure serves any number of sequences sharing the context, concurrently (selection
+ * takes caller scratch and a const structure), and it is one flat, position-independent byte
+ * image (the blob) that can be written to disk and used in place from an mmapped file.
+ *
+ * Fine level: cosine k-means (FAISS, spherical) over the L2-normalised keys, about fine_frac * n
+ * clusters; each key belongs to the cluster its normalised vector is assigned to; each centroid
+ * is stored as the mean of its members' RAW keys (their attention logits are what it estimates);
+ * empty clusters are dropped. Optional coarse level: cosine k-means over the fine centroids,
+ * about coarse_frac * n clusters, coarse centroid = mean of the raw keys under it.
+ *
+ * Score of a cluster for a query q (scale s, m the largest logit scored):
+ *     S_j = exp(s q.c_j - m) / sum_i n_i exp(s q.c_i - m)
+ * the estimated attention probability of ONE member key (size-weighted softmax, stable for any
+ * |q|). A query keeps cluster j when S_j > threshold; a GQA group keeps the union of its
+ * queries' clusters. Two levels: the coarse centroids are scored the same way (n = keys under
+ * them) against a coarse threshold derived from the fine one (calibrated at build so that on the
+ * observation queries >= 99% of the keys the one-level rule takes survive the coarse pass); only
+ * fine centroids under surviving coarse clusters are scored, and the denominator uses the exact
+ * terms of those plus each pruned coarse cluster's own term. That estimate is below the true
+ * one-level denominator (Jensen), so the two-level rule may keep a few borderline clusters the
+ * one-level rule drops: it is close to, not exactly, a subset of the one-level selection.
+ *
+ * Calibration: at build, the mean fraction of keys a group of observation queries selects, on a
+ * fixed grid of IDX_CENT_GRID thresholds (idx_cent_curve); idx_cent_threshold inverts it for a
+ * target fraction (log-linear between grid points). */
+typedef struct idx_cent idx_cent;
+
+typedef struct {
+    float fine_frac;   /* fine clusters per key (default 0.05; at least 1, at most n clusters) */
+    float coarse_frac; /* coarse clusters per key (published: 0.01); 0, or not fewer than the
+                        * fine clusters: one level. Default 0: on gemma-3 270M's global layers at
+                        * 16K and 32K tokens the coarse pass, calibrated to keep 99% of what one
+                        * level selects for a GQA group, still scored 70-100% of the fine
+                        * centroids and the call took longer (synthetic clustered keys: half
+                        * the work at 16K, a third at 64K) */
+    int kmeans_iter;   /* k-means iterations per level (default 10: on the synthetic set of
+                        * tests/test_centroids.c 20 gained no recall; build time is linear) */
+    int seed;          /* k-means seed (default 1234) */
+    int group;         /* query heads per KV head: observation rows come token-major in groups
+                        * of this many and the curve measures what a group's union reads, as
+                        * idx_cent_select does with n_q = group (default 1) */
+} idx_cent_params;
+
+enum { IDX_CENT_GRID = 97 }; /* thresholds 10^-12 .. 1, 8 per decade */
+
+idx_cent_params idx_cent_params_default(void);
+
+/* Clusters n keys (rows of dim floats; key i is the token at position pos0 + i) and calibrates
+ * on n_obs observation rows (dim floats each: the queries of the last ~100 tokens of the
+ * context, every query head of the GQA group as its own row, token-major in groups of
+ * p->group; n_obs a positive multiple of it). scale: the attention scale (1/sqrt(dim) or the
+ * model's). p NULL: defaults. Copies what it keeps: keys and obs may be freed after.
+ * Returns IDX_OK and *out (free with idx_cent_free), or IDX_ERR_PARAM (bad shape, non-finite
+ * input, positions past INT32_MAX), IDX_ERR_NOMEM or IDX_ERR_FAISS, *out = NULL and a message
+ * in err (errlen bytes; err may be NULL). Uses the OpenMP threads through FAISS and BLAS. */
+int idx_cent_build(const idx_cent_params *p, const float *keys, int64_t n, int dim, int64_t pos0,
+                   const float *obs, int64_t n_obs, float scale, idx_cent **out, char *err,
+                   size_t errlen);
+/* Frees the structure (and the blob it built); a structure from idx_cent_from_blob leaves the
+ * caller's blob alone. Accepts NULL. */
+void idx_cent_free(idx_cent *c);
+
+int64_t idx_cent_n_keys(const idx_cent *c);
+int64_t idx_cent_pos0(const idx_cent *c);   /* position of key 0 */
+int idx_cent_dim(const idx_cent *c);
+int idx_cent_n_fine(const idx_cent *c);
+int idx_cent_n_coarse(const idx_cent *c);   /* 0: one level */
+/* Members of fine cluster j (< n_fine): *n positions, ascending, valid as long as c. */
+const int32_t *idx_cent_members(const idx_cent *c, int j, int64_t *n);
+const float *idx_cent_centroid(const idx_cent *c, int j); /* (dim) mean of its raw keys */
+
+/* Calibration. The grid: idx_cent_grid(i) = 10^((i - (IDX_CENT_GRID - 1)) / 8), i < GRID. */
+float idx_cent_grid(int i);
+/* frac[i] (IDX_CENT_GRID floats, non-increasing in i) = mean over the observation tokens of the
+ * share of keys a group's one-level selection takes at threshold idx_cent_grid(i). A caller
+ * wanting ONE global threshold over many heads averages these curves weighted by
+ * idx_cent_n_keys and inverts the mean with idx_cent_curve_invert. */
+void idx_cent_curve(const idx_cent *c, float *frac);
+/* The threshold at which a curve reads `target` of the keys, log-linear between grid points:
+ * target >= 1, or above what the lowest grid threshold reads, gives 0 (keep everything);
+ * target <= 0 gives 1 (keeps nothing: S_j <= 1). */
+float idx_cent_curve_invert(const float *frac, float target);
+/* This head's own threshold for target: idx_cent_curve_invert of its curve. */
+float idx_cent_threshold(const idx_cent *c, float target);
+
+/* Selection. Reentrant: the structure is read-only and every buffer is the caller's scratch,
+ * so any number of threads may select on one structure at once; allocates nothing and uses no
+ * threads of its own (callers run selects in parallel). */
+typedef struct {
+    int64_t clusters_scored; /* (query, centroid) products computed, coarse and fine */
+    int64_t keys_selected;   /* ids written */
+} idx_cent_sel;
+/* Bytes of scratch idx_cent_select needs (any n_q: queries are processed one after another). */
+size_t idx_cent_scratch_bytes(const idx_cent *c, int n_q);
+/* For the n_q queries q[g * dim] of one GQA group: keeps a cluster when any query's S_j >
+ * threshold (threshold <= 0 keeps every cluster) and writes its members, distinct and
+ * ascending, to ids (capacity max_ids >= idx_cent_n_keys). scratch: idx_cent_scratch_bytes
+ * bytes, any alignment. Returns the count, or IDX_ERR_PARAM (bad arguments, a non-finite
+ * query or score). st may be NULL. */
+int64_t idx_cent_select(const idx_cent *c, const float *q, int n_q, float threshold,
+                        void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st);
+
+/* Serialisation: one blob of idx_cent_blob_size bytes (little-endian, 8-byte aligned sections,
+ * zero padding), a pure function of the structure: writing a loaded blob gives the same bytes.
+ * idx_cent_from_blob validates every field (header, counts, offsets monotone and in range,
+ * members in range with every key exactly once, finite floats, monotone curves, sizes) and
+ * returns a structure pointing INTO the blob (no copy): blob must be 8-byte aligned and
+ * outlive the structure. A corrupt or hostile blob gives IDX_ERR_PARAM and a message, never an
+ * out-of-bounds read. */
+size_t idx_cent_blob_size(const idx_cent *c);
+int idx_cent_blob_write(const idx_cent *c, void *dst); /* dst: idx_cent_blob_size bytes */
+int idx_cent_from_blob(const void *blob, size_t len, idx_cent **out, char *err, size_t errlen);
+
+/* ---- idx_set: selectors of one sequence -------------------------------------------------- */
 
 typedef struct idx_set idx_set;
 
@@ -69,6 +193,15 @@ typedef struct {
     /* ivf */
     int ivf_nlist;         /* 0: auto, keys / 39 clamped to [1, 4096] (FAISS's minimum of
                             * 39 training points per list, so it trains without a warning) */
+    /* centroids */
+    idx_cent_params cent;  /* clustering (idx_cent_params_default(); its seed is replaced by
+                            * `seed` above and its group by group_size) */
+    int group_size;        /* query heads per KV head: idx_observe rows arrive token-major in
+                            * groups of this many; calibration measures what a group reads
+                            * (0: 1) */
+    int obs_tokens;        /* observation window: the latest obs_tokens * group_size rows
+                            * idx_observe saw (default 100) */
+    float attn_scale;      /* the model's attention scale; 0: 1/sqrt(head_dim) */
 } idx_params;
 
 /* Per-request knobs (idx_request_default(): top_k 100, union, 2% scan). */
@@ -81,6 +214,9 @@ typedef struct {
                             * least top_k keys, has been scored per query (overrides nprobe;
                             * the last query cell may be read in part: its list is ordered by
                             * importance). idx_request_default: 0.02 */
+    float target;          /* centroids: share of the clustered keys to read, through the
+                            * slot's calibrated threshold (0: 0.03); keys added after the
+                            * build are read in full on top */
 } idx_request;
 
 /* Counters, summed over the (layer, head) slots and calls since creation or idx_stats_reset. */
@@ -88,8 +224,10 @@ typedef struct {
     int64_t selects;       /* idx_select calls */
     int64_t queries;       /* query vectors searched (group members, or one mean) */
     int64_t candidates;    /* candidate keys, summed over calls */
-    int64_t scanned;       /* keys scored exactly (distinct within a call), summed */
-    int64_t returned;      /* ids returned, summed */
+    int64_t scanned;       /* keys scored exactly (distinct within a call), summed; centroids:
+                            * (query, centroid) products computed (coarse and fine), each the
+                            * work of scoring one key; dense / small slots: every candidate */
+    int64_t returned;      /* ids returned, summed (centroids: cluster members + tail) */
     int64_t added;         /* keys added by idx_add */
     int64_t builds;
     double search_s;       /* seconds in idx_select */
@@ -101,7 +239,8 @@ typedef struct {
 idx_params idx_params_default(void);
 idx_request idx_request_default(void);
 const char *idx_kind_name(idx_kind k);
-/* "dense", "window", "oracle", "retrieval", "ivf" -> IDX_OK and *out, else IDX_ERR_PARAM. */
+/* "dense", "window", "oracle", "retrieval", "ivf", "centroids" -> IDX_OK and *out, else
+ * IDX_ERR_PARAM. */
 int idx_kind_parse(const char *name, idx_kind *out);
 const char *idx_strerror(int code);
 const char *idx_last_error(const idx_set *ix); /* message of the last failure ("" if none) */
@@ -113,20 +252,31 @@ void idx_free(idx_set *ix);                         /* accepts NULL */
 void idx_reset(idx_set *ix);
 
 /* Offers prefill queries of (layer, head): n rows of head_dim floats, row r at q + r * stride
- * (the engine passes each chunk's rows of the group's query heads, in order). The latest
- * max_queries rows are kept (decode queries resemble the latest prefill queries most); only
- * retrieval keeps them (others return IDX_OK at once). Not thread-safe for one (layer, head). */
+ * (the engine passes each token's group_size query heads, in order, whole groups). retrieval
+ * keeps the latest max_queries rows (decode queries resemble the latest prefill queries most),
+ * centroids the latest obs_tokens * group_size rows (its calibration window); others return
+ * IDX_OK at once. Not thread-safe for one (layer, head). */
 int idx_observe(idx_set *ix, int layer, int head, const float *q, int64_t n, int64_t stride);
 
 /* Builds the selector of (layer, head) over the keys [lo, hi) of kv, replacing any earlier
  * one, with the observed queries (or, when queries != NULL, those n_queries rows of head_dim
- * floats instead). Retrieval and ivf read the keys as f32 copies into FAISS structures. */
+ * floats instead; centroids reads them as whole groups of group_size rows). Retrieval, ivf and
+ * centroids read the keys as f32 copies into FAISS; below min_keys candidates they build
+ * nothing and select exactly (centroids: every candidate). centroids with no query observed
+ * calibrates on the latest keys instead (a poor proxy). */
 int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,
               const float *queries, int64_t n_queries);
 
 /* Extends the candidates of (layer, head) to [lo, hi), indexing the new keys (tokens that left
- * the recent window). hi below the current end is an error. */
+ * the recent window). hi below the current end is an error. centroids does not cluster them:
+ * they form an exact tail [end of the build, hi) that every select returns in full (a decode
+ * of a few thousand tokens adds a few thousand ids per call; rebuild to fold them in). */
 int idx_add(idx_set *ix, int layer, int head, const kv_store *kv, int64_t hi);
+
+/* The centroids structure of (layer, head) (NULL: another kind, not built, or below
+ * min_keys): read-only, owned by the set until the next build, reset or idx_free; for
+ * serialising it (idx_cent_blob_write) or reading its calibration. */
+const idx_cent *idx_get_cent(const idx_set *ix, int layer, int head);
 
 /* Candidate range of (layer, head); both 0 before the build. */
 int idx_range(const idx_set *ix, int layer, int head, int64_t *lo, int64_t *hi);
@@ -137,6 +287,9 @@ int64_t idx_max_ids(const idx_set *ix, int layer, int head, int n_q, const idx_r
 /* Selects among the candidates for the n_q queries q[g * head_dim] sharing (layer, head).
  * Writes distinct ascending positions to ids (capacity max_ids, at least idx_max_ids()) and
  * returns their count, or a negative code. dense returns every candidate, window none.
+ * centroids returns the members of the clusters kept at the slot's threshold for req->target
+ * (GQA union: a cluster any query keeps; mean: those of the mean query), then the exact tail;
+ * a non-finite query gives IDX_ERR_PARAM.
  * Reuses per-(layer, head) scratch: calls for different (layer, head) may run concurrently,
  * calls for the same one may not. */
 int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const float *q, int n_q,

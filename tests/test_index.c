@@ -1,6 +1,7 @@
 /* Selectors: oracle == brute force (f32/f16, GQA union and mean, fractions); FAISS-backed ids
  * valid; idx_add; on a synthetic OOD set retrieval recall@100 >= 0.90 at 2% scanned (>= 0.95
- * with query cells only) and above FAISS IVF on keys at equal scan. */
+ * with query cells only) and above FAISS IVF on keys at equal scan; centroids through the set
+ * (observe, build from the store, target, exact tail after idx_add, small slots, stats). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,8 +335,111 @@ static void recall_tests(void) {
     free(K); free(Qp); free(Qt); free(sy.ck); free(sy.mu_k); free(sy.mu_q);
 }
 
+/* The centroids kind through idx_set: the same selection as its idx_cent, the share of keys the
+ * target asks for, the tail of added keys always returned, small slots exact. */
+static void centroid_tests(void) {
+    const int d = 64, n = 6000, lo = 100, hi = 5000, G = 2;
+    synth sy;
+    synth_init(&sy, d, 32);
+    float *K = malloc(sizeof(float) * n * d), *Q = malloc(sizeof(float) * 300 * G * d);
+    for (int i = 0; i < n; i++) synth_key(&sy, K + (size_t)i * d);
+    for (int i = 0; i < 300; i++) { /* a token's two query heads look for the same topic */
+        synth_query(&sy, Q + (size_t)i * G * d);
+        for (int c = 0; c < d; c++) Q[((size_t)i * G + 1) * d + c] = Q[(size_t)i * G * d + c] + 0.2f * nrand();
+    }
+    for (int dt = 0; dt < 2; dt++) {
+        kv_store *kv = make_store(K, n, d, (kv_dtype)dt);
+        idx_params p = idx_params_default();
+        const int mask[2] = {0, 1};
+        p.kind = IDX_CENTROIDS; p.n_layer = 2; p.n_head_kv = 1; p.head_dim = d; p.layer_mask = mask;
+        p.group_size = G;
+        idx_set *ix = NULL;
+        CHECK(idx_create(&p, &ix) == IDX_OK, "create centroids");
+        /* prefill: 200 tokens observed one group at a time, as the engine does; the window keeps
+         * the latest 100 */
+        int obs_ok = 1;
+        for (int t = 0; t < 200; t++) obs_ok &= idx_observe(ix, 1, 0, Q + (size_t)t * G * d, G, d) == IDX_OK;
+        CHECK(obs_ok, "observe");
+        CHECK(idx_build(ix, 1, 0, kv, lo, hi, NULL, 0) == IDX_OK, "centroids build: %s", idx_last_error(ix));
+        const idx_cent *c = idx_get_cent(ix, 1, 0);
+        CHECK(c && idx_cent_n_keys(c) == hi - lo && idx_cent_pos0(c) == lo, "structure over [lo, hi)");
+        int32_t *ids = malloc(sizeof(int32_t) * n), *ids2 = malloc(sizeof(int32_t) * n);
+        void *scr = c ? malloc(idx_cent_scratch_bytes(c, G)) : NULL;
+        idx_request r = idx_request_default();
+        r.target = 0.05f;
+        idx_stats_reset(ix);
+        double read = 0;
+        int same = 1, valid = 1;
+        int64_t scored = 0, returned = 0;
+        for (int t = 200; t < 300 && c; t++) { /* held-out groups */
+            const float *q = Q + (size_t)t * G * d;
+            int64_t m = idx_select(ix, 1, 0, kv, q, G, &r, ids, n);
+            idx_cent_sel st;
+            int64_t m2 = idx_cent_select(c, q, G, idx_cent_threshold(c, 0.05f), scr, ids2, n, &st);
+            valid &= m > 0 && valid_ids(ids, m, lo, hi);
+            same &= m == m2 && !memcmp(ids, ids2, sizeof(int32_t) * (m > 0 ? m : 0));
+            read += (double)m / (hi - lo) / 100;
+            scored += st.clusters_scored;
+            returned += m;
+        }
+        idx_stats st;
+        idx_stats_get(ix, &st);
+        CHECK(valid && same, "idx_select == idx_cent_select at the slot's threshold (dtype %d)", dt);
+        CHECK(read >= 0.025 && read <= 0.1, "target 5%% reads %.4f of the candidates on held-out queries", read);
+        CHECK(st.selects == 100 && st.scanned == scored && st.returned == returned && st.bytes > 0,
+              "stats: scanned = centroid products (%lld vs %lld)", (long long)st.scanned, (long long)scored);
+        /* target 0: the default (3%) */
+        r.target = 0.0f;
+        int64_t m0 = idx_select(ix, 1, 0, kv, Q + 250 * G * d, G, &r, ids, n);
+        r.target = 0.03f;
+        int64_t m3 = idx_select(ix, 1, 0, kv, Q + 250 * G * d, G, &r, ids2, n);
+        CHECK(m0 == m3 && m0 > 0 && !memcmp(ids, ids2, sizeof(int32_t) * m0), "target 0 means 3%%");
+        r.target = 1.5f;
+        CHECK(idx_select(ix, 1, 0, kv, Q, G, &r, ids, n) == IDX_ERR_PARAM, "target above 1 refused");
+        r.target = 0.05f;
+        /* GQA mean: the mean query's clusters, a subset of nothing bigger than the union */
+        r.gqa = IDX_GQA_MEAN;
+        int64_t mm = idx_select(ix, 1, 0, kv, Q + 250 * G * d, G, &r, ids, n);
+        CHECK(mm > 0 && valid_ids(ids, mm, lo, hi), "GQA mean");
+        r.gqa = IDX_GQA_UNION;
+        /* idx_add: the 1000 tokens that left the window come back in full, after the clusters */
+        CHECK(idx_add(ix, 1, 0, kv, hi + 500) == IDX_OK && idx_add(ix, 1, 0, kv, n) == IDX_OK, "add");
+        int64_t alo, ahi;
+        idx_range(ix, 1, 0, &alo, &ahi);
+        CHECK(alo == lo && ahi == n, "range after add");
+        CHECK(idx_max_ids(ix, 1, 0, G, &r) == n - lo, "max ids: every candidate");
+        int64_t m = idx_select(ix, 1, 0, kv, Q + 250 * G * d, G, &r, ids, n);
+        int tail = m >= n - hi && valid_ids(ids, m, lo, n);
+        for (int i = 0; tail && i < n - hi; i++) tail &= ids[m - (n - hi) + i] == hi + i;
+        CHECK(tail, "the added keys form an exact tail of every selection (%lld ids)", (long long)m);
+        float qn[2 * 64];
+        memcpy(qn, Q, sizeof qn);
+        qn[5] = INFINITY;
+        CHECK(idx_select(ix, 1, 0, kv, qn, G, &r, ids, n) == IDX_ERR_PARAM, "non-finite query refused");
+        idx_reset(ix);
+        CHECK(idx_select(ix, 1, 0, kv, Q, G, &r, ids, n) == IDX_ERR_STATE && !idx_get_cent(ix, 1, 0), "reset");
+        /* below min_keys: every candidate, exactly; idx_add past it builds the clusters (with no
+         * query observed since the reset, the latest keys stand in) */
+        CHECK(idx_build(ix, 1, 0, kv, 0, 600, NULL, 0) == IDX_OK, "small build");
+        m = idx_select(ix, 1, 0, kv, Q, G, &r, ids, n);
+        CHECK(m == 600 && ids[0] == 0 && ids[599] == 599 && !idx_get_cent(ix, 1, 0), "small slot: every candidate");
+        CHECK(idx_add(ix, 1, 0, kv, 3000) == IDX_OK && idx_get_cent(ix, 1, 0), "add past min_keys builds: %s",
+              idx_last_error(ix));
+        m = idx_select(ix, 1, 0, kv, Q, G, &r, ids, n);
+        CHECK(m > 0 && m < 3000 && valid_ids(ids, m, 0, 3000), "select after the lazy build (%lld)", (long long)m);
+        free(ids); free(ids2); free(scr);
+        idx_free(ix);
+        kv_free(kv);
+    }
+    idx_kind k;
+    CHECK(idx_kind_parse("centroids", &k) == IDX_OK && k == IDX_CENTROIDS && !strcmp(idx_kind_name(k), "centroids"),
+          "parse centroids");
+    free(K); free(Q); free(sy.ck); free(sy.mu_k); free(sy.mu_q);
+}
+
 int main(void) {
     oracle_tests();
     recall_tests();
+    centroid_tests();
     return check_summary("test_index");
 }
