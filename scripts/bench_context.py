@@ -60,11 +60,13 @@ def main():
     data = tempfile.mkdtemp(prefix="kvseek-bench-ctx-")
     out = lambda d: print(json.dumps(d), flush=True)  # noqa: E731
     try:
-        with Server(a.build, a.model, "--data-dir", data, "--ctx-size", str(a.length + 1024), "--parallel", "8",
-                    "--context-max-tokens", str(a.length + 1024)) as s:
+        with Server(a.build, a.model, "--data-dir", data, "--ctx-size", str(a.length * 5 // 4 + 1024), "--parallel", "8",
+                    "--context-max-tokens", str(a.length * 5 // 4 + 1024)) as s:
             rss0 = rss_kib(s.proc.pid)
             t0 = time.time()
             st, _, b = s.request("POST", "/v1/contexts", {"text": hay})
+            if st != 202:
+                raise SystemExit(f"register: {st} {b}")
             cid = b["id"]
             while True:
                 st, _, b = s.request("GET", "/v1/contexts/" + cid)
