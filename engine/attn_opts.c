@@ -27,6 +27,7 @@ static const struct {
     {"sink", "--sink", K_INT, 0, 1 << 24, 0, 0},
     {"window", "--window", K_INT, 1, 1 << 24, 0, 0},
     {"measure_recall", "--measure-recall", K_BOOL, 0, 1, 0, 0},
+    {"levels", "--attn-levels", K_INT, 0, 2, 0, 0},
     {"page_size", "--page-size", K_INT, 1, 1 << 16, 0, 1},
     {"kv_f16", "--kv-f16", K_BOOL, 0, 1, 0, 1},
     {"kv_mem_gb", "--kv-mem-gb", K_GB, 0, 1 << 20, 0, 1},
@@ -54,7 +55,7 @@ int eng_attn_set(eng_attn_params *a, const char *key, const char *value, char *e
     int i = find_key(key);
     if (i < 0) {
         eng_set_err(err, errlen, "unknown attention key '%s' (selector, top_k, scan, target, gqa, sink, "
-                    "window, measure_recall, page_size, kv_f16, kv_mem_gb)", key);
+                    "window, measure_recall, levels, page_size, kv_f16, kv_mem_gb)", key);
         return -1;
     }
     if (!value) {
@@ -112,6 +113,7 @@ int eng_attn_set(eng_attn_params *a, const char *key, const char *value, char *e
     else if (!strcmp(key, "scan")) a->scan = (float)v;
     else if (!strcmp(key, "target")) a->target = (float)v;
     else if (!strcmp(key, "sink")) a->n_sink = (int)v;
+    else if (!strcmp(key, "levels")) a->levels = (int)v;
     else if (!strcmp(key, "window")) a->n_window = (int)v;
     else if (!strcmp(key, "page_size")) a->page_size = (int)v;
     else if (!strcmp(key, "kv_mem_gb")) a->kv_max_bytes = (size_t)(v * (double)(1u << 30));

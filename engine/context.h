@@ -24,8 +24,10 @@ typedef struct {
     float target;       /* default share of the clustered keys a decode step reads (0.03) */
     int n_sink;         /* first tokens always attended (default 128) */
     int n_tail;         /* last tokens of the context always attended (default 512) */
-    int global_calib;   /* 1: one threshold for every (layer, head) from the pooled calibration
-                         * curves; 0: per (layer, head) (default 0: see the README's measurement) */
+    int global_calib;   /* 1: one threshold for every (layer, head) from the key-weighted mean of
+                         * their calibration curves (default: at equal reads it gave 0.508 vs
+                         * 0.485 mass recall within the clustered keys on gemma-3 at 16K); 0: per
+                         * (layer, head) */
 } eng_ctx_params;
 
 eng_ctx_params eng_ctx_params_default(void);

@@ -664,8 +664,8 @@ static void attend_ctx(const eng_model *m, eng_seq *s, int layer, int kvh, int64
     const double t0 = now_s();
     if (s->kind != IDX_WINDOW) {
         int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
-        n = idx_cent_select(ce, q, G, s->ctx_thr[layer * hp->n_head_kv + kvh],
-                            s->ctx_scratch + (size_t)kvh * s->ctx_scratch_bytes, ids, s->ids_cap, &sel);
+        n = idx_cent_select_levels(ce, q, G, s->ctx_thr[layer * hp->n_head_kv + kvh], s->attn.levels,
+                                   s->ctx_scratch + (size_t)kvh * s->ctx_scratch_bytes, ids, s->ids_cap, &sel);
         if (n > 0) {
             attn_ids(view, q, G, ids, n, hp->attn_scale, part, plse);
             attn_merge(out, lse, part, plse, G, vd);

@@ -58,6 +58,8 @@ typedef struct {
     size_t kv_max_bytes;   /* per-sequence KV memory limit; 0: none */
     int measure_recall;    /* also run dense attention to measure the selected set's mass recall */
     float target;          /* centroids: share of offloaded keys to read; 0: the selector's default */
+    int levels;            /* centroids on a context: 1 scores every fine centroid; 0: the
+                            * context's levels (two when it has a coarse level) */
 } eng_attn_params;
 
 /* Defaults: dense, top_k 100, scan 0.02, union, sinks 128, window 512, pages of 64, f32. */

@@ -175,7 +175,8 @@ static float max_of(const float *x, int64_t n) {
  * of expf; below -87 it returns e^-87 (~1.6e-38) instead of a denormal, far under any
  * threshold (S compares with T * D, D >= 1). */
 static inline float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x > 0.0f ? 0.0f : x;
+    x = x > -87.0f ? x : -87.0f; /* NaN (an inf - inf product in a hostile input) too */
+    x = x < 0.0f ? x : 0.0f;
     const float n = rintf(x * 1.44269504089f);
     const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -358,8 +359,9 @@ static float grid_lookup(const float *tab, float t, int scale_below) {
  * each of them from L1 (a GQA group is 2..16 queries; more go in chunks of QB). */
 enum { QB = 8, ROWS = 16 };
 
-/* Scratch carving: per query of a chunk, fine and coarse logits and coarse keep flags; the fine
- * keep flags of the whole call; the key bitmap. */
+/* Scratch carving: per query of a chunk, fine and coarse logits; the coarse clusters surviving
+ * for the chunk and their runs of fine rows; the fine keep flags of the whole call; the key
+ * bitmap. */
 typedef struct {
     float *fs;       /* (QB, n_fine) */
     float *cs;       /* (QB, n_coarse) */
@@ -516,6 +518,11 @@ static int64_t keep_two_level(const idx_cent *c, const float *q, int nq, float t
 
 int64_t idx_cent_select(const idx_cent *c, const float *q, int n_q, float threshold,
                         void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st) {
+    return idx_cent_select_levels(c, q, n_q, threshold, 0, scratch, ids, max_ids, st);
+}
+
+int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float threshold, int levels,
+                               void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st) {
     if (st) st->clusters_scored = st->keys_selected = 0;
     if (!c || !q || n_q < 1 || !scratch || !ids || max_ids < c->n || isnan(threshold)) return IDX_ERR_PARAM;
     const int d = c->dim;
@@ -711,7 +718,7 @@ static int calibrate(idx_cent *c, const float *obs, int64_t n_tok, int group, ch
     }
     for (int i = 0; i < GRID; i++) {
         const double r = gb[i] > 0.0 ? ga[i] / gb[i] : 1.0;
-        cgain[i] = (float)(r < 1.0 ? 1.0 : r > GAIN_MAX ? GAIN_MAX : r);
+        cgain[i] = (float)(r >= 1.0 ? (r < GAIN_MAX ? r : GAIN_MAX) : 1.0); /* NaN: 1 */
     }
 cleanup:
     free(cnt); free(x); free(S); free(crit); free(X); free(Sc); free(maxSc); free(tru); free(est);
@@ -940,6 +947,14 @@ int idx_cent_build(const idx_cent_params *pp, const float *keys, int64_t n, int 
     c->own = blob;
     blob = NULL;
     if ((rc = calibrate(c, obs, n_obs / p.group, p.group, err, errlen))) goto cleanup;
+    /* what idx_cent_from_blob will accept later, checked now (keys of extreme magnitude could
+     * overflow the calibration's products) */
+    idx_cent *check = NULL;
+    if ((rc = idx_cent_from_blob(c->own, c->len, &check, verr, sizeof verr))) {
+        rc = set_err(err, errlen, IDX_ERR_PARAM, "centroids: calibration failed (keys or queries too large?): %s", verr);
+        goto cleanup;
+    }
+    idx_cent_free(check);
     *out = c;
     c = NULL;
 cleanup:

@@ -67,11 +67,13 @@ enum {
  * |q|). A query keeps cluster j when S_j > threshold; a GQA group keeps the union of its
  * queries' clusters. Two levels: the coarse centroids are scored the same way (n = keys under
  * them) against a coarse threshold derived from the fine one (calibrated at build so that on the
- * observation queries >= 99% of the keys the one-level rule takes survive the coarse pass); only
- * fine centroids under surviving coarse clusters are scored, and the denominator uses the exact
- * terms of those plus each pruned coarse cluster's own term. That estimate is below the true
- * one-level denominator (Jensen), so the two-level rule may keep a few borderline clusters the
- * one-level rule drops: it is close to, not exactly, a subset of the one-level selection.
+ * observation queries >= 99% of the keys the one-level rule takes survive the coarse pass); a
+ * coarse cluster survives when any query of the group keeps it, and only the fine centroids
+ * under survivors are scored. Their exact terms plus the pruned coarse clusters' own terms make
+ * the denominator; the latter underestimate their children's (Jensen), so they are scaled by a
+ * factor measured on the observation queries at each threshold. The result is close to, not
+ * exactly, a subset of the one-level selection (gemma-3 270M decode queries: <= 0.5% of the
+ * keys outside it, 93-99.6% of it covered; test_centroids states its bounds).
  *
  * Calibration: at build, the mean fraction of keys a group of observation queries selects, on a
  * fixed grid of IDX_CENT_GRID thresholds (idx_cent_curve); idx_cent_threshold inverts it for a
@@ -86,8 +88,10 @@ typedef struct {
                         * level selects for a GQA group, still scored 70-100% of the fine
                         * centroids and the call took longer (synthetic clustered keys: half
                         * the work at 16K, a third at 64K) */
-    int kmeans_iter;   /* k-means iterations per level (default 10: on the synthetic set of
-                        * tests/test_centroids.c 20 gained no recall; build time is linear) */
+    int kmeans_iter;   /* k-means iterations per level (default 10; build time is linear in
+                        * it: 0.35 s at 16K x 256 keys on 2 cores. On gemma-3 270M keys and on
+                        * the synthetic set of tests/test_centroids.c, 5, 10 and 20 iterations
+                        * gave the same recall within 0.01) */
     int seed;          /* k-means seed (default 1234) */
     int group;         /* query heads per KV head: observation rows come token-major in groups
                         * of this many and the curve measures what a group's union reads, as
@@ -118,9 +122,11 @@ int64_t idx_cent_pos0(const idx_cent *c);   /* position of key 0 */
 int idx_cent_dim(const idx_cent *c);
 int idx_cent_n_fine(const idx_cent *c);
 int idx_cent_n_coarse(const idx_cent *c);   /* 0: one level */
-/* Members of fine cluster j (< n_fine): *n positions, ascending, valid as long as c. */
+/* Members of fine cluster j (< n_fine): *n key indices i (the token at pos0 + i), ascending,
+ * valid as long as c. NULL and *n = 0 for j out of range. */
 const int32_t *idx_cent_members(const idx_cent *c, int j, int64_t *n);
-const float *idx_cent_centroid(const idx_cent *c, int j); /* (dim) mean of its raw keys */
+const float *idx_cent_centroid(const idx_cent *c, int j); /* (dim) mean of its raw keys; NULL
+                                                          * out of range */
 
 /* Calibration. The grid: idx_cent_grid(i) = 10^((i - (IDX_CENT_GRID - 1)) / 8), i < GRID. */
 float idx_cent_grid(int i);
@@ -143,7 +149,7 @@ typedef struct {
     int64_t clusters_scored; /* (query, centroid) products computed, coarse and fine */
     int64_t keys_selected;   /* ids written */
 } idx_cent_sel;
-/* Bytes of scratch idx_cent_select needs (any n_q: queries are processed one after another). */
+/* Bytes of scratch idx_cent_select needs (the same for any n_q: queries go in chunks of 8). */
 size_t idx_cent_scratch_bytes(const idx_cent *c, int n_q);
 /* For the n_q queries q[g * dim] of one GQA group: keeps a cluster when any query's S_j >
  * threshold (threshold <= 0 keeps every cluster) and writes its members, distinct and
@@ -152,6 +158,10 @@ size_t idx_cent_scratch_bytes(const idx_cent *c, int n_q);
  * query or score). st may be NULL. */
 int64_t idx_cent_select(const idx_cent *c, const float *q, int n_q, float threshold,
                         void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st);
+/* The same with the levels chosen per call: 1 scores every fine centroid even when a coarse
+ * level exists (for comparing one and two levels on one structure); 0 or 2: all it has. */
+int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float threshold, int levels,
+                               void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st);
 
 /* Serialisation: one blob of idx_cent_blob_size bytes (little-endian, 8-byte aligned sections,
  * zero padding), a pure function of the structure: writing a loaded blob gives the same bytes.
@@ -216,7 +226,10 @@ typedef struct {
                             * importance). idx_request_default: 0.02 */
     float target;          /* centroids: share of the clustered keys to read, through the
                             * slot's calibrated threshold (0: 0.03); keys added after the
-                            * build are read in full on top */
+                            * build are read in full on top. gemma-3 270M, 15.6K-token prompt,
+                            * 48 decode steps, attention-mass recall (static set included):
+                            * 0.01 -> 0.78 (reads 1.1%), 0.03 -> 0.82 (2.9%), 0.05 -> 0.84
+                            * (4.6%), 0.1 -> 0.91 (8.2%) */
 } idx_request;
 
 /* Counters, summed over the (layer, head) slots and calls since creation or idx_stats_reset. */

@@ -90,7 +90,7 @@ static void usage(const char *cmd) {
                "  --attn-target F default share of the clustered keys read (default 0.03)\n"
                "  --sink N        first tokens always attended (default 128)\n"
                "  --tail N        last tokens of the context always attended (default 512)\n"
-               "  --global-calib  one threshold for every head (default: per head)\n"
+               "  --per-head-calib a threshold per (layer, head) (default: one global threshold)\n"
                "  --kv-f16        store the context's K and V as f16\n"
                "  --no-bos        do not prepend BOS\n");
         return;
@@ -116,6 +116,7 @@ static void usage(const char *cmd) {
                "  --attn-top-k N        ids per query the selector returns (default 100)\n"
                "  --attn-scan F         retrieval/ivf: share of offloaded keys scored (default 0.02)\n"
                "  --attn-target F       centroids: share of offloaded keys to read (default: calibrated 0.03)\n"
+               "  --attn-levels 1|2     centroids on a context: one level (every fine centroid) or all it has\n"
                "  --attn-gqa union|mean selection per KV head: union of per-query top-k, or mean query\n"
                "  --sink N              static set: first N tokens (default 128)\n"
                "  --window N            static set: last N tokens (default 512)\n"
@@ -211,7 +212,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (IS("--coarse")) FLT(a->cp.coarse_frac);
         else if (IS("--obs")) INT(a->cp.obs_tokens, 1, 1 << 20);
         else if (IS("--tail")) INT(a->cp.n_tail, 0, 1 << 24);
-        else if (IS("--global-calib")) a->cp.global_calib = 1;
+        else if (IS("--per-head-calib")) a->cp.global_calib = 0;
         else if (eng_attn_key_of_flag(o)) {
             /* boolean flags take no value */
             const char *key = eng_attn_key_of_flag(o);
