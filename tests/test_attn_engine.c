@@ -53,11 +53,12 @@ int main(void) {
         CHECK(run(m, &a, dense, &st) == 0, "dense run");
         CHECK(st.sparse_rows == 0, "dense reads no selector");
 
-        const char *all_sel[] = {"oracle", "retrieval", "ivf"};
-        for (int k = 0; k < 3; k++) {
+        const char *all_sel[] = {"oracle", "retrieval", "ivf", "centroids"};
+        for (int k = 0; k < 4; k++) {
             snprintf(a.selector, sizeof a.selector, "%s", all_sel[k]);
             a.top_k = 1000; /* every candidate */
             a.scan = 1.0f;
+            a.target = 1.0f;
             CHECK(run(m, &a, got, &st) == 0, "%s run", all_sel[k]);
             float d = max_diff(dense, got, (size_t)N_DEC * V);
             CHECK(d < 1e-4f, "%s with every key == dense (max diff %g)", all_sel[k], d);
@@ -65,6 +66,7 @@ int main(void) {
                   "%s read all offloaded keys (%lld of %lld)", all_sel[k], (long long)st.keys_read,
                   (long long)st.offloaded_keys);
         }
+        a.target = 0.0f;
         snprintf(a.selector, sizeof a.selector, "%s", "oracle");
         a.top_k = 5;
         a.measure_recall = 1;
