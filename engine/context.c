@@ -165,6 +165,18 @@ uint64_t eng_model_fingerprint(const eng_model *m) {
     return h_final(&h);
 }
 
+uint64_t eng_ctx_content_hash(const eng_model *m, const eng_ctx_params *p, const int32_t *tokens, int n) {
+    hasher h;
+    h_init(&h, eng_model_fingerprint(m));
+    const eng_ctx_params d = p ? *p : eng_ctx_params_default();
+    const float f[3] = {d.fine_frac, d.coarse_frac, d.target};
+    const int32_t i[4] = {d.obs_tokens, d.n_sink, d.n_tail, d.global_calib};
+    h_update(&h, f, sizeof f);
+    h_update(&h, i, sizeof i);
+    h_update(&h, tokens, sizeof(int32_t) * (size_t)n);
+    return h_final(&h);
+}
+
 /* ---- building ---- */
 
 eng_seq *eng_ctx_prefill_seq(const eng_model *m, int n_tokens, const eng_ctx_params *p, char *err,

@@ -103,6 +103,10 @@ kv_store *eng_seq_kv(eng_seq *s);
 int eng_seq_capture_queries(eng_seq *s, int64_t from, int64_t to, char *err, size_t errlen);
 const float *eng_seq_captured(const eng_seq *s, int layer, int64_t *n_rows);
 
+/* The content address of a context: a hash of the model's fingerprint, the build parameters
+ * and the tokens. The same text registered twice (on any replica) has the same id. */
+uint64_t eng_ctx_content_hash(const eng_model *m, const eng_ctx_params *p, const int32_t *tokens, int n);
+
 /* A 64-bit fingerprint of the model (shapes, tensor layout and samples of the weights): a
  * context built with one model is refused by another. */
 uint64_t eng_model_fingerprint(const eng_model *m);

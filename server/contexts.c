@@ -2,18 +2,28 @@
  * background builds (prefill through the scheduler, then clustering and the atomic save on a
  * builder thread) and the reload of every persisted context at start. A context is served from
  * its file's mapping: after a build the in-memory copy is dropped and the file mapped back, so a
- * restart serves exactly what ran before. */
+ * restart serves exactly what ran before.
+ *
+ * The store (data_dir) may be shared by several replicas (a network filesystem): ids are content
+ * addresses (the same text gives the same id everywhere), a replica maps a context another one
+ * built when a request names it, and a build holds `.lock-<id>` (O_EXCL, heartbeat by mtime;
+ * older than LOCK_STALE_S means its builder died) so two replicas never build one id at once. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "context.h"
 #include "srv.h"
+
+enum { LOCK_STALE_S = 300, LOCK_BEAT_MS = 5000 };
 
 typedef enum { CTX_BUILDING = 0, CTX_READY, CTX_FAILED } ctx_status;
 static const char *status_name[] = {"building", "ready", "failed"};
@@ -85,6 +95,110 @@ static int mkdirs(const char *path) {
     return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
 }
 
+static void lock_path(const srv_ctx_reg *r, const char *id, char *out, size_t cap) {
+    snprintf(out, cap, "%s/.lock-%s", r->s->cfg.data_dir, id);
+}
+
+/* 1: a live builder holds the id's lock (fresh heartbeat); 0: no lock, or a stale one. */
+static int lock_held(const srv_ctx_reg *r, const char *id) {
+    char p[1200];
+    lock_path(r, id, p, sizeof p);
+    struct stat st;
+    if (stat(p, &st) || time(NULL) - st.st_mtime >= LOCK_STALE_S) return 0;
+    /* a builder of this host whose process is gone died (kill -9, crash): stale at once */
+    FILE *f = fopen(p, "r");
+    char host[256] = "", me[256] = "";
+    long pid = 0;
+    if (f) {
+        if (fscanf(f, "%255s %ld", host, &pid) != 2) pid = 0;
+        fclose(f);
+    }
+    gethostname(me, sizeof me - 1);
+    if (pid > 0 && !strcmp(host, me) && kill((pid_t)pid, 0) && errno == ESRCH) return 0;
+    return 1;
+}
+
+/* Takes the build lock of id: 0, or -1 when a live builder (here or on another replica) has it.
+ * A stale lock (its builder died) is broken. */
+static int lock_take(const srv_ctx_reg *r, const char *id) {
+    char p[1200];
+    lock_path(r, id, p, sizeof p);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open(p, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd >= 0) {
+            char host[256] = "?", line[400];
+            gethostname(host, sizeof host - 1);
+            int n = snprintf(line, sizeof line, "%s %ld %lld\n", host, (long)getpid(), (long long)time(NULL));
+            if (write(fd, line, (size_t)n) < 0) {}
+            close(fd);
+            return 0;
+        }
+        if (errno != EEXIST || lock_held(r, id)) return -1;
+        unlink(p); /* stale: its builder died */
+    }
+    return -1;
+}
+
+static void lock_beat(const srv_ctx_reg *r, const char *id) {
+    char p[1200];
+    lock_path(r, id, p, sizeof p);
+    utimes(p, NULL);
+}
+
+static void lock_drop(const srv_ctx_reg *r, const char *id) {
+    char p[1200];
+    lock_path(r, id, p, sizeof p);
+    unlink(p);
+}
+
+/* Maps a context of the store that this replica has not loaded (built here before a restart,
+ * or by another replica) and registers it ready. Under the registry's mutex. NULL when the store
+ * has no such context or it does not load (the reason goes to the log). */
+static entry *load_locked(srv_ctx_reg *r, const char *id) {
+    char dir[1200], err[512];
+    dir_of(r, id, dir, sizeof dir);
+    struct stat st;
+    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return NULL;
+    eng_ctx *c = eng_ctx_load(r->s->model, dir, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "kvseek: warning: context %s not loaded: %s\n", id, err);
+        return NULL;
+    }
+    entry *e = calloc(1, sizeof *e);
+    if (!e) {
+        eng_ctx_unref(c);
+        return NULL;
+    }
+    snprintf(e->id, sizeof e->id, "%s", id);
+    e->status = CTX_READY;
+    e->ctx = c;
+    e->n_tokens = eng_ctx_n_tokens(c);
+    e->stage = "done";
+    e->created = (long long)st.st_mtime;
+    e->next = r->head;
+    r->head = e;
+    r->count++;
+    return e;
+}
+
+/* A ready entry whose directory another replica deleted: dropped here too (requests running on
+ * it keep their reference). Under the mutex; returns whether it was dropped. */
+static bool drop_if_gone_locked(srv_ctx_reg *r, entry *e) {
+    char dir[1200];
+    struct stat st;
+    dir_of(r, e->id, dir, sizeof dir);
+    if (e->status != CTX_READY || stat(dir, &st) == 0) return false;
+    for (entry **pp = &r->head; *pp; pp = &(*pp)->next)
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    r->count--;
+    if (e->has_thread) pthread_join(e->th, NULL);
+    entry_free(e);
+    return true;
+}
+
 srv_ctx_reg *srv_ctx_open(srv *s, char *err, size_t errlen) {
     srv_ctx_reg *r = calloc(1, sizeof *r);
     if (!r) {
@@ -110,8 +224,15 @@ srv_ctx_reg *srv_ctx_open(srv *s, char *err, size_t errlen) {
         char dir[4200];
         snprintf(dir, sizeof dir, "%s/%s", s->cfg.data_dir, de->d_name);
         if (!strncmp(de->d_name, ".tmp-", 5) || !strncmp(de->d_name, ".old-", 5)) {
-            /* a build or a replacement a crash interrupted: never visible, now gone */
-            remove_dir(dir);
+            /* a build or a replacement a crash interrupted: never visible, now gone (unless a
+             * live builder, maybe another replica's, is writing it: .tmp-<id>-<pid>) */
+            char id[32];
+            snprintf(id, sizeof id, "%.20s", de->d_name + 5);
+            if (!lock_held(r, id)) remove_dir(dir);
+            continue;
+        }
+        if (!strncmp(de->d_name, ".lock-", 6)) {
+            if (!lock_held(r, de->d_name + 6)) unlink(dir);
             continue;
         }
         if (!srv_ctx_id_valid(de->d_name)) continue;
@@ -177,7 +298,10 @@ eng_ctx *srv_ctx_acquire(srv_ctx_reg *r, const char *id, int *status) {
     eng_ctx *c = NULL;
     pthread_mutex_lock(&r->mu);
     entry *e = srv_ctx_id_valid(id) ? find_locked(r, id) : NULL;
-    if (!e || e->deleted) *status = 404;
+    if (e && drop_if_gone_locked(r, e)) e = NULL;
+    if (!e && srv_ctx_id_valid(id)) e = load_locked(r, id);
+    if (!e && srv_ctx_id_valid(id) && lock_held(r, id)) *status = 409; /* another replica builds it */
+    else if (!e || e->deleted) *status = 404;
     else if (e->status == CTX_BUILDING) *status = 409;
     else if (e->status == CTX_FAILED) *status = 410;
     else {
@@ -198,12 +322,14 @@ typedef struct {
 
 static void cluster_progress(void *ud, double done) {
     build_arg *b = ud;
+    lock_beat(b->r, b->e->id);
     pthread_mutex_lock(&b->r->mu);
     b->e->cluster_done = done;
     pthread_mutex_unlock(&b->r->mu);
 }
 
 static void set_failed(srv_ctx_reg *r, entry *e, const char *why) {
+    lock_drop(r, e->id);
     pthread_mutex_lock(&r->mu);
     e->status = CTX_FAILED;
     snprintf(e->error, sizeof e->error, "%s", why);
@@ -224,8 +350,12 @@ static void *builder(void *arg) {
     /* the prefill runs in the engine thread; we wait for its last event */
     for (;;) {
         memset(&ev, 0, sizeof ev);
-        int got = eng_req_next(e->req, &ev, -1);
-        if (got <= 0) break;
+        int got = eng_req_next(e->req, &ev, LOCK_BEAT_MS);
+        if (got == 0) {
+            lock_beat(r, e->id);
+            continue;
+        }
+        if (got < 0) break;
         bool last = ev.finish != ENG_FINISH_NONE;
         if (last) {
             if (ev.finish == ENG_FINISH_LENGTH && ev.seq) {
@@ -249,6 +379,7 @@ static void *builder(void *arg) {
     if (!seq || deleted) {
         eng_seq_free(seq);
         if (!deleted) set_failed(r, e, err[0] ? err : "prefill failed");
+        else lock_drop(r, e->id);
         return NULL;
     }
     eng_ctx_params cp = s->cfg.ctx_params;
@@ -268,6 +399,7 @@ static void *builder(void *arg) {
     eng_ctx_get_info(c, &info);
     eng_ctx_unref(c); /* the served copy is the file's mapping, as after a restart */
     eng_ctx *m = rc ? NULL : eng_ctx_load(s->model, dir, err, sizeof err);
+    if (!rc) lock_drop(r, e->id); /* the directory is in place: others may map it now */
     if (!m) {
         set_failed(r, e, err);
         return NULL;
@@ -328,18 +460,6 @@ static cJSON *entry_json(srv_ctx_reg *r, entry *e) {
     return o;
 }
 
-static uint64_t rand64(void) {
-    uint64_t x = 0;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(&x, sizeof x, 1, f) != 1) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        x = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40);
-    }
-    if (f) fclose(f);
-    return x;
-}
-
 static enum MHD_Result create(srv_conn *c) {
     srv *s = c->s;
     srv_ctx_reg *r = s->contexts;
@@ -389,24 +509,65 @@ static enum MHD_Result create(srv_conn *c) {
                                  "the context has %lld tokens; this server registers at most %d (context_max_tokens)",
                                  (long long)n, s->cfg.context_max_tokens);
     }
+    char id[32];
+    snprintf(id, sizeof id, "ctx_%016llx",
+             (unsigned long long)eng_ctx_content_hash(s->model, &s->cfg.ctx_params, ids, (int)n));
+    pthread_mutex_lock(&r->mu);
+    /* the same text again: the same context (here, in the shared store, or being built) */
+    entry *old = find_locked(r, id);
+    if (old && drop_if_gone_locked(r, old)) old = NULL;
+    if (old && old->status == CTX_FAILED && !old->deleted) {
+        for (entry **pp = &r->head; *pp; pp = &(*pp)->next)
+            if (*pp == old) { *pp = old->next; break; }
+        r->count--;
+        if (old->has_thread) pthread_join(old->th, NULL);
+        entry_free(old);
+        old = NULL;
+    }
+    if (old && old->deleted) {
+        pthread_mutex_unlock(&r->mu);
+        free(ids);
+        return srv_respond_error(c, 409, "context_busy", NULL, "context %s is being deleted; retry", id);
+    }
+    if (!old) old = load_locked(r, id);
+    if (old) {
+        cJSON *o = entry_json(r, old);
+        int st = old->status == CTX_BUILDING ? 202 : 200;
+        pthread_mutex_unlock(&r->mu);
+        free(ids);
+        return srv_respond_json(c, st, o);
+    }
+    if (r->count >= s->cfg.max_contexts) {
+        pthread_mutex_unlock(&r->mu);
+        free(ids);
+        return srv_respond_error(c, 429, NULL, NULL, "%d contexts are registered (max_contexts): delete one first",
+                                 s->cfg.max_contexts);
+    }
+    if (lock_take(r, id)) { /* another replica builds it; its result appears in the store */
+        pthread_mutex_unlock(&r->mu);
+        free(ids);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddStringToObject(o, "object", "context");
+        cJSON_AddNumberToObject(o, "tokens", (double)n);
+        cJSON_AddStringToObject(o, "status", "building");
+        cJSON_AddStringToObject(o, "stage", "elsewhere");
+        cJSON_AddNumberToObject(o, "progress", 0);
+        return srv_respond_json(c, 202, o);
+    }
     entry *e = calloc(1, sizeof *e);
     if (!e) {
+        lock_drop(r, id);
+        pthread_mutex_unlock(&r->mu);
         free(ids);
         return srv_respond_error(c, 500, NULL, NULL, "out of memory");
     }
-    snprintf(e->id, sizeof e->id, "ctx_%016llx", (unsigned long long)rand64());
+    snprintf(e->id, sizeof e->id, "%s", id);
     e->status = CTX_BUILDING;
     e->n_tokens = (int)n;
     e->tokens = ids;
     e->stage = "queued";
     e->created = (long long)time(NULL);
-    pthread_mutex_lock(&r->mu);
-    if (r->count >= s->cfg.max_contexts) {
-        pthread_mutex_unlock(&r->mu);
-        entry_free(e);
-        return srv_respond_error(c, 429, NULL, NULL, "%d contexts are registered (max_contexts): delete one first",
-                                 s->cfg.max_contexts);
-    }
     int rc = eng_sched_submit_build(s->sched, e->tokens, e->n_tokens, s->cfg.ctx_params.obs_tokens, &e->req);
     build_arg *b = rc ? NULL : malloc(sizeof *b);
     if (!rc && b) {
@@ -417,6 +578,7 @@ static enum MHD_Result create(srv_conn *c) {
         }
     }
     if (rc || !b) {
+        lock_drop(r, id);
         pthread_mutex_unlock(&r->mu);
         if (e->req) eng_req_release(e->req);
         entry_free(e);
@@ -443,6 +605,16 @@ enum MHD_Result srv_api_contexts(srv_conn *c, const char *method, const char *id
         cJSON_AddStringToObject(o, "object", "list");
         cJSON *arr = cJSON_AddArrayToObject(o, "data");
         pthread_mutex_lock(&r->mu);
+        /* the store may hold contexts other replicas built: map them too */
+        DIR *d = opendir(c->s->cfg.data_dir);
+        struct dirent *de;
+        while (d && (de = readdir(d)))
+            if (srv_ctx_id_valid(de->d_name) && !find_locked(r, de->d_name)) load_locked(r, de->d_name);
+        if (d) closedir(d);
+        for (entry *e = r->head, *next; e; e = next) {
+            next = e->next;
+            drop_if_gone_locked(r, e);
+        }
         for (entry *e = r->head; e; e = e->next)
             if (!e->deleted) cJSON_AddItemToArray(arr, entry_json(r, e));
         pthread_mutex_unlock(&r->mu);
@@ -450,6 +622,18 @@ enum MHD_Result srv_api_contexts(srv_conn *c, const char *method, const char *id
     }
     pthread_mutex_lock(&r->mu);
     entry *e = srv_ctx_id_valid(id) ? find_locked(r, id) : NULL;
+    if (e && drop_if_gone_locked(r, e)) e = NULL;
+    if (!e && srv_ctx_id_valid(id)) e = load_locked(r, id);
+    if (!e && srv_ctx_id_valid(id) && lock_held(r, id) && strcmp(method, "DELETE")) {
+        pthread_mutex_unlock(&r->mu);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddStringToObject(o, "object", "context");
+        cJSON_AddStringToObject(o, "status", "building");
+        cJSON_AddStringToObject(o, "stage", "elsewhere");
+        cJSON_AddNumberToObject(o, "progress", 0);
+        return srv_respond_json(c, 200, o);
+    }
     if (!e || e->deleted) {
         pthread_mutex_unlock(&r->mu);
         return srv_respond_error(c, 404, "context_not_found", NULL, "no context '%.40s'", id);

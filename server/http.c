@@ -285,6 +285,35 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         int found = -1;
         for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
             if (!strcmp(url, routes[i].path)) found = (int)i;
+        /* the routable forms of a request on a context: the id in the URL, so that a proxy can
+         * hash on it without reading the body */
+        static const struct { const char *suffix; srv_route route; srv_shape shape; } on_ctx[] = {
+            {"/completions", SRV_ROUTE_COMPLETIONS, SRV_SHAPE_OPENAI},
+            {"/chat/completions", SRV_ROUTE_CHAT, SRV_SHAPE_OPENAI},
+            {"/generate", SRV_ROUTE_GENERATE, SRV_SHAPE_TGI},
+            {"/generate_stream", SRV_ROUTE_GENERATE_STREAM, SRV_SHAPE_TGI},
+        };
+        if (found < 0 && !strncmp(url, "/v1/contexts/", 13)) {
+            const char *id = url + 13, *slash = strchr(id, '/');
+            for (size_t i = 0; slash && i < sizeof on_ctx / sizeof on_ctx[0]; i++) {
+                if (strcmp(slash, on_ctx[i].suffix) || (size_t)(slash - id) >= sizeof c->ctx_id) continue;
+                for (size_t k = 0; k < sizeof routes / sizeof routes[0]; k++)
+                    if (routes[k].route == on_ctx[i].route) found = (int)k;
+                memcpy(c->ctx_id, id, slash - id);
+                c->ctx_id[slash - id] = 0;
+            }
+        }
+        if (found >= 0 && !c->ctx_id[0] && routes[found].route >= SRV_ROUTE_GENERATE &&
+            routes[found].route <= SRV_ROUTE_CHAT) {
+            const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Kvseek-Context");
+            if (h && strlen(h) < sizeof c->ctx_id) snprintf(c->ctx_id, sizeof c->ctx_id, "%s", h);
+            else if (h) {
+                set_early(c, 400, NULL, "X-Kvseek-Context is not a context id");
+                c->route = routes[found].route;
+                c->shape = routes[found].shape;
+                return MHD_YES;
+            }
+        }
         if (found < 0 && !strncmp(url, "/v1/contexts", 12) && (!url[12] || url[12] == '/')) {
             /* a collection (GET, POST) and its items (GET, DELETE): methods checked here */
             const char *id = url[12] ? url + 13 : "";

@@ -89,6 +89,25 @@ try:
         st, _, b = s.request("POST", "/generate", {"inputs": "hello", "parameters": {"context": cid, "max_new_tokens": 4}})
         check(st == 200 and isinstance(b.get("generated_text"), str), "TGI /generate on a context")
 
+        # the same tokens again: the same context (content address), ready at once
+        st, _, b = s.request("POST", "/v1/contexts", {"tokens": A})
+        check(st == 200 and b["id"] == cid and b["status"] == "ready", f"registering the same tokens again: 200, same id ({st})")
+        # the routable forms: the id in the URL, or in a header (for a proxy to hash on)
+        body = {"prompt": B, "max_tokens": 8, "temperature": 0, "ignore_eos": True, "attention": "dense"}
+        st, _, b = s.request("POST", f"/v1/contexts/{cid}/completions", body)
+        check(st == 200 and b["choices"][0]["text"] == whole["choices"][0]["text"], "POST /v1/contexts/{id}/completions")
+        st, _, b = s.request("POST", "/v1/completions", body, headers={"X-Kvseek-Context": cid})
+        check(st == 200 and b["choices"][0]["text"] == whole["choices"][0]["text"], "X-Kvseek-Context header")
+        st, _, b = s.request("POST", f"/v1/contexts/{cid}/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 3}})
+        check(st == 200 and "generated_text" in b, "POST /v1/contexts/{id}/generate")
+        st, _, b = s.request("POST", f"/v1/contexts/{cid}/chat/completions",
+                             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+        check(st == 200 and b["object"] == "chat.completion", "POST /v1/contexts/{id}/chat/completions")
+        st, _, b = s.request("POST", f"/v1/contexts/{cid}/completions", dict(body, context="ctx_0123456789abcdef"))
+        check(st == 400 and b["error"]["param"] == "context", "URL and body naming different contexts: 400")
+        st, _, b = s.request("POST", "/v1/contexts/ctx_0123456789abcdef/completions", body)
+        check(st == 404, "URL form with an unknown context: 404")
+
         # errors
         st, b = complete(s, B, context="ctx_0123456789abcdef")
         check(st == 404 and b["error"]["code"] == "context_not_found", "unknown context: 404")
