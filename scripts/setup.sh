@@ -3,7 +3,8 @@
 # the Debian -dev packages and the Python test tooling. Idempotent and quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(build-essential libmicrohttpd-dev libcjson-dev libfaiss-dev libopenblas-openmp-dev python3 python3-pip)
+# nginx: the load balancer of scripts/cluster.sh and tests/test_cluster.py (never started as a service)
+pkgs=(build-essential libmicrohttpd-dev libcjson-dev libfaiss-dev libopenblas-openmp-dev python3 python3-pip nginx curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -12,10 +13,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # RUNLEVEL=1: the packages' scripts do not start services (nginx would take port 80)
+  $sudo env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 py=${PYTHON:-python3}
-if ! "$py" -c 'import numpy, gguf, tokenizers, openai' 2>/dev/null; then
+if ! "$py" -c 'import numpy, gguf, tokenizers, openai, yaml' 2>/dev/null; then
   echo "setup: installing Python test tooling (tests/requirements.txt)" >&2
   "$py" -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || "$py" -m pip install -q --break-system-packages -r tests/requirements.txt
