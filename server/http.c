@@ -520,6 +520,9 @@ int srv_serve_main(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* a full disk or a file size limit while persisting a context: write() fails with EFBIG and
+     * the build reports it, instead of the signal killing the server */
+    signal(SIGXFSZ, SIG_IGN);
 
     s.daemon = start_daemon(&s, err, sizeof err);
     if (!s.daemon) {

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -76,6 +77,7 @@ static void usage(const char *cmd) {
                "  logits       write the logits of every position of a token sequence (f32)\n"
                "  info         print the model's hyperparameters as JSON\n"
                "  context      context build|info: register a fixed context (Squeezed Attention)\n"
+               "  bench-kernels  memory bandwidth, kernel GB/s, a model's bytes per token and tok/s ceiling\n"
                "  serve        HTTP server: TGI and OpenAI-compatible APIs, streaming, batching\n", KVSEEK_VERSION);
         return;
     }
@@ -867,7 +869,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "serve")) return srv_serve_main(argc, argv);
+    if (!strcmp(argv[1], "bench-kernels")) { int srv_bench_kernels_main(int, char **); return srv_bench_kernels_main(argc, argv); }
     if (!strcmp(argv[1], "context")) {
+        signal(SIGXFSZ, SIG_IGN); /* a full disk is an error message, not a dead process */
         const char *sub = argc > 2 ? argv[2] : "";
         if (!strcmp(sub, "-h") || !strcmp(sub, "--help")) {
             usage("context");

@@ -19,12 +19,12 @@ import time
 
 
 class Server:
-    def __init__(self, build, model, *args, env=None, wait_ready=True):
+    def __init__(self, build, model, *args, env=None, wait_ready=True, preexec_fn=None):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="kvseek-serve-", suffix=".log", delete=False)
         cmd = [os.path.join(build, "kvseek"), "serve", "-m", model, "--host", "127.0.0.1", "--port", "0",
                "-c", _empty_config(), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env)
+                                     env=env, preexec_fn=preexec_fn)
         self.port = None
         deadline = time.time() + 30
         while time.time() < deadline and self.port is None:

@@ -191,6 +191,27 @@ try:
         check("ctx_00000000000000aa" not in ids and "checksum" in s.read_log(),
               "a corrupted context file is refused with a warning")
         check(complete(s, B, context=cid, attention="dense")[0] == 200, "the server serves the good one")
+    # a full disk while persisting (a file size limit): the build fails with a reason, the
+    # contexts already stored stay, the server keeps serving
+    import resource
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, resource.RLIM_INFINITY))
+    with Server(BUILD, GEMMA, *args, preexec_fn=small_files) as s:
+        st, _, b = s.request("POST", "/v1/contexts", {"tokens": [7] * 3000})
+        big = b.get("id", "")
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            st, _, b = s.request("GET", "/v1/contexts/" + big)
+            if b.get("status") != "building":
+                break
+            time.sleep(0.05)
+        check(b.get("status") == "failed" and "File too large" in b.get("error", ""),
+              f"a save past the disk limit: failed with the reason ({b.get('status')}: {b.get('error')})")
+        check(s.request("GET", "/health")[0] == 200 and complete(s, B, context=cid, attention="dense")[0] == 200,
+              "the server keeps serving the stored context")
+        check(not os.path.exists(os.path.join(data, big)) and not [n for n in os.listdir(data) if n.startswith(".")],
+              "nothing of the failed build is left in the store")
 finally:
     shutil.rmtree(data, ignore_errors=True)
     os.unlink(cfg)
