@@ -497,6 +497,13 @@ static bool wait_idle(srv *s, double deadline, const sigset_t *sigs) {
     return true;
 }
 
+static void on_sigbus(int sig) {
+    static const char msg[] = "kvseek: fatal: a mapped file (the model or a context) was truncated or became "
+                              "unreadable under the server; restart it\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {}
+    _exit(75 + 0 * sig);
+}
+
 int srv_serve_main(int argc, char **argv) {
     static srv s; /* lives until exit: MHD threads refer to it */
     char err[512];
@@ -523,6 +530,14 @@ int srv_serve_main(int argc, char **argv) {
     /* a full disk or a file size limit while persisting a context: write() fails with EFBIG and
      * the build reports it, instead of the signal killing the server */
     signal(SIGXFSZ, SIG_IGN);
+    /* the model and the contexts are mapped files: if one is truncated in place under the
+     * server (`cp` over the model, say; `mv` is safe: the mapping keeps the old file), reading
+     * it raises SIGBUS. Say what happened in one line and exit with a status a supervisor
+     * restarts on, rather than dump core. */
+    struct sigaction sb;
+    memset(&sb, 0, sizeof sb);
+    sb.sa_handler = on_sigbus;
+    sigaction(SIGBUS, &sb, NULL);
 
     s.daemon = start_daemon(&s, err, sizeof err);
     if (!s.daemon) {

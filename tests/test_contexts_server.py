@@ -11,6 +11,7 @@ Run as: python3 tests/test_contexts_server.py BUILD_DIR MODEL_PATH (tiny models 
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -212,6 +213,27 @@ try:
               "the server keeps serving the stored context")
         check(not os.path.exists(os.path.join(data, big)) and not [n for n in os.listdir(data) if n.startswith(".")],
               "nothing of the failed build is left in the store")
+    # the model file under a running server: replaced by rename, it keeps serving from its
+    # mapping; truncated in place, the server says so in one line and exits 75 (no core dump)
+    mcopy = os.path.join(data, "model-copy.gguf")
+    shutil.copy(GEMMA, mcopy)
+    with Server(BUILD, mcopy, *args) as s:
+        shutil.copy(GEMMA, mcopy + ".new")
+        os.replace(mcopy + ".new", mcopy)
+        check(complete(s, B)[0] == 200, "model file replaced by rename: still serving")
+    with Server(BUILD, mcopy, *args) as s:
+        with open(mcopy, "r+b") as f:
+            f.truncate(4096)
+        try:
+            st = complete(s, B)[0]
+        except OSError:
+            st = 0
+        try:
+            rc = s.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        check(rc == 75 and "was truncated" in s.read_log(),
+              f"model truncated in place: a one-line fatal error and exit 75 (status {st}, rc {rc})")
 finally:
     shutil.rmtree(data, ignore_errors=True)
     os.unlink(cfg)
