@@ -39,6 +39,8 @@ void srv_config_usage(FILE *f) {
         "  --max-body BYTES          request body limit (default 8388608)\n"
         "  --connection-limit N      concurrent connections (default 256)\n"
         "  --timeout S               idle connection timeout in seconds (default 600)\n"
+        "  --request-timeout S       a request's headers and body must arrive within S (default 60)\n"
+        "  --cors-origin ORIGIN      send Access-Control-Allow-Origin: ORIGIN (default: no CORS)\n"
         "  --shutdown-timeout S      grace for in-flight requests on SIGTERM (default 10)\n"
         "  -t, --threads N           compute threads (default: OpenMP's)\n"
         "\nregistered contexts (POST /v1/contexts; Squeezed Attention):\n"
@@ -71,6 +73,7 @@ static void defaults(srv_config *c) {
     c->max_body_bytes = 8u << 20;
     c->connection_limit = 256;
     c->timeout_s = 600;
+    c->request_timeout_s = 60;
     c->shutdown_timeout_s = 10.0;
     c->attn = eng_attn_default();
     snprintf(c->data_dir, sizeof c->data_dir, "data/contexts");
@@ -221,12 +224,14 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             {"queue_size", &c->queue_size, 0, 1 << 20}, {"batch_size", &c->batch_size, 1, 1 << 16},
             {"connection_limit", &c->connection_limit, 1, 1 << 16},
             {"timeout_s", &c->timeout_s, 1, 1 << 24},
+            {"request_timeout_s", &c->request_timeout_s, 1, 1 << 24},
         };
         struct { const char *key; char *dst; size_t cap; } strs[] = {
             {"host", c->host, sizeof c->host}, {"model", c->model, sizeof c->model},
             {"model_alias", c->model_alias, sizeof c->model_alias},
             {"api_key", c->api_key, sizeof c->api_key},
             {"chat_template", c->chat_template, sizeof c->chat_template},
+            {"cors_origin", c->cors_origin, sizeof c->cors_origin},
         };
         bool known = false;
         for (size_t i = 0; i < sizeof ints / sizeof ints[0] && !known; i++) {
@@ -318,11 +323,13 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             {"--batch-size", "-b", &c->batch_size, 1, 1 << 16},
             {"--connection-limit", NULL, &c->connection_limit, 1, 1 << 16},
             {"--timeout", NULL, &c->timeout_s, 1, 1 << 24},
+            {"--request-timeout", NULL, &c->request_timeout_s, 1, 1 << 24},
             {"--context-max-tokens", NULL, &c->context_max_tokens, 1, 1 << 24},
             {"--max-contexts", NULL, &c->max_contexts, 0, 1 << 20},
         };
         struct { const char *a, *b; char *dst; size_t cap; } strs[] = {
             {"--data-dir", NULL, c->data_dir, sizeof c->data_dir},
+            {"--cors-origin", NULL, c->cors_origin, sizeof c->cors_origin},
             {"--model", "-m", c->model, sizeof c->model}, {"--host", NULL, c->host, sizeof c->host},
             {"--alias", NULL, c->model_alias, sizeof c->model_alias},
             {"--api-key", NULL, c->api_key, sizeof c->api_key},
@@ -427,6 +434,8 @@ void srv_config_log(const srv_config *c, FILE *f) {
     cJSON_AddNumberToObject(o, "max_body_bytes", (double)c->max_body_bytes);
     cJSON_AddNumberToObject(o, "connection_limit", c->connection_limit);
     cJSON_AddNumberToObject(o, "timeout_s", c->timeout_s);
+    cJSON_AddNumberToObject(o, "request_timeout_s", c->request_timeout_s);
+    cJSON_AddStringToObject(o, "cors_origin", c->cors_origin);
     cJSON_AddNumberToObject(o, "shutdown_timeout_s", c->shutdown_timeout_s);
     cJSON_AddStringToObject(o, "api_key", c->api_key[0] ? "(set)" : "");
     cJSON *cx = cJSON_AddObjectToObject(o, "contexts");

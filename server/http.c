@@ -45,8 +45,9 @@ bool srv_client_gone(struct MHD_Connection *conn) {
 
 /* ---- responses ---- */
 
-static void common_headers(struct MHD_Response *r) {
-    MHD_add_response_header(r, "Access-Control-Allow-Origin", "*");
+/* CORS only when configured (cors_origin): a browser page of another origin gets no answers. */
+static void common_headers(const srv *s, struct MHD_Response *r) {
+    if (s->cfg.cors_origin[0]) MHD_add_response_header(r, "Access-Control-Allow-Origin", s->cfg.cors_origin);
     MHD_add_response_header(r, "Server", "kvseek");
 }
 
@@ -56,7 +57,7 @@ enum MHD_Result srv_respond(srv_conn *c, int status, const char *content_type, c
         free(body);
         return MHD_NO;
     }
-    common_headers(r);
+    common_headers(c->s, r);
     if (content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
@@ -164,7 +165,7 @@ enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, vo
         fcb(cls);
         return MHD_NO;
     }
-    common_headers(r);
+    common_headers(c->s, r);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Accel-Buffering", "no");
@@ -244,10 +245,12 @@ static enum MHD_Result dispatch(srv_conn *c) {
     if (c->early_status == 204) {
         struct MHD_Response *r = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
         if (!r) return MHD_NO;
-        common_headers(r);
-        MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
-        MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
-        MHD_add_response_header(r, "Access-Control-Max-Age", "86400");
+        common_headers(s, r);
+        if (s->cfg.cors_origin[0]) {
+            MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+            MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type, X-Kvseek-Context");
+            MHD_add_response_header(r, "Access-Control-Max-Age", "86400");
+        }
         c->status = 204;
         enum MHD_Result rc = MHD_queue_response(c->conn, 204, r);
         MHD_destroy_response(r);
@@ -365,6 +368,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_size;
         *upload_size = 0;
         c->body_seen += n;
+        /* a client that trickles its body (a byte per second keeps the idle timeout from firing)
+         * is cut off once the whole request has taken longer than request_timeout_s */
+        if (srv_now_ms() - c->t_start > s->cfg.request_timeout_s * 1e3) return MHD_NO;
         if (c->processed || c->early_status) return MHD_YES; /* drained, not kept */
         if (c->body_len + n > s->cfg.max_body_bytes) {
             set_early(c, 413, NULL, "request body too large");

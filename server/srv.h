@@ -33,6 +33,8 @@ typedef struct {
     size_t max_body_bytes;  /* request bodies past this get 413 */
     int connection_limit;   /* concurrent connections (one thread each) */
     int timeout_s;          /* idle connection timeout */
+    int request_timeout_s;  /* a request (headers and body) must arrive within this */
+    char cors_origin[256];  /* Access-Control-Allow-Origin to send; empty: no CORS */
     double shutdown_timeout_s; /* grace for in-flight requests on SIGTERM before they are cancelled */
     char api_key[256];      /* empty: no authentication */
     char chat_template[4096]; /* empty: from the model; else gemma|chatml|llama3 or a Jinja text */
@@ -175,6 +177,12 @@ enum MHD_Result srv_api_contexts(srv_conn *c, const char *method, const char *id
 enum MHD_Result srv_api_tokenize(srv_conn *c);
 enum MHD_Result srv_api_detokenize(srv_conn *c);
 enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->route */
+/* The body of a generating route (TGI, OpenAI completions or chat; len bytes, not NUL-terminated)
+ * parsed and validated into a typed request exactly as srv_api_generate does, then freed: no
+ * tokenizing, no scheduler. fmt: the chat format; n_vocab bounds token-id prompts. 0, or -1 with
+ * "param: message" of the 400 it would answer in err. For tests and fuzzing. */
+int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab,
+                      char *err, size_t errlen);
 
 /* ---- helpers (api.c) ---- */
 
