@@ -80,7 +80,97 @@ asan:
 	@set -e; for t in build/asan/tests/test_*; do case $$t in *.d|*.log) continue;; esac; \
 	    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
 
+# ---- fuzzing ----
+# `make fuzz` builds each target tests/fuzz/fuzz_<t>.c with clang and libFuzzer over its own
+# instrumented objects (build/fuzz/: address + undefined sanitizers, -O1, OpenMP pragmas off so
+# one thread) and runs it FUZZ_TIME seconds over tests/fuzz/corpus/fuzz_<t>/ (read) and
+# build/fuzz/corpus/fuzz_<t>/ (new inputs), with tests/fuzz/fuzz_<t>.dict. Crashes are written
+# to build/fuzz/crashes/fuzz_<t>/. `make fuzz-merge` adds the new inputs that cover new code to
+# the committed seeds. The gcc build links each target with tests/fuzz/replay.c into
+# build/tests/test_fuzz_replay_<t> (part of `make all`), which `make test` runs over the seeds
+# and tests/fuzz/regress/fuzz_<t>/. tests/fuzz/README.md has the details.
+FUZZ_TARGETS := gguf tok ctxfile chat api
+FUZZ_TIME ?= 60
+FUZZ_CC   ?= clang
+FUZZ_CXX  ?= clang++
+FUZZ_OUT  := build/fuzz
+FUZZ_SAN  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS = -O1 -g $(ARCHFLAGS) $(FUZZ_SAN) $(FUZZ_COV) -std=c11 -D_GNU_SOURCE -Wall \
+           -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Wno-unknown-attributes -MMD -MP \
+           -Iengine -Ikernels -Ikvcache -Iindex -Iserver -Itests/fuzz
+# coverage feedback everywhere but the numeric kernels (their branches are loop bounds; the
+# sanitizers stay on): the model's forward pass in fuzz_ctxfile runs 5x faster
+FUZZ_COV  = -fsanitize=fuzzer-no-link
+$(FUZZ_OUT)/kernels/%.o: FUZZ_COV =
+FUZZ_LDLIBS := -lmicrohttpd -lcjson -lpthread -lfaiss -lopenblas -lgomp -lstdc++ -lm
+FUZZ_OBJ  := $(LIB_SRC:%.c=$(FUZZ_OUT)/%.o) $(patsubst %.cpp,$(FUZZ_OUT)/%.o,$(wildcard index/*.cpp)) \
+             $(filter-out %/main.o,$(SRV_SRC:%.c=$(FUZZ_OUT)/%.o))
+FUZZ_BIN  := $(FUZZ_TARGETS:%=$(FUZZ_OUT)/fuzz_%)
+FUZZ_HDR  := $(wildcard tests/fuzz/*.h)
+SRV_LIB_OBJ := $(filter-out %/main.o,$(SRV_OBJ))
+FUZZ_REPLAY_BIN := $(FUZZ_TARGETS:%=$(BUILD)/tests/test_fuzz_replay_%)
+
+.PHONY: fuzz fuzz-build fuzz-merge
+all: $(FUZZ_REPLAY_BIN)
+
+$(FUZZ_OUT)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_OUT)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) -O1 -g $(ARCHFLAGS) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -std=c++17 -MMD -MP -c $< -o $@
+
+$(FUZZ_OUT)/libkvseek.a: $(FUZZ_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_OUT)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_HDR) $(FUZZ_OUT)/libkvseek.a
+	$(FUZZ_CXX) $(filter-out -std=c11 -MMD -MP,$(FUZZ_CFLAGS)) -fsanitize=fuzzer -x c -std=c11 $< -x none \
+	    $(FUZZ_OUT)/libkvseek.a -o $@ $(FUZZ_LDLIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+fuzz: fuzz-build tiny
+	@fail=0; for t in $(FUZZ_TARGETS:%=fuzz_%); do \
+	    mkdir -p $(FUZZ_OUT)/corpus/$$t $(FUZZ_OUT)/crashes/$$t tests/fuzz/corpus/$$t; \
+	    dict=; [ -f tests/fuzz/$$t.dict ] && dict=-dict=tests/fuzz/$$t.dict; \
+	    echo "== $$t: $(FUZZ_TIME) s"; \
+	    UBSAN_OPTIONS=print_stacktrace=1 nice -n 10 $(FUZZ_OUT)/$$t -max_total_time=$(FUZZ_TIME) \
+	        -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 $$dict \
+	        -artifact_prefix=$(FUZZ_OUT)/crashes/$$t/ $(FUZZ_OUT)/corpus/$$t tests/fuzz/corpus/$$t \
+	        > $(FUZZ_OUT)/$$t.log 2>&1 || { fail=1; echo "   CRASH: see $(FUZZ_OUT)/$$t.log and $(FUZZ_OUT)/crashes/$$t/"; }; \
+	    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' \
+	        $(FUZZ_OUT)/$$t.log | sed 's/^/   /'; \
+	done; exit $$fail
+
+# New inputs that add coverage, minimised into the committed seeds.
+fuzz-merge: fuzz-build tiny
+	@for t in $(FUZZ_TARGETS:%=fuzz_%); do [ -d $(FUZZ_OUT)/corpus/$$t ] || continue; \
+	    nice -n 10 $(FUZZ_OUT)/$$t -merge=1 tests/fuzz/corpus/$$t $(FUZZ_OUT)/corpus/$$t 2>&1 | tail -n 1; done
+
+$(BUILD)/tests/test_fuzz_replay_%: tests/fuzz/replay.c tests/fuzz/fuzz_%.c $(FUZZ_HDR) $(SRV_LIB_OBJ) $(BUILD)/libkvseek.a
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/fuzz -DFUZZ_TARGET='"fuzz_$*"' tests/fuzz/replay.c \
+	    tests/fuzz/fuzz_$*.c $(SRV_LIB_OBJ) $(BUILD)/libkvseek.a -o $@ $(LDLIBS)
+
+# the replays also run under the sanitizers
+asan: asan-fuzz-replay
+.PHONY: asan-fuzz-replay
+asan-fuzz-replay:
+	$(MAKE) BUILD=build/asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    $(FUZZ_REPLAY_BIN:$(BUILD)/%=build/asan/%)
+
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
+
+# ---- benchmarks ----
+# `make bench`: memory bandwidth, kernel GB/s and the model's tok/s ceiling (kvseek bench-kernels),
+# then prefill and decode tok/s by context length and attention selector, and a plot
+# (scripts/bench.sh; results in build/bench/). The full run (up to 32K tokens) takes an hour on
+# 2 cores; BENCH_ARGS="--lengths 512,4096 --selectors dense,window" is a quick one.
+.PHONY: bench
+bench: model $(BUILD)/kvseek
+	bash scripts/bench.sh -m $(MODEL) $(BENCH_ARGS)

@@ -618,10 +618,11 @@ eng_ctx *eng_ctx_load(const eng_model *m, const char *dir, char *err, size_t err
         (H.dtype != KV_F32 && H.dtype != KV_F16) || H.ring_slack < 0 || H.ctx_lo < 0 ||
         H.ctx_hi < H.ctx_lo || H.ctx_hi > H.n_tokens)
         BAD("context %s: shape does not match the model", file);
-    const uint64_t lr_end = H.off_layers + sizeof(ctx_layer_rec) * (uint64_t)nl;
-    const uint64_t cr_end = H.off_cent + sizeof(ctx_cent_rec) * (uint64_t)nl * nkv;
-    if (H.off_tokens % 4 || H.off_layers % 8 || H.off_cent % 8 ||
-        H.off_tokens + sizeof(int32_t) * (uint64_t)H.n_tokens > len || lr_end > len || cr_end > len)
+    /* offsets first, then counts against the room left: no sum can wrap */
+    if (H.off_tokens % 4 || H.off_layers % 8 || H.off_cent % 8 || H.off_tokens > len || H.off_layers > len ||
+        H.off_cent > len || (uint64_t)H.n_tokens > (len - H.off_tokens) / sizeof(int32_t) ||
+        (uint64_t)nl > (len - H.off_layers) / sizeof(ctx_layer_rec) ||
+        (uint64_t)nl * nkv > (len - H.off_cent) / sizeof(ctx_cent_rec))
         BAD("context %s: section out of bounds", file);
     eng_ctx_params p = eng_ctx_params_default();
     p.fine_frac = H.fine_frac;
@@ -666,7 +667,7 @@ eng_ctx *eng_ctx_load(const eng_model *m, const char *dir, char *err, size_t err
         for (int l = 0; l < nl; l++) {
             if (lr[l].window != kv_layer_window(kv, l) || lr[l].n_tok != H.n_tokens || lr[l].n_pages < 0 ||
                 lr[l].n_pages > kv_layer_slots(kv, l) || lr[l].off % CTX_ALIGN ||
-                lr[l].off + (uint64_t)lr[l].n_pages * pb > len) {
+                lr[l].off > len || (uint64_t)lr[l].n_pages > (len - lr[l].off) / pb) {
                 free(pages);
                 BAD("context %s: layer %d record is invalid", file, l);
             }

@@ -354,6 +354,10 @@ static gguf_ctx *parse(gguf_ctx *ctx, char *err, size_t errlen) {
                  name, (long long)t->ne[0], bs);
             goto bad;
         }
+        if (nel / bs > UINT64_MAX / bb) { /* 2^62 elements of 8 bytes would wrap to 0 */
+            fail(&c, "gguf: tensor '%s': %llu elements are too many bytes", name, (unsigned long long)nel);
+            goto bad;
+        }
         t->size = nel / bs * bb;
         if (t->offset % ctx->alignment) {
             fail(&c, "gguf: tensor '%s': offset %llu is not aligned to %u", name,

@@ -337,8 +337,9 @@ static int parse_completions(const cJSON *root, gen_req *g, int n_vocab, perr *e
 
 /* A message's content: a string, or an array of {"type":"text","text":...} parts. */
 static int content_text(const cJSON *c, int i, char **out, perr *e) {
-    static char pname[48];
-    snprintf(pname, sizeof pname, "messages[%d].content", i);
+    /* the name lives in the request's error (two threads may reject chats at once) */
+    char *pname = e->param_buf;
+    snprintf(pname, sizeof e->param_buf, "messages[%d].content", i);
     if (absent(c)) return (*out = strdup("")) ? 0 : fail(e, pname, "out of memory");
     if (cJSON_IsString(c)) return (*out = strdup(c->valuestring)) ? 0 : fail(e, pname, "out of memory");
     if (!cJSON_IsArray(c)) return fail(e, pname, "'%s' must be a string or an array of text parts", pname);
@@ -388,8 +389,8 @@ static int parse_chat(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) 
     int ret = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, msgs) {
-        static char pname[48];
-        snprintf(pname, sizeof pname, "messages[%d]", i);
+        char *pname = e->param_buf;
+        snprintf(pname, sizeof e->param_buf, "messages[%d]", i);
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role");
         if (!cJSON_IsObject(it) || !cJSON_IsString(role)) {
             ret = fail(e, pname, "'%s' must be an object with a string 'role'", pname);
@@ -488,6 +489,34 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (!do_sample && !sampling) g->sp.temperature = 0.0f;
     else if (g->sp.temperature <= 0) g->sp.temperature = 1.0f;
     return 0;
+}
+
+/* A generating route's body (not NUL-terminated) parsed into g, whose route, max_tokens,
+ * logprobs and attn the caller has set: 0, or -1 with e set (the 400 to answer). */
+static int parse_gen_body(const char *body, size_t len, srv_chat_fmt fmt, int n_vocab, gen_req *g, perr *e) {
+    cJSON *root = cJSON_ParseWithLength(body ? body : "", len);
+    if (!root) return fail(e, NULL, "the body is not valid JSON");
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fail(e, NULL, "the body must be a JSON object");
+    }
+    int rc;
+    if (g->route == SRV_ROUTE_GENERATE || g->route == SRV_ROUTE_GENERATE_STREAM) rc = parse_tgi(root, g, e);
+    else if (g->route == SRV_ROUTE_COMPLETIONS) rc = parse_completions(root, g, n_vocab, e);
+    else rc = parse_chat(root, g, fmt, e);
+    cJSON_Delete(root);
+    if (g->route == SRV_ROUTE_GENERATE_STREAM) g->stream = true;
+    return rc;
+}
+
+int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab, char *err,
+                      size_t errlen) {
+    gen_req g = {.route = route, .max_tokens = -1, .logprobs = -1, .attn = eng_attn_default()};
+    perr e = {0};
+    int rc = parse_gen_body(body, len, fmt, n_vocab, &g, &e);
+    if (rc && err && errlen) snprintf(err, errlen, "%s%s%s", e.param ? e.param : "", e.param ? ": " : "", e.msg);
+    gen_req_free(&g);
+    return rc ? -1 : 0;
 }
 
 /* ---- running a generation ---- */
@@ -970,17 +999,8 @@ static uint64_t mix64(uint64_t x) {
 enum MHD_Result srv_api_generate(srv_conn *c) {
     srv *s = c->s;
     const int n_vocab = tok_n_vocab(s->vocab);
-    cJSON *root = cJSON_ParseWithLength(c->body ? c->body : "", c->body_len);
-    if (!root) return srv_respond_error(c, 400, NULL, NULL, "the body is not valid JSON");
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return srv_respond_error(c, 400, NULL, NULL, "the body must be a JSON object");
-    }
     gen *G = calloc(1, sizeof *G);
-    if (!G) {
-        cJSON_Delete(root);
-        return srv_respond_error(c, 500, NULL, NULL, "out of memory");
-    }
+    if (!G) return srv_respond_error(c, 500, NULL, NULL, "out of memory");
     G->s = s;
     G->conn = c->conn;
     G->t_start = c->t_start;
@@ -990,12 +1010,13 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
     G->g.logprobs = -1;
     G->g.attn = s->cfg.attn;
     perr e = {0};
-    int rc;
-    if (c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM) rc = parse_tgi(root, &G->g, &e);
-    else if (c->route == SRV_ROUTE_COMPLETIONS) rc = parse_completions(root, &G->g, n_vocab, &e);
-    else rc = parse_chat(root, &G->g, s->chat_fmt, &e);
-    cJSON_Delete(root);
-    if (c->route == SRV_ROUTE_GENERATE_STREAM) G->g.stream = true;
+    int rc = parse_gen_body(c->body, c->body_len, s->chat_fmt, n_vocab, &G->g, &e);
+    if (rc == 0 && c->ctx_id[0]) { /* the routable forms: /v1/contexts/{id}/..., X-Kvseek-Context */
+        if (G->g.context[0] && strcmp(G->g.context, c->ctx_id))
+            rc = fail(&e, "context", "'context' differs from the context of the URL or X-Kvseek-Context header");
+        else
+            snprintf(G->g.context, sizeof G->g.context, "%s", c->ctx_id);
+    }
     if (rc == 0) rc = tokenize(s, &G->g, &e);
     if (rc) {
         enum MHD_Result r = srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
