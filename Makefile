@@ -27,7 +27,7 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/tool_*.c)
 TOOL_BIN := $(TOOL_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all run test setup model model-qwen2 tiny clean asan
+.PHONY: all run test setup model model-qwen2 tiny clean asan tsan
 all: $(BUILD)/kvseek $(TEST_BIN) $(TOOL_BIN)
 
 $(BUILD)/%.o: %.c
@@ -174,3 +174,17 @@ clean:
 .PHONY: bench
 bench: model $(BUILD)/kvseek
 	bash scripts/bench.sh -m $(MODEL) $(BENCH_ARGS)
+
+# ---- ThreadSanitizer ----
+# `make tsan`: the scheduler test and the server's concurrency tests (contexts: builder threads,
+# concurrent requests on one context, restarts; hostile clients among normal ones) against a
+# -fsanitize=thread build; the first race stops the process, so its test fails. One OpenMP
+# thread: libgomp is not instrumented, and its barriers would read as races; the threads that
+# matter here are the HTTP, engine and builder threads.
+.PHONY: tsan
+tsan: tiny
+	$(MAKE) BUILD=build/tsan OPT=-O1 SAN="-fsanitize=thread" build/tsan/kvseek build/tsan/tests/test_scheduler
+	@mkdir -p build/tsan && ln -sfn ../tiny build/tsan/tiny
+	OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 build/tsan/tests/test_scheduler
+	OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 $(PYTHON) tests/test_contexts_server.py build/tsan $(MODEL)
+	OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 $(PYTHON) tests/test_hostile.py build/tsan $(MODEL)
