@@ -56,7 +56,8 @@ def main():
         port, pid = s.port, s.proc.pid
         stop = time.time() + a.seconds
         lock = threading.Lock()
-        stats = {"sent": 0, "by_status": {}, "disconnects": 0, "slowest_s": 0.0, "hung": 0, "errors": []}
+        stats = {"sent": 0, "by_status": {}, "disconnects": 0, "slowest_s": 0.0, "hung": 0, "errors": [],
+                 "lat_ok": []}
         counted_routes = ['kvseek_requests_total{route="/v1/completions"', 'kvseek_requests_total{route="/generate"',
                           'kvseek_requests_total{route="/v1/chat/completions"']
         base = sum(metric(port, r) for r in counted_routes)
@@ -98,6 +99,8 @@ def main():
                 stats["sent"] += 1
                 stats["by_status"][status] = stats["by_status"].get(status, 0) + 1
                 stats["slowest_s"] = max(stats["slowest_s"], dt)
+                if status == 200 and kind != "disconnect":
+                    stats["lat_ok"].append(dt)
 
         def client(i):
             rng = random.Random(i)
@@ -121,7 +124,10 @@ def main():
         first, last = rss[: max(1, n // 3)], rss[-max(1, n // 3):]
         growth = (sum(last) / len(last)) / max(1, sum(first) / len(first)) - 1 if rss else 0
         bad5xx = {k: v for k, v in stats["by_status"].items() if k >= 500 and k != 503}
+        lat = sorted(stats["lat_ok"])
+        pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None  # noqa: E731
         res = {"what": "soak", "seconds": a.seconds, "clients": a.clients, "requests": stats["sent"],
+               "served_200": stats["by_status"].get(200, 0), "latency_p50_s": pct(0.5), "latency_p99_s": pct(0.99),
                "by_status": stats["by_status"], "disconnects": stats["disconnects"], "slowest_s": round(stats["slowest_s"], 2),
                "hung": stats["hung"], "counted_by_server": counted, "rss_first_third_mib": round(sum(first) / len(first) / 1024, 1) if rss else 0,
                "rss_last_third_mib": round(sum(last) / len(last) / 1024, 1) if rss else 0, "rss_growth": round(growth, 4),

@@ -166,7 +166,19 @@ try:
         check(st == 200 and b["status"] == "ready", "after a restart the context is ready")
         st, again = complete(s, B, context=cid, attention="dense")
         check(st == 200 and again["choices"][0]["text"] == whole["choices"][0]["text"], "and answers the same")
-        # kill -9 during a build: nothing half-written becomes visible
+        # kill -9 during a build and while serving (a stream on the context is running):
+        # nothing half-written becomes visible, the stored context survives
+        streamed = []
+
+        def streamer():
+            try:
+                for ev in s.stream("/v1/completions", {"prompt": B, "context": cid, "max_tokens": 400,
+                                                      "ignore_eos": True, "stream": True}):
+                    streamed.append(ev)
+            except Exception:  # noqa: BLE001 (the server dies under it)
+                pass
+        th = threading.Thread(target=streamer)
+        th.start()
         st, _, b = s.request("POST", "/v1/contexts", {"tokens": A * 40})
         doomed = b.get("id", "")
         deadline = time.time() + 30
@@ -177,6 +189,8 @@ try:
             time.sleep(0.01)
         check(b.get("status") == "building", f"killed while building ({b.get('stage')}, {b.get('progress')})")
         s.kill()
+        th.join(30)
+        check(len(streamed) > 0, f"killed while serving a stream on the context ({len(streamed)} events received)")
 
     # corrupt the good context's file: refused at start with a warning, the server serves on
     shutil.copytree(os.path.join(data, cid), os.path.join(data, "ctx_00000000000000aa"))
