@@ -131,7 +131,7 @@ def main():
                "by_status": stats["by_status"], "disconnects": stats["disconnects"], "slowest_s": round(stats["slowest_s"], 2),
                "hung": stats["hung"], "counted_by_server": counted, "rss_first_third_mib": round(sum(first) / len(first) / 1024, 1) if rss else 0,
                "rss_last_third_mib": round(sum(last) / len(last) / 1024, 1) if rss else 0, "rss_growth": round(growth, 4),
-               "server_alive": alive, "client_errors": stats["errors"][:5]}
+               "server_alive": alive, "client_error_count": len(stats["errors"]), "client_errors": stats["errors"][:5]}
         print(json.dumps(res), flush=True)
         if bad5xx:
             failures.append(f"5xx answers: {bad5xx}")
