@@ -19,6 +19,18 @@
 #include "quant.h"
 
 enum { LOGIT_GROUP = 32 }; /* rows per pass through the output matrix */
+/* a dense decode range of at least twice this many keys is split by keys across threads */
+enum { ATTN_SPLIT_KEYS = 2048 };
+
+/* A unit of attention work in attend(): a whole (row, KV head), or a part of one (a slice of
+ * its group's queries or of its key range). */
+typedef struct {
+    int t, h;
+    int whole;          /* attend_one: the row's full path (selector, merges, statistics) */
+    int g0, ng;         /* queries [g0, g0 + ng) of the group */
+    int64_t lo, hi;     /* keys of this part */
+    int slot;           /* -1: writes the row's output; else a scratch slot merged afterwards */
+} attn_job;
 
 typedef struct {
     uint32_t type;
@@ -54,6 +66,11 @@ struct eng_model {
     char *row_sparse;   /* (chunk) the row is its sequence's only row: a decode step */
     float *logits;      /* (LOGIT_GROUP, n_vocab) */
     float *x, *h, *q, *k, *v, *att, *o, *ff_g, *ff_u, *rope_cos, *rope_sin;
+    float *att_lse;     /* (chunk, n_head) log-sum-exp of the attention rows */
+    attn_job *jobs;     /* (chunk * n_head_kv * max(group, threads)) */
+    float *part_o, *part_l; /* key-part scratch of split decode rows, part_cap slots */
+    size_t part_cap;
+    int job_threads;    /* thread count jobs was sized for */
 };
 
 struct eng_seq {
@@ -261,7 +278,11 @@ static int alloc_workspace(eng_model *m) {
     m->row_pos = malloc(T * sizeof *m->row_pos);
     m->row_sparse = malloc(T);
     m->logits = malloc((size_t)LOGIT_GROUP * hp->n_vocab * sizeof(float));
-    return m->row_seq && m->row_pos && m->row_sparse && m->logits && m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
+    m->att_lse = malloc(T * hp->n_head * sizeof(float));
+    int nthr = omp_get_max_threads(), G = hp->n_head / hp->n_head_kv;
+    m->job_threads = nthr;
+    m->jobs = malloc(T * hp->n_head_kv * (size_t)(G > nthr ? G : nthr) * sizeof *m->jobs);
+    return m->att_lse && m->jobs && m->row_seq && m->row_pos && m->row_sparse && m->logits && m->x && m->h && m->q && m->k && m->v && m->att && m->o && m->ff_g && m->ff_u &&
                    m->rope_cos && m->rope_sin ? 0 : -1;
 }
 
@@ -359,6 +380,7 @@ void eng_model_free(eng_model *m) {
     free(m->x); free(m->h); free(m->q); free(m->k); free(m->v); free(m->att); free(m->o);
     free(m->ff_g); free(m->ff_u); free(m->rope_cos); free(m->rope_sin);
     free(m->row_seq); free(m->row_pos); free(m->row_sparse); free(m->logits);
+    free(m->att_lse); free(m->jobs); free(m->part_o); free(m->part_l);
     free(m->layers);
     tok_free(m->vocab);
     gguf_close(m->g);
@@ -756,15 +778,83 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh, int local)
     }
 }
 
-/* Rows x KV heads in parallel. Always inside a parallel region, so the kernels never split a
- * key range across threads: a row's result then does not depend on what else is in the batch
- * (a single decode row of a one-KV-head model uses one thread here; see the README's notes). */
-static void attend(const eng_model *m, int layer, int T) {
-    const int nkv = m->hp.n_head_kv, local = eng_layer_is_local(m, layer);
+/* Rows x KV heads in parallel, always inside a parallel region, so a kernel never splits a
+ * key range on its own and a row's result does not depend on what else is in the batch.
+ * A decode row that reads a dense range (local layers, the dense selector) is split further so
+ * that one sequence decoding on a model with one KV head still uses every core: a short range
+ * by query heads of its group (each query's arithmetic is its own: bit-identical to the whole
+ * group), a long one by keys into parts merged in a fixed order (which depends on the range and
+ * the thread count only). Prefill rows and selector rows run whole. */
+static void attend(eng_model *m, int layer, int T) {
+    const eng_hparams *hp = &m->hp;
+    const int nkv = hp->n_head_kv, local = eng_layer_is_local(m, layer);
+    const int G = hp->n_head / nkv, hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head;
+    int nthr = omp_get_max_threads();
+    if (nthr > m->job_threads) nthr = m->job_threads;
     const double t0 = now_s();
-    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < nkv; h++) attend_one(m, layer, t, h, local);
+    int nj = 0, n_slots = 0;
+    for (int t = 0; t < T; t++) {
+        eng_seq *s = m->row_seq[t];
+        const int64_t p = m->row_pos[t];
+        const int dense = local || s->kind == IDX_DENSE;
+        int64_t lo = 0, hi = p + 1;
+        if (local) {
+            lo = p - hp->sliding_window + 1;
+            if (lo < 0) lo = 0;
+        }
+        int kparts = 1, qparts = 1;
+        if (m->row_sparse[t] && dense && nthr > 1) {
+            if (hi - lo >= 2 * ATTN_SPLIT_KEYS) {
+                int64_t k = (hi - lo) / ATTN_SPLIT_KEYS;
+                kparts = (int)(k < nthr ? k : nthr);
+            } else {
+                qparts = G < nthr ? G : nthr;
+            }
+        }
+        for (int h = 0; h < nkv; h++) {
+            for (int i = 0; i < kparts * qparts; i++) {
+                attn_job *j = &m->jobs[nj++];
+                j->t = t; j->h = h;
+                j->whole = kparts * qparts == 1;
+                j->g0 = G * (i % qparts) / qparts;
+                j->ng = G * (i % qparts + 1) / qparts - j->g0;
+                j->lo = lo + (hi - lo) * (i / qparts) / kparts;
+                j->hi = lo + (hi - lo) * (i / qparts + 1) / kparts;
+                j->slot = i >= qparts ? n_slots++ : -1; /* key parts after the first: scratch */
+            }
+        }
+    }
+    if ((size_t)n_slots > m->part_cap) {
+        /* grows to the largest split seen (long dense decode), then stays */
+        free(m->part_o);
+        free(m->part_l);
+        m->part_o = malloc(sizeof(float) * (size_t)n_slots * G * vd);
+        m->part_l = malloc(sizeof(float) * (size_t)n_slots * G);
+        m->part_cap = m->part_o && m->part_l ? (size_t)n_slots : 0;
+        if (!m->part_cap) abort(); /* out of memory in the forward pass: nothing sane to return */
+    }
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nj; i++) {
+        const attn_job *j = &m->jobs[i];
+        if (j->whole) {
+            attend_one(m, layer, j->t, j->h, local);
+            continue;
+        }
+        eng_seq *s = m->row_seq[j->t];
+        const attn_kv_view *view = &s->views[layer * nkv + j->h];
+        const size_t q0 = (size_t)j->t * nh + (size_t)j->h * G + j->g0;
+        float *out = j->slot < 0 ? m->att + q0 * vd : m->part_o + (size_t)j->slot * G * vd;
+        float *lse = j->slot < 0 ? m->att_lse + q0 : m->part_l + (size_t)j->slot * G;
+        attn_range(view, m->q + q0 * hd, j->ng, j->lo, j->hi, hp->attn_scale, out, lse);
+    }
+    /* key parts merge into the first part in order */
+    for (int i = 0; i < nj; i++) {
+        const attn_job *j = &m->jobs[i];
+        if (j->slot < 0) continue;
+        const size_t q0 = (size_t)j->t * nh + (size_t)j->h * G;
+        attn_merge(m->att + q0 * vd, m->att_lse + q0, m->part_o + (size_t)j->slot * G * vd,
+                   m->part_l + (size_t)j->slot * G, G, vd);
+    }
     const double dt = now_s() - t0;
     /* attribute the time to the sequences of the chunk, once each */
     for (int t = 0; t < T; t++)
@@ -945,6 +1035,16 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
             m->row_sparse[t] = (k == 0 || rows[k - 1].seq != s) && (k + 1 == n || rows[k + 1].seq != s);
         }
         forward_chunk(m, rows + i, T);
+    }
+    /* A prompt's last slice (several rows, the last wanting logits) is followed by decode: the
+     * selector indexes it now, so the cost lands in the prefill (time to first token) rather
+     * than in the first decode step. */
+    for (int i = 0; i < n; ) {
+        eng_seq *s = rows[i].seq;
+        int j = i;
+        while (j < n && rows[j].seq == s) j++;
+        if (j - i > 1 && rows[j - 1].logits && !s->built && s->kind != IDX_DENSE) build_index(m, s);
+        i = j;
     }
     return 0;
 }

@@ -55,35 +55,23 @@ static inline float v_sum(vf a) {
 
 /* ---- row primitives ------------------------------------------------------------------ */
 
-/* q . k for an f32 or f16 row of n elements. */
+/* q . k for an f32 or f16 row of n elements: the same operations in the same order as one
+ * query of dot4, so a query's score (and with it its whole attention result) does not depend on
+ * how its group is split into calls (the engine splits a decode row's group across threads). */
 static float dot1(const float *q, const void *k, int n, attn_dtype dt) {
     int i = 0;
     float s = 0.0f;
 #if VL
-    vf a0 = v_zero(), a1 = v_zero();
-    if (dt == ATTN_F32) {
-        const float *kf = k;
-        for (; i + 2 * VL <= n; i += 2 * VL) {
-            a0 = v_fma(v_ld(q + i), v_ld(kf + i), a0);
-            a1 = v_fma(v_ld(q + i + VL), v_ld(kf + i + VL), a1);
-        }
-        for (; i + VL <= n; i += VL) a0 = v_fma(v_ld(q + i), v_ld(kf + i), a0);
-    } else {
-        const uint16_t *kh = k;
-        for (; i + 2 * VL <= n; i += 2 * VL) {
-            a0 = v_fma(v_ld(q + i), v_ldh(kh + i), a0);
-            a1 = v_fma(v_ld(q + i + VL), v_ldh(kh + i + VL), a1);
-        }
-        for (; i + VL <= n; i += VL) a0 = v_fma(v_ld(q + i), v_ldh(kh + i), a0);
+    vf a0 = v_zero();
+    for (; i + VL <= n; i += VL) {
+        vf kv = dt == ATTN_F32 ? v_ld((const float *)k + i) : v_ldh((const uint16_t *)k + i);
+        a0 = v_fma(v_ld(q + i), kv, a0);
     }
-    s = v_sum(v_add(a0, a1));
+    s = v_sum(a0);
 #endif
-    if (dt == ATTN_F32) {
-        const float *kf = k;
-        for (; i < n; i++) s += q[i] * kf[i];
-    } else {
-        const uint16_t *kh = k;
-        for (; i < n; i++) s += q[i] * krn_f16_to_f32(kh[i]);
+    for (; i < n; i++) {
+        float x = dt == ATTN_F32 ? ((const float *)k)[i] : krn_f16_to_f32(((const uint16_t *)k)[i]);
+        s += q[i] * x;
     }
     return s;
 }

@@ -35,7 +35,8 @@ enum { ATTN_MAX_GROUP = 16 };
  * Threads: called outside an OpenMP parallel region, a long range (>= 2 * 2048 keys) is split
  * across the OpenMP threads (split-K) and merged in a fixed order, so a decode step with a single
  * KV head still uses every core; called inside a parallel region (the caller already spreads
- * rows or heads over threads) it runs serially. Allocates nothing. */
+ * rows or heads over threads) it runs serially. Allocates nothing. Each query's result is its
+ * own: the same bits whether it comes with its group or alone (a serial call). */
 void attn_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int64_t hi,
                 float scale, float *out, float *lse);
 

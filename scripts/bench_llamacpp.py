@@ -135,7 +135,7 @@ def compare(argv):
     warm = os.path.join(a.tmp, "warm.txt")
     make_prompt(a.kvseek, a.model, 16, warm)
     llama_run(a, warm + ".ids", 16)
-    plan = [(int(x), ["dense"]) for x in a.lengths.split(",")]
+    plan = [(int(x), ["dense"]) for x in a.lengths.split(",") if x.strip()]
     if a.long:
         plan.append((a.long, a.long_selectors.split(",")))
     for length, sels in plan:
@@ -166,7 +166,8 @@ def compare(argv):
                   "repeats": len(ok), "kvseek_prefill_tok_s": med("prefill_tok_s", 0),
                   "llamacpp_prefill_tok_s": med("prefill_tok_s", 1), "prefill_ratio": ratio("prefill_tok_s"),
                   "kvseek_decode_tok_s": med("decode_tok_s", 0), "llamacpp_decode_tok_s": med("decode_tok_s", 1),
-                  "decode_ratio": ratio("decode_tok_s"), "same_greedy_tokens": same,
+                  "decode_ratio": ratio("decode_tok_s"),
+                  "same_greedy_tokens": same,
                   "load1_range": [min(min(kv["load1"], ll["load1"]) for kv, ll in ok),
                                   max(max(kv["load1"], ll["load1"]) for kv, ll in ok)],
                   "flash_attn": a.flash_attn})

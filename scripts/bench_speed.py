@@ -5,14 +5,15 @@ excerpt (tokenized once, the first L - 1 tokens detokenized; repeated past its 3
 `kvseek generate --json --temp 0 -n N --attn S` runs once per selector S (repeats go round all
 selectors before the next repeat, so drift hits every selector alike). Each run prints one JSON
 line: prompt tokens, prefill tok/s, decode tok/s (N - 1 forwards after the prompt, so the
-context grows from L to L + N), the index build that the first decode step of retrieval/centroids
-does (inside the decode time; decode_tok_s_excl_build leaves it out), keys read and the 1-minute
+context grows from L to L + N), the index build that retrieval/centroids run at the end of the
+prompt (inside the prefill time, as it delays the first token), keys read and the 1-minute
 load average when the run started. --plot draws decode tok/s against context length, one line per
 selector (and prefill tok/s in a second panel).
 
 Usage: python3 scripts/bench_speed.py [--model M] [--kvseek build/kvseek] [--lengths 512,4096,16384,32768]
            [--selectors dense,window,retrieval,centroids] [-n 64] [-t THREADS] [--repeat 1]
            [--out FILE.jsonl] [--plot FILE.png] [-- extra kvseek generate options]
+       python3 scripts/bench_speed.py --replot RUN.jsonl [RUN.jsonl ...] --plot FILE.png
        python3 scripts/bench_speed.py prompt [--model M] [--kvseek EXE] --length L --out PROMPT.txt
            (writes the prompt text for L, and PROMPT.txt.ids with the ids kvseek reads from it)
 """
@@ -83,7 +84,6 @@ def run_generate(a, prompt_path, length, sel, rep):
         "generated_tokens": d["generated_tokens"], "finish_reason": d["finish_reason"],
         "decode_ms": round(dec_ms, 1), "decode_tok_s": round(d["decode_tok_s"], 2),
         "index_build_ms": round(build_ms, 1),
-        "decode_tok_s_excl_build": round(n_dec / ((dec_ms - build_ms) / 1e3), 2) if n_dec and dec_ms > build_ms else 0,
         "attn_ms": round(at.get("attn_ms", 0.0), 1), "search_ms": round(at.get("search_ms", 0.0), 1),
         "keys_read_fraction": round(at.get("keys_read_fraction", 0.0), 4), "kv_bytes": at.get("kv_bytes"),
     })
@@ -107,10 +107,10 @@ def plot(rows, path):
             if r["selector"] == s:
                 by_len.setdefault(r["prompt_tokens"], []).append(r)
         xs = sorted(by_len)
-        ax1.plot(xs, [statistics.median(r["decode_tok_s_excl_build"] or r["decode_tok_s"] for r in by_len[x]) for x in xs],
+        ax1.plot(xs, [statistics.median(r["decode_tok_s"] for r in by_len[x]) for x in xs],
                  marker="o", label=s)
         ax2.plot(xs, [statistics.median(r["prefill_tok_s"] for r in by_len[x]) for x in xs], marker="o", label=s)
-    for ax, t in ((ax1, "decode tok/s (index build excluded)"), (ax2, "prefill tok/s")):
+    for ax, t in ((ax1, "decode tok/s"), (ax2, "prefill tok/s")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (prompt tokens)")
         ax.set_title(t)
@@ -154,8 +154,14 @@ def main():
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--plot", help="PNG of decode (and prefill) tok/s against context length")
     ap.add_argument("--tmp", default=os.path.join("build", "bench"))
+    ap.add_argument("--replot", nargs="+", metavar="JSONL",
+                    help="no runs: plot (--plot) the generate lines of these earlier outputs")
     a = ap.parse_args(argv)
     a.extra = extra
+    if a.replot:
+        rows = [json.loads(line) for f in a.replot for line in open(f) if line.startswith("{")]
+        plot([r for r in rows if "selector" in r], a.plot or os.path.join(a.tmp, "decode.png"))
+        return
     os.makedirs(a.tmp, exist_ok=True)
     rows = []
     out = open(a.out, "a") if a.out else None
