@@ -56,7 +56,7 @@ static int physical_cores(void) {
 /* ---- argument parsing ---- */
 
 typedef struct {
-    const char *model, *prompt, *prompt_file, *tokens, *out, *context;
+    const char *model, *prompt, *prompt_file, *prompt_ids, *tokens, *out, *context;
     eng_ctx_params cp;
     int n_predict, ctx, threads, chunk, top_k, repeat_last_n;
     float temp, top_p, min_p, repeat_penalty;
@@ -78,6 +78,7 @@ static void usage(const char *cmd) {
                "  info         print the model's hyperparameters as JSON\n"
                "  context      context build|info: register a fixed context (Squeezed Attention)\n"
                "  bench-kernels  memory bandwidth, kernel GB/s, a model's bytes per token and tok/s ceiling\n"
+               "  synth-model  write a llama GGUF with random weights in a given shape (offline benchmarks)\n"
                "  serve        HTTP server: TGI and OpenAI-compatible APIs, streaming, batching\n", KVSEEK_VERSION);
         return;
     }
@@ -99,7 +100,9 @@ static void usage(const char *cmd) {
     }
     printf("usage: kvseek %s -m MODEL", cmd);
     if (!strcmp(cmd, "generate")) {
-        printf(" (-p PROMPT | -f PROMPT_FILE) [options]\n\n"
+        printf(" (-p PROMPT | -f PROMPT_FILE | --prompt-ids FILE) [options]\n\n"
+               "  --prompt-ids FILE     the prompt as token ids, comma- or whitespace-separated, taken as\n"
+               "                        they are (no BOS added)\n"
                "  -n, --n-predict N     tokens to generate (default 128)\n"
                "  --temp T              temperature; 0 = greedy (default 0.8)\n"
                "  --top-k K             (default 40; 0 = off)\n"
@@ -184,6 +187,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (IS("-m") || IS("--model")) { NEED(); a->model = v; }
         else if (IS("-p") || IS("--prompt")) { NEED(); a->prompt = v; }
         else if (IS("-f") || IS("--file")) { NEED(); a->prompt_file = v; }
+        else if (IS("--prompt-ids")) { NEED(); a->prompt_ids = v; }
         else if (IS("--tokens")) { NEED(); a->tokens = v; }
         else if (IS("-o") || IS("--out")) { NEED(); a->out = v; }
         else if (IS("-n") || IS("--n-predict")) INT(a->n_predict, 0, 1 << 24);
@@ -357,7 +361,8 @@ static int32_t *parse_ids(const char *s, int64_t *n_out) {
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || errno || v < 0 || v > INT32_MAX) {
-            fprintf(stderr, "error: invalid token id near '%.16s'\n", p);
+            size_t word = strcspn(p, " ,\t\r\n"); /* the message stays on one line */
+            fprintf(stderr, "error: invalid token id near '%.*s'\n", (int)(word < 16 ? word : 16), p);
             free(ids);
             return NULL;
         }
@@ -370,6 +375,26 @@ static int32_t *parse_ids(const char *s, int64_t *n_out) {
         p = end;
     }
     *n_out = (int64_t)n;
+    return ids;
+}
+
+/* The ids of --prompt-ids (text: the file's contents), each checked against the vocab; a
+ * malloc'd array (caller frees) or NULL with a message. */
+static int32_t *prompt_from_ids(const tok_vocab *v, const char *text, int64_t *n_out) {
+    int32_t *ids = parse_ids(text, n_out);
+    if (!ids) return NULL;
+    if (*n_out == 0) {
+        fprintf(stderr, "error: --prompt-ids: the file holds no token ids\n");
+        free(ids);
+        return NULL;
+    }
+    for (int64_t i = 0; i < *n_out; i++) {
+        if (ids[i] >= tok_n_vocab(v)) {
+            fprintf(stderr, "error: --prompt-ids: token id %d is out of range [0, %d)\n", ids[i], tok_n_vocab(v));
+            free(ids);
+            return NULL;
+        }
+    }
     return ids;
 }
 
@@ -481,7 +506,11 @@ static int cmd_detokenize(const args *a) {
 
 static int cmd_generate(const args *a) {
     size_t len;
-    char *text = prompt_text(a, &len);
+    if (a->prompt_ids && (a->prompt || a->prompt_file)) {
+        fprintf(stderr, "error: give one of -p, -f and --prompt-ids\n");
+        return 1;
+    }
+    char *text = a->prompt_ids ? read_file(a->prompt_ids, &len) : prompt_text(a, &len);
     if (!text) return 1;
     eng_model *m = load_model(a);
     if (!m) { free(text); return 1; }
@@ -506,7 +535,8 @@ static int cmd_generate(const args *a) {
                 now_ms() - tl);
     }
     /* after a context the prompt continues it: no second BOS */
-    int32_t *prompt = tokenize(v, text, len, !a->no_bos && !ctx, !a->no_special, &n_prompt);
+    int32_t *prompt = a->prompt_ids ? prompt_from_ids(v, text, &n_prompt)
+                                    : tokenize(v, text, len, !a->no_bos && !ctx, !a->no_special, &n_prompt);
     int32_t *hist = NULL;
     float *logits = NULL;
     eng_seq *s = NULL;
@@ -870,6 +900,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "serve")) return srv_serve_main(argc, argv);
     if (!strcmp(argv[1], "bench-kernels")) { int srv_bench_kernels_main(int, char **); return srv_bench_kernels_main(argc, argv); }
+    if (!strcmp(argv[1], "synth-model")) { int srv_synth_model_main(int, char **); return srv_synth_model_main(argc, argv); }
     if (!strcmp(argv[1], "context")) {
         signal(SIGXFSZ, SIG_IGN); /* a full disk is an error message, not a dead process */
         const char *sub = argc > 2 ? argv[2] : "";
