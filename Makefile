@@ -1,6 +1,7 @@
 # kvseek build. `make run` installs what is missing, fetches the default model, builds and
 # serves; `make test` builds and runs every test. PORTABLE=1 builds for generic x86-64-v3
-# instead of the build machine's CPU; CUDA=1 adds the GPU backend (later issue).
+# instead of the build machine's CPU; CUDA=1 adds the GPU backend (kernels/gpu*.cu, cuBLAS):
+# `make cuda-build` builds it in build/cuda/, `make test-gpu` builds and runs its tests.
 
 CC      ?= gcc
 CXX     ?= g++
@@ -18,9 +19,34 @@ LDLIBS  += $(SAN) -fopenmp -lmicrohttpd -lcjson -lpthread -lfaiss -lopenblas -ls
 MODEL   ?= models/gemma-3-270m-q4_k_m.gguf
 PYTHON  ?= python3
 
+# ---- CUDA (CUDA=1): kernels/*.cu by nvcc replace kernels/gpu_none.c ----
+CUDA      ?= 0
+CUDA_HOME ?= /usr/local/cuda
+ifeq ($(origin NVCC),undefined)
+NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x $(CUDA_HOME)/bin/nvcc ] && echo $(CUDA_HOME)/bin/nvcc; })
+endif
+# sm_80 (A100) and sm_90 (H100/H200) machine code, plus compute_90 PTX for newer GPUs
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode 'arch=compute_90,code=[sm_90,compute_90]'
+NVCCFLAGS ?= -O3 -lineinfo $(CUDA_ARCH)
+NVCCFLAGS += -std=c++17 -Xcompiler -fopenmp -Xcompiler -Wall -Iengine -Ikernels -Ikvcache -Iindex -Iserver
+
 LIB_SRC := $(wildcard engine/*.c kernels/*.c kvcache/*.c index/*.c)
+CU_SRC  :=
+ifeq ($(CUDA),1)
+ifeq ($(NVCC),)
+$(error CUDA=1 but no nvcc: not on PATH nor in $(CUDA_HOME)/bin)
+endif
+LIB_SRC := $(filter-out kernels/gpu_none.c,$(LIB_SRC))
+CU_SRC  := $(wildcard kernels/*.cu)
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+endif
 SRV_SRC := $(wildcard server/*.c)
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard index/*.cpp))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard index/*.cpp)) \
+           $(CU_SRC:%.cu=$(BUILD)/%.o)
+# The CUDA setting the build folder's libkvseek.a was made with: rewritten when it changes, so
+# switching CUDA=0/1 in one folder re-archives the library (and relinks what uses it).
+CUDA_STAMP := $(BUILD)/.cuda-setting
+$(shell mkdir -p $(BUILD) && { [ "$$(cat $(CUDA_STAMP) 2>/dev/null)" = "$(CUDA)" ] || echo "$(CUDA)" > $(CUDA_STAMP); })
 SRV_OBJ := $(SRV_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -39,9 +65,13 @@ $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(OPT) $(ARCHFLAGS) -g $(SAN) -std=c++17 -Wall -Wextra -fopenmp -MMD -MP -c $< -o $@
 
-$(BUILD)/libkvseek.a: $(LIB_OBJ)
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@
+
+$(BUILD)/libkvseek.a: $(LIB_OBJ) $(CUDA_STAMP)
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJ)
 
 $(BUILD)/kvseek: $(SRV_OBJ) $(BUILD)/libkvseek.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -72,6 +102,28 @@ run: setup model all
 test: setup model all tiny
 	bash tests/run.sh $(BUILD) $(MODEL)
 	$(MAKE) asan-quick
+	$(MAKE) cuda-build
+	@if [ -x build/cuda/tests/test_gpu ]; then build/cuda/tests/test_gpu; fi
+
+# ---- GPU backend ----
+# `make cuda-build`: the CUDA=1 build in build/cuda/ (kvseek and the C tests); succeeds with a
+# note where no CUDA toolkit is installed. `make test-gpu`: that build's kernel tests (each GPU
+# kernel against its CPU reference; "skipped: no CUDA device" without a GPU), then the model-level
+# GPU tests below.
+.PHONY: cuda-build test-gpu
+cuda-build:
+ifeq ($(NVCC),)
+	@echo "skipped: no nvcc (CUDA toolkit not installed)"
+else
+	$(MAKE) BUILD=build/cuda CUDA=1 build/cuda/kvseek $(TEST_BIN:$(BUILD)/%=build/cuda/%)
+endif
+
+# model-level GPU tests, commands run after test_gpu (empty for now)
+GPU_MODEL_TESTS =
+test-gpu: cuda-build
+	@if [ -x build/cuda/tests/test_gpu ]; then build/cuda/tests/test_gpu; \
+	    else echo "skipped: build/cuda/tests/test_gpu not built"; fi
+	$(GPU_MODEL_TESTS)
 
 # The part of `make asan` that `make test` runs (kept to about a minute on 2 cores): the
 # parsers, the stores, the contexts and the fuzz regressions under ASan + UBSan on the tiny

@@ -2,8 +2,7 @@
  * runs every weight matrix once over all T tokens (krn_matmul); decode is the T = 1 case.
  * K and V live in each sequence's paged store (kvcache/); attend() reads them densely for
  * prefill rows and through the sequence's selector (index/) for decode rows of global layers. */
-#include "model.h"
-#include "context.h"
+#include "model_impl.h"
 #include "util.h"
 
 #include <math.h>
@@ -12,93 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "attn_sparse.h"
-#include "index.h"
-#include "kvcache.h"
+#include "gpu.h"
 #include "ops.h"
 #include "quant.h"
-
-enum { LOGIT_GROUP = 32 }; /* rows per pass through the output matrix */
-/* a dense decode range of at least twice this many keys is split by keys across threads */
-enum { ATTN_SPLIT_KEYS = 2048 };
-
-/* A unit of attention work in attend(): a whole (row, KV head), or a part of one (a slice of
- * its group's queries or of its key range). */
-typedef struct {
-    int t, h;
-    int whole;          /* attend_one: the row's full path (selector, merges, statistics) */
-    int g0, ng;         /* queries [g0, g0 + ng) of the group */
-    int64_t lo, hi;     /* keys of this part */
-    int slot;           /* -1: writes the row's output; else a scratch slot merged afterwards */
-} attn_job;
-
-typedef struct {
-    uint32_t type;
-    const void *data;
-    int64_t n_rows, n_cols; /* rows = outputs, cols = inputs */
-} weight;
-
-typedef struct {
-    const float *attn_norm;        /* (n_embd) */
-    weight wq, wk, wv, wo;         /* (n_head*hd, n_embd) (n_kv*hd, n_embd) (n_kv*vd, n_embd) (n_embd, n_head*vd) */
-    const float *bq, *bk, *bv;     /* qwen2 biases or NULL */
-    const float *q_norm, *k_norm;  /* gemma3 (head_dim) or NULL */
-    const float *post_attn_norm;   /* gemma3 (n_embd) or NULL */
-    const float *ffn_norm;         /* (n_embd) */
-    weight gate, up, down;         /* (n_ff, n_embd) (n_ff, n_embd) (n_embd, n_ff) */
-    const float *post_ffn_norm;    /* gemma3 (n_embd) or NULL */
-} layer_w;
-
-struct eng_model {
-    gguf_ctx *g;
-    tok_vocab *vocab;
-    eng_hparams hp;
-    eng_model_params params;
-    weight tok_embd;          /* (n_vocab, n_embd) */
-    weight output;            /* (n_vocab, n_embd); tied to tok_embd when the file has none */
-    const float *output_norm; /* (n_embd) */
-    const float *rope_factors;/* (n_rot/2) or NULL */
-    layer_w *layers;
-    /* workspace for one chunk of `chunk` rows */
-    int chunk;
-    eng_seq **row_seq;  /* (chunk) the sequence of each row */
-    int *row_pos;       /* (chunk) the position of each row in its sequence */
-    char *row_sparse;   /* (chunk) the row is its sequence's only row: a decode step */
-    float *logits;      /* (LOGIT_GROUP, n_vocab) */
-    float *x, *h, *q, *k, *v, *att, *o, *ff_g, *ff_u, *rope_cos, *rope_sin;
-    float *att_lse;     /* (chunk, n_head) log-sum-exp of the attention rows */
-    attn_job *jobs;     /* (chunk * n_head_kv * max(group, threads)) */
-    float *part_o, *part_l; /* key-part scratch of split decode rows, part_cap slots */
-    size_t part_cap;
-    int job_threads;    /* thread count jobs was sized for */
-};
-
-struct eng_seq {
-    const eng_model *m;
-    int n_ctx, pos;
-    kv_store *kv;
-    idx_set *ix;
-    idx_kind kind;
-    idx_request req;
-    int measure_recall;
-    eng_attn_params attn; /* as configured (eng_seq_set_attn) */
-    int built;            /* the selector has indexed the prefill */
-    attn_kv_view *views;  /* (n_layer, n_head_kv) */
-    int32_t *ids;         /* (n_head_kv, ids_cap) selector output per KV head */
-    int64_t ids_cap;
-    eng_attn_stats st;
-    /* queries recorded for a context's calibration: positions [cap_from, cap_from + cap_n) of
-     * every layer, rows of n_head * head_dim */
-    float *cap_q;
-    int64_t cap_from, cap_n;
-    /* a registered context the sequence starts with (eng_seq_attach_ctx) */
-    eng_ctx *ctx;
-    int64_t ctx_lo, ctx_hi;  /* its clustered range */
-    float *ctx_thr;          /* (n_layer, n_head_kv) thresholds for the request's target */
-    char *ctx_scratch;       /* (n_head_kv, ctx_scratch_bytes) */
-    size_t ctx_scratch_bytes;
-};
-
 
 /* ---- loading ---- */
 
@@ -305,7 +220,13 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
     }
     if (p) m->params = *p;
     if (!m->params.attn.selector[0]) m->params.attn = eng_attn_default();
-    m->chunk = m->params.chunk > 0 ? m->params.chunk : 256;
+    int use_gpu = 0;
+    if (m->params.device == ENG_DEVICE_CUDA) {
+        char why[256] = "";
+        use_gpu = gpu_device_count(why, sizeof why) > 0;
+        if (!use_gpu) fprintf(stderr, "kvseek: no usable CUDA device (%s); running on the CPU\n", why);
+    }
+    m->chunk = m->params.chunk > 0 ? m->params.chunk : use_gpu ? 1024 : 256;
     if (m->params.n_threads > 0) omp_set_num_threads(m->params.n_threads);
     m->g = gguf_open(path, err, errlen);
     if (!m->g) goto fail;
@@ -369,6 +290,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
         eng_set_err(err, errlen, "model: out of memory for the workspace");
         goto fail;
     }
+    if (use_gpu && eng_gpu_load(m, err, errlen)) goto fail;
     return m;
 fail:
     eng_model_free(m);
@@ -377,6 +299,7 @@ fail:
 
 void eng_model_free(eng_model *m) {
     if (!m) return;
+    eng_gpu_free(m);
     free(m->x); free(m->h); free(m->q); free(m->k); free(m->v); free(m->att); free(m->o);
     free(m->ff_g); free(m->ff_u); free(m->rope_cos); free(m->rope_sin);
     free(m->row_seq); free(m->row_pos); free(m->row_sparse); free(m->logits);
@@ -388,6 +311,7 @@ void eng_model_free(eng_model *m) {
 }
 
 const eng_hparams *eng_model_hparams(const eng_model *m) { return &m->hp; }
+const char *eng_model_device(const eng_model *m) { return m->gpu ? "cuda" : "cpu"; }
 const tok_vocab *eng_model_vocab(const eng_model *m) { return m->vocab; }
 const gguf_ctx *eng_model_gguf(const eng_model *m) { return m->g; }
 
@@ -475,6 +399,11 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     kp.max_bytes = a->kv_max_bytes;
     kp.layer_window = layer_window;
     kp.ring_slack = m->chunk;
+    if (m->gpu) {
+        /* the device reads the pages and their tables in place */
+        kp.page_alloc = gpu_host_alloc;
+        kp.page_free = gpu_host_free;
+    }
     int rc = kv_create(&kp, &s->kv);
     if (rc != KV_OK) {
         eng_set_err(err, errlen, "KV store: %s", kv_strerror(rc));
@@ -484,7 +413,8 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     set_request(s, a);
     s->views = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *s->views);
     s->ids_cap = n_ctx > 1 ? n_ctx : 1;
-    s->ids = malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
+    s->ids = m->gpu ? gpu_host_alloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv)
+                    : malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
     if (!s->views || !s->ids) {
         eng_set_err(err, errlen, "out of memory");
         goto fail;
@@ -515,7 +445,8 @@ void eng_seq_free(eng_seq *s) {
     free(s->ctx_scratch);
     idx_free(s->ix);
     free(s->views);
-    free(s->ids);
+    if (s->m->gpu) gpu_host_free(s->ids);
+    else free(s->ids);
     free(s);
 }
 
@@ -579,6 +510,11 @@ int eng_seq_attach_ctx(eng_seq *s, eng_ctx *c, char *err, size_t errlen) {
     const int nkv = hp->n_head_kv, G = hp->n_head / nkv;
     if (s->pos != 0 || s->ctx) {
         eng_set_err(err, errlen, "a context attaches only to an empty sequence");
+        return -1;
+    }
+    if (s->m->gpu) {
+        /* a context's pages are a file mapping the device cannot read in place */
+        eng_set_err(err, errlen, "fixed contexts run on the CPU backend for now (--device cpu)");
         return -1;
     }
     const int n = eng_ctx_n_tokens(c);
@@ -1034,7 +970,11 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
             m->row_pos[t] = s->pos++;
             m->row_sparse[t] = (k == 0 || rows[k - 1].seq != s) && (k + 1 == n || rows[k + 1].seq != s);
         }
-        forward_chunk(m, rows + i, T);
+        if (m->gpu) {
+            if (eng_gpu_forward_chunk(m, rows + i, T, err, errlen)) return -1;
+        } else {
+            forward_chunk(m, rows + i, T);
+        }
     }
     /* A prompt's last slice (several rows, the last wanting logits) is followed by decode: the
      * selector indexes it now, so the cost lands in the prefill (time to first token) rather

@@ -79,9 +79,14 @@ const char *eng_attn_key_of_flag(const char *flag);
 /* Checks a whole parameter set (as eng_seq_create_ex would). 0, or -1 with a reason. */
 int eng_attn_check(const eng_attn_params *a, char *err, size_t errlen);
 
+typedef enum { ENG_DEVICE_CPU = 0, ENG_DEVICE_CUDA = 1 } eng_device;
+
 typedef struct {
     int n_threads;     /* 0: OpenMP default */
-    int chunk;         /* prefill tokens per forward chunk; 0: 256 */
+    int chunk;         /* prefill tokens per forward chunk; 0: 256 (1024 on a GPU) */
+    eng_device device; /* CUDA: the forward pass on the GPU when one is usable (kvseek built with
+                        * CUDA=1 and a device present); otherwise the CPU, with one log line */
+    double gpu_mem_gb; /* GPU memory budget for weights and buffers; 0: what is free */
     eng_attn_params attn; /* sequences' default; all-zero means eng_attn_default() */
 } eng_model_params;
 
@@ -103,6 +108,8 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
 void eng_model_free(eng_model *m); /* accepts NULL */
 
 const eng_hparams *eng_model_hparams(const eng_model *m);
+/* Where the forward pass runs: "cuda" or "cpu". */
+const char *eng_model_device(const eng_model *m);
 const tok_vocab *eng_model_vocab(const eng_model *m);
 const gguf_ctx *eng_model_gguf(const eng_model *m);
 bool eng_layer_is_local(const eng_model *m, int layer);

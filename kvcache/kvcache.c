@@ -69,6 +69,16 @@ static int fail(kv_store *s, int code, const char *fmt, ...) {
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int held(const kv_store *s, const kv_layer *L, int64_t pos);
 
+/* Pages and page tables through the store's allocator (kv_params.page_alloc). */
+static void *mem_alloc(const kv_params *p, size_t bytes) {
+    return p->page_alloc ? p->page_alloc(bytes) : aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+}
+
+static void mem_free(const kv_params *p, void *ptr) {
+    if (p->page_free) p->page_free(ptr);
+    else free(ptr);
+}
+
 int kv_create(const kv_params *p, kv_store **out) {
     *out = NULL;
     if (!p || p->n_layer <= 0 || p->n_head_kv <= 0 || p->head_dim <= 0 || p->v_dim <= 0 ||
@@ -108,8 +118,9 @@ int kv_create(const kv_params *p, kv_store **out) {
         } else {
             L->n_slots = max_pages;
         }
-        L->pages = calloc((size_t)L->n_slots, sizeof(void *));
+        L->pages = mem_alloc(&s->p, (size_t)L->n_slots * sizeof(void *));
         if (!L->pages) goto nomem;
+        memset(L->pages, 0, (size_t)L->n_slots * sizeof(void *));
         s->bytes += sizeof(void *) * L->n_slots;
     }
     if (p->max_bytes && s->bytes > p->max_bytes) {
@@ -131,8 +142,9 @@ void kv_free(kv_store *s) {
     if (s->layers) {
         for (int l = 0; l < s->p.n_layer; l++) {
             kv_layer *L = &s->layers[l];
-            for (int64_t i = L->n_borrowed; i < L->n_alloc; i++) free(L->pages[i]);
-            free(L->pages);
+            if (!L->pages) continue;
+            for (int64_t i = L->n_borrowed; i < L->n_alloc; i++) mem_free(&s->p, L->pages[i]);
+            mem_free(&s->p, L->pages);
         }
     }
     free(s->layers);
@@ -169,7 +181,7 @@ static int ensure_pages(kv_store *s, int l0, int l1, int64_t n_total) {
         kv_layer *L = &s->layers[l];
         int64_t need = pages_needed(s, L, n_total);
         for (; L->n_alloc < need; L->n_alloc++) {
-            void *pg = aligned_alloc(64, s->page_bytes);
+            void *pg = mem_alloc(&s->p, s->page_bytes);
             if (!pg) goto rollback;
             L->pages[L->n_alloc] = pg;
             s->bytes += s->page_bytes;
@@ -181,7 +193,7 @@ rollback:
     for (int r = l0; r < l1; r++) {
         kv_layer *L = &s->layers[r];
         while (L->n_alloc > s->old_alloc[r]) {
-            free(L->pages[--L->n_alloc]);
+            mem_free(&s->p, L->pages[--L->n_alloc]);
             L->pages[L->n_alloc] = NULL;
             s->bytes -= s->page_bytes;
         }
@@ -319,7 +331,7 @@ int kv_share_prefix(kv_store *dst, const kv_store *src, int64_t n) {
         unborrow(L);
         int64_t owned = L->n_alloc;
         while (nb + owned > L->n_slots) { /* no room for every owned page after the shared ones */
-            free(L->pages[--owned]);
+            mem_free(&dst->p, L->pages[--owned]);
             L->pages[owned] = NULL;
             dst->bytes -= dst->page_bytes;
         }

@@ -43,6 +43,11 @@ typedef struct {
     int ring_slack;       /* rows a local layer is appended before they attend (the engine's
                            * prefill chunk): the ring keeps window + ring_slack - 1 tokens so the
                            * chunk's first row still finds its window (default 1) */
+    /* Where pages and page tables live (the CUDA backend passes pinned host memory that the
+     * device reads in place); NULL: aligned_alloc / free. page_alloc returns memory aligned to
+     * at least 64 bytes, or NULL. */
+    void *(*page_alloc)(size_t bytes);
+    void (*page_free)(void *p);
 } kv_params;
 
 /* Defaults for the optional fields; the caller sets the shape (n_layer .. max_tokens). */

@@ -43,6 +43,9 @@ void srv_config_usage(FILE *f) {
         "  --cors-origin ORIGIN      send Access-Control-Allow-Origin: ORIGIN (default: no CORS)\n"
         "  --shutdown-timeout S      grace for in-flight requests on SIGTERM (default 10)\n"
         "  -t, --threads N           compute threads (default: OpenMP's)\n"
+        "  --device cpu|cuda         where the forward pass runs (default cpu; cuda falls back to\n"
+        "                            the CPU with a log line when no GPU is usable)\n"
+        "  --gpu-mem-gb G            GPU memory budget for weights and buffers (default: all free)\n"
         "\nregistered contexts (POST /v1/contexts; Squeezed Attention):\n"
         "  --data-dir DIR            where contexts persist (default data/contexts; \"\" disables)\n"
         "  --context-max-tokens N    longest context that may be registered (default 131072)\n"
@@ -68,6 +71,7 @@ static void defaults(srv_config *c) {
     c->ctx_size = 0; /* the model's training context, at most 4096 */
     c->parallel = 8;
     c->threads = 0;
+    snprintf(c->device, sizeof c->device, "cpu");
     c->queue_size = 64;
     c->batch_size = 128;
     c->max_body_bytes = 8u << 20;
@@ -232,6 +236,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             {"api_key", c->api_key, sizeof c->api_key},
             {"chat_template", c->chat_template, sizeof c->chat_template},
             {"cors_origin", c->cors_origin, sizeof c->cors_origin},
+            {"device", c->device, sizeof c->device},
         };
         bool known = false;
         for (size_t i = 0; i < sizeof ints / sizeof ints[0] && !known; i++) {
@@ -264,6 +269,14 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
                 rc = -1;
             } else {
                 c->max_body_bytes = (size_t)v;
+            }
+        } else if (!strcmp(k, "gpu_mem_gb")) {
+            double v = cJSON_GetNumberValue(it);
+            if (!cJSON_IsNumber(it) || !(v >= 0 && v <= 1e6)) {
+                set_err(err, errlen, "config %s: \"gpu_mem_gb\" must be a number of GB >= 0", path);
+                rc = -1;
+            } else {
+                c->gpu_mem_gb = v;
             }
         } else if (!strcmp(k, "shutdown_timeout_s")) {
             double v = cJSON_GetNumberValue(it);
@@ -334,6 +347,7 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             {"--alias", NULL, c->model_alias, sizeof c->model_alias},
             {"--api-key", NULL, c->api_key, sizeof c->api_key},
             {"--chat-template", NULL, c->chat_template, sizeof c->chat_template},
+            {"--device", NULL, c->device, sizeof c->device},
         };
         bool done = false;
         if (IS("-c") || IS("--config")) {
@@ -380,6 +394,16 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             }
             c->max_body_bytes = (size_t)n;
             i++;
+        } else if (IS("--gpu-mem-gb")) {
+            if (!v) goto need_value;
+            char *end;
+            double d = strtod(v, &end);
+            if (end == v || *end || !(d >= 0 && d <= 1e6)) {
+                set_err(err, errlen, "--gpu-mem-gb: '%s' is not a number of GB >= 0", v);
+                return -1;
+            }
+            c->gpu_mem_gb = d;
+            i++;
         } else if (IS("--shutdown-timeout")) {
             if (!v) goto need_value;
             char *end;
@@ -399,6 +423,10 @@ need_value:
         set_err(err, errlen, "%s needs a value", o);
         return -1;
 #undef IS
+    }
+    if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda")) {
+        set_err(err, errlen, "device '%s' is not cpu or cuda", c->device);
+        return -1;
     }
     if (!c->model[0]) {
         set_err(err, errlen, "no model given (-m MODEL or \"model\" in the config)");
@@ -429,6 +457,8 @@ void srv_config_log(const srv_config *c, FILE *f) {
     cJSON_AddNumberToObject(o, "ctx_size", c->ctx_size);
     cJSON_AddNumberToObject(o, "parallel", c->parallel);
     cJSON_AddNumberToObject(o, "threads", c->threads);
+    cJSON_AddStringToObject(o, "device", c->device);
+    cJSON_AddNumberToObject(o, "gpu_mem_gb", c->gpu_mem_gb);
     cJSON_AddNumberToObject(o, "queue_size", c->queue_size);
     cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
     cJSON_AddNumberToObject(o, "max_body_bytes", (double)c->max_body_bytes);

@@ -557,7 +557,9 @@ int srv_serve_main(int argc, char **argv) {
             s.cfg.host, strchr(s.cfg.host, ':') ? "]" : "", port);
 
     double t0 = srv_now_ms();
-    eng_model_params mp = {.n_threads = s.cfg.threads, .attn = s.cfg.attn};
+    eng_model_params mp = {.n_threads = s.cfg.threads, .attn = s.cfg.attn,
+                           .device = strcmp(s.cfg.device, "cuda") ? ENG_DEVICE_CPU : ENG_DEVICE_CUDA,
+                           .gpu_mem_gb = s.cfg.gpu_mem_gb};
     s.model = eng_model_load(s.cfg.model, &mp, err, sizeof err);
     if (!s.model) {
         fprintf(stderr, "error: %s\n", err);

@@ -59,6 +59,8 @@ typedef struct {
     const char *model, *prompt, *prompt_file, *prompt_ids, *tokens, *out, *context;
     eng_ctx_params cp;
     int n_predict, ctx, threads, chunk, top_k, repeat_last_n;
+    eng_device device;
+    float gpu_mem_gb;
     float temp, top_p, min_p, repeat_penalty;
     uint64_t seed;
     bool json, no_bos, no_special, help, seed_set, render_special;
@@ -145,7 +147,10 @@ static void usage(const char *cmd) {
         printf("\n");
     }
     printf("  -t, --threads N       threads (default: physical cores)\n"
-           "  --chunk N             prefill chunk size in tokens (default 256)\n"
+           "  --chunk N             prefill chunk size in tokens (default 256; 1024 on a GPU)\n"
+           "  --device cpu|cuda     where the forward pass runs (default cpu; cuda falls back to the\n"
+           "                        CPU with a log line when no GPU is usable)\n"
+           "  --gpu-mem-gb G        GPU memory budget for weights and buffers (default: all free)\n"
            "  -h, --help            this help\n");
 }
 
@@ -194,6 +199,16 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (IS("-c") || IS("--ctx-size") || IS("--ctx")) INT(a->ctx, 1, 1 << 24);
         else if (IS("-t") || IS("--threads")) INT(a->threads, 1, 1024);
         else if (IS("--chunk")) INT(a->chunk, 1, 1 << 16);
+        else if (IS("--device")) {
+            NEED();
+            if (!strcmp(v, "cpu")) a->device = ENG_DEVICE_CPU;
+            else if (!strcmp(v, "cuda")) a->device = ENG_DEVICE_CUDA;
+            else { fprintf(stderr, "error: --device: '%s' is not cpu or cuda\n", v); return -1; }
+        }
+        else if (IS("--gpu-mem-gb")) {
+            FLT(a->gpu_mem_gb);
+            if (a->gpu_mem_gb < 0) { fprintf(stderr, "error: --gpu-mem-gb must be >= 0\n"); return -1; }
+        }
         else if (IS("--top-k")) INT(a->top_k, 0, 1 << 30);
         else if (IS("--repeat-last-n")) INT(a->repeat_last_n, -1, 1 << 30);
         else if (IS("--temp")) FLT(a->temp);
@@ -297,7 +312,7 @@ static eng_model *load_model(const args *a) {
         return NULL;
     }
     eng_model_params mp = {.n_threads = a->threads > 0 ? a->threads : physical_cores(), .chunk = a->chunk,
-                           .attn = a->attn};
+                           .attn = a->attn, .device = a->device, .gpu_mem_gb = a->gpu_mem_gb};
     char err[512];
     double t0 = now_ms();
     eng_model *m = eng_model_load(a->model, &mp, err, sizeof err);
@@ -306,9 +321,9 @@ static eng_model *load_model(const args *a) {
         return NULL;
     }
     const eng_hparams *hp = eng_model_hparams(m);
-    fprintf(stderr, "kvseek: loaded %s (%s, %d layers, n_embd %d, %d/%d heads, vocab %d) in %.0f ms, %d threads\n",
+    fprintf(stderr, "kvseek: loaded %s (%s, %d layers, n_embd %d, %d/%d heads, vocab %d) in %.0f ms, %d threads, %s\n",
             a->model, hp->arch_name, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv,
-            hp->n_vocab, now_ms() - t0, mp.n_threads);
+            hp->n_vocab, now_ms() - t0, mp.n_threads, eng_model_device(m));
     return m;
 }
 
@@ -637,6 +652,7 @@ static int cmd_generate(const args *a) {
         free(clean);
         cJSON_AddNumberToObject(o, "generated_tokens", n_gen);
         cJSON_AddStringToObject(o, "finish_reason", finish);
+        cJSON_AddStringToObject(o, "device", eng_model_device(m));
         cJSON_AddNumberToObject(o, "prefill_ms", t_prefill);
         cJSON_AddNumberToObject(o, "prefill_tok_s", n_prompt / (t_prefill / 1e3));
         cJSON_AddNumberToObject(o, "decode_ms", t_decode);

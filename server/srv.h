@@ -28,6 +28,8 @@ typedef struct {
     int ctx_size;           /* tokens per sequence */
     int parallel;           /* sequences decoded together */
     int threads;            /* 0: OpenMP default */
+    char device[8];         /* "cpu" or "cuda" (the CPU when no GPU is usable) */
+    double gpu_mem_gb;      /* GPU memory budget; 0: what is free */
     int queue_size;         /* requests waiting for a free sequence before 429 */
     int batch_size;         /* rows per forward pass (decode rows + prefill chunk) */
     size_t max_body_bytes;  /* request bodies past this get 413 */
