@@ -118,9 +118,10 @@ else
 	$(MAKE) BUILD=build/cuda CUDA=1 build/cuda/kvseek $(TEST_BIN:$(BUILD)/%=build/cuda/%)
 endif
 
-# model-level GPU tests, commands run after test_gpu (empty for now)
-GPU_MODEL_TESTS =
-test-gpu: cuda-build
+# model-level GPU tests, run after test_gpu: every model's logits and selector decode on the GPU
+# against the CPU (tests/test_gpu_logits.py; also in `make test`, where it prints skipped)
+GPU_MODEL_TESTS = $(PYTHON) tests/test_gpu_logits.py build $(MODEL)
+test-gpu: cuda-build tiny
 	@if [ -x build/cuda/tests/test_gpu ]; then build/cuda/tests/test_gpu; \
 	    else echo "skipped: build/cuda/tests/test_gpu not built"; fi
 	$(GPU_MODEL_TESTS)

@@ -80,6 +80,7 @@ static void usage(const char *cmd) {
                "  info         print the model's hyperparameters as JSON\n"
                "  context      context build|info: register a fixed context (Squeezed Attention)\n"
                "  bench-kernels  memory bandwidth, kernel GB/s, a model's bytes per token and tok/s ceiling\n"
+               "  bench-gpu    GB/s of the CUDA sparse-attention kernel: device, mapped host, gathered\n"
                "  synth-model  write a llama GGUF with random weights in a given shape (offline benchmarks)\n"
                "  serve        HTTP server: TGI and OpenAI-compatible APIs, streaming, batching\n", KVSEEK_VERSION);
         return;
@@ -916,6 +917,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "serve")) return srv_serve_main(argc, argv);
     if (!strcmp(argv[1], "bench-kernels")) { int srv_bench_kernels_main(int, char **); return srv_bench_kernels_main(argc, argv); }
+    if (!strcmp(argv[1], "bench-gpu")) { int srv_bench_gpu_main(int, char **); return srv_bench_gpu_main(argc, argv); }
     if (!strcmp(argv[1], "synth-model")) { int srv_synth_model_main(int, char **); return srv_synth_model_main(argc, argv); }
     if (!strcmp(argv[1], "context")) {
         signal(SIGXFSZ, SIG_IGN); /* a full disk is an error message, not a dead process */
