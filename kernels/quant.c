@@ -699,6 +699,79 @@ mv_fused32(blk_dec2 dec, size_t bb, const uint8_t *w, size_t rb, int nr, const f
 }
 #endif
 
+#if defined(__AVX512F__)
+/* The 256-element K types the same way: a block's 16 pieces decoded into registers. */
+static inline __attribute__((always_inline)) void blk_q4_k(const uint8_t *b, __m512 w[16]) {
+    const float d = rd_f16(b), dmin = rd_f16(b + 2);
+    const uint8_t *sc = b + 4, *qs = b + 16;
+    for (int g = 0; g < 4; g++) {
+        int s0, m0, s1, m1;
+        k4_scale_min(sc, 2 * g, &s0, &m0);
+        k4_scale_min(sc, 2 * g + 1, &s1, &m1);
+        const __m512 d0 = _mm512_set1_ps(d * (float)s0), n0 = _mm512_set1_ps(-(dmin * (float)m0));
+        const __m512 d1 = _mm512_set1_ps(d * (float)s1), n1 = _mm512_set1_ps(-(dmin * (float)m1));
+        for (int h = 0; h < 2; h++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(qs + 32 * g + 16 * h));
+            w[4 * g + h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo_nib(v))), d0), n0);
+            w[4 * g + 2 + h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi_nib(v))), d1), n1);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) __m512 q6_piece(__m128i q, float s) {
+    const __m512i v = _mm512_add_epi32(_mm512_cvtepu8_epi32(q), _mm512_set1_epi32(-32));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(s));
+}
+
+static inline __attribute__((always_inline)) void blk_q6_k(const uint8_t *b, __m512 w[16]) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const float d = rd_f16(b + 208);
+    const __m128i m30 = _mm_set1_epi8(0x30);
+    for (int n = 0; n < 2; n++) {
+        const uint8_t *l0 = ql + 64 * n, *h0 = qh + 32 * n;
+        for (int k = 0; k < 2; k++) {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(l0 + 16 * k));
+            const __m128i bb = _mm_loadu_si128((const __m128i *)(l0 + 32 + 16 * k));
+            const __m128i h = _mm_loadu_si128((const __m128i *)(h0 + 16 * k));
+            w[8 * n + k] = q6_piece(_mm_or_si128(lo_nib(a), _mm_and_si128(_mm_slli_epi16(h, 4), m30)),
+                                    d * (float)sc[8 * n + 0 + k]);
+            w[8 * n + 2 + k] = q6_piece(_mm_or_si128(lo_nib(bb), _mm_and_si128(_mm_slli_epi16(h, 2), m30)),
+                                        d * (float)sc[8 * n + 2 + k]);
+            w[8 * n + 4 + k] = q6_piece(_mm_or_si128(hi_nib(a), _mm_and_si128(h, m30)),
+                                        d * (float)sc[8 * n + 4 + k]);
+            w[8 * n + 6 + k] = q6_piece(_mm_or_si128(hi_nib(bb), _mm_and_si128(_mm_srli_epi16(h, 2), m30)),
+                                        d * (float)sc[8 * n + 6 + k]);
+        }
+    }
+}
+
+typedef void (*blk_dec16)(const uint8_t *, __m512 *);
+
+static inline __attribute__((always_inline)) void
+mv_fused256(blk_dec16 dec, size_t bb, const uint8_t *w, size_t rb, int nr, const float *x, int64_t n,
+            size_t pf, vf acc[KT][KR]) {
+    vf c[KR];
+    for (int r = 0; r < KR; r++) c[r] = acc[0][r];
+    const int64_t nb = n / 256;
+    for (int64_t i = 0; i < nb; i++) {
+        const float *xb = x + 256 * i;
+        for (int r = 0; r < KR; r++) {
+            if (r >= nr) break;
+            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
+            if (pf)
+                for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
+            __m512 wv[16];
+            dec(blk, wv);
+            vf a = c[r];
+            for (int p = 0; p < 16; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
+            c[r] = a;
+        }
+    }
+    for (int r = 0; r < KR; r++) acc[0][r] = c[r];
+}
+#endif
+
 static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, const float *x,
                         int64_t n, size_t pf, vf acc[KT][KR]) {
 #if defined(__AVX512F__)
@@ -706,6 +779,8 @@ static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, cons
     case KRN_TYPE_Q4_0: mv_fused32(blk_q4_0, 18, w, rb, nr, x, n, pf, acc); return;
     case KRN_TYPE_Q5_0: mv_fused32(blk_q5_0, 22, w, rb, nr, x, n, pf, acc); return;
     case KRN_TYPE_Q8_0: mv_fused32(blk_q8_0, 34, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q4_K: mv_fused256(blk_q4_k, 144, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q6_K: mv_fused256(blk_q6_k, 210, w, rb, nr, x, n, pf, acc); return;
     default: break;
     }
 #endif
