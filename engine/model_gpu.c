@@ -276,7 +276,9 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             if (ihi < r.off_hi) idx_add(s->ix, layer, h, s->kv, r.off_hi);
             int32_t *ids = s->ids + (size_t)h * s->ids_cap;
             const double t0 = now_s();
-            int64_t n = idx_select(s->ix, layer, h, s->kv, g->h_q + q0 * hd, G, &s->req, ids, s->ids_cap);
+            /* `window` selects nothing (and its query was not copied back) */
+            int64_t n = s->kind == IDX_WINDOW ? 0
+                      : idx_select(s->ix, layer, h, s->kv, g->h_q + q0 * hd, G, &s->req, ids, s->ids_cap);
             s->st.search_s += now_s() - t0;
             if (n > 0) {
                 ji->ids = ids;
