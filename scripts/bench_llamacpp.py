@@ -111,6 +111,8 @@ def compare(argv):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--long", type=int, default=0, help="also this length, kvseek with --long-selectors")
     ap.add_argument("--long-selectors", default="retrieval")
+    ap.add_argument("--long-repeat", type=int, default=1,
+                    help="repeats at --long (a 32K llama.cpp prefill alone takes minutes)")
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp with flash attention")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--tmp", default=os.path.join("build", "bench"))
@@ -142,7 +144,7 @@ def compare(argv):
         prompt = os.path.join(a.tmp, f"prompt-{length}.txt")
         ids = make_prompt(a.kvseek, a.model, length, prompt)
         runs = []
-        for rep in range(a.repeat):
+        for rep in range(a.long_repeat if a.long and length == a.long else a.repeat):
             for sel in sels:   # A B A B: kvseek, llama.cpp, kvseek, llama.cpp, ...
                 kv = kvseek_run(a, prompt, len(ids), sel)
                 kv["rep"] = rep

@@ -6,11 +6,12 @@
 # virtual environment of scripts/llamacpp_venv.sh (outside the repo; built on first use, ~10 min).
 # Decode: N tokens greedy (-n, default 64); llama.cpp ignores end-of-generation, kvseek stops at
 # it (its generated_tokens says so). --long 32768 adds that length with kvseek's --long-selectors
-# (default retrieval) against llama.cpp dense. Read the ratios only from an idle machine
+# (default retrieval) against llama.cpp dense, --long-repeat times (default 1). Read the ratios
+# only from an idle machine
 # (--wait-idle: as in scripts/bench.sh).
 #
 # usage: scripts/bench_vs_llamacpp.sh [-m MODEL] [--lengths 512,1024] [-n 64] [-t THREADS]
-#            [--repeat 3] [--long L] [--long-selectors S,S] [--flash-attn] [--out FILE.jsonl]
+#            [--repeat 3] [--long L] [--long-selectors S,S] [--long-repeat 1] [--flash-attn] [--out FILE.jsonl]
 #            [--wait-idle] [--max-load X] [--wait-minutes M] [-- extra kvseek generate options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     -m|--model) model=$2; shift 2;;
     -t|--threads) threads=$2; shift 2;;
-    --lengths|-n|--repeat|--long|--long-selectors) args+=("$1" "$2"); shift 2;;
+    --lengths|-n|--repeat|--long|--long-selectors|--long-repeat) args+=("$1" "$2"); shift 2;;
     --flash-attn) args+=("$1"); shift;;
     --out) out=$2; shift 2;;
     --wait-idle) wait_idle=1; shift;;
