@@ -7,8 +7,7 @@
 # Decode: N tokens greedy (-n, default 64); llama.cpp ignores end-of-generation, kvseek stops at
 # it (its generated_tokens says so). --long 32768 adds that length with kvseek's --long-selectors
 # (default retrieval) against llama.cpp dense, --long-repeat times (default 1). Read the ratios
-# only from an idle machine
-# (--wait-idle: as in scripts/bench.sh).
+# only from an idle machine (--wait-idle: as in scripts/bench.sh).
 #
 # usage: scripts/bench_vs_llamacpp.sh [-m MODEL] [--lengths 512,1024] [-n 64] [-t THREADS]
 #            [--repeat 3] [--long L] [--long-selectors S,S] [--long-repeat 1] [--flash-attn] [--out FILE.jsonl]
