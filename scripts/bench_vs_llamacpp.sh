@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --max-load) max_load=$2; shift 2;;
     --wait-minutes) wait_minutes=$2; shift 2;;
     --) shift; extra=("$@"); break;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "bench_vs_llamacpp.sh: unknown option $1 (see --help)" >&2; exit 2;;
   esac
 done
