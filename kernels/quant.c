@@ -622,6 +622,7 @@ tile_store(int nt, vf acc[KT][KR], float *y, int64_t ldy, int nr_out) {
  * columns of the next group are prefetched as these are decoded (the hardware prefetcher alone
  * leaves the decode waiting). */
 #define MV_CHUNK 256   /* a multiple of every block size and of VL */
+#define MV_PF_BYTES 16384 /* how far ahead matvec prefetches weight rows */
 
 /* acc[0][r] += row r of the nr <= KR consecutive rows at w (rb bytes each) times x, over n
  * columns; `run` is a compile-time constant after inlining. Rows past nr repeat row 0 and are
@@ -815,7 +816,10 @@ void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
     for (int64_t g = 0; g < n_grp; g++) {
         int64_t r0 = g * KR;
         int nr = (int)min64(KR, n_rows - r0);
-        size_t pf = r0 + 2 * KR <= n_rows ? KR * rb : 0;   /* the next group, if whole */
+        /* prefetch at least MV_PF_BYTES ahead, in whole groups (short rows: several groups,
+         * or the next group would arrive too late), while those rows exist */
+        const int64_t ahead = (MV_PF_BYTES + (int64_t)(KR * rb) - 1) / (int64_t)(KR * rb);
+        size_t pf = r0 + (ahead + 1) * KR <= n_rows ? (size_t)ahead * KR * rb : 0;
         vf acc[KT][KR];
         for (int r = 0; r < KR; r++) acc[0][r] = vf_zero();
         mv_dispatch(type, w + (size_t)r0 * rb, rb, nr, x, n_cols, pf, acc);
