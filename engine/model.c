@@ -729,9 +729,22 @@ static void attend(eng_model *m, int layer, int T) {
     if (nthr > m->job_threads) nthr = m->job_threads;
     const double t0 = now_s();
     int nj = 0, n_slots = 0;
+    const int tile = ATTN_MAX_GROUP / G; /* prefill rows of a global layer per job */
     for (int t = 0; t < T; t++) {
         eng_seq *s = m->row_seq[t];
         const int64_t p = m->row_pos[t];
+        if (!local && !m->row_sparse[t] && tile > 1) {
+            int r = 1;
+            while (r < tile && t + r < T && m->row_seq[t + r] == s) r++;
+            for (int h = 0; h < nkv; h++) {
+                attn_job *j = &m->jobs[nj++];
+                memset(j, 0, sizeof *j);
+                j->t = t; j->h = h; j->rows = r; j->slot = -1;
+                j->whole = r == 1; /* a lone row takes the usual path */
+            }
+            t += r - 1;
+            continue;
+        }
         const int dense = local || s->kind == IDX_DENSE;
         int64_t lo = 0, hi = p + 1;
         if (local) {
@@ -757,6 +770,7 @@ static void attend(eng_model *m, int layer, int T) {
                 j->lo = lo + (hi - lo) * (i / qparts) / kparts;
                 j->hi = lo + (hi - lo) * (i / qparts + 1) / kparts;
                 j->slot = i >= qparts ? n_slots++ : -1; /* key parts after the first: scratch */
+                j->rows = 1;
             }
         }
     }
@@ -772,6 +786,21 @@ static void attend(eng_model *m, int layer, int T) {
     #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < nj; i++) {
         const attn_job *j = &m->jobs[i];
+        if (j->rows > 1) {
+            const float *qs[ATTN_MAX_GROUP];
+            float *os[ATTN_MAX_GROUP], *ls[ATTN_MAX_GROUP];
+            int64_t pos[ATTN_MAX_GROUP];
+            for (int r = 0; r < j->rows; r++) {
+                const size_t q0 = (size_t)(j->t + r) * nh + (size_t)j->h * G;
+                qs[r] = m->q + q0 * hd;
+                os[r] = m->att + q0 * vd;
+                ls[r] = m->att_lse + q0;
+                pos[r] = m->row_pos[j->t + r];
+            }
+            attn_causal_rows(&m->row_seq[j->t]->views[layer * nkv + j->h], qs, G, j->rows, pos,
+                             hp->attn_scale, os, ls);
+            continue;
+        }
         if (j->whole) {
             attend_one(m, layer, j->t, j->h, local);
             continue;

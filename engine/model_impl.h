@@ -24,6 +24,8 @@ typedef struct {
     int g0, ng;         /* queries [g0, g0 + ng) of the group */
     int64_t lo, hi;     /* keys of this part */
     int slot;           /* -1: writes the row's output; else a scratch slot merged afterwards */
+    int rows;           /* > 1: prefill rows t .. t + rows - 1 of a global layer together
+                         * (attn_causal_rows: their keys read once) */
 } attn_job;
 
 typedef struct {

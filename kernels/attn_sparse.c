@@ -252,6 +252,47 @@ static void attn_dispatch(const attn_kv_view *kv, const float *q, int n_q, const
     }
 }
 
+/* ---- causal rows sharing their keys ---------------------------------------------------- */
+
+void attn_causal_rows(const attn_kv_view *kv, const float *const *q, int G, int R, const int64_t *pos,
+                      float scale, float *const *out, float *const *lse) {
+    if (R < 1 || G < 1 || R * G > ATTN_MAX_GROUP) return;
+    const int dk = kv->dk, dv = kv->dv, nq = R * G;
+    float qs[ATTN_MAX_GROUP * 256], os[ATTN_MAX_GROUP * 256];
+    if (dk > 256 || dv > 256) {   /* no room to gather: row by row */
+        for (int r = 0; r < R; r++) attn_serial(kv, q[r], G, NULL, 0, pos[r] + 1, scale, out[r], lse[r]);
+        return;
+    }
+    for (int r = 0; r < R; r++) memcpy(qs + (size_t)r * G * dk, q[r], sizeof(float) * G * dk);
+    /* whole blocks every row attends, with the keys loaded once for all R * G queries: the block
+     * borders are those of a single row's pass (multiples of BLK from 0), and each query's state
+     * evolves exactly as it would alone */
+    int64_t pmin = pos[0];
+    for (int r = 1; r < R; r++) pmin = pos[r] < pmin ? pos[r] : pmin;
+    const int64_t shared = (pmin + 1) / BLK * BLK;
+    soft_state st;
+    int64_t p[BLK];
+    soft_init(&st, kv, qs, nq, scale, os);
+    for (int64_t j0 = 0; j0 < shared; j0 += BLK) {
+        for (int j = 0; j < BLK; j++) p[j] = j0 + j;
+        soft_block(&st, p, BLK);
+    }
+    /* the rest of each row's range on its own queries' states */
+    for (int r = 0; r < R; r++) {
+        soft_state sr;
+        sr.kv = kv; sr.q = qs + (size_t)r * G * dk; sr.n_q = G; sr.scale = scale;
+        sr.out = os + (size_t)r * G * dv;
+        for (int g = 0; g < G; g++) { sr.m[g] = st.m[r * G + g]; sr.d[g] = st.d[r * G + g]; }
+        for (int64_t j0 = shared; j0 < pos[r] + 1; j0 += BLK) {
+            int nb = (int)(pos[r] + 1 - j0 < BLK ? pos[r] + 1 - j0 : BLK);
+            for (int j = 0; j < nb; j++) p[j] = j0 + j;
+            soft_block(&sr, p, nb);
+        }
+        soft_finish(&sr, lse[r]);
+        memcpy(out[r], sr.out, sizeof(float) * G * dv);
+    }
+}
+
 /* ---- public entry points ------------------------------------------------------------- */
 
 void attn_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int64_t hi,

@@ -46,6 +46,14 @@ void attn_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int
 void attn_ids(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids, int64_t n,
               float scale, float *out, float *lse);
 
+/* Causal attention of R rows of one sequence on one KV head, each row r's G queries q[r]
+ * (G * dk floats) over positions [0, pos[r]] (R * G <= ATTN_MAX_GROUP): the same bits as
+ * attn_range(kv, q[r], G, 0, pos[r] + 1, ...) called serially for each row, but the keys every
+ * row attends are loaded once for all of them (prefill of long contexts is bound by reading
+ * them). out[r] (G * dv) and lse[r] (G). Serial; allocates nothing. */
+void attn_causal_rows(const attn_kv_view *kv, const float *const *q, int G, int R, const int64_t *pos,
+                      float scale, float *const *out, float *const *lse);
+
 /* (o_a, lse_a) += (o_b, lse_b) for n_q queries: exact merge of attention over disjoint key
  * sets (krn_attn_merge per query). */
 void attn_merge(float *o_a, float *lse_a, const float *o_b, const float *lse_b, int n_q, int dv);
