@@ -210,6 +210,41 @@ int main(void) {
             CHECK(ok, "scores_range dk=%d", dk);
             CHECK(okh, "scores_ids f16 dk=%d", dk);
         }
+        /* attn_causal_rows: R rows' groups over their causal ranges (positions near and across
+         * block borders, odd group sizes) give the bits of attn_range row by row */
+        {
+            const int64_t bases[] = {0, 29, 31, 95, 4093, 30000};
+            const int shapes[][2] = {{1, 4}, {2, 7}, {4, 4}, {5, 3}, {16, 1}, {3, 5}}; /* R, G */
+            float *o1 = malloc(sizeof(float) * 16 * dv), *o2 = malloc(sizeof(float) * 16 * dv);
+            float l1[16], l2[16];
+            int bad = 0;
+            /* the reference is the serial pass (the engine calls both inside its parallel loop;
+             * outside one, attn_range would split long ranges across threads) */
+            const int saved_threads = omp_get_max_threads();
+            omp_set_num_threads(1);
+            for (int vi = 0; vi < 2; vi++) {
+                const attn_kv_view *v = vi ? &v16 : &v32;
+                for (size_t bi = 0; bi < sizeof bases / sizeof *bases; bi++)
+                    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+                        const int R = shapes[si][0], G = shapes[si][1];
+                        const float *qp[16];
+                        float *op[16], *lp[16];
+                        int64_t pos[16];
+                        for (int r = 0; r < R; r++) {
+                            pos[r] = bases[bi] + r + (r == R - 1 && R > 2 ? 40 : 0); /* one row a block further */
+                            qp[r] = q + (size_t)((r * G) % GMAX) * dk;
+                            op[r] = o2 + (size_t)r * G * dv;
+                            lp[r] = l2 + r * G;
+                            attn_range(v, qp[r], G, 0, pos[r] + 1, scale, o1 + (size_t)r * G * dv, l1 + r * G);
+                        }
+                        attn_causal_rows(v, qp, G, R, pos, scale, op, lp);
+                        bad += memcmp(o1, o2, sizeof(float) * R * G * dv) != 0 || memcmp(l1, l2, sizeof(float) * R * G) != 0;
+                    }
+            }
+            omp_set_num_threads(saved_threads);
+            CHECK(bad == 0, "attn_causal_rows == attn_range per row, bit for bit (dk %d dv %d): %d of 72 differ", dk, dv, bad);
+            free(o1); free(o2);
+        }
         free(q); free(ref); free(got); free(part); free(ids);
         fx_free(&f);
     }
