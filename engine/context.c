@@ -145,6 +145,18 @@ static uint64_t h_final(const hasher *h) {
     return x;
 }
 
+uint64_t eng_ctx_file_checksum(const void *file, size_t len) {
+    ctx_header z;
+    if (len < sizeof z) return 0;
+    memcpy(&z, file, sizeof z);
+    z.checksum = 0;
+    hasher h;
+    h_init(&h, 0);
+    h_update(&h, &z, sizeof z);
+    h_update(&h, (const uint8_t *)file + sizeof z, len - sizeof z);
+    return h_final(&h);
+}
+
 uint64_t eng_model_fingerprint(const eng_model *m) {
     const gguf_ctx *g = eng_model_gguf(m);
     const eng_hparams *hp = eng_model_hparams(m);
@@ -602,15 +614,7 @@ eng_ctx *eng_ctx_load(const eng_model *m, const char *dir, char *err, size_t err
         BAD("context %s: version %u, this kvseek reads %d", file, H.version, CTX_VERSION);
     if (H.file_bytes != len) BAD("context %s: truncated or extended (%zu bytes, header says %llu)", file, len,
                                  (unsigned long long)H.file_bytes);
-    {
-        hasher h;
-        h_init(&h, 0);
-        ctx_header z = H;
-        z.checksum = 0;
-        h_update(&h, &z, sizeof z);
-        h_update(&h, b + sizeof H, len - sizeof H);
-        if (h_final(&h) != H.checksum) BAD("context %s: checksum mismatch (corrupted)", file);
-    }
+    if (eng_ctx_file_checksum(b, len) != H.checksum) BAD("context %s: checksum mismatch (corrupted)", file);
     if (H.fingerprint != eng_model_fingerprint(m))
         BAD("context %s was built for another model", file);
     if (nl != hp->n_layer || nkv != hp->n_head_kv || H.head_dim != hp->head_dim || H.v_dim != hp->v_dim ||

@@ -111,4 +111,9 @@ uint64_t eng_ctx_content_hash(const eng_model *m, const eng_ctx_params *p, const
  * context built with one model is refused by another. */
 uint64_t eng_model_fingerprint(const eng_model *m);
 
+/* The checksum a context file of len bytes must carry: a hash of the whole file with its own
+ * checksum field taken as 0. 0 when len is shorter than the header. (The loader checks it; a
+ * fuzzer patching files uses it to get past that check.) */
+uint64_t eng_ctx_file_checksum(const void *file, size_t len);
+
 #endif

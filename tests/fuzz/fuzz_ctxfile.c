@@ -4,9 +4,9 @@
  *
  * The loader checks a checksum of the whole file before anything else, so random bytes stop
  * there. To reach the parsing behind it the harness can patch the file first: it recomputes
- * the hash of engine/context.c (reimplemented below; the header layout too, both checked
- * against a real file at start-up so that a format change fails loudly instead of fuzzing
- * nothing). Real files are ~400 KB, mostly KV pages, so most inputs are edits of a real file
+ * the checksum with eng_ctx_file_checksum and knows the header layout (copied below and
+ * checked against a real file at start-up, so that a format change fails loudly instead of
+ * fuzzing nothing). Real files are ~400 KB, mostly KV pages, so most inputs are edits of a real file
  * built at start-up rather than whole files.
  *
  * Input: byte 0 is the mode.
@@ -60,61 +60,6 @@ typedef struct {
 _Static_assert(sizeof(ctx_header) == 256, "the header is 256 bytes");
 typedef struct { uint64_t off; int64_t n_pages, n_tok; int32_t window, pad; } ctx_layer_rec;
 typedef struct { uint64_t off, len; } ctx_cent_rec;
-
-typedef struct { uint64_t v[4]; uint8_t tail[32]; size_t nt; uint64_t total; } hasher;
-static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static const uint64_t P1 = 0x9E3779B185EBCA87ull, P2 = 0xC2B2AE3D27D4EB4Full;
-static void h_init(hasher *h, uint64_t seed) {
-    memset(h, 0, sizeof *h);
-    h->v[0] = seed + P1 + P2;
-    h->v[1] = seed + P2;
-    h->v[2] = seed;
-    h->v[3] = seed - P1;
-}
-static inline uint64_t round64(uint64_t acc, uint64_t w) { return rotl(acc + w * P2, 31) * P1; }
-static void h_block(hasher *h, const uint8_t *p) {
-    uint64_t w[4];
-    memcpy(w, p, 32);
-    for (int i = 0; i < 4; i++) h->v[i] = round64(h->v[i], w[i]);
-}
-static void h_update(hasher *h, const void *data, size_t len) {
-    const uint8_t *p = data;
-    h->total += len;
-    if (h->nt) {
-        size_t k = 32 - h->nt < len ? 32 - h->nt : len;
-        memcpy(h->tail + h->nt, p, k);
-        h->nt += k;
-        p += k;
-        len -= k;
-        if (h->nt < 32) return;
-        h_block(h, h->tail);
-        h->nt = 0;
-    }
-    for (; len >= 32; p += 32, len -= 32) h_block(h, p);
-    memcpy(h->tail, p, len);
-    h->nt = len;
-}
-static uint64_t h_final(const hasher *h) {
-    uint64_t x = rotl(h->v[0], 1) + rotl(h->v[1], 7) + rotl(h->v[2], 12) + rotl(h->v[3], 18);
-    x ^= h->total * P1;
-    for (size_t i = 0; i < h->nt; i++) x = rotl(x ^ (h->tail[i] * P1), 11) * P2;
-    x ^= x >> 33;
-    x *= P2;
-    x ^= x >> 29;
-    return x;
-}
-
-/* The checksum the loader expects of a file of len >= 256 bytes (its own field taken as 0). */
-static uint64_t file_checksum(const uint8_t *b, size_t len) {
-    ctx_header z;
-    memcpy(&z, b, sizeof z);
-    z.checksum = 0;
-    hasher h;
-    h_init(&h, 0);
-    h_update(&h, &z, sizeof z);
-    h_update(&h, b + sizeof z, len - sizeof z);
-    return h_final(&h);
-}
 
 /* ---- state built once ---- */
 
@@ -191,10 +136,10 @@ static void build_base(base_file *bf, int n, const eng_ctx_params *cp) {
     memcpy(&H, bf->bytes, sizeof H);
     FUZZ_CHECK(!memcmp(H.magic, "KVSKCTX1", 8) && H.version == 1 && H.header_bytes == sizeof H &&
                H.file_bytes == bf->len && H.fingerprint == fingerprint &&
-               H.checksum == file_checksum(bf->bytes, bf->len),
+               H.checksum == eng_ctx_file_checksum(bf->bytes, bf->len),
                "the context file format changed (magic %.8s, version %u, checksum %s): update "
                "tests/fuzz/fuzz_ctxfile.c to engine/context.c", H.magic, H.version,
-               H.checksum == file_checksum(bf->bytes, bf->len) ? "ok" : "differs");
+               H.checksum == eng_ctx_file_checksum(bf->bytes, bf->len) ? "ok" : "differs");
     const size_t nl = (size_t)H.n_layer, nc = nl * (size_t)H.n_head_kv;
     FUZZ_CHECK(H.off_tokens + 4 * (uint64_t)H.n_tokens <= bf->len && H.off_layers + nl * sizeof(ctx_layer_rec) <= bf->len &&
                H.off_cent + nc * sizeof(ctx_cent_rec) <= bf->len, "base sections out of the file");
@@ -394,7 +339,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         memcpy(f + offsetof(ctx_header, fingerprint), &fingerprint, 8);
         const uint64_t zero = 0;
         memcpy(f + offsetof(ctx_header, checksum), &zero, 8);
-        const uint64_t sum = file_checksum(f, len);
+        const uint64_t sum = eng_ctx_file_checksum(f, len);
         memcpy(f + offsetof(ctx_header, checksum), &sum, 8);
     }
     if (skip_known && known_bug(f, len)) {
