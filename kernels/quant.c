@@ -650,15 +650,15 @@ mv_group(row_dec run, int bs, size_t bb, const uint8_t *w, size_t rb, int nr, co
  * values dec_X writes, by the same operations) and go straight into the row's accumulator in
  * the same order as mv_group, so the bits match krn_matmul's; only the round trip through the
  * L1 buffer is gone, which is most of the cost of these types at decode. */
-static inline __attribute__((always_inline)) void blk_q4_0(const uint8_t *b, __m512 *w0, __m512 *w1) {
+static inline __attribute__((always_inline)) void blk_q4_0(const uint8_t *b, __m512 w[2]) {
     const __m512 d = _mm512_set1_ps(rd_f16(b));
     const __m128i v = _mm_loadu_si128((const __m128i *)(b + 2));
     const __m512i o = _mm512_set1_epi32(-8);
-    *w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(lo_nib(v)), o)), d);
-    *w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(hi_nib(v)), o)), d);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(lo_nib(v)), o)), d);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(hi_nib(v)), o)), d);
 }
 
-static inline __attribute__((always_inline)) void blk_q5_0(const uint8_t *b, __m512 *w0, __m512 *w1) {
+static inline __attribute__((always_inline)) void blk_q5_0(const uint8_t *b, __m512 w[2]) {
     const __m512 d = _mm512_set1_ps(rd_f16(b));
     uint32_t qh;
     memcpy(&qh, b + 2, 4);
@@ -666,41 +666,16 @@ static inline __attribute__((always_inline)) void blk_q5_0(const uint8_t *b, __m
     const __m128i h0 = _mm_and_si128(bits16_to_bytes(qh & 0xffff), s16);
     const __m128i h1 = _mm_and_si128(bits16_to_bytes(qh >> 16), s16);
     const __m512i o = _mm512_set1_epi32(-16);
-    *w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(lo_nib(v), h0)), o)), d);
-    *w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(hi_nib(v), h1)), o)), d);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(lo_nib(v), h0)), o)), d);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(hi_nib(v), h1)), o)), d);
 }
 
-static inline __attribute__((always_inline)) void blk_q8_0(const uint8_t *b, __m512 *w0, __m512 *w1) {
+static inline __attribute__((always_inline)) void blk_q8_0(const uint8_t *b, __m512 w[2]) {
     const __m512 d = _mm512_set1_ps(rd_f16(b));
-    *w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)))), d);
-    *w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18)))), d);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2)))), d);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18)))), d);
 }
 
-typedef void (*blk_dec2)(const uint8_t *, __m512 *, __m512 *);
-
-static inline __attribute__((always_inline)) void
-mv_fused32(blk_dec2 dec, size_t bb, const uint8_t *w, size_t rb, int nr, const float *x, int64_t n,
-           size_t pf, vf acc[KT][KR]) {
-    vf c[KR];
-    for (int r = 0; r < KR; r++) c[r] = acc[0][r];
-    const int64_t nb = n / 32;
-    for (int64_t i = 0; i < nb; i++) {
-        const vf x0 = vf_load(x + 32 * i), x1 = vf_load(x + 32 * i + 16);
-        for (int r = 0; r < KR; r++) {
-            if (r >= nr) break;
-            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
-            if (pf && (i & 1) == 0) __builtin_prefetch(blk + pf, 0, 3);
-            __m512 w0, w1;
-            dec(blk, &w0, &w1);
-            c[r] = vf_fma(w0, x0, c[r]);
-            c[r] = vf_fma(w1, x1, c[r]);
-        }
-    }
-    for (int r = 0; r < KR; r++) acc[0][r] = c[r];
-}
-#endif
-
-#if defined(__AVX512F__)
 /* The 256-element K types the same way: a block's 16 pieces decoded into registers. */
 static inline __attribute__((always_inline)) void blk_q4_k(const uint8_t *b, __m512 w[16]) {
     const float d = rd_f16(b), dmin = rd_f16(b + 2);
@@ -747,16 +722,17 @@ static inline __attribute__((always_inline)) void blk_q6_k(const uint8_t *b, __m
     }
 }
 
-typedef void (*blk_dec16)(const uint8_t *, __m512 *);
+/* A block decoder writes its np pieces of VL weights (np = block size / 16). */
+typedef void (*blk_dec)(const uint8_t *, __m512 *);
 
 static inline __attribute__((always_inline)) void
-mv_fused256(blk_dec16 dec, size_t bb, const uint8_t *w, size_t rb, int nr, const float *x, int64_t n,
-            size_t pf, vf acc[KT][KR]) {
+mv_fused(blk_dec dec, int np, size_t bb, const uint8_t *w, size_t rb, int nr, const float *x, int64_t n,
+         size_t pf, vf acc[KT][KR]) {
     vf c[KR];
     for (int r = 0; r < KR; r++) c[r] = acc[0][r];
-    const int64_t nb = n / 256;
+    const int64_t nb = n / (16 * np);
     for (int64_t i = 0; i < nb; i++) {
-        const float *xb = x + 256 * i;
+        const float *xb = x + 16 * np * i;
         for (int r = 0; r < KR; r++) {
             if (r >= nr) break;
             const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
@@ -765,7 +741,7 @@ mv_fused256(blk_dec16 dec, size_t bb, const uint8_t *w, size_t rb, int nr, const
             __m512 wv[16];
             dec(blk, wv);
             vf a = c[r];
-            for (int p = 0; p < 16; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
+            for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
             c[r] = a;
         }
     }
@@ -777,11 +753,11 @@ static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, cons
                         int64_t n, size_t pf, vf acc[KT][KR]) {
 #if defined(__AVX512F__)
     switch (type) {
-    case KRN_TYPE_Q4_0: mv_fused32(blk_q4_0, 18, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q5_0: mv_fused32(blk_q5_0, 22, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q8_0: mv_fused32(blk_q8_0, 34, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q4_K: mv_fused256(blk_q4_k, 144, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q6_K: mv_fused256(blk_q6_k, 210, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q4_0: mv_fused(blk_q4_0, 2, 18, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q5_0: mv_fused(blk_q5_0, 2, 22, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q8_0: mv_fused(blk_q8_0, 2, 34, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q4_K: mv_fused(blk_q4_k, 16, 144, w, rb, nr, x, n, pf, acc); return;
+    case KRN_TYPE_Q6_K: mv_fused(blk_q6_k, 16, 210, w, rb, nr, x, n, pf, acc); return;
     default: break;
     }
 #endif
