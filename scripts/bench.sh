@@ -47,19 +47,8 @@ done
 [ -x build/kvseek ] || { echo "bench.sh: build/kvseek is missing: run make first" >&2; exit 2; }
 [ -f "$model" ] || { echo "bench.sh: no model at $model" >&2; exit 2; }
 
-load1() { cut -d' ' -f1 /proc/loadavg; }
-if [ "$wait_idle" = 1 ]; then
-  for ((i = 0; ; i++)); do
-    l=$(load1)
-    awk -v l="$l" -v m="$max_load" 'BEGIN { exit !(l < m) }' && break
-    if [ "$i" -ge "$wait_minutes" ]; then
-      echo "bench.sh: the 1-minute load average is still $l (>= $max_load) after $wait_minutes minutes; not measuring" >&2
-      exit 3
-    fi
-    echo "bench.sh: load average $l >= $max_load, waiting a minute ($i/$wait_minutes)" >&2
-    sleep 60
-  done
-fi
+. scripts/wait_idle.sh
+[ "$wait_idle" = 1 ] && wait_idle bench.sh "$max_load" "$wait_minutes"
 
 tmp=$(mktemp -d /tmp/kvseek-bench.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
