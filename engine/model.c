@@ -826,6 +826,23 @@ static void attend(eng_model *m, int layer, int T) {
         if (t == 0 || m->row_seq[t] != m->row_seq[t - 1]) m->row_seq[t]->st.attn_s += dt;
 }
 
+void eng_rows_to_store(eng_model *m, int layer, int T, const float *k, const float *v, const float *q) {
+    const eng_hparams *hp = &m->hp;
+    const int hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, nkv = hp->n_head_kv, G = nh / nkv;
+    const int local = eng_layer_is_local(m, layer);
+    /* serial: rows of one sequence append to the same store in order; space was reserved */
+    for (int t = 0; t < T; t++) {
+        eng_seq *s = m->row_seq[t];
+        kv_append(s->kv, layer, k + (size_t)t * nkv * hd, v + (size_t)t * nkv * vd, 1);
+        if (s->cap_q && m->row_pos[t] >= s->cap_from && m->row_pos[t] < s->cap_from + s->cap_n)
+            memcpy(s->cap_q + ((size_t)layer * s->cap_n + (m->row_pos[t] - s->cap_from)) * nh * hd,
+                   q + (size_t)t * nh * hd, sizeof(float) * nh * hd);
+        if (!local && !m->row_sparse[t] && (s->kind == IDX_RETRIEVAL || s->kind == IDX_CENTROIDS))
+            for (int h = 0; h < nkv; h++)
+                idx_observe(s->ix, layer, h, q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd);
+    }
+}
+
 /* Runs rows [0, T) (T <= chunk); row_seq/row_pos are already filled. Logits of the rows that
  * want them go through the output matrix in groups of LOGIT_GROUP rows. */
 static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
@@ -874,19 +891,7 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
                 krn_rope(k, hp->n_rot, c, sn, hp->rope_neox);
             }
         }
-        /* serial: rows of one sequence append to the same store in order; space was reserved */
-        for (int t = 0; t < T; t++) {
-            eng_seq *s = m->row_seq[t];
-            kv_append(s->kv, l, m->k + (size_t)t * nkv * hd, m->v + (size_t)t * nkv * vd, 1);
-            if (s->cap_q && m->row_pos[t] >= s->cap_from && m->row_pos[t] < s->cap_from + s->cap_n)
-                memcpy(s->cap_q + ((size_t)l * s->cap_n + (m->row_pos[t] - s->cap_from)) * nh * hd,
-                       m->q + (size_t)t * nh * hd, sizeof(float) * nh * hd);
-            if (!local && !m->row_sparse[t] && (s->kind == IDX_RETRIEVAL || s->kind == IDX_CENTROIDS)) {
-                const int G = nh / nkv;
-                for (int h = 0; h < nkv; h++)
-                    idx_observe(s->ix, l, h, m->q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd);
-            }
-        }
+        eng_rows_to_store(m, l, T, m->k, m->v, m->q);
         attend(m, l, T);
         matmul(&w->wo, m->att, T, m->o);
         for (int t = 0; t < T; t++) {

@@ -423,18 +423,7 @@ int eng_gpu_forward_chunk(eng_model *m, const eng_batch_row *rows, int T, char *
         const int want_q = q_needed_any || (!local && q_needed_global);
         if (want_q) TRY(gpu_d2h(g->h_q, g->q, sizeof(float) * T * nq));
         TRY(gpu_sync());
-        for (int t = 0; t < T; t++) {
-            eng_seq *s = m->row_seq[t];
-            kv_append(s->kv, l, g->h_k + (size_t)t * nk, g->h_v + (size_t)t * nv, 1);
-            if (s->cap_q && m->row_pos[t] >= s->cap_from && m->row_pos[t] < s->cap_from + s->cap_n)
-                memcpy(s->cap_q + ((size_t)l * s->cap_n + (m->row_pos[t] - s->cap_from)) * nq,
-                       g->h_q + (size_t)t * nq, sizeof(float) * nq);
-            if (!local && !m->row_sparse[t] && (s->kind == IDX_RETRIEVAL || s->kind == IDX_CENTROIDS)) {
-                const int G = nh / nkv;
-                for (int h = 0; h < nkv; h++)
-                    idx_observe(s->ix, l, h, g->h_q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd);
-            }
-        }
+        eng_rows_to_store(m, l, T, g->h_k, g->h_v, g->h_q);
         const double t0 = now_s();
         TRY(attend(m, l, T));
         const double dt = now_s() - t0;

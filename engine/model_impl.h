@@ -98,6 +98,12 @@ struct eng_seq {
 
 
 
+/* Rows [0, T) of the chunk on one layer, their K (T, n_head_kv, head_dim) and V in host
+ * memory: appended to their sequences' stores, and their queries (T, n_head, head_dim) recorded
+ * where a context build captures them or a selector observes prefill queries (q is read only
+ * then). Shared by both forward passes. */
+void eng_rows_to_store(eng_model *m, int layer, int T, const float *k, const float *v, const float *q);
+
 /* ---- the CUDA backend (model_gpu.c) ---- */
 
 /* Uploads the weights and sizes the device workspace for m->chunk rows within the budget of
