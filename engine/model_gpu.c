@@ -45,10 +45,43 @@ struct eng_gpu {
      * memory first, within what the budget leaves */
     char *stage;                   /* device */
     size_t stage_cap, stage_max;   /* bytes allocated; most the budget allows */
-    void **stage_tbl;              /* pinned page table of the staged pages */
+    void **stage_tbl;              /* pinned: the page table prefill reads, built here ... */
+    void **stage_tbl_d;            /* ... and its device copy, which the kernel reads */
     int64_t stage_tbl_cap;
     int stage_warned;
+    /* What a decode launch reads once per key tile (its job, the page table, the selected ids)
+     * is copied to the device first: read in place from pinned memory, each is a bus round
+     * trip per tile, which made the kernels latency-bound. Packed in pinned buffers, one copy
+     * each per launch; the device buffers are reused in stream order. */
+    gpu_attn_job *d_jobs;          /* (jobs_per_layer) */
+    void **h_tbl, **d_tbl;         /* page tables of the launch's rows, packed */
+    size_t h_tbl_cap, d_tbl_cap;   /* bytes */
+    int32_t *h_ids, *d_ids;        /* selected ids of the launch, packed */
+    size_t h_ids_cap, d_ids_cap;   /* bytes */
+    struct sel_task *tasks;        /* (GPU_MAX_DEC * n_head_kv) CPU selections of a launch */
+    int prefill_mode;              /* KVSEEK_GPU_PREFILL: 0 auto, 1 tiled, 2 gemm */
 };
+
+/* One CPU selection of a decode launch: row slot, KV head, its ids job. */
+struct sel_task {
+    eng_seq *s;
+    int slot, h, job;
+    size_t q0;                     /* the group's first query row in h_q */
+    int64_t off_lo, off_hi, n;
+};
+
+/* Device (dev) or pinned (!dev) buffer *p of at least `bytes`; grows by half again after the
+ * stream drained (queued copies and kernels may still use the old one). */
+static int ensure_buf(void **p, size_t *cap, size_t bytes, int dev) {
+    if (bytes <= *cap && *p) return 0;
+    if (gpu_sync()) return -1;
+    if (dev) gpu_free(*p);
+    else gpu_host_free(*p);
+    size_t want = bytes + bytes / 2 + 4096;
+    *p = dev ? gpu_alloc(want) : gpu_host_alloc(want);
+    *cap = *p ? want : 0;
+    return *p ? 0 : -1;
+}
 
 /* ---- loading ---- */
 
@@ -173,6 +206,12 @@ int eng_gpu_load(eng_model *m, char *err, size_t errlen) {
     PIN(g->h_logits, (size_t)LOGIT_GROUP * hp->n_vocab);
     g->jobs_per_layer = (size_t)GPU_MAX_DEC * nkv * GPU_JOBS_PER_HEAD;
     PIN(g->jobs, g->jobs_per_layer * hp->n_layer);
+    DEV(g->d_jobs, g->jobs_per_layer);
+    g->tasks = calloc((size_t)GPU_MAX_DEC * nkv, sizeof *g->tasks);
+    failed |= !g->tasks;
+    /* an A/B knob for benchmarks and tests: force one prefill attention kernel */
+    const char *pm = getenv("KVSEEK_GPU_PREFILL");
+    g->prefill_mode = pm && !strcmp(pm, "tiled") ? 1 : pm && !strcmp(pm, "gemm") ? 2 : 0;
 #undef DEV
 #undef PIN
     if (failed || gpu_sync()) {
@@ -207,7 +246,9 @@ void eng_gpu_free(eng_model *m) {
     gpu_free(g->part_o); gpu_free(g->part_l); gpu_free(g->tok); gpu_free(g->pos);
     gpu_host_free(g->h_tok); gpu_host_free(g->h_pos); gpu_host_free(g->h_k); gpu_host_free(g->h_v);
     gpu_host_free(g->h_q); gpu_host_free(g->h_logits); gpu_host_free(g->jobs);
-    gpu_free(g->stage); gpu_host_free(g->stage_tbl);
+    gpu_free(g->stage); gpu_host_free(g->stage_tbl); gpu_free(g->stage_tbl_d);
+    gpu_free(g->d_jobs); gpu_host_free(g->h_tbl); gpu_free(g->d_tbl);
+    gpu_host_free(g->h_ids); gpu_free(g->d_ids); free(g->tasks);
     free(g);
     m->gpu = NULL;
 }
@@ -217,18 +258,38 @@ void eng_gpu_free(eng_model *m) {
 static double now_s(void) { return omp_get_wtime(); }
 
 /* Decode rows [d0, d1) of `dec` (row indices of single-row sequences) on one layer: jobs for the
- * dense range or the static set, CPU selection of the offloaded ids, one launch, two merges per
- * row (sinks, ids) into the rows' outputs. */
+ * dense range or the static set, CPU selection of the offloaded ids (rows x KV heads in
+ * parallel, as the CPU path), the jobs, page tables and ids copied to the device, one launch,
+ * two merges per row (sinks, ids) into the rows' outputs. */
 static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1) {
     eng_gpu *g = m->gpu;
     const eng_hparams *hp = &m->hp;
     const int nkv = hp->n_head_kv, nh = hp->n_head, G = nh / nkv, hd = hp->head_dim, vd = hp->v_dim;
     const int local = eng_layer_is_local(m, layer);
     gpu_attn_job *jobs = g->jobs + (size_t)layer * g->jobs_per_layer;
-    int nj = 0;
+    int nj = 0, n_task = 0, n_merge = 0;
     int64_t max_keys = 1;
     int merges[GPU_MAX_DEC];
-    int n_merge = 0;
+    size_t tbl_off[GPU_MAX_DEC], n_tbl = 0;
+
+    /* every row's page table (all KV heads of a layer share it), packed for one copy */
+    for (int i = d0; i < d1; i++) {
+        const void *const *pages;
+        int64_t np = 0;
+        if (kv_layer_pages(m->row_seq[dec[i]]->kv, layer, &pages, &np) != KV_OK || np < 0) np = 0;
+        tbl_off[i - d0] = n_tbl;
+        n_tbl += (size_t)np + 1;
+    }
+    if (ensure_buf((void **)&g->h_tbl, &g->h_tbl_cap, n_tbl * sizeof(void *), 0) ||
+        ensure_buf((void **)&g->d_tbl, &g->d_tbl_cap, n_tbl * sizeof(void *), 1))
+        return -1;
+    for (int i = d0; i < d1; i++) {
+        const void *const *pages;
+        int64_t np = 0;
+        if (kv_layer_pages(m->row_seq[dec[i]]->kv, layer, &pages, &np) != KV_OK || np < 0) np = 0;
+        if (np) memcpy(g->h_tbl + tbl_off[i - d0], pages, sizeof(void *) * (size_t)np);
+    }
+
     for (int i = d0; i < d1; i++) {
         const int t = dec[i], slot = i - d0;
         eng_seq *s = m->row_seq[t];
@@ -238,11 +299,11 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
         if (!dense) r = kv_ranges_of(s->kv, layer, p + 1);
         const int sparse = !dense && r.off_hi > r.off_lo;
         for (int h = 0; h < nkv; h++) {
-            const attn_kv_view *view = &s->views[layer * nkv + h];
             const size_t q0 = (size_t)t * nh + (size_t)h * G;
             gpu_attn_job *j = &jobs[nj++];
             memset(j, 0, sizeof *j);
-            j->kv = *view;
+            j->kv = s->views[layer * nkv + h];
+            j->kv.pages = (const void *const *)(g->d_tbl + tbl_off[slot]);
             j->q = g->q + q0 * hd;
             j->out = g->att + q0 * vd;
             j->lse = g->lse + q0;
@@ -259,39 +320,74 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             /* sinks and selected ids into this row's part slots (all heads, so one merge each) */
             const size_t ps = ((size_t)(2 * slot) * nh + (size_t)h * G);
             gpu_attn_job *js = &jobs[nj++];
-            memset(js, 0, sizeof *js);
-            js->kv = *view;
-            js->q = j->q;
+            *js = *j;
             js->out = g->part_o + ps * vd;
             js->lse = g->part_l + ps;
             js->lo = 0;
             js->hi = r.sink_hi;
+            if (js->hi > max_keys) max_keys = js->hi;
             gpu_attn_job *ji = &jobs[nj++];
             *ji = *js;
             ji->out = g->part_o + (ps + (size_t)nh) * vd;
             ji->lse = g->part_l + ps + nh;
             ji->lo = ji->hi = 0;
-            int64_t ilo, ihi;
-            idx_range(s->ix, layer, h, &ilo, &ihi);
-            if (ihi < r.off_hi) idx_add(s->ix, layer, h, s->kv, r.off_hi);
-            int32_t *ids = s->ids + (size_t)h * s->ids_cap;
-            const double t0 = now_s();
-            /* `window` selects nothing (and its query was not copied back) */
-            int64_t n = s->kind == IDX_WINDOW ? 0
-                      : idx_select(s->ix, layer, h, s->kv, g->h_q + q0 * hd, G, &s->req, ids, s->ids_cap);
-            s->st.search_s += now_s() - t0;
-            if (n > 0) {
-                ji->ids = ids;
-                ji->n_ids = n;
-                if (n > max_keys) max_keys = n;
-            }
-            s->st.sparse_rows++;
-            s->st.offloaded_keys += r.off_hi - r.off_lo;
-            s->st.keys_read += n > 0 ? n : 0;
+            struct sel_task *tk = &g->tasks[n_task++];
+            tk->s = s;
+            tk->slot = slot;
+            tk->h = h;
+            tk->job = nj - 1;
+            tk->q0 = q0;
+            tk->off_lo = r.off_lo;
+            tk->off_hi = r.off_hi;
+            tk->n = 0;
         }
         if (sparse) merges[n_merge++] = slot;
     }
-    if (gpu_attn_decode(jobs, nj, G, hp->attn_scale, max_keys)) return -1;
+
+    /* the selections: each KV head's index is its own, so heads and rows run in parallel */
+    if (n_task) {
+        const double t0 = now_s();
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int k = 0; k < n_task; k++) {
+            struct sel_task *tk = &g->tasks[k];
+            eng_seq *s = tk->s;
+            int64_t ilo, ihi;
+            idx_range(s->ix, layer, tk->h, &ilo, &ihi);
+            if (ihi < tk->off_hi) idx_add(s->ix, layer, tk->h, s->kv, tk->off_hi);
+            /* `window` selects nothing (and its query was not copied back) */
+            tk->n = s->kind == IDX_WINDOW ? 0
+                  : idx_select(s->ix, layer, tk->h, s->kv, g->h_q + tk->q0 * hd, G, &s->req,
+                               s->ids + (size_t)tk->h * s->ids_cap, s->ids_cap);
+        }
+        const double dt = now_s() - t0;
+        size_t n_ids = 0;
+        for (int k = 0; k < n_task; k++) n_ids += g->tasks[k].n > 0 ? (size_t)g->tasks[k].n : 0;
+        if (ensure_buf((void **)&g->h_ids, &g->h_ids_cap, (n_ids + 1) * sizeof(int32_t), 0) ||
+            ensure_buf((void **)&g->d_ids, &g->d_ids_cap, (n_ids + 1) * sizeof(int32_t), 1))
+            return -1;
+        size_t off = 0;
+        for (int k = 0; k < n_task; k++) {
+            struct sel_task *tk = &g->tasks[k];
+            eng_seq *s = tk->s;
+            if (k == 0 || g->tasks[k - 1].s != s) s->st.search_s += dt;   /* wall time, once a row */
+            const int64_t n = tk->n > 0 ? tk->n : 0;
+            if (n > 0) {
+                memcpy(g->h_ids + off, s->ids + (size_t)tk->h * s->ids_cap, sizeof(int32_t) * (size_t)n);
+                jobs[tk->job].ids = g->d_ids + off;
+                jobs[tk->job].n_ids = n;
+                if (n > max_keys) max_keys = n;
+                off += (size_t)n;
+            }
+            s->st.sparse_rows++;
+            s->st.offloaded_keys += tk->off_hi - tk->off_lo;
+            s->st.keys_read += n;
+        }
+        if (off && gpu_h2d(g->d_ids, g->h_ids, sizeof(int32_t) * off)) return -1;
+    }
+    if (gpu_h2d(g->d_tbl, g->h_tbl, sizeof(void *) * n_tbl) ||
+        gpu_h2d(g->d_jobs, jobs, sizeof *jobs * (size_t)nj))
+        return -1;
+    if (gpu_attn_decode(g->d_jobs, nj, G, hp->attn_scale, max_keys)) return -1;
     for (int k = 0; k < n_merge; k++) {
         const int slot = merges[k], t = dec[d0 + slot];
         float *o = g->att + (size_t)t * nh * vd, *l = g->lse + (size_t)t * nh;
@@ -303,40 +399,46 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
     return 0;
 }
 
-/* Copies the pages layer `layer` of s holds into device memory and fills views[0..nkv) to read
- * them there. 0 when staged; 1 when they do not fit the budget (views untouched: the kernel then
- * reads host memory in place, slowly); -1 on a CUDA error. The caller has synchronised, so no
- * kernel still reads the previous staging. */
-static int stage_layer(eng_model *m, eng_seq *s, int layer, attn_kv_view *views) {
+/* Points views[0..nkv) at a device copy of layer `layer`'s page table, after copying its pages
+ * into device memory when they fit the budget left for staging (prefill reads K/V once per
+ * query tile: over the bus that would be bus-bound). Without room the table still moves to the
+ * device and the kernel reads the pages in host memory in place (slow). 0, or -1 on a CUDA
+ * error. The caller has synchronised, so no kernel still reads the previous staging. */
+static int stage_layer(eng_model *m, eng_seq *s, int layer, attn_kv_view *views, int allow_stage) {
     eng_gpu *g = m->gpu;
     const void *const *pages;
     int64_t n_pages;
-    if (kv_layer_pages(s->kv, layer, &pages, &n_pages) != KV_OK || n_pages <= 0) return 1;
-    const size_t pb = kv_page_bytes(s->kv), need = (size_t)n_pages * pb;
-    if (need > g->stage_max) {
-        if (!g->stage_warned++)
-            fprintf(stderr, "kvseek: a layer's KV (%.2f GB) exceeds the GPU budget left for staging (%.2f GB); "
-                    "prefill reads host memory in place (slow)\n", need / 1e9, g->stage_max / 1e9);
-        return 1;
+    if (kv_layer_pages(s->kv, layer, &pages, &n_pages) != KV_OK || n_pages <= 0) return 0;
+    if (n_pages > g->stage_tbl_cap) {
+        gpu_host_free(g->stage_tbl);
+        gpu_free(g->stage_tbl_d);
+        g->stage_tbl = gpu_host_alloc(sizeof(void *) * (size_t)n_pages * 2);
+        g->stage_tbl_d = gpu_alloc(sizeof(void *) * (size_t)n_pages * 2);
+        g->stage_tbl_cap = g->stage_tbl && g->stage_tbl_d ? n_pages * 2 : 0;
+        if (!g->stage_tbl_cap) return -1;
     }
-    if (need > g->stage_cap) {
+    const size_t pb = kv_page_bytes(s->kv), need = (size_t)n_pages * pb;
+    int staged = allow_stage && need <= g->stage_max;
+    if (allow_stage && !staged && !g->stage_warned++)
+        fprintf(stderr, "kvseek: a layer's KV (%.2f GB) exceeds the GPU budget left for staging (%.2f GB); "
+                "prefill reads host memory in place (slow)\n", need / 1e9, g->stage_max / 1e9);
+    if (staged && need > g->stage_cap) {
         size_t cap = need * 2 < g->stage_max ? need * 2 : g->stage_max; /* grows by doubling */
         gpu_free(g->stage);
         g->stage = gpu_alloc(cap);
         g->stage_cap = g->stage ? cap : 0;
         if (!g->stage) return -1;
     }
-    if (n_pages > g->stage_tbl_cap) {
-        gpu_host_free(g->stage_tbl);
-        g->stage_tbl = gpu_host_alloc(sizeof(void *) * (size_t)n_pages * 2);
-        g->stage_tbl_cap = g->stage_tbl ? n_pages * 2 : 0;
-        if (!g->stage_tbl) return -1;
-    }
     for (int64_t i = 0; i < n_pages; i++) {
+        if (!staged) {
+            g->stage_tbl[i] = (void *)pages[i];
+            continue;
+        }
         g->stage_tbl[i] = g->stage + (size_t)i * pb;
         if (pages[i] && gpu_h2d(g->stage_tbl[i], pages[i], pb)) return -1;
     }
-    for (int h = 0; h < m->hp.n_head_kv; h++) views[h].pages = (const void *const *)g->stage_tbl;
+    if (gpu_h2d(g->stage_tbl_d, g->stage_tbl, sizeof(void *) * (size_t)n_pages)) return -1;
+    for (int h = 0; h < m->hp.n_head_kv; h++) views[h].pages = (const void *const *)g->stage_tbl_d;
     return 0;
 }
 
@@ -362,15 +464,24 @@ static int attend(eng_model *m, int layer, int T) {
         } else {
             attn_kv_view views[64];
             const attn_kv_view *use = &s->views[layer * nkv];
+            const int64_t pos0 = m->row_pos[t], win = local ? hp->sliding_window : 0;
+            int64_t kl = win > 0 ? pos0 - win + 1 : 0;
+            if (kl < 0) kl = 0;
+            /* tensor cores (gather + cuBLAS) for long segments whose scores fit what the budget
+             * leaves, the tiled kernel over staged pages otherwise */
+            const size_t gb = gpu_attn_prefill_gemm_bytes(nkv, pos0 + (e - t) - kl, e - t, nh, hd, vd);
+            const int gemm = g->prefill_mode == 2 ||
+                             (g->prefill_mode == 0 && e - t >= 64 && gb + gb / 4 <= g->stage_max);
             if (nkv <= 64) {
                 memcpy(views, use, sizeof *views * nkv);
                 if (staged++ && gpu_sync()) return -1; /* the previous segment's kernel is done */
-                int rc = stage_layer(m, s, layer, views);
-                if (rc < 0) return -1;
-                if (rc == 0) use = views;
+                if (stage_layer(m, s, layer, views, !gemm)) return -1;
+                use = views;
             }
-            if (gpu_attn_prefill(use, nkv, g->q + (size_t)t * nh * hd, e - t, nh, m->row_pos[t],
-                                 local ? hp->sliding_window : 0, hp->attn_scale, g->att + (size_t)t * nh * vd))
+            const float *qs = g->q + (size_t)t * nh * hd;
+            float *os = g->att + (size_t)t * nh * vd;
+            if (gemm ? gpu_attn_prefill_gemm(use, nkv, qs, e - t, nh, pos0, win, hp->attn_scale, os)
+                     : gpu_attn_prefill(use, nkv, qs, e - t, nh, pos0, win, hp->attn_scale, os))
                 return -1;
         }
         t = e;

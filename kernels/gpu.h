@@ -96,6 +96,16 @@ int gpu_attn_merge(float *o_a, float *lse_a, const float *o_b, const float *lse_
 int gpu_attn_prefill(const attn_kv_view *views, int n_head_kv, const float *q, int T, int n_head,
                      int64_t pos0, int64_t window, float scale, float *out);
 
+/* The attention of gpu_attn_prefill on tensor cores: the keys [max(0, pos0 - window + 1),
+ * pos0 + T) of every view are gathered into contiguous f16 K and V (read over the bus where
+ * the pages are host memory), then per query head S = (scale q) K^T (cuBLAS, f16 inputs, f32
+ * sums), a masked softmax to f16 P, and out = P V. Device scratch of
+ * gpu_attn_prefill_gemm_bytes(), kept until gpu_shutdown. q and the probabilities are rounded
+ * to f16, so out differs from gpu_attn_prefill's by about 1e-3 of |V|. */
+size_t gpu_attn_prefill_gemm_bytes(int n_head_kv, int64_t n_keys, int T, int n_head, int dk, int dv);
+int gpu_attn_prefill_gemm(const attn_kv_view *views, int n_head_kv, const float *q, int T,
+                          int n_head, int64_t pos0, int64_t window, float scale, float *out);
+
 /* scores[g * n + j] = q_g . C_j for g < n_q, j < n: the centroid scoring of the centroids
  * selector (C (n, dim), q (n_q, dim), scores (n_q, n), all device). */
 int gpu_scores(const float *q, int n_q, const float *C, int64_t n, int dim, float *scores);

@@ -461,6 +461,162 @@ extern "C" int gpu_attn_prefill(const attn_kv_view *views, int n_head_kv, const 
     return 0;
 }
 
+/* ---- prefill on tensor cores ------------------------------------------------------------ */
+
+/* Reduction over the block (blockDim.x a multiple of 32); every thread gets the result. Two
+ * calls in a row are safe: a thread reaches the second call's first barrier only after warp 0
+ * has read `part` and every thread has read `total` of the first. */
+template <bool MAX>
+__device__ float blk_reduce(float v) {
+    __shared__ float part[32];
+    __shared__ float total;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? fmaxf(v, w) : v + w;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < nw ? part[lane] : (MAX ? -INFINITY : 0.0f);
+        for (int o = 16; o > 0; o >>= 1) {
+            const float w = __shfl_xor_sync(0xffffffffu, v, o);
+            v = MAX ? fmaxf(v, w) : v + w;
+        }
+        if (lane == 0) total = v;
+    }
+    __syncthreads();
+    return total;
+}
+
+/* Warp per key: rows kl + j of view blockIdx.y into Kc/Vc (hk, j, :) as f16; 16-byte copies
+ * when the rows are f16 and aligned. */
+__global__ void __launch_bounds__(256)
+k_gather(const attn_kv_view *views, int64_t kl, int64_t nk, __half *Kc, __half *Vc) {
+    __shared__ attn_kv_view sv;
+    if (threadIdx.x == 0) sv = views[blockIdx.y];
+    __syncthreads();
+    const int64_t j = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (j >= nk) return;
+    const int lane = threadIdx.x & 31, hk = blockIdx.y, dk = sv.dk, dv = sv.dv;
+    const char *kr = k_row(sv, kl + j), *vr = v_row(sv, kl + j);
+    __half *ko = Kc + ((size_t)hk * nk + j) * dk, *vo = Vc + ((size_t)hk * nk + j) * dv;
+    if (sv.dtype == ATTN_F16) {
+        if (dk % 8 == 0 && dv % 8 == 0 && ((((uintptr_t)kr) | ((uintptr_t)vr)) & 15) == 0) {
+            for (int i = lane; i < dk / 8; i += 32) ((uint4 *)ko)[i] = ((const uint4 *)kr)[i];
+            for (int i = lane; i < dv / 8; i += 32) ((uint4 *)vo)[i] = ((const uint4 *)vr)[i];
+        } else {
+            for (int i = lane; i < dk; i += 32) ko[i] = ((const __half *)kr)[i];
+            for (int i = lane; i < dv; i += 32) vo[i] = ((const __half *)vr)[i];
+        }
+    } else {
+        for (int i = lane; i < dk; i += 32)
+            ko[i] = __float2half_rn(fminf(fmaxf(((const float *)kr)[i], -65504.0f), 65504.0f));
+        for (int i = lane; i < dv; i += 32)
+            vo[i] = __float2half_rn(fminf(fmaxf(((const float *)vr)[i], -65504.0f), 65504.0f));
+    }
+}
+
+/* y = f16(scale * x), saturated at the f16 range. */
+__global__ void k_scale_f16(__half *y, const float *x, int64_t n, float scale) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __float2half_rn(fminf(fmaxf(x[i] * scale, -65504.0f), 65504.0f));
+}
+
+/* Row t of one head's scores S (T, nk) over keys kl + j: softmax over the keys row t may see
+ * (causal, sliding window) into P as f16, zero elsewhere. Key pos0 + t is always visible. */
+__global__ void __launch_bounds__(256)
+k_softmax_rows(const float *S, __half *P, int64_t nk, int64_t kl, int64_t pos0, int64_t window) {
+    const int64_t t = blockIdx.x, p = pos0 + t;
+    const float *s = S + (size_t)t * nk;
+    __half *pr = P + (size_t)t * nk;
+    int64_t hi = p - kl + 1, lo = window > 0 ? p - window + 1 - kl : 0;
+    if (hi > nk) hi = nk;
+    if (lo < 0) lo = 0;
+    float m = -INFINITY;
+    for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) m = fmaxf(m, s[j]);
+    m = blk_reduce<true>(m);
+    float l = 0.0f;
+    for (int64_t j = lo + threadIdx.x; j < hi; j += blockDim.x) l += expf(s[j] - m);
+    l = blk_reduce<false>(l);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t j = threadIdx.x; j < nk; j += blockDim.x)
+        pr[j] = __float2half_rn(j >= lo && j < hi ? expf(s[j] - m) * inv : 0.0f);
+}
+
+static size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+extern "C" size_t gpu_attn_prefill_gemm_bytes(int n_head_kv, int64_t n_keys, int T, int n_head,
+                                              int dk, int dv) {
+    const size_t nk = (size_t)(n_keys > 0 ? n_keys : 1), t = (size_t)(T > 0 ? T : 1);
+    return align256((size_t)n_head_kv * nk * dk * 2) + align256((size_t)n_head_kv * nk * dv * 2) +
+           align256(t * n_head * dk * 2) + align256(t * nk * 2) + align256(t * nk * 4);
+}
+
+extern "C" int gpu_attn_prefill_gemm(const attn_kv_view *views, int n_head_kv, const float *q, int T,
+                                     int n_head, int64_t pos0, int64_t window, float scale,
+                                     float *out) {
+    if (gpu_priv_ready()) return -1;
+    if (T < 0 || pos0 < 0 || n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv)
+        return gpu_priv_fail("gpu_attn_prefill_gemm: bad shape (T %d, pos0 %lld, heads %d / %d)", T,
+                             (long long)pos0, n_head, n_head_kv);
+    if (T == 0) return 0;
+    if (!views) return gpu_priv_fail("gpu_attn_prefill_gemm: no views");
+    const int dk = views[0].dk, dv = views[0].dv, G = n_head / n_head_kv;
+    for (int i = 0; i < n_head_kv; i++) {
+        if (views[i].dk != dk || views[i].dv != dv || dk <= 0 || dv <= 0 ||
+            (views[i].dtype != ATTN_F32 && views[i].dtype != ATTN_F16) || views[i].page_shift < 0 ||
+            views[i].page_shift > 30)
+            return gpu_priv_fail("gpu_attn_prefill_gemm: view %d: head dims %d, %d (the same for "
+                                 "every view) or dtype/page shift not supported", i, views[i].dk,
+                                 views[i].dv);
+    }
+    int64_t kl = window > 0 ? pos0 - window + 1 : 0;
+    if (kl < 0) kl = 0;
+    const int64_t nk = pos0 + T - kl;
+    if (nk > INT32_MAX / 2 || (int64_t)n_head * dk > INT32_MAX / 2 || (int64_t)n_head * dv > INT32_MAX / 2)
+        return gpu_priv_fail("gpu_attn_prefill_gemm: %lld keys exceed cuBLAS's int sizes", (long long)nk);
+    char *base = (char *)gpu_priv_scratch(GPU_SCR_PF,
+                                          gpu_attn_prefill_gemm_bytes(n_head_kv, nk, T, n_head, dk, dv));
+    if (!base) return -1;
+    __half *Kc = (__half *)base;
+    __half *Vc = (__half *)(base + align256((size_t)n_head_kv * nk * dk * 2));
+    __half *Qh = (__half *)((char *)Vc + align256((size_t)n_head_kv * nk * dv * 2));
+    __half *P = (__half *)((char *)Qh + align256((size_t)T * n_head * dk * 2));
+    float *S = (float *)((char *)P + align256((size_t)T * nk * 2));
+    cudaStream_t st = gpu_priv_stream();
+    attn_kv_view *dviews =
+        (attn_kv_view *)gpu_priv_scratch(GPU_SCR_VIEWS, sizeof(attn_kv_view) * n_head_kv);
+    if (!dviews) return -1;
+    GPU_TRY(cudaMemcpyAsync(dviews, views, sizeof(attn_kv_view) * n_head_kv, cudaMemcpyHostToDevice,
+                            st));
+    k_gather<<<dim3((unsigned)((nk + 7) / 8), (unsigned)n_head_kv), 256, 0, st>>>(dviews, kl, nk, Kc, Vc);
+    GPU_TRY(cudaGetLastError());
+    const int64_t nq = (int64_t)T * n_head * dk;
+    k_scale_f16<<<(unsigned)((nq + 255) / 256 < 65536 ? (nq + 255) / 256 : 65536), 256, 0, st>>>(Qh, q, nq,
+                                                                                                scale);
+    GPU_TRY(cudaGetLastError());
+    cublasHandle_t hb = gpu_priv_cublas();
+    const float one = 1.0f, zero = 0.0f;
+    for (int h = 0; h < n_head; h++) {
+        const int hk = h / G;
+        /* column major: S^T (nk x T, ld nk) = K_hk (dk x nk)^T . Q_h (dk x T, ld n_head * dk) */
+        GPU_TRY_BLAS(cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, (int)nk, T, dk, &one,
+                                  Kc + (size_t)hk * nk * dk, CUDA_R_16F, dk, Qh + (size_t)h * dk,
+                                  CUDA_R_16F, n_head * dk, &zero, S, CUDA_R_32F, (int)nk,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        k_softmax_rows<<<(unsigned)T, 256, 0, st>>>(S, P, nk, kl, pos0, window);
+        GPU_TRY(cudaGetLastError());
+        /* out_h^T (dv x T, ld n_head * dv) = V_hk^T (dv x nk) . P^T (nk x T, ld nk) */
+        GPU_TRY_BLAS(cublasGemmEx(hb, CUBLAS_OP_N, CUBLAS_OP_N, dv, T, (int)nk, &one,
+                                  Vc + (size_t)hk * nk * dv, CUDA_R_16F, dv, P, CUDA_R_16F, (int)nk,
+                                  &zero, out + (size_t)h * dv, CUDA_R_32F, n_head * dv,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return 0;
+}
+
 /* ---- centroid scores ------------------------------------------------------------------ */
 
 extern "C" int gpu_scores(const float *q, int n_q, const float *C, int64_t n, int dim,

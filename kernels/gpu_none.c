@@ -82,6 +82,16 @@ int gpu_attn_prefill(const attn_kv_view *views, int n_head_kv, const float *q, i
     (void)scale; (void)out;
     return -1;
 }
+size_t gpu_attn_prefill_gemm_bytes(int n_head_kv, int64_t n_keys, int T, int n_head, int dk, int dv) {
+    (void)n_head_kv; (void)n_keys; (void)T; (void)n_head; (void)dk; (void)dv;
+    return 0;
+}
+int gpu_attn_prefill_gemm(const attn_kv_view *views, int n_head_kv, const float *q, int T,
+                          int n_head, int64_t pos0, int64_t window, float scale, float *out) {
+    (void)views; (void)n_head_kv; (void)q; (void)T; (void)n_head; (void)pos0; (void)window;
+    (void)scale; (void)out;
+    return -1;
+}
 int gpu_scores(const float *q, int n_q, const float *C, int64_t n, int dim, float *scores) {
     (void)q; (void)n_q; (void)C; (void)n; (void)dim; (void)scores;
     return -1;

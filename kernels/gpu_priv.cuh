@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 /* Scratch slots: each a device buffer that grows to the largest call, freed by gpu_shutdown. */
-enum { GPU_SCR_XH, GPU_SCR_PART, GPU_SCR_VIEWS, GPU_SCR_COUNT };
+enum { GPU_SCR_XH, GPU_SCR_PART, GPU_SCR_VIEWS, GPU_SCR_PF, GPU_SCR_COUNT };
 
 int gpu_priv_fail(const char *fmt, ...);      /* sets gpu_last_error(); returns -1 */
 int gpu_priv_ready(void);                     /* 0, or -1 with a message before gpu_init */

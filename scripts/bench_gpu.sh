@@ -9,10 +9,11 @@
 #
 # usage: scripts/bench_gpu.sh [--lengths 32768,131072] [--selectors dense,retrieval,centroids]
 #            [-n 32] [--budget-gb 24] [--type q8_0] [--model FILE] [--out FILE] [--timeout S]
+#            [--chunk 4096]   (prefill rows per forward pass: each pass re-reads the layer's KV)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lengths=32768,131072 selectors=dense,retrieval,centroids n=32 budget=24 type=q8_0
-model="" out=build/bench/gpu.jsonl timeout_s=1500
+model="" out=build/bench/gpu.jsonl timeout_s=1500 chunk=4096
 while [ $# -gt 0 ]; do
   case $1 in
     --lengths) lengths=$2; shift 2;;
@@ -23,7 +24,8 @@ while [ $# -gt 0 ]; do
     --model) model=$2; shift 2;;
     --out) out=$2; shift 2;;
     --timeout) timeout_s=$2; shift 2;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    --chunk) chunk=$2; shift 2;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "bench_gpu.sh: unknown option $1 (see --help)" >&2; exit 2;;
   esac
 done
@@ -37,7 +39,7 @@ if [ ! -x "$exe" ]; then
 fi
 [ -x "$exe" ] || { emit '{"error": "no build/cuda/kvseek (is nvcc installed?)"}'; exit 1; }
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
-emit "{\"bench\": \"env\", \"date\": \"$(date -u +%FT%TZ)\", \"gpu\": \"${gpu:-none}\", \"cpus\": $(nproc), \"budget_gb\": $budget, \"type\": \"$type\"}"
+emit "{\"bench\": \"env\", \"date\": \"$(date -u +%FT%TZ)\", \"gpu\": \"${gpu:-none}\", \"cpus\": $(nproc), \"budget_gb\": $budget, \"type\": \"$type\", \"chunk\": $chunk, \"prefill_kernel\": \"${KVSEEK_GPU_PREFILL:-auto}\"}"
 
 # the kernels against their CPU references first: a failing kernel makes every figure moot
 if ! build/cuda/tests/test_gpu > build/bench/test_gpu.log 2>&1; then
@@ -79,7 +81,7 @@ for len in "${L[@]}"; do
     fi
     log=build/bench/gpu-$len-$sel.log
     res=$(timeout "$timeout_s" "$exe" generate -m "$model" --device cuda --gpu-mem-gb "$budget" \
-            --prompt-ids "$ids" -n "$n" --temp 0 --json --attn "$sel" --kv-f16 -c $((len + n + 8)) \
+            --prompt-ids "$ids" -n "$n" --temp 0 --json --attn "$sel" --kv-f16 -c $((len + n + 8)) --chunk "$chunk" \
             -t "$(nproc)" 2>"$log")
     rc=$?
     if [ $rc -ne 0 ] || [ -z "$res" ]; then

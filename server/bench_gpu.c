@@ -91,8 +91,13 @@ int srv_bench_gpu_main(int argc, char **argv) {
     float *q = gpu_alloc(sizeof(float) * o.group * o.dim), *out = gpu_alloc(sizeof(float) * o.group * o.dim);
     float *lse = gpu_alloc(sizeof(float) * o.group);
     gpu_attn_job *job = gpu_host_alloc(sizeof *job);
+    /* what the kernel reads once per key tile lives on the device, as in the engine */
+    void **d_tbl_dev = gpu_alloc(sizeof(void *) * n_pages), **d_tbl_host = gpu_alloc(sizeof(void *) * n_pages);
+    void **d_tbl_stage = gpu_alloc(sizeof(void *));
+    int32_t *d_ids = gpu_alloc(sizeof(int32_t) * n_sel);
+    gpu_attn_job *d_job = gpu_alloc(sizeof *d_job);
     if (!host || !dev || !tbl_dev || !tbl_host || !ids || !stage_h || !stage_d || !tbl_stage || !q || !out ||
-        !lse || !job) {
+        !lse || !job || !d_tbl_dev || !d_tbl_host || !d_tbl_stage || !d_ids || !d_job) {
         fprintf(stderr, "error: allocating the benchmark's buffers: %s\n", gpu_last_error());
         goto done;
     }
@@ -117,6 +122,9 @@ int srv_bench_gpu_main(int argc, char **argv) {
         int64_t lo = o.keys * j / n_sel, hi = o.keys * (j + 1) / n_sel;
         ids[j] = (int32_t)(lo + (int64_t)(rng_next(&seed) % (uint64_t)(hi - lo)));
     }
+    if (gpu_h2d(d_tbl_dev, tbl_dev, sizeof(void *) * n_pages) ||
+        gpu_h2d(d_tbl_host, tbl_host, sizeof(void *) * n_pages) || gpu_h2d(d_ids, ids, sizeof(int32_t) * n_sel))
+        goto cuda_fail;
     attn_kv_view v = {.page_shift = 6, .k_off = 0, .v_off = PS * row, .k_stride = o.dim, .v_stride = o.dim,
                       .dk = o.dim, .dv = o.dim, .dtype = ATTN_F16};
     const float scale = 1.0f / sqrtf((float)o.dim);
@@ -124,16 +132,19 @@ int srv_bench_gpu_main(int argc, char **argv) {
     double s_dev, s_host, s_stage, s_dense;
 
     memset(job, 0, sizeof *job);
-    job->q = q; job->out = out; job->lse = lse; job->ids = ids; job->n_ids = n_sel;
-    job->kv = v; job->kv.pages = (const void *const *)tbl_dev;
-    TIME_IT(o.reps, gpu_attn_decode(job, 1, o.group, scale, n_sel), s_dev);
-    job->kv.pages = (const void *const *)tbl_host;
-    TIME_IT(o.reps, gpu_attn_decode(job, 1, o.group, scale, n_sel), s_host);
+    job->q = q; job->out = out; job->lse = lse; job->ids = d_ids; job->n_ids = n_sel;
+    job->kv = v; job->kv.pages = (const void *const *)d_tbl_dev;
+    if (gpu_h2d(d_job, job, sizeof *job)) goto cuda_fail;
+    TIME_IT(o.reps, gpu_attn_decode(d_job, 1, o.group, scale, n_sel), s_dev);
+    job->kv.pages = (const void *const *)d_tbl_host;
+    if (gpu_h2d(d_job, job, sizeof *job)) goto cuda_fail;
+    TIME_IT(o.reps, gpu_attn_decode(d_job, 1, o.group, scale, n_sel), s_host);
 
     /* gather: the selected rows into one "page" of n_sel rows (K rows, then V rows), copy, range */
     {
         const int shift = (int)ceil(log2((double)n_sel + 1));
         tbl_stage[0] = stage_d;
+        if (gpu_h2d(d_tbl_stage, tbl_stage, sizeof(void *))) goto cuda_fail;
         double t0 = omp_get_wtime();
         for (int r = -1; r < o.reps; r++) {
             if (r == 0) t0 = omp_get_wtime();
@@ -146,21 +157,22 @@ int srv_bench_gpu_main(int argc, char **argv) {
             }
             gpu_attn_job js = *job;
             js.kv = v;
-            js.kv.pages = (const void *const *)tbl_stage;
+            js.kv.pages = (const void *const *)d_tbl_stage;
             js.kv.page_shift = shift;
             js.kv.v_off = (size_t)n_sel * row;
             js.ids = NULL; js.lo = 0; js.hi = n_sel; js.n_ids = 0;
             *job = js;
-            if (gpu_h2d(stage_d, stage_h, (size_t)n_sel * 2 * row) || gpu_attn_decode(job, 1, o.group, scale, n_sel) ||
-                gpu_sync())
+            if (gpu_h2d(stage_d, stage_h, (size_t)n_sel * 2 * row) || gpu_h2d(d_job, job, sizeof *job) ||
+                gpu_attn_decode(d_job, 1, o.group, scale, n_sel) || gpu_sync())
                 goto cuda_fail;
         }
         s_stage = (omp_get_wtime() - t0) / o.reps;
     }
     memset(job, 0, sizeof *job);
     job->q = q; job->out = out; job->lse = lse; job->lo = 0; job->hi = o.keys;
-    job->kv = v; job->kv.pages = (const void *const *)tbl_dev;
-    TIME_IT(o.reps, gpu_attn_decode(job, 1, o.group, scale, o.keys), s_dense);
+    job->kv = v; job->kv.pages = (const void *const *)d_tbl_dev;
+    if (gpu_h2d(d_job, job, sizeof *job)) goto cuda_fail;
+    TIME_IT(o.reps, gpu_attn_decode(d_job, 1, o.group, scale, o.keys), s_dense);
 
     printf("{\"bench\": \"gpu_attn\", \"gpu\": \"%s\", \"keys\": %lld, \"dim\": %d, \"group\": %d, \"selected\": %lld, "
            "\"selected_mb\": %.2f, \"device_pages_us\": %.1f, \"device_pages_gb_s\": %.1f, "
@@ -178,5 +190,6 @@ done:
     gpu_host_free(host); gpu_free(dev); gpu_host_free(tbl_dev); gpu_host_free(tbl_host); gpu_host_free(ids);
     gpu_host_free(stage_h); gpu_free(stage_d); gpu_host_free(tbl_stage); gpu_free(q); gpu_free(out);
     gpu_free(lse); gpu_host_free(job);
+    gpu_free(d_tbl_dev); gpu_free(d_tbl_host); gpu_free(d_tbl_stage); gpu_free(d_ids); gpu_free(d_job);
     return rc;
 }
