@@ -102,9 +102,11 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Slots build in parallel (idx_build of different slots), so the shared message is guarded. */
 static int fail(idx_set *ix, int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+    #pragma omp critical(idx_fail)
     vsnprintf(ix->err, sizeof ix->err, fmt, ap);
     va_end(ap);
     return code;
