@@ -53,6 +53,7 @@ void krn_matmul_scratch_free(void) {
 void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
                 const float *X, int64_t n_tok, float *Y) {
     if (n_tok <= 0 || n_rows <= 0) return;
+    if (n_tok > 1 && krn_matmul_i8(type, W, n_rows, n_cols, X, n_tok, Y)) return;
     const int64_t K = n_cols;
     int nth = 1;
 #ifdef _OPENMP

@@ -8,8 +8,13 @@
 #include "quant.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
@@ -777,6 +782,341 @@ static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, cons
     }
 }
 
+/* ---- 8-bit activations (AVX-512 VNNI) -------------------------------------------------
+ * Q5_0, Q4_K and Q6_K rows multiply activations quantized to 8 bits per 32-element block, as
+ * llama.cpp does (its Q8_0 / Q8_K): decoding those weights to f32 made the product compute-
+ * bound at a third of the memory bandwidth; as bytes it is one VNNI instruction per 64
+ * weights. The arithmetic is fixed, like the f32 order above, whatever the batch or threads:
+ *     x block b (32 elements): d_b = max|x| / 127, q = nearbyint(x / d_b)   (scalar, exact);
+ *     a non-finite x gives d_b = NaN (the outputs are NaN, as in f32);
+ *     columns go 64 at a time (a "pair" of x blocks): 16 lanes of 4 elements each, in the
+ *     order the weights unpack in (Q5_0: block 2p elements 0-15, block 2p+1 0-15, block 2p
+ *     16-31, block 2p+1 16-31, a zero block padding an odd count; Q4_K, Q6_K: in order);
+ *     per lane: s = sum (u - z) q over its 4 elements (u the unsigned weight, z its zero point:
+ *     16 for Q5_0, 32 for Q6_K, 0 for Q4_K; exact int32), and
+ *         acc = fma(float(s), sw * dx, acc)          sw: the lane's weight scale, dx: d_b
+ *         acc = fma(float(sum q), mw * dx, acc)      Q4_K only: mw = -dmin * m of the lane
+ *     pair after pair; result = vf_fold(acc).
+ * x is quantized once per call into a per-thread buffer; krn_matvec and krn_matmul run the same
+ * lane kernel, so a row's result does not depend on the batch. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define KRN_I8 1
+#endif
+
+enum { I8_Q5_0, I8_Q6_K, I8_Q4_K, I8_NONE };
+
+static int i8_kind(uint32_t type) {
+#ifdef KRN_I8
+    switch (type) {
+    case KRN_TYPE_Q5_0: return I8_Q5_0;
+    case KRN_TYPE_Q6_K: return I8_Q6_K;
+    case KRN_TYPE_Q4_K: return I8_Q4_K;
+    default: return I8_NONE;
+    }
+#else
+    (void)type;
+    return I8_NONE;
+#endif
+}
+
+bool krn_type_i8(uint32_t type) { return i8_kind(type) != I8_NONE; }
+
+#ifdef KRN_I8
+/* One token's activations for the lane kernel: per pair 64 bytes q (lane order), 16 floats
+ * d_x and 16 lane words c: int32 -z * (sum of the lane's q), or for Q4_K float(sum q). */
+typedef struct {
+    int8_t *q;
+    float *dx;
+    int32_t *c;
+} xq8;
+
+static size_t xq8_bytes(int64_t n) { return (size_t)((n + 63) / 64) * (64 + 64 + 64); }
+
+static void xq8_at(uint8_t *base, int64_t n, xq8 *o) {
+    const size_t np = (size_t)((n + 63) / 64);
+    o->q = (int8_t *)base;
+    o->dx = (float *)(base + np * 64);
+    o->c = (int32_t *)(base + np * 128);
+}
+
+static void xq8_quantize(int kind, const float *x, int64_t n, const xq8 *o) {
+    const int64_t nb = n / 32;
+    const int z = kind == I8_Q5_0 ? 16 : kind == I8_Q6_K ? 32 : 0;
+    for (int64_t b0 = 0; b0 < nb; b0 += 2) {
+        int8_t tq[64];
+        float td[2];
+        for (int k = 0; k < 2; k++) {
+            if (b0 + k >= nb) {   /* the zero block padding an odd count */
+                memset(tq + 32 * k, 0, 32);
+                td[k] = 0.0f;
+                continue;
+            }
+            const float *xb = x + 32 * (b0 + k);
+            float am = 0.0f;
+            int finite = 1;
+            for (int i = 0; i < 32; i++) {
+                am = fmaxf(am, fabsf(xb[i]));
+                finite &= isfinite(xb[i]) != 0;
+            }
+            if (!finite) {   /* a NaN or inf activation poisons every output, as in f32 */
+                memset(tq + 32 * k, 0, 32);
+                td[k] = NAN;
+                continue;
+            }
+            const float d = am / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+            td[k] = d;
+            for (int i = 0; i < 32; i++) tq[32 * k + i] = (int8_t)nearbyintf(xb[i] * id);
+        }
+        int8_t *q = o->q + 32 * b0;
+        if (kind == I8_Q5_0) {
+            for (int i = 0; i < 16; i++) {
+                q[i] = tq[i];
+                q[16 + i] = tq[32 + i];
+                q[32 + i] = tq[16 + i];
+                q[48 + i] = tq[48 + i];
+            }
+        } else {
+            memcpy(q, tq, 64);
+        }
+        for (int l = 0; l < 16; l++) {
+            int sum = 0;
+            for (int k = 0; k < 4; k++) sum += q[4 * l + k];
+            const int blk = kind == I8_Q5_0 ? (l >> 2) & 1 : l >> 3;
+            o->dx[8 * b0 + l] = td[blk];
+            if (kind == I8_Q4_K) {
+                const float f = (float)sum;
+                memcpy(&o->c[8 * b0 + l], &f, 4);
+            } else {
+                o->c[8 * b0 + l] = -z * sum;
+            }
+        }
+    }
+}
+
+/* A per-thread buffer for xq8 data (the calling thread's; OpenMP workers only read it). */
+static _Thread_local uint8_t *xq_buf;
+static _Thread_local size_t xq_cap;
+static pthread_key_t xq_key;
+static pthread_once_t xq_once = PTHREAD_ONCE_INIT;
+static void xq_destroy(void *p) { free(p); }
+static void xq_key_init(void) { pthread_key_create(&xq_key, xq_destroy); }
+
+static uint8_t *xq_get(size_t bytes) {
+    if (bytes <= xq_cap) return xq_buf;
+    free(xq_buf);
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    xq_buf = aligned_alloc(64, bytes);
+    xq_cap = xq_buf ? bytes : 0;
+    pthread_once(&xq_once, xq_key_init);
+    pthread_setspecific(xq_key, xq_buf);
+    return xq_buf;
+}
+
+/* Q5_0 blocks b0 and b1 (NULL: a zero block) as 64 unsigned bytes in lane order. */
+static inline __attribute__((always_inline)) void
+pair_q5_0(const uint8_t *b0, const uint8_t *b1, __m512i *u, __m512 *sw) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    uint32_t h0, h1 = 0;
+    memcpy(&h0, b0 + 2, 4);
+    __m128i qs1 = _mm_setzero_si128();
+    float d1 = 0.0f;
+    if (b1) {
+        memcpy(&h1, b1 + 2, 4);
+        qs1 = _mm_loadu_si128((const __m128i *)(b1 + 6));
+        d1 = rd_f16(b1);
+    }
+    const __m256i qs = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 6))), qs1, 1);
+    const __m256i lo = _mm256_and_si256(qs, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), m4);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    const uint64_t m = (h0 & 0xFFFFu) | ((uint64_t)(h1 & 0xFFFFu) << 16) |
+                       ((uint64_t)(h0 >> 16) << 32) | ((uint64_t)(h1 >> 16) << 48);
+    *u = _mm512_mask_add_epi8(v, m, v, _mm512_set1_epi8(16));
+    *sw = _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(rd_f16(b0)), _mm512_set1_ps(d1));
+}
+
+/* Elements 64j .. 64j + 63 of a Q6_K block (j < 4) and their scales. */
+static inline __attribute__((always_inline)) void
+pair_q6_k(const uint8_t *b, int j, __m512i *u, __m512 *sw) {
+    const int n = j >> 1, w = j & 1;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i A = _mm256_loadu_si256((const __m256i *)(b + 64 * n));
+    const __m256i B = _mm256_loadu_si256((const __m256i *)(b + 64 * n + 32));
+    __m256i H = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * n));
+    __m256i a = A, c = B;
+    if (w) {
+        a = _mm256_srli_epi16(A, 4);
+        c = _mm256_srli_epi16(B, 4);
+        H = _mm256_srli_epi16(H, 4);
+    }
+    const __m256i q1 = _mm256_or_si256(_mm256_and_si256(a, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(H, m3), 4));
+    const __m256i q2 = _mm256_or_si256(_mm256_and_si256(c, m4),
+                                       _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 2), m3), 4));
+    *u = _mm512_inserti64x4(_mm512_castsi256_si512(q1), q2, 1);
+    const int8_t *sc = (const int8_t *)(b + 192) + 8 * n + 4 * w;
+    const float d = rd_f16(b + 208);
+    const __m512 s4 = _mm512_castps128_ps512(_mm_set_ps(d * (float)sc[3], d * (float)sc[2],
+                                                        d * (float)sc[1], d * (float)sc[0]));
+    *sw = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), s4);
+}
+
+/* Sub-blocks 2j, 2j + 1 of a Q4_K block (j < 4), their scales and negated mins. */
+static inline __attribute__((always_inline)) void
+pair_q4_k(const uint8_t *b, int j, __m512i *u, __m512 *sw, __m512 *mw) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * j));
+    *u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+    int s0, m0, s1, m1;
+    k4_scale_min(b + 4, 2 * j, &s0, &m0);
+    k4_scale_min(b + 4, 2 * j + 1, &s1, &m1);
+    const float d = rd_f16(b), dmin = rd_f16(b + 2);
+    *sw = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d * (float)s0), _mm512_set1_ps(d * (float)s1));
+    *mw = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(-(dmin * (float)m0)), _mm512_set1_ps(-(dmin * (float)m1)));
+}
+
+/* y[t * ldy + r] = row r . token t for r < nr <= KR, t < nt <= 4 (kind and nt compile-time
+ * constants at the call sites): each pair's weights are unpacked once for every token. */
+static inline __attribute__((always_inline)) void
+i8_tile(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, int64_t n, size_t pf,
+        float *y, int64_t ldy) {
+    const int64_t nb = n / 32, npair = (nb + 1) / 2;
+    __m512 acc[KR][4];
+    for (int r = 0; r < KR; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < npair; p++) {
+        for (int r = 0; r < KR; r++) {
+            if (r >= nr) break;
+            const uint8_t *row = w + (size_t)r * rb;
+            __m512i u;
+            __m512 sw, mw = _mm512_setzero_ps();
+            if (kind == I8_Q5_0) {
+                const uint8_t *b0 = row + (size_t)(2 * p) * 22;
+                if (pf) __builtin_prefetch(b0 + pf, 0, 3);
+                pair_q5_0(b0, 2 * p + 1 < nb ? b0 + 22 : NULL, &u, &sw);
+            } else if (kind == I8_Q6_K) {
+                const uint8_t *blk = row + (size_t)(p >> 2) * 210;
+                if (pf) __builtin_prefetch(blk + 64 * (p & 3) + pf, 0, 3);
+                pair_q6_k(blk, (int)(p & 3), &u, &sw);
+            } else {
+                const uint8_t *blk = row + (size_t)(p >> 2) * 144;
+                if (pf) __builtin_prefetch(blk + 48 * (p & 3) + pf, 0, 3);
+                pair_q4_k(blk, (int)(p & 3), &u, &sw, &mw);
+            }
+            for (int t = 0; t < 4; t++) {
+                if (t >= nt) break;
+                const __m512 dx = _mm512_load_ps(xs[t].dx + 16 * p);
+                const __m512i q = _mm512_load_si512(xs[t].q + 64 * p);
+                const __m512i c = _mm512_load_si512(xs[t].c + 16 * p);
+                if (kind == I8_Q4_K) {
+                    const __m512i si = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q);
+                    __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(sw, dx), acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_castsi512_ps(c), _mm512_mul_ps(mw, dx), a);
+                } else {
+                    const __m512i si = _mm512_dpbusd_epi32(c, u, q);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(sw, dx), acc[r][t]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) y[(int64_t)t * ldy + r] = vf_fold(acc[r][t]);
+}
+
+/* The tile with kind and token count as constants (so the accumulators stay in registers). */
+static void i8_tile_any(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, int64_t n,
+                        size_t pf, float *y, int64_t ldy) {
+#define I8_NT(K) \
+    switch (nt) { \
+    case 4: i8_tile(K, w, rb, nr, xs, 4, n, pf, y, ldy); break; \
+    case 3: i8_tile(K, w, rb, nr, xs, 3, n, pf, y, ldy); break; \
+    case 2: i8_tile(K, w, rb, nr, xs, 2, n, pf, y, ldy); break; \
+    default: i8_tile(K, w, rb, nr, xs, 1, n, pf, y, ldy); break; \
+    }
+    if (kind == I8_Q5_0) I8_NT(I8_Q5_0)
+    else if (kind == I8_Q6_K) I8_NT(I8_Q6_K)
+    else I8_NT(I8_Q4_K)
+#undef I8_NT
+}
+
+static void i8_matvec(int kind, uint32_t type, const uint8_t *w, int64_t n_rows, int64_t n_cols,
+                      const float *x, float *y) {
+    uint8_t *buf = xq_get(xq8_bytes(n_cols));
+    if (!buf) {
+        for (int64_t r = 0; r < n_rows; r++) y[r] = NAN;
+        return;
+    }
+    xq8 xs;
+    xq8_at(buf, n_cols, &xs);
+    xq8_quantize(kind, x, n_cols, &xs);
+    const size_t rb = krn_row_bytes(type, n_cols);
+    const int64_t n_grp = (n_rows + KR - 1) / KR;
+    #pragma omp parallel for schedule(static) if (n_rows * n_cols >= 65536)
+    for (int64_t g = 0; g < n_grp; g++) {
+        const int64_t r0 = g * KR;
+        const int nr = (int)min64(KR, n_rows - r0);
+        const int64_t ahead = (MV_PF_BYTES + (int64_t)(KR * rb) - 1) / (int64_t)(KR * rb);
+        const size_t pf = r0 + (ahead + 1) * KR <= n_rows ? (size_t)ahead * KR * rb : 0;
+        i8_tile_any(kind, w + (size_t)r0 * rb, rb, nr, &xs, 1, n_cols, pf, y + r0, 1);
+    }
+}
+
+/* Y = X W^T through the lane kernel: every token quantized once, then tiles of rows against
+ * blocks of tokens (the rows stay in L1, the tokens' bytes in L2). */
+static void i8_matmul(int kind, uint32_t type, const uint8_t *w, int64_t n_rows, int64_t n_cols,
+                      const float *X, int64_t n_tok, float *Y) {
+    const size_t xb = xq8_bytes(n_cols), rb = krn_row_bytes(type, n_cols);
+    uint8_t *buf = xq_get(xb * (size_t)n_tok);
+    if (!buf) {
+        for (int64_t i = 0; i < n_rows * n_tok; i++) Y[i] = NAN;
+        return;
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n_tok; t++) {
+        xq8 xs;
+        xq8_at(buf + (size_t)t * xb, n_cols, &xs);
+        xq8_quantize(kind, X + t * n_cols, n_cols, &xs);
+    }
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    int64_t mr = (n_rows + 4 * nth - 1) / (4 * nth);
+    mr = min64(128, (mr + KR - 1) / KR * KR);
+    enum { TB = 32 };
+    const int64_t n_rt = (n_rows + mr - 1) / mr, n_tb = (n_tok + TB - 1) / TB;
+    #pragma omp parallel for schedule(static)
+    for (int64_t it = 0; it < n_rt * n_tb; it++) {
+        const int64_t r0 = (it / n_tb) * mr, t0 = (it % n_tb) * TB;
+        const int64_t r1 = min64(n_rows, r0 + mr), t1 = min64(n_tok, t0 + TB);
+        for (int64_t r = r0; r < r1; r += KR) {
+            const int nr = (int)min64(KR, r1 - r);
+            for (int64_t t = t0; t < t1; t += 4) {
+                xq8 xs[4];
+                const int nt = (int)min64(4, t1 - t);
+                for (int k = 0; k < nt; k++) xq8_at(buf + (size_t)(t + k) * xb, n_cols, &xs[k]);
+                i8_tile_any(kind, w + (size_t)r * rb, rb, nr, xs, nt, n_cols, 0, Y + t * n_rows + r, n_rows);
+            }
+        }
+    }
+}
+#endif
+
+/* krn_matmul's entry for the 8-bit types (matmul.c): 1 when it computed Y. */
+int krn_matmul_i8(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols, const float *X,
+                  int64_t n_tok, float *Y) {
+#ifdef KRN_I8
+    const int kind = i8_kind(type);
+    if (kind == I8_NONE) return 0;
+    i8_matmul(kind, type, W, n_rows, n_cols, X, n_tok, Y);
+    return 1;
+#else
+    (void)type; (void)W; (void)n_rows; (void)n_cols; (void)X; (void)n_tok; (void)Y;
+    return 0;
+#endif
+}
+
 void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
                 const float *x, float *y) {
     if (n_rows <= 0) return;
@@ -785,6 +1125,12 @@ void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
         return;
     }
     const uint8_t *w = W;
+#ifdef KRN_I8
+    if (i8_kind(type) != I8_NONE) {
+        i8_matvec(i8_kind(type), type, w, n_rows, n_cols, x, y);
+        return;
+    }
+#endif
     size_t rb = krn_row_bytes(type, n_cols);
     int64_t n_grp = (n_rows + KR - 1) / KR;
     /* below ~64K weights the fork/join costs more than it saves */

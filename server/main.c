@@ -16,6 +16,7 @@
 
 #include "context.h"
 #include "model.h"
+#include "quant.h"
 #include "sampler.h"
 #include "server.h"
 #include "tok.h"
@@ -896,12 +897,18 @@ static int cmd_info(const args *a) {
     eng_model *m = load_model(a);
     if (!m) return 1;
     const eng_hparams *hp = eng_model_hparams(m);
+    /* the weight types whose products quantize the activations to 8 bits in this build (the
+     * logits test's reference mirrors them) */
+    char i8[256] = "";
+    for (uint32_t t = 0; t < 64; t++)
+        if (krn_type_supported(t) && krn_type_i8(t))
+            snprintf(i8 + strlen(i8), sizeof i8 - strlen(i8), "%s\"%s\"", i8[0] ? ", " : "", krn_type_name(t));
     printf("{\"arch\": \"%s\", \"n_vocab\": %d, \"n_ctx_train\": %d, \"n_embd\": %d, \"n_layer\": %d, "
            "\"n_head\": %d, \"n_head_kv\": %d, \"head_dim\": %d, \"n_ff\": %d, \"rope_base\": %g, "
-           "\"rope_base_swa\": %g, \"sliding_window\": %d, \"bos\": %d, \"eos\": %d}\n",
+           "\"rope_base_swa\": %g, \"sliding_window\": %d, \"bos\": %d, \"eos\": %d, \"i8_types\": [%s]}\n",
            hp->arch_name, hp->n_vocab, hp->n_ctx_train, hp->n_embd, hp->n_layer, hp->n_head,
            hp->n_head_kv, hp->head_dim, hp->n_ff, hp->rope_base, hp->rope_base_swa,
-           hp->sliding_window, tok_bos(eng_model_vocab(m)), tok_eos(eng_model_vocab(m)));
+           hp->sliding_window, tok_bos(eng_model_vocab(m)), tok_eos(eng_model_vocab(m)), i8);
     eng_model_free(m);
     return 0;
 }

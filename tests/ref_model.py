@@ -33,8 +33,11 @@ def _field(reader, key, default=None):
     return default if f is None else f.contents()
 
 
-def load(path):
-    """Reads a GGUF file: metadata into attributes, every tensor dequantized to float32."""
+def load(path, i8_types=()):
+    """Reads a GGUF file: metadata into attributes, every tensor dequantized to float32.
+    i8_types: type names ("q5_0") whose products the engine computes with activations
+    quantized to 8 bits per block of 32 (`kvseek info`'s i8_types); linear() mirrors that
+    rounding for tensors of those types (llama.cpp's Q8_0 scheme), not the engine's code."""
     r = gguf.GGUFReader(path)
     m = Model()
     m.path = path
@@ -87,10 +90,13 @@ def load(path):
     # pass does not re-cast them at every step; the vocab-sized ones stay float32 (a 262144-row
     # embedding would double to 1.3 GB) and are cast a slice at a time where needed.
     m.w = {}
+    m.q8 = set()          # tensors whose products see 8-bit activations
     for t in r.tensors:
         shape = tuple(int(d) for d in reversed(t.shape))
         data = gguf.quants.dequantize(t.data, t.tensor_type)
         name = t.name[:-len(".weight")] if t.name.endswith(".weight") else t.name
+        if t.tensor_type.name.lower() in i8_types:
+            m.q8.add(name)
         dtype = np.float32 if name in ("token_embd", "output") else np.float64
         m.w[name] = np.ascontiguousarray(data, dtype=dtype).reshape(shape)
     m.output = m.w.get("output", m.w["token_embd"])      # absent output: tied embeddings
@@ -115,8 +121,22 @@ def silu(x):
     return x / (1 + np.exp(-x))
 
 
-def linear(x, w, b=None):
-    """x [n, in] -> [n, out] for a weight w [out, in] (float64)."""
+def quant_q8(x):
+    """x [n, in] rounded as 8-bit activations: per block of 32, d = max|x| / 127 (float32) and
+    x' = d * round(x / d), from the float32 values the engine holds."""
+    xf = np.asarray(x, dtype=np.float32).reshape(x.shape[0], -1, 32)
+    d = (np.abs(xf).max(axis=2, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.rint((xf * inv).astype(np.float32))
+    return (d.astype(np.float64) * q).reshape(x.shape)
+
+
+def linear(x, w, b=None, q8=False):
+    """x [n, in] -> [n, out] for a weight w [out, in] (float64); q8: the activations rounded
+    to 8 bits first (quant_q8)."""
+    if q8:
+        x = quant_q8(x)
     y = (w @ x.T).T
     return y if b is None else y + b
 
@@ -190,9 +210,9 @@ def hidden(m, tokens):
         p = "blk.%d." % L
         local = m.local[L]
         h = rms_norm(x, w[p + "attn_norm"], m.eps)
-        q = linear(h, w[p + "attn_q"], w.get(p + "attn_q.bias")).reshape(T, m.n_head, m.head_dim)
-        k = linear(h, w[p + "attn_k"], w.get(p + "attn_k.bias")).reshape(T, m.n_head_kv, m.head_dim)
-        v = linear(h, w[p + "attn_v"], w.get(p + "attn_v.bias")).reshape(T, m.n_head_kv, m.head_dim_v)
+        q = linear(h, w[p + "attn_q"], w.get(p + "attn_q.bias"), p + "attn_q" in m.q8).reshape(T, m.n_head, m.head_dim)
+        k = linear(h, w[p + "attn_k"], w.get(p + "attn_k.bias"), p + "attn_k" in m.q8).reshape(T, m.n_head_kv, m.head_dim)
+        v = linear(h, w[p + "attn_v"], w.get(p + "attn_v.bias"), p + "attn_v" in m.q8).reshape(T, m.n_head_kv, m.head_dim_v)
         if gemma:                                        # per-head QK-norm, before RoPE
             q = rms_norm(q, w[p + "attn_q_norm"], m.eps)
             k = rms_norm(k, w[p + "attn_k_norm"], m.eps)
@@ -203,14 +223,17 @@ def hidden(m, tokens):
         q = rope(q, pos, m.n_rot, base, fscale, m.rope_freqs, neox)
         k = rope(k, pos, m.n_rot, base, fscale, m.rope_freqs, neox)
         a = attention(q, k, v, m.attn_scale, m.window if local else 0)
-        a = linear(a, w[p + "attn_output"], w.get(p + "attn_output.bias"))
+        a = linear(a.reshape(T, -1), w[p + "attn_output"], w.get(p + "attn_output.bias"),
+                   p + "attn_output" in m.q8)
         if gemma:
             a = rms_norm(a, w[p + "post_attention_norm"], m.eps)
         x = x + a
 
         h = rms_norm(x, w[p + "ffn_norm"], m.eps)
         act = gelu_tanh if gemma else silu
-        f = linear(act(linear(h, w[p + "ffn_gate"])) * linear(h, w[p + "ffn_up"]), w[p + "ffn_down"])
+        g = act(linear(h, w[p + "ffn_gate"], q8=p + "ffn_gate" in m.q8))
+        f = linear(g * linear(h, w[p + "ffn_up"], q8=p + "ffn_up" in m.q8), w[p + "ffn_down"],
+                   q8=p + "ffn_down" in m.q8)
         if gemma:
             f = rms_norm(f, w[p + "post_ffw_norm"], m.eps)
         x = x + f
@@ -222,6 +245,8 @@ def project(m, h):
     """Logits of normed hidden rows h [n, n_embd] -> float32 [n, n_vocab]. The output matrix
     is cast to float64 a slice at a time: a 262144-row vocab would need 1.3 GB at once."""
     out = np.empty((h.shape[0], m.n_vocab), dtype=np.float32)
+    if ("output" if "output" in m.w else "token_embd") in m.q8:
+        h = quant_q8(h)
     step = 32768
     for r0 in range(0, m.n_vocab, step):
         out[:, r0:r0 + step] = h @ m.output[r0:r0 + step].astype(np.float64).T

@@ -276,6 +276,33 @@ static double ref_row_dot(const matrix *M, int64_t r, int64_t n, const float *x,
 
 static double gamma_n(int64_t n) { return (2.0 * (double)((n + 7) / 8) + 8.0) * 0x1.0p-24; }
 
+/* Types whose products quantize the activations (krn_type_i8): x rounded as the kernel does,
+ * d = max|x| / 127 per block of 32 and x' = d * nearbyint(x / d), into xq (double); the
+ * rounding bound sum |w_i| * d / 2 of row r into *qb. */
+static void ref_quant_x(const float *x, int64_t n, double *xq) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        float am = 0.0f;
+        for (int i = 0; i < 32; i++) am = fmaxf(am, fabsf(x[32 * b + i]));
+        const float d = am / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int i = 0; i < 32; i++) xq[32 * b + i] = (double)d * nearbyintf(x[32 * b + i] * id);
+    }
+}
+
+static double ref_quant_bound(const matrix *M, int64_t r, int64_t n, const float *x) {
+    const double *w = M->wd + r * n;
+    double qb = 0;
+    for (int64_t b = 0; b < n / 32; b++) {
+        float am = 0.0f;
+        double sw = 0;
+        for (int i = 0; i < 32; i++) {
+            am = fmaxf(am, fabsf(x[32 * b + i]));
+            sw += fabs(w[32 * b + i]);
+        }
+        qb += sw * (am / 127.0) / 2;
+    }
+    return qb;
+}
+
 /* Products of one type at row length n against the reference and each other. exact: the data
  * came from fill_weights(exact = 1) and x holds {-1, 0, 1}. Returns the worst error seen as a
  * multiple of gamma(n) * mag (random data), for the report. */
@@ -290,11 +317,32 @@ static double check_products(const matrix *M, int64_t n, const float *X, int exa
 
     /* matvec per token over all rows: the reference for everything below */
     for (int t = 0; t < MAX_TOK; t++) krn_matvec(type, M->w, MAX_ROWS, n, X + t * n, ytok[t]);
+    /* 8-bit activations: against the quantized x within the f32 bound, and against x within
+     * the rounding bound of the quantization */
+    const int i8 = krn_type_i8(type);
+    double *xqd = i8 ? malloc(sizeof(double) * n) : NULL;
+    int bad_q = 0;
     for (int t = 0; t < 2; t++)
         for (int64_t r = 0; r < MAX_ROWS; r++) {
             double mag, ref = ref_row_dot(M, r, n, X + t * n, &mag);
             float got = ytok[t][r];
             nonfinite += !isfinite(got);
+            if (i8) {
+                const double qb = ref_quant_bound(M, r, n, X + t * n);
+                const double e0 = fabs(got - ref), l0 = qb + gamma_n(n) * mag + 1e-30;
+                if (!(e0 <= l0) && bad_q++ < 3)
+                    fprintf(stderr, "  %s n=%lld row %lld tok %d: f32 ref %.9g got %.9g (err %.3g, "
+                            "quantization bound %.3g)\n", tn, (long long)n, (long long)r, t, ref, got, e0, l0);
+                ref_quant_x(X + t * n, n, xqd);
+                double s = 0, a = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    s += M->wd[r * n + i] * xqd[i];
+                    a += fabs(M->wd[r * n + i] * xqd[i]);
+                }
+                ref = s;
+                mag = a;
+                exact = 0;   /* the quantized x ({-1, 0, 1} -> d * 127) is no longer exact */
+            }
             if (exact) {
                 if (got != (float)ref && bad++ < 3)
                     fprintf(stderr, "  %s n=%lld row %lld tok %d: exact %.9g got %.9g\n", tn,
@@ -325,6 +373,9 @@ static double check_products(const matrix *M, int64_t n, const float *X, int exa
             for (int t = 0; t < nt; t++) bad_bits += memcmp(ymm + t * nr, ytok[t], sizeof(float) * nr) != 0;
         }
     }
+    free(xqd);
+    CHECK(bad_q == 0, "%s n=%lld: %d 8-bit-activation outputs beyond the quantization bound", tn,
+          (long long)n, bad_q);
     CHECK(nonfinite == 0, "%s n=%lld: %d non-finite outputs", tn, (long long)n, nonfinite);
     CHECK(bad == 0, "%s n=%lld %s: %d matvec outputs off the reference", tn, (long long)n,
           exact ? "exact" : "random", bad);

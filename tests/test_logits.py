@@ -27,6 +27,19 @@ Argmax: at every position kvseek's top token must be the reference's, except whe
 reference itself has a near tie: kvseek's pick is accepted when its reference logit is within
 2 * tolerance of the reference maximum (a tie broken either way is within the tolerance).
 
+8-bit activations. Where the build multiplies some weight types with activations quantized to
+8 bits per block of 32 (AVX-512 VNNI builds: Q5_0, Q4_K, Q6_K; `kvseek info` lists them as
+i8_types), the reference rounds those products' inputs the same documented way (ref_model's
+quant_q8). That rounding is discontinuous: where kvseek's float32 input and the reference's
+float64 one straddle a rounding boundary, one element moves by a whole step (max|x| / 127), and
+through attention the change reaches every later position. So those models are held to the
+normalised squared error NMSE = sum (kvseek - ref)^2 / sum ref^2, with a looser cap on max|diff|:
+  tiny models: NMSE <= 5e-5 (measured <= 1.1e-5; against a reference that does not round the
+      activations they give 1.5e-4, so the bound pins the scheme), max|diff| <= 0.1;
+  real model: NMSE <= 2e-3 (measured 5.2e-4; the f32 reference is 3.4e-4 away, about as far as
+      the rounding itself moves the logits: 6.8e-4), max|diff| <= 1.5 (0.3 std; measured 0.64).
+Argmax near ties are then judged at 0.05 (tiny) and 0.25 (real).
+
 Exit status 0 when everything passes; one line per model is printed either way.
 """
 import json
@@ -43,11 +56,23 @@ import ref_model  # noqa: E402
 
 TOL_TINY = 1e-3
 TOL_REAL = 2e-2
+# with 8-bit activations (see above): (NMSE bound, max|diff| cap, near-tie margin)
+I8_TINY = (5e-5, 0.1, 0.05)
+I8_REAL = (2e-3, 1.5, 0.25)
 N_TINY_TOKENS = 40
 TINY = ["gemma3-f32", "gemma3", "qwen2-f32", "qwen2", "llama-f32", "llama"]
 PROMPT = "The capital of France is"
 PROMPT_IDS = [2, 818, 5279, 529, 7001, 563]    # <bos> The ▁capital ▁of ▁France ▁is
 N_GREEDY = 8
+
+
+def i8_types(kvseek, model):
+    """The weight types this build multiplies with 8-bit activations (`kvseek info`): the
+    reference rounds the activations of those products the same documented way."""
+    p = subprocess.run([kvseek, "info", "-m", model], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("kvseek info: %s" % p.stderr.strip()[-200:])
+    return tuple(json.loads(p.stdout).get("i8_types", []))
 
 
 def run_logits(kvseek, model, tokens, n_vocab, chunk=None):
@@ -79,8 +104,18 @@ def compare(got, ref, tol):
     return diff, int((top_got == top_ref).sum()), [int(i) for i in np.nonzero(~near)[0]]
 
 
-def check(label, got, ref, tol):
-    """Prints one line; returns True on pass."""
+def check(label, got, ref, tol, i8=None):
+    """Prints one line; returns True on pass. i8: (NMSE bound, max cap, tie margin) for a model
+    with 8-bit activations."""
+    if i8:
+        nmse_tol, cap, tie = i8
+        diff, agree, bad = compare(got, ref, tie / 2)
+        nmse = float(((got.astype(np.float64) - ref) ** 2).sum() / (ref ** 2).sum())
+        ok = nmse <= nmse_tol and diff <= cap and not bad
+        print("%-4s %-28s NMSE %.2e (tol %.0e) max|diff| %.3e (cap %.2g)  argmax %d/%d%s" % (
+            "ok" if ok else "FAIL", label, nmse, nmse_tol, diff, cap, agree, len(ref),
+            "" if not bad else "  top-1 differs at positions %s" % bad[:10]))
+        return ok
     diff, agree, bad = compare(got, ref, tol)
     ok = diff <= tol and not bad
     print("%-4s %-28s max|diff| %.3e (tol %.0e)  argmax %d/%d%s" % (
@@ -102,7 +137,7 @@ def test_tiny(kvseek, build):
     ok = True
     for i, name in enumerate(TINY):
         path = os.path.join(tiny, "tiny-%s.gguf" % name)
-        m = ref_model.load(path)
+        m = ref_model.load(path, i8_types(kvseek, path))
         # Ids drawn from the whole vocab (specials and byte tokens included: they are rows of
         # the embedding like any other); BOS first where the tokenizer would add it.
         ids = [int(t) for t in np.random.default_rng(1000 + i).integers(0, m.n_vocab, N_TINY_TOKENS)]
@@ -117,7 +152,7 @@ def test_tiny(kvseek, build):
                 print("FAIL %-28s %s" % (label, e))
                 ok = False
                 continue
-            ok &= check(label, got, ref, TOL_TINY)
+            ok &= check(label, got, ref, TOL_TINY, I8_TINY if m.q8 else None)
     return ok
 
 
@@ -130,7 +165,7 @@ def test_real(kvseek, model_path):
         print("skipped: no model at %s" % model_path)
         return True
     ok = True
-    m = ref_model.load(model_path)
+    m = ref_model.load(model_path, i8_types(kvseek, model_path))
     if decode(m, PROMPT_IDS[1:]) != PROMPT or PROMPT_IDS[0] != m.bos:
         print("FAIL real: hard-coded prompt ids decode to %r" % decode(m, PROMPT_IDS))
         return False
@@ -162,7 +197,7 @@ def test_real(kvseek, model_path):
             print("FAIL %-28s %s" % (label, e))
             ok = False
             continue
-        ok &= check(label, got, ref, TOL_REAL)
+        ok &= check(label, got, ref, TOL_REAL, I8_REAL if m.q8 else None)
     return ok
 
 
