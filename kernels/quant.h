@@ -37,7 +37,8 @@ void krn_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
 /* Products of weight rows with f32 activations. Every output of krn_vec_dot, krn_matvec,
  * krn_matmul and krn_matmul_f32 is summed in one fixed order (quant.c), so the same row and
  * activation give the same bits through any of them, whatever the batch size, the position of
- * the token in the batch or the number of OpenMP threads. */
+ * the token in the batch or the number of OpenMP threads. The types of krn_type_i8 (below)
+ * round the activations to 8 bits first, in krn_vec_dot, krn_matvec and krn_matmul alike. */
 
 /* dot(row, x) over n elements; row in `type`, x in f32. */
 float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n);

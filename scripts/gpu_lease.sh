@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# For a lent GPU machine that has CUDA but no network and none of kvseek's Debian libraries
+# (the workplace's H200 image: Ubuntu 24.04, 16 cores): `scripts/gpu_lease.sh pack` builds a
+# portable CUDA binary here (x86-64-v3, sm_80 + sm_90) and puts it, the few shared libraries that
+# image lacks (libcjson, libmicrohttpd; the rest are linked in only if missing there), the gguf
+# wheel for tests/make_tiny.py and .devlibs/run.sh into .devlibs/ (git-ignored through
+# .git/info/exclude, about 16 MB). Carry .devlibs there and run `bash .devlibs/run.sh SECONDS`:
+# test_gpu, test_gpu_logits with both prefill kernels, tiny-model decode through every selector
+# on CPU and GPU, then scripts/bench_gpu.sh at 32K and, as time allows, 128K. Results and logs
+# land in $OUT (or ./gpu-out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "${1:-}" = pack ] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+gd=$(git rev-parse --git-dir)
+mkdir -p "$gd/info" .devlibs/bin .devlibs/whl
+grep -qx '/.devlibs/' "$gd/info/exclude" 2>/dev/null || echo '/.devlibs/' >> "$gd/info/exclude"
+make -j"$(nproc)" BUILD=build/devgpu CUDA=1 PORTABLE=1 build/devgpu/kvseek build/devgpu/tests/test_gpu
+strip --strip-debug -o .devlibs/bin/kvseek build/devgpu/kvseek
+strip --strip-debug -o .devlibs/bin/test_gpu build/devgpu/tests/test_gpu
+tmp=$(mktemp -d)
+mkdir -p "$tmp/libs"
+for l in $(ldd build/devgpu/kvseek | awk '/=>/ {print $3}' | grep -v -e cuda -e 'libc\.so' -e 'libm\.so' \
+             -e libstdc++ -e libgcc_s -e libpthread -e libdl -e librt); do
+  cp -L "$l" "$tmp/libs/"
+done
+tar cJf .devlibs/libs.tar.xz -C "$tmp" libs
+rm -rf "$tmp"
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_17_x86_64 -d .devlibs/whl gguf==0.19.0
+cp scripts/gpu_lease_run.sh .devlibs/run.sh
+du -sh .devlibs
