@@ -783,17 +783,17 @@ static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, cons
 }
 
 /* ---- 8-bit activations (AVX-512 VNNI) -------------------------------------------------
- * Q5_0, Q4_K, Q6_K and Q8_0 rows multiply activations quantized to 8 bits per 32-element
- * block, as llama.cpp does (its Q8_0 / Q8_K): decoding those weights to f32 made the product
- * compute-bound at a third of the memory bandwidth (Q8_0: 85% of it); as bytes it is one VNNI
- * instruction per 64 weights. The arithmetic is fixed, like the f32 order above, whatever the batch or threads:
+ * Q5_0, Q4_K and Q6_K rows multiply activations quantized to 8 bits per 32-element block, as
+ * llama.cpp does (its Q8_0 / Q8_K): decoding those weights to f32 made the product compute-
+ * bound at a third of the memory bandwidth; as bytes it is one VNNI instruction per 64
+ * weights. The arithmetic is fixed, like the f32 order above, whatever the batch or threads:
  *     x block b (32 elements): d_b = max|x| / 127, q = nearbyint(x / d_b)   (scalar, exact);
  *     a non-finite x gives d_b = NaN (the outputs are NaN, as in f32);
  *     columns go 64 at a time (a "pair" of x blocks): 16 lanes of 4 elements each, in the
  *     order the weights unpack in (Q5_0: block 2p elements 0-15, block 2p+1 0-15, block 2p
- *     16-31, block 2p+1 16-31, a zero block padding an odd count; the others in order);
+ *     16-31, block 2p+1 16-31, a zero block padding an odd count; Q4_K, Q6_K: in order);
  *     per lane: s = sum (u - z) q over its 4 elements (u the unsigned weight, z its zero point:
- *     16 for Q5_0, 32 for Q6_K, 128 for Q8_0 (u = q + 128), 0 for Q4_K; exact int32), and
+ *     16 for Q5_0, 32 for Q6_K, 0 for Q4_K; exact int32), and
  *         acc = fma(float(s), sw * dx, acc)          sw: the lane's weight scale, dx: d_b
  *         acc = fma(float(sum q), mw * dx, acc)      Q4_K only: mw = -dmin * m of the lane
  *     pair after pair; result = vf_fold(acc).
@@ -803,7 +803,7 @@ static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, cons
 #define KRN_I8 1
 #endif
 
-enum { I8_Q5_0, I8_Q6_K, I8_Q4_K, I8_Q8_0, I8_NONE };
+enum { I8_Q5_0, I8_Q6_K, I8_Q4_K, I8_NONE };
 
 static int i8_kind(uint32_t type) {
 #ifdef KRN_I8
@@ -811,7 +811,6 @@ static int i8_kind(uint32_t type) {
     case KRN_TYPE_Q5_0: return I8_Q5_0;
     case KRN_TYPE_Q6_K: return I8_Q6_K;
     case KRN_TYPE_Q4_K: return I8_Q4_K;
-    case KRN_TYPE_Q8_0: return I8_Q8_0;
     default: return I8_NONE;
     }
 #else
@@ -842,7 +841,7 @@ static void xq8_at(uint8_t *base, int64_t n, xq8 *o) {
 
 static void xq8_quantize(int kind, const float *x, int64_t n, const xq8 *o) {
     const int64_t nb = n / 32;
-    const int z = kind == I8_Q5_0 ? 16 : kind == I8_Q6_K ? 32 : kind == I8_Q8_0 ? 128 : 0;
+    const int z = kind == I8_Q5_0 ? 16 : kind == I8_Q6_K ? 32 : 0;
     for (int64_t b0 = 0; b0 < nb; b0 += 2) {
         int8_t tq[64];
         float td[2];
@@ -936,15 +935,6 @@ pair_q5_0(const uint8_t *b0, const uint8_t *b1, __m512i *u, __m512 *sw) {
     *sw = _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(rd_f16(b0)), _mm512_set1_ps(d1));
 }
 
-/* Q8_0 blocks b0 and b1 (NULL: a zero block) as 64 unsigned bytes (q + 128), in order. */
-static inline __attribute__((always_inline)) void
-pair_q8_0(const uint8_t *b0, const uint8_t *b1, __m512i *u, __m512 *sw) {
-    const __m256i q0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
-    const __m256i q1 = b1 ? _mm256_loadu_si256((const __m256i *)(b1 + 2)) : _mm256_setzero_si256();
-    *u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), _mm512_set1_epi8((char)0x80));
-    *sw = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(rd_f16(b0)), _mm512_set1_ps(b1 ? rd_f16(b1) : 0.0f));
-}
-
 /* Elements 64j .. 64j + 63 of a Q6_K block (j < 4) and their scales. */
 static inline __attribute__((always_inline)) void
 pair_q6_k(const uint8_t *b, int j, __m512i *u, __m512 *sw) {
@@ -1005,10 +995,6 @@ i8_tile(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, in
                 const uint8_t *b0 = row + (size_t)(2 * p) * 22;
                 if (pf) __builtin_prefetch(b0 + pf, 0, 3);
                 pair_q5_0(b0, 2 * p + 1 < nb ? b0 + 22 : NULL, &u, &sw);
-            } else if (kind == I8_Q8_0) {
-                const uint8_t *b0 = row + (size_t)(2 * p) * 34;
-                if (pf) __builtin_prefetch(b0 + pf, 0, 3);
-                pair_q8_0(b0, 2 * p + 1 < nb ? b0 + 34 : NULL, &u, &sw);
             } else if (kind == I8_Q6_K) {
                 const uint8_t *blk = row + (size_t)(p >> 2) * 210;
                 if (pf) __builtin_prefetch(blk + 64 * (p & 3) + pf, 0, 3);
@@ -1049,7 +1035,6 @@ static void i8_tile_any(int kind, const uint8_t *w, size_t rb, int nr, const xq8
     default: i8_tile(K, w, rb, nr, xs, 1, n, pf, y, ldy); break; \
     }
     if (kind == I8_Q5_0) I8_NT(I8_Q5_0)
-    else if (kind == I8_Q8_0) I8_NT(I8_Q8_0)
     else if (kind == I8_Q6_K) I8_NT(I8_Q6_K)
     else I8_NT(I8_Q4_K)
 #undef I8_NT
