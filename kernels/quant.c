@@ -628,6 +628,7 @@ tile_store(int nt, vf acc[KT][KR], float *y, int64_t ldy, int nr_out) {
  * leaves the decode waiting). */
 #define MV_CHUNK 256   /* a multiple of every block size and of VL */
 #define MV_PF_BYTES 16384 /* how far ahead matvec prefetches weight rows */
+#define MV_SHORT_ROW 2048 /* rows of fewer bytes go one after the other in a matvec group */
 
 /* acc[0][r] += row r of the nr <= KR consecutive rows at w (rb bytes each) times x, over n
  * columns; `run` is a compile-time constant after inlining. Rows past nr repeat row 0 and are
@@ -736,18 +737,38 @@ mv_fused(blk_dec dec, int np, size_t bb, const uint8_t *w, size_t rb, int nr, co
     vf c[KR];
     for (int r = 0; r < KR; r++) c[r] = acc[0][r];
     const int64_t nb = n / (16 * np);
-    for (int64_t i = 0; i < nb; i++) {
-        const float *xb = x + 16 * np * i;
+    if (rb < MV_SHORT_ROW) {
+        /* short rows one after the other: interleaving the group's rows block by block made
+         * 640-column rows stream at two thirds the rate of long ones */
         for (int r = 0; r < KR; r++) {
             if (r >= nr) break;
-            const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
-            if (pf)
-                for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
-            __m512 wv[16];
-            dec(blk, wv);
             vf a = c[r];
-            for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
+            for (int64_t i = 0; i < nb; i++) {
+                const float *xb = x + 16 * np * i;
+                const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
+                if (pf)
+                    for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
+                __m512 wv[16];
+                dec(blk, wv);
+                for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
+            }
             c[r] = a;
+        }
+    } else {
+        /* long rows interleaved: KR independent FMA chains hide the FMA latency */
+        for (int64_t i = 0; i < nb; i++) {
+            const float *xb = x + 16 * np * i;
+            for (int r = 0; r < KR; r++) {
+                if (r >= nr) break;
+                const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
+                if (pf)
+                    for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
+                __m512 wv[16];
+                dec(blk, wv);
+                vf a = c[r];
+                for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
+                c[r] = a;
+            }
         }
     }
     for (int r = 0; r < KR; r++) acc[0][r] = c[r];
