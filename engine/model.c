@@ -941,10 +941,14 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
 static void build_index(const eng_model *m, eng_seq *s) {
     const double t0 = now_s();
     const int nkv = m->hp.n_head_kv, n = m->hp.n_layer * nkv;
-    /* one slot (layer, KV head) per thread: FAISS inside runs single-threaded then, which on
-     * these sizes (a few thousand queries against tens of thousands of keys) scales far better
-     * than its own threading (Llama-3-8B shape at 32K: 256 slots) */
-    #pragma omp parallel for schedule(dynamic, 1)
+    int n_global = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) n_global += eng_layer_is_local(m, l) ? 0 : nkv;
+    /* one slot (layer, KV head) per thread when there are slots for every thread twice over:
+     * FAISS inside then runs single-threaded, which on these sizes (a few thousand queries
+     * against tens of thousands of keys) scales far better than its own threading (qwen2 0.5B:
+     * 48 slots; Llama-3-8B shape: 256). With fewer (gemma-3 270M: 3) a slot alone on a thread
+     * would leave the others idle, so they go one by one with FAISS's threads. */
+    #pragma omp parallel for schedule(dynamic, 1) if (n_global >= 2 * omp_get_max_threads())
     for (int i = 0; i < n; i++) {
         const int l = i / nkv, h = i % nkv;
         if (eng_layer_is_local(m, l)) continue;

@@ -77,7 +77,6 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-static int dims_ok(int dk, int dv) { return dk > 0 && dk <= DMAX && dv > 0 && dv <= DMAX; }
 
 /* ---- decode ----------------------------------------------------------------------------
  * Partial results: row pi = (job * n_split + split) * ng + g holds o (DMAX floats, unnormalised)
@@ -306,6 +305,32 @@ extern "C" int gpu_attn_merge(float *o_a, float *lse_a, const float *o_b, const 
 
 /* ---- prefill -------------------------------------------------------------------------- */
 
+/* The views of a prefill checked (the same head dims for every view, each at most max_dim; f32
+ * or f16 pages) and copied into the views scratch on the device, stream-ordered after any kernel
+ * still reading the previous ones. NULL with a message naming `who`. */
+static const attn_kv_view *prefill_views(const char *who, const attn_kv_view *views, int n_head_kv,
+                                         int max_dim) {
+    const int dk = views[0].dk, dv = views[0].dv;
+    for (int i = 0; i < n_head_kv; i++) {
+        if (views[i].dk != dk || views[i].dv != dv || dk <= 0 || dv <= 0 || dk > max_dim ||
+            dv > max_dim || (views[i].dtype != ATTN_F32 && views[i].dtype != ATTN_F16) ||
+            views[i].page_shift < 0 || views[i].page_shift > 30) {
+            gpu_priv_fail("%s: view %d: head dims %d, %d (at most %d, the same for every view) or "
+                          "dtype/page shift not supported", who, i, views[i].dk, views[i].dv, max_dim);
+            return NULL;
+        }
+    }
+    attn_kv_view *d = (attn_kv_view *)gpu_priv_scratch(GPU_SCR_VIEWS, sizeof(attn_kv_view) * n_head_kv);
+    if (!d) return NULL;
+    const cudaError_t e = cudaMemcpyAsync(d, views, sizeof(attn_kv_view) * n_head_kv,
+                                          cudaMemcpyHostToDevice, gpu_priv_stream());
+    if (e != cudaSuccess) {
+        gpu_priv_fail("%s: copying the views: %s", who, cudaGetErrorString(e));
+        return NULL;
+    }
+    return d;
+}
+
 /* Dynamic shared memory of k_prefill, in floats, for head dims dk, dv. */
 static size_t prefill_smem(int dk, int dv) {
     return sizeof(float) * ((size_t)PF_BQ * dk + (size_t)PF_BK * (dk + 1) + (size_t)PF_BK * dv +
@@ -434,21 +459,9 @@ extern "C" int gpu_attn_prefill(const attn_kv_view *views, int n_head_kv, const 
     if (T == 0) return 0;
     if (!views) return gpu_priv_fail("gpu_attn_prefill: no views");
     const int dk = views[0].dk, dv = views[0].dv;
-    for (int i = 0; i < n_head_kv; i++) {
-        if (views[i].dk != dk || views[i].dv != dv || !dims_ok(dk, dv) ||
-            (views[i].dtype != ATTN_F32 && views[i].dtype != ATTN_F16) || views[i].page_shift < 0 ||
-            views[i].page_shift > 30)
-            return gpu_priv_fail("gpu_attn_prefill: view %d: head dims %d, %d (at most %d, the same "
-                                 "for every view) or dtype/page shift not supported",
-                                 i, views[i].dk, views[i].dv, DMAX);
-    }
-    cudaStream_t st = gpu_priv_stream();
-    attn_kv_view *dviews =
-        (attn_kv_view *)gpu_priv_scratch(GPU_SCR_VIEWS, sizeof(attn_kv_view) * n_head_kv);
+    const attn_kv_view *dviews = prefill_views("gpu_attn_prefill", views, n_head_kv, DMAX);
     if (!dviews) return -1;
-    /* stream-ordered: a kernel still reading the previous views finishes before this copy */
-    GPU_TRY(cudaMemcpyAsync(dviews, views, sizeof(attn_kv_view) * n_head_kv, cudaMemcpyHostToDevice,
-                            st));
+    cudaStream_t st = gpu_priv_stream();
     const size_t smem = prefill_smem(dk, dv);
     if (smem > smem_set) {
         GPU_TRY(cudaFuncSetAttribute(k_prefill, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -564,14 +577,8 @@ extern "C" int gpu_attn_prefill_gemm(const attn_kv_view *views, int n_head_kv, c
     if (T == 0) return 0;
     if (!views) return gpu_priv_fail("gpu_attn_prefill_gemm: no views");
     const int dk = views[0].dk, dv = views[0].dv, G = n_head / n_head_kv;
-    for (int i = 0; i < n_head_kv; i++) {
-        if (views[i].dk != dk || views[i].dv != dv || dk <= 0 || dv <= 0 ||
-            (views[i].dtype != ATTN_F32 && views[i].dtype != ATTN_F16) || views[i].page_shift < 0 ||
-            views[i].page_shift > 30)
-            return gpu_priv_fail("gpu_attn_prefill_gemm: view %d: head dims %d, %d (the same for "
-                                 "every view) or dtype/page shift not supported", i, views[i].dk,
-                                 views[i].dv);
-    }
+    const attn_kv_view *dviews = prefill_views("gpu_attn_prefill_gemm", views, n_head_kv, 1 << 16);
+    if (!dviews) return -1;
     int64_t kl = window > 0 ? pos0 - window + 1 : 0;
     if (kl < 0) kl = 0;
     const int64_t nk = pos0 + T - kl;
@@ -586,11 +593,6 @@ extern "C" int gpu_attn_prefill_gemm(const attn_kv_view *views, int n_head_kv, c
     __half *P = (__half *)((char *)Qh + align256((size_t)T * n_head * dk * 2));
     float *S = (float *)((char *)P + align256((size_t)T * nk * 2));
     cudaStream_t st = gpu_priv_stream();
-    attn_kv_view *dviews =
-        (attn_kv_view *)gpu_priv_scratch(GPU_SCR_VIEWS, sizeof(attn_kv_view) * n_head_kv);
-    if (!dviews) return -1;
-    GPU_TRY(cudaMemcpyAsync(dviews, views, sizeof(attn_kv_view) * n_head_kv, cudaMemcpyHostToDevice,
-                            st));
     k_gather<<<dim3((unsigned)((nk + 7) / 8), (unsigned)n_head_kv), 256, 0, st>>>(dviews, kl, nk, Kc, Vc);
     GPU_TRY(cudaGetLastError());
     const int64_t nq = (int64_t)T * n_head * dk;

@@ -3,6 +3,7 @@
  * which sums every output in the same order as krn_matvec. This file decides the work split:
  * tiles, token ranges, threads and the scratch they decode into. */
 #include "quant.h"
+#include "scratch.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -19,35 +20,41 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 #define TOK_STEP 12
 
 /* ---- scratch ----------------------------------------------------------------------------
- * One growing buffer per calling thread (the engine thread), shared by its OpenMP team: a
- * decoded tile per worker. Being thread-local, it also lets several threads call krn_matmul at
- * once. */
-static _Thread_local float *scratch;
-static _Thread_local size_t scratch_cap;   /* floats */
-/* A thread-exit destructor frees the buffer of threads that end (the server's engine thread),
+ * Growing buffers per calling thread (the engine thread), shared by its OpenMP team: the decoded
+ * tiles here, the 8-bit activations in quant.c. Being thread-local, they also let several
+ * threads call the products at once. */
+typedef struct {
+    void *p[KRN_SCR_COUNT];
+    size_t cap[KRN_SCR_COUNT];
+} scratch_set;
+static _Thread_local scratch_set scratch;
+/* A thread-exit destructor frees the buffers of threads that end (the server's engine thread),
  * which thread-local storage alone would leak. */
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static void scratch_destroy(void *p) { free(p); }
+static void scratch_destroy(void *v) {
+    scratch_set *s = v;
+    for (int i = 0; i < KRN_SCR_COUNT; i++) free(s->p[i]);
+}
 static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_destroy); }
 
-static float *scratch_get(size_t n) {
-    if (n <= scratch_cap) return scratch;
-    free(scratch);
-    n = (n + 4095) & ~(size_t)4095;
-    scratch = aligned_alloc(64, n * sizeof(float));
-    scratch_cap = scratch ? n : 0;
+void *krn_scratch(int slot, size_t bytes) {
+    if (bytes <= scratch.cap[slot]) return scratch.p[slot];
+    free(scratch.p[slot]);
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    scratch.p[slot] = aligned_alloc(64, bytes);
+    scratch.cap[slot] = scratch.p[slot] ? bytes : 0;
     pthread_once(&scratch_once, scratch_key_init);
-    pthread_setspecific(scratch_key, scratch);
-    return scratch;
+    pthread_setspecific(scratch_key, &scratch);
+    return scratch.p[slot];
 }
 
 void krn_matmul_scratch_free(void) {
-    free(scratch);
-    scratch = NULL;
-    scratch_cap = 0;
-    pthread_once(&scratch_once, scratch_key_init);
-    pthread_setspecific(scratch_key, NULL);
+    for (int i = 0; i < KRN_SCR_COUNT; i++) {
+        free(scratch.p[i]);
+        scratch.p[i] = NULL;
+        scratch.cap[i] = 0;
+    }
 }
 
 void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
@@ -64,7 +71,8 @@ void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
     int64_t mr = (n_rows + 4 * nth - 1) / (4 * nth);
     mr = min64(TILE_ROWS, (mr + 7) & ~(int64_t)7);
     size_t ldw = ((size_t)K + 15) & ~(size_t)15;   /* 64-byte aligned rows */
-    float *scr = n_tok > 1 && krn_type_supported(type) ? scratch_get((size_t)nth * mr * ldw) : NULL;
+    float *scr = n_tok > 1 && krn_type_supported(type)
+                     ? krn_scratch(KRN_SCR_TILES, sizeof(float) * (size_t)nth * mr * ldw) : NULL;
     if (!scr) {   /* one token (decode), or out of memory: the same sums token by token */
         for (int64_t t = 0; t < n_tok; t++) krn_matvec(type, W, n_rows, K, X + t * K, Y + t * n_rows);
         return;

@@ -6,9 +6,9 @@
  * same text however the server batches it. All arithmetic is f32 on decoded weights: the
  * reference other backends are checked against. */
 #include "quant.h"
+#include "scratch.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -914,25 +914,6 @@ static void xq8_quantize(int kind, const float *x, int64_t n, const xq8 *o) {
     }
 }
 
-/* A per-thread buffer for xq8 data (the calling thread's; OpenMP workers only read it). */
-static _Thread_local uint8_t *xq_buf;
-static _Thread_local size_t xq_cap;
-static pthread_key_t xq_key;
-static pthread_once_t xq_once = PTHREAD_ONCE_INIT;
-static void xq_destroy(void *p) { free(p); }
-static void xq_key_init(void) { pthread_key_create(&xq_key, xq_destroy); }
-
-static uint8_t *xq_get(size_t bytes) {
-    if (bytes <= xq_cap) return xq_buf;
-    free(xq_buf);
-    bytes = (bytes + 4095) & ~(size_t)4095;
-    xq_buf = aligned_alloc(64, bytes);
-    xq_cap = xq_buf ? bytes : 0;
-    pthread_once(&xq_once, xq_key_init);
-    pthread_setspecific(xq_key, xq_buf);
-    return xq_buf;
-}
-
 /* Q5_0 blocks b0 and b1 (NULL: a zero block) as 64 unsigned bytes in lane order. */
 static inline __attribute__((always_inline)) void
 pair_q5_0(const uint8_t *b0, const uint8_t *b1, __m512i *u, __m512 *sw) {
@@ -1063,7 +1044,7 @@ static void i8_tile_any(int kind, const uint8_t *w, size_t rb, int nr, const xq8
 
 static void i8_matvec(int kind, uint32_t type, const uint8_t *w, int64_t n_rows, int64_t n_cols,
                       const float *x, float *y) {
-    uint8_t *buf = xq_get(xq8_bytes(n_cols));
+    uint8_t *buf = krn_scratch(KRN_SCR_XQ8, xq8_bytes(n_cols));
     if (!buf) {
         for (int64_t r = 0; r < n_rows; r++) y[r] = NAN;
         return;
@@ -1088,7 +1069,7 @@ static void i8_matvec(int kind, uint32_t type, const uint8_t *w, int64_t n_rows,
 static void i8_matmul(int kind, uint32_t type, const uint8_t *w, int64_t n_rows, int64_t n_cols,
                       const float *X, int64_t n_tok, float *Y) {
     const size_t xb = xq8_bytes(n_cols), rb = krn_row_bytes(type, n_cols);
-    uint8_t *buf = xq_get(xb * (size_t)n_tok);
+    uint8_t *buf = krn_scratch(KRN_SCR_XQ8, xb * (size_t)n_tok);
     if (!buf) {
         for (int64_t i = 0; i < n_rows * n_tok; i++) Y[i] = NAN;
         return;

@@ -65,8 +65,9 @@ bool krn_type_i8(uint32_t type);
 /* krn_matmul's path for those types: 1 when it computed Y, 0 for other types. */
 int krn_matmul_i8(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols, const float *X,
                   int64_t n_tok, float *Y);
-/* krn_matmul keeps a scratch buffer per calling thread that grows to the largest call
- * (about 128 * threads * n_cols floats); this frees the calling thread's. */
+/* The products keep scratch buffers per calling thread that grow to the largest call (about
+ * 128 * threads * n_cols floats of decoded tiles, and the 8-bit activations of a batch); this
+ * frees the calling thread's. */
 void krn_matmul_scratch_free(void);
 
 #endif
