@@ -62,10 +62,10 @@ struct eng_gpu {
     int prefill_mode;              /* KVSEEK_GPU_PREFILL: 0 auto, 1 tiled, 2 gemm */
 };
 
-/* One CPU selection of a decode launch: row slot, KV head, its ids job. */
+/* One CPU selection of a decode launch: the row's sequence, KV head, its ids job. */
 struct sel_task {
     eng_seq *s;
-    int slot, h, job;
+    int h, job;
     size_t q0;                     /* the group's first query row in h_q */
     int64_t off_lo, off_hi, n;
 };
@@ -271,24 +271,22 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
     int64_t max_keys = 1;
     int merges[GPU_MAX_DEC];
     size_t tbl_off[GPU_MAX_DEC], n_tbl = 0;
+    const void *const *tbl[GPU_MAX_DEC];
+    int64_t tbl_n[GPU_MAX_DEC];
 
     /* every row's page table (all KV heads of a layer share it), packed for one copy */
     for (int i = d0; i < d1; i++) {
-        const void *const *pages;
-        int64_t np = 0;
-        if (kv_layer_pages(m->row_seq[dec[i]]->kv, layer, &pages, &np) != KV_OK || np < 0) np = 0;
+        if (kv_layer_pages(m->row_seq[dec[i]]->kv, layer, &tbl[i - d0], &tbl_n[i - d0]) != KV_OK ||
+            tbl_n[i - d0] < 0)
+            tbl_n[i - d0] = 0;
         tbl_off[i - d0] = n_tbl;
-        n_tbl += (size_t)np + 1;
+        n_tbl += (size_t)tbl_n[i - d0] + 1;
     }
     if (ensure_buf((void **)&g->h_tbl, &g->h_tbl_cap, n_tbl * sizeof(void *), 0) ||
         ensure_buf((void **)&g->d_tbl, &g->d_tbl_cap, n_tbl * sizeof(void *), 1))
         return -1;
-    for (int i = d0; i < d1; i++) {
-        const void *const *pages;
-        int64_t np = 0;
-        if (kv_layer_pages(m->row_seq[dec[i]]->kv, layer, &pages, &np) != KV_OK || np < 0) np = 0;
-        if (np) memcpy(g->h_tbl + tbl_off[i - d0], pages, sizeof(void *) * (size_t)np);
-    }
+    for (int k = 0; k < d1 - d0; k++)
+        if (tbl_n[k]) memcpy(g->h_tbl + tbl_off[k], tbl[k], sizeof(void *) * (size_t)tbl_n[k]);
 
     for (int i = d0; i < d1; i++) {
         const int t = dec[i], slot = i - d0;
@@ -333,7 +331,6 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             ji->lo = ji->hi = 0;
             struct sel_task *tk = &g->tasks[n_task++];
             tk->s = s;
-            tk->slot = slot;
             tk->h = h;
             tk->job = nj - 1;
             tk->q0 = q0;
@@ -470,7 +467,7 @@ static int attend(eng_model *m, int layer, int T) {
             /* tensor cores (gather + cuBLAS) for long segments whose scores fit what the budget
              * leaves, the tiled kernel over staged pages otherwise */
             const size_t gb = gpu_attn_prefill_gemm_bytes(nkv, pos0 + (e - t) - kl, e - t, nh, hd, vd);
-            const int gemm = g->prefill_mode == 2 ||
+            const int gemm = g->prefill_mode == 2 ||   /* (its scratch grows to 1.25x the ask) */
                              (g->prefill_mode == 0 && e - t >= 64 && gb + gb / 4 <= g->stage_max);
             if (nkv <= 64) {
                 memcpy(views, use, sizeof *views * nkv);

@@ -3,8 +3,9 @@
  * krn_matvec for decode and krn_matmul_f32, the core of krn_matmul (matmul.c) -- all summed in
  * one order, so that a token's outputs are the same bits whether it runs alone or at any
  * position of any batch, on any number of threads: a request with a fixed seed generates the
- * same text however the server batches it. All arithmetic is f32 on decoded weights: the
- * reference other backends are checked against. */
+ * same text however the server batches it. The arithmetic is f32 on decoded weights (the
+ * reference other backends are checked against), except for the types of krn_type_i8, whose
+ * products round the activations to 8 bits (AVX-512 VNNI builds; their section below). */
 #include "quant.h"
 #include "scratch.h"
 
@@ -731,6 +732,19 @@ static inline __attribute__((always_inline)) void blk_q6_k(const uint8_t *b, __m
 /* A block decoder writes its np pieces of VL weights (np = block size / 16). */
 typedef void (*blk_dec)(const uint8_t *, __m512 *);
 
+/* Block i of the row at `row` into its accumulator: decoded into registers, then FMA. */
+static inline __attribute__((always_inline)) vf
+mv_block(blk_dec dec, int np, size_t bb, const uint8_t *row, int64_t i, const float *x, size_t pf, vf a) {
+    const float *xb = x + 16 * np * i;
+    const uint8_t *blk = row + (size_t)i * bb;
+    if (pf)
+        for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
+    __m512 wv[16];
+    dec(blk, wv);
+    for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
+    return a;
+}
+
 static inline __attribute__((always_inline)) void
 mv_fused(blk_dec dec, int np, size_t bb, const uint8_t *w, size_t rb, int nr, const float *x, int64_t n,
          size_t pf, vf acc[KT][KR]) {
@@ -740,36 +754,15 @@ mv_fused(blk_dec dec, int np, size_t bb, const uint8_t *w, size_t rb, int nr, co
     if (rb < MV_SHORT_ROW) {
         /* short rows one after the other: interleaving the group's rows block by block made
          * 640-column rows stream at two thirds the rate of long ones */
-        for (int r = 0; r < KR; r++) {
-            if (r >= nr) break;
-            vf a = c[r];
-            for (int64_t i = 0; i < nb; i++) {
-                const float *xb = x + 16 * np * i;
-                const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
-                if (pf)
-                    for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
-                __m512 wv[16];
-                dec(blk, wv);
-                for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
-            }
-            c[r] = a;
-        }
+        for (int r = 0; r < nr; r++)
+            for (int64_t i = 0; i < nb; i++) c[r] = mv_block(dec, np, bb, w + (size_t)r * rb, i, x, pf, c[r]);
     } else {
         /* long rows interleaved: KR independent FMA chains hide the FMA latency */
-        for (int64_t i = 0; i < nb; i++) {
-            const float *xb = x + 16 * np * i;
+        for (int64_t i = 0; i < nb; i++)
             for (int r = 0; r < KR; r++) {
                 if (r >= nr) break;
-                const uint8_t *blk = w + (size_t)r * rb + (size_t)i * bb;
-                if (pf)
-                    for (size_t o = 0; o < bb; o += 64) __builtin_prefetch(blk + pf + o, 0, 3);
-                __m512 wv[16];
-                dec(blk, wv);
-                vf a = c[r];
-                for (int p = 0; p < np; p++) a = vf_fma(wv[p], vf_load(xb + 16 * p), a);
-                c[r] = a;
+                c[r] = mv_block(dec, np, bb, w + (size_t)r * rb, i, x, pf, c[r]);
             }
-        }
     }
     for (int r = 0; r < KR; r++) acc[0][r] = c[r];
 }
