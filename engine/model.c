@@ -593,6 +593,19 @@ static void matmul(const weight *w, const float *X, int T, float *Y) {
     krn_matmul(w->type, w->data, w->n_rows, w->n_cols, X, T, Y);
 }
 
+/* matmul of n <= KRN_MV_MAX matrices that read the same X (n_cols equal): for one token (decode)
+ * in one krn_matvec_n, one OpenMP region for all of them; the same bits either way. */
+static void matmul_shared(int n, const weight *const w[], const float *X, int T, float *const Y[]) {
+    if (T != 1) {
+        for (int i = 0; i < n; i++) matmul(w[i], X, T, Y[i]);
+        return;
+    }
+    krn_mv mv[KRN_MV_MAX];
+    for (int i = 0; i < n; i++)
+        mv[i] = (krn_mv){.type = w[i]->type, .W = w[i]->data, .n_rows = w[i]->n_rows, .y = Y[i]};
+    krn_matvec_n(n, mv, w[0]->n_cols, X);
+}
+
 static void add_bias(float *y, const float *b, int T, int n) {
     if (!b) return;
     for (int t = 0; t < T; t++)
@@ -870,9 +883,8 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
         const int local = eng_layer_is_local(m, l);
         for (int t = 0; t < T; t++)
             krn_rmsnorm(m->h + (size_t)t * E, m->x + (size_t)t * E, w->attn_norm, E, hp->eps);
-        matmul(&w->wq, m->h, T, m->q);
-        matmul(&w->wk, m->h, T, m->k);
-        matmul(&w->wv, m->h, T, m->v);
+        matmul_shared(3, (const weight *[]){&w->wq, &w->wk, &w->wv}, m->h, T,
+                      (float *[]){m->q, m->k, m->v});
         add_bias(m->q, w->bq, T, nh * hd);
         add_bias(m->k, w->bk, T, nkv * hd);
         add_bias(m->v, w->bv, T, nkv * vd);
@@ -900,8 +912,8 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
             for (int i = 0; i < E; i++) x[i] += o[i];
             krn_rmsnorm(m->h + (size_t)t * E, x, w->ffn_norm, E, hp->eps);
         }
-        matmul(&w->gate, m->h, T, m->ff_g);
-        matmul(&w->up, m->h, T, m->ff_u);
+        matmul_shared(2, (const weight *[]){&w->gate, &w->up}, m->h, T,
+                      (float *[]){m->ff_g, m->ff_u});
         #pragma omp parallel for schedule(static)
         for (int t = 0; t < T; t++)
             krn_glu(m->ff_g + (size_t)t * hp->n_ff, m->ff_g + (size_t)t * hp->n_ff,
@@ -948,7 +960,9 @@ static void build_index(const eng_model *m, eng_seq *s) {
      * against tens of thousands of keys) scales far better than its own threading (qwen2 0.5B:
      * 48 slots; Llama-3-8B shape: 256). With fewer (gemma-3 270M: 3) a slot alone on a thread
      * would leave the others idle, so they go one by one with FAISS's threads. */
-    #pragma omp parallel for schedule(dynamic, 1) if (n_global >= 2 * omp_get_max_threads())
+    const int par = n_global >= 2 * omp_get_max_threads();
+    const int blas = par ? idx_parallel_begin() : 0;
+    #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int i = 0; i < n; i++) {
         const int l = i / nkv, h = i % nkv;
         if (eng_layer_is_local(m, l)) continue;
@@ -956,6 +970,7 @@ static void build_index(const eng_model *m, eng_seq *s) {
         kv_ranges r = kv_ranges_of(s->kv, l, (int64_t)s->pos + 1);
         idx_build(s->ix, l, h, s->kv, r.off_lo, r.off_hi, NULL, 0);
     }
+    if (par) idx_parallel_end(blas);
     s->built = 1;
     s->st.build_s += now_s() - t0;
 }

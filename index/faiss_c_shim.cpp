@@ -3,8 +3,6 @@
  * error codes (-2 FAISS, -4 std, -1 other) with the message kept for faiss_get_last_error(). */
 #include <faiss/Clustering.h>
 #include <faiss/Index.h>
-#include <faiss/IndexFlat.h>
-#include <faiss/IndexIVF.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/index_factory.h>
 
@@ -13,8 +11,6 @@
 
 extern "C" {
 #include <faiss/c_api/Clustering_c.h>
-#include <faiss/c_api/IndexFlat_c.h>
-#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -44,8 +40,6 @@ int guarded(F f) {
 
 faiss::Index *ix(FaissIndex *p) { return reinterpret_cast<faiss::Index *>(p); }
 const faiss::Index *ix(const FaissIndex *p) { return reinterpret_cast<const faiss::Index *>(p); }
-const faiss::IndexIVF *ivf(const FaissIndexIVF *p) { return reinterpret_cast<const faiss::IndexIVF *>(p); }
-faiss::IndexIVF *ivf(FaissIndexIVF *p) { return reinterpret_cast<faiss::IndexIVF *>(p); }
 faiss::Clustering *clus(FaissClustering *p) { return reinterpret_cast<faiss::Clustering *>(p); }
 
 } // namespace
@@ -58,18 +52,8 @@ const char *faiss_get_last_error() { return last_error.c_str(); }
 
 void faiss_Index_free(FaissIndex *obj) { delete ix(obj); }
 
-idx_t faiss_Index_ntotal(const FaissIndex *obj) { return ix(obj)->ntotal; }
-
-int faiss_Index_train(FaissIndex *index, idx_t n, const float *x) {
-    return guarded([&] { ix(index)->train(n, x); });
-}
-
 int faiss_Index_add(FaissIndex *index, idx_t n, const float *x) {
     return guarded([&] { ix(index)->add(n, x); });
-}
-
-int faiss_Index_add_with_ids(FaissIndex *index, idx_t n, const float *x, const idx_t *xids) {
-    return guarded([&] { ix(index)->add_with_ids(n, x, xids); });
 }
 
 int faiss_Index_search(const FaissIndex *index, idx_t n, const float *x, idx_t k,
@@ -85,54 +69,6 @@ int faiss_index_factory(FaissIndex **p_index, int d, const char *description,
         *p_index = reinterpret_cast<FaissIndex *>(
                 faiss::index_factory(d, description, static_cast<faiss::MetricType>(metric)));
     });
-}
-
-/* ---- IndexIVF_c.h ---- */
-
-FaissIndexIVF *faiss_IndexIVF_cast(FaissIndex *index) {
-    return reinterpret_cast<FaissIndexIVF *>(dynamic_cast<faiss::IndexIVF *>(ix(index)));
-}
-
-size_t faiss_IndexIVF_nlist(const FaissIndexIVF *index) { return ivf(index)->nlist; }
-
-size_t faiss_IndexIVF_nprobe(const FaissIndexIVF *index) { return ivf(index)->nprobe; }
-
-void faiss_IndexIVF_set_nprobe(FaissIndexIVF *index, size_t nprobe) { ivf(index)->nprobe = nprobe; }
-
-FaissIndex *faiss_IndexIVF_quantizer(const FaissIndexIVF *index) {
-    return reinterpret_cast<FaissIndex *>(ivf(index)->quantizer);
-}
-
-size_t faiss_IndexIVF_get_list_size(const FaissIndexIVF *index, size_t list_no) {
-    return ivf(index)->get_list_size(list_no);
-}
-
-int faiss_IndexIVF_search_preassigned(const FaissIndexIVF *index, idx_t n, const float *x,
-                                      idx_t k, const idx_t *assign, const float *centroid_dis,
-                                      float *distances, idx_t *labels, int store_pairs) {
-    return guarded([&] {
-        ivf(index)->search_preassigned(n, x, k, assign, centroid_dis, distances, labels,
-                                       store_pairs != 0);
-    });
-}
-
-void faiss_IndexIVF_invlists_get_ids(const FaissIndexIVF *index, size_t list_no, idx_t *invlist) {
-    const faiss::InvertedLists *il = ivf(index)->invlists;
-    const size_t n = il->list_size(list_no);
-    faiss::InvertedLists::ScopedIds ids(il, list_no);
-    for (size_t i = 0; i < n; i++) invlist[i] = ids[i];
-}
-
-/* ---- IndexFlat_c.h ---- */
-
-FaissIndexFlat *faiss_IndexFlat_cast(FaissIndex *index) {
-    return reinterpret_cast<FaissIndexFlat *>(dynamic_cast<faiss::IndexFlat *>(ix(index)));
-}
-
-void faiss_IndexFlat_xb(FaissIndexFlat *index, float **p_xb, size_t *p_size) {
-    faiss::IndexFlat *f = reinterpret_cast<faiss::IndexFlat *>(index);
-    if (p_xb) *p_xb = f->get_xb();
-    if (p_size) *p_size = f->codes.size() / sizeof(float);
 }
 
 /* ---- Clustering_c.h ---- */

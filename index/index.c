@@ -12,8 +12,6 @@
 #include <time.h>
 
 #include <faiss/c_api/Clustering_c.h>
-#include <faiss/c_api/IndexFlat_c.h>
-#include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -524,59 +522,68 @@ cleanup:
     return rc;
 }
 
-/* FAISS IndexIVFFlat on the keys, inner product: FAISS trains the centroids (spherical k-means)
- * and assigns the keys; its centroids and lists are then copied out and the FAISS index freed,
- * so the key vectors are not held twice and a probe scores the listed keys from the KV store
- * with the same kernels as the query cells (Debian's FAISS is built without AVX2: its
- * single-query search cost ~40 us per call here). */
+/* IVF lists on the keys, built as FAISS's IndexIVFFlat (inner product) builds them: spherical
+ * k-means, ~39 keys per list, 10 iterations, then every key to the list whose centroid scores it
+ * highest. Two departures keep the build from growing with the square of the context (256 slots
+ * of 128K keys took minutes of CPU): the centroids train on a sample of IVF_TRAIN_PER_LIST keys
+ * per list (FAISS's own subsampling, at 256 per list, never cut in at 39), and nlist stops at
+ * IVF_MAX_LISTS, so lists lengthen past 80K keys. The vectors stay in the KV store: a probe
+ * scores the listed keys with the same kernels as the query cells (Debian's FAISS is built
+ * without AVX2: its single-query search cost ~40 us per call here). */
+enum { IVF_TRAIN_PER_LIST = 16, IVF_MAX_LISTS = 2048 };
+
 static int build_ivf(idx_set *ix, slot *s, const float *K, int64_t nk, int64_t lo) {
     const int d = ix->p.head_dim;
     int64_t nlist = ix->p.ivf_nlist ? ix->p.ivf_nlist : nk / 39;
     if (nlist < 1) nlist = 1;
-    if (!ix->p.ivf_nlist && nlist > 4096) nlist = 4096;
+    if (!ix->p.ivf_nlist && nlist > IVF_MAX_LISTS) nlist = IVF_MAX_LISTS;
     if (nlist > nk) nlist = nk;
-    char desc[64];
-    snprintf(desc, sizeof desc, "IVF%lld,Flat", (long long)nlist);
-    FaissIndex *index = NULL;
-    FaissIndexIVF *ivf = NULL;
-    FaissIndexFlat *quant = NULL;
-    idx_t *ids = malloc(sizeof(idx_t) * (nk ? nk : 1));
+    FaissClustering *cl = NULL;
+    FaissIndex *quant = NULL;
+    idx_t *lab = malloc(sizeof(idx_t) * nk);
+    float *dis = malloc(sizeof(float) * nk);
     int rc = IDX_OK;
-    if (!ids) return fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
-    if (faiss_index_factory(&index, d, desc, METRIC_INNER_PRODUCT) || faiss_Index_train(index, nk, K) ||
-        faiss_Index_add(index, nk, K)) {
+    if (!lab || !dis) {
+        rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
+        goto cleanup;
+    }
+    FaissClusteringParameters cp;
+    faiss_ClusteringParameters_init(&cp);
+    cp.niter = ix->p.kmeans_iter;
+    cp.seed = ix->p.seed;
+    cp.verbose = 0;
+    cp.spherical = 1;
+    cp.min_points_per_centroid = 1;
+    cp.max_points_per_centroid = IVF_TRAIN_PER_LIST;
+    /* the training index holds the final centroids: it assigns every key */
+    if (faiss_Clustering_new_with_params(&cl, d, (int)nlist, &cp) ||
+        faiss_index_factory(&quant, d, "Flat", METRIC_INNER_PRODUCT) ||
+        faiss_Clustering_train(cl, nk, K, quant) || faiss_Index_search(quant, nk, K, 1, dis, lab)) {
         rc = faiss_fail(ix, "IVF build");
         goto cleanup;
     }
-    if (!(ivf = faiss_IndexIVF_cast(index)) ||
-        !(quant = faiss_IndexFlat_cast(faiss_IndexIVF_quantizer(ivf)))) {
-        rc = fail(ix, IDX_ERR_FAISS, "FAISS factory did not return an IVF index with a flat quantizer");
-        goto cleanup;
-    }
-    nlist = (int64_t)faiss_IndexIVF_nlist(ivf);
-    float *xb;
-    size_t xsz;
-    faiss_IndexFlat_xb(quant, &xb, &xsz);
-    if (xsz != (size_t)(nlist * d)) {
-        rc = fail(ix, IDX_ERR_FAISS, "IVF quantizer holds %zu floats, expected %lld", xsz,
-                  (long long)(nlist * d));
+    float *cent;
+    size_t csz;
+    faiss_Clustering_centroids(cl, &cent, &csz);
+    if (csz != (size_t)(nlist * d)) {
+        rc = fail(ix, IDX_ERR_FAISS, "IVF k-means holds %zu floats, expected %lld", csz, (long long)(nlist * d));
         goto cleanup;
     }
     if (list_set_alloc(&s->kl, (int)nlist, d)) {
         rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
         goto cleanup;
     }
-    memcpy(s->kl.cent, xb, sizeof(float) * nlist * d);
-    for (int64_t l = 0; l < nlist; l++) {
-        const int64_t n = (int64_t)faiss_IndexIVF_get_list_size(ivf, (size_t)l);
-        faiss_IndexIVF_invlists_get_ids(ivf, (size_t)l, ids); /* sequential ids: row numbers */
-        for (int64_t j = 0; j < n && rc == IDX_OK; j++)
-            if (list_push(&s->kl.lists[l], (int32_t)(lo + ids[j])))
-                rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
-    }
+    memcpy(s->kl.cent, cent, sizeof(float) * nlist * d);
+    for (int64_t j = 0; j < nk && rc == IDX_OK; j++) /* ascending positions within each list */
+        if (lab[j] < 0 || lab[j] >= nlist)
+            rc = fail(ix, IDX_ERR_FAISS, "IVF assignment out of range");
+        else if (list_push(&s->kl.lists[lab[j]], (int32_t)(lo + j)))
+            rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
 cleanup:
-    if (index) faiss_Index_free(index);
-    free(ids);
+    if (cl) faiss_Clustering_free(cl);
+    if (quant) faiss_Index_free(quant);
+    free(lab);
+    free(dis);
     return rc;
 }
 
@@ -638,6 +645,23 @@ static int build_structure(idx_set *ix, slot *s, int layer, int head, const kv_s
         s->lo = lo; s->hi = hi;
     }
     return rc;
+}
+
+/* OpenBLAS's own controls (the library is linked as -lopenblas; no header needed for three
+ * prototypes). openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP. */
+int openblas_get_parallel(void);
+int openblas_get_num_threads(void);
+void openblas_set_num_threads(int n);
+
+int idx_parallel_begin(void) {
+    if (openblas_get_parallel() != 1) return 0;
+    const int n = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    return n;
+}
+
+void idx_parallel_end(int saved) {
+    if (saved > 0) openblas_set_num_threads(saved);
 }
 
 static int has_structure(const slot *s) { return s->qc.n > 0 || s->kl.n > 0 || s->cent; }

@@ -280,6 +280,15 @@ int idx_observe(idx_set *ix, int layer, int head, const float *q, int64_t n, int
 int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,
               const float *queries, int64_t n_queries);
 
+/* Around idx_build calls made from several threads at once (different slots; one set's slots
+ * are independent): OpenBLAS built on pthreads (Ubuntu's default libopenblas.so.0) serves every
+ * caller from one pool behind a lock, so 16 threads building at once ran slower than one; each
+ * caller then gets one BLAS thread. The OpenMP build needs nothing (nested regions run on one
+ * thread). begin returns what end restores. Not reentrant: call from one thread, outside any
+ * parallel region. */
+int idx_parallel_begin(void);
+void idx_parallel_end(int saved);
+
 /* Extends the candidates of (layer, head) to [lo, hi), indexing the new keys (tokens that left
  * the recent window). hi below the current end is an error. centroids does not cluster them:
  * they form an exact tail [end of the build, hi) that every select returns in full (a decode

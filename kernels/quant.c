@@ -1,11 +1,12 @@
 /* Element types and their block layouts (ggml numbering): the type table, f16/bf16 conversion,
  * the per-block decoders, and every product of weight rows with f32 activations -- krn_vec_dot,
- * krn_matvec for decode and krn_matmul_f32, the core of krn_matmul (matmul.c) -- all summed in
- * one order, so that a token's outputs are the same bits whether it runs alone or at any
- * position of any batch, on any number of threads: a request with a fixed seed generates the
- * same text however the server batches it. The arithmetic is f32 on decoded weights (the
- * reference other backends are checked against), except for the types of krn_type_i8, whose
- * products round the activations to 8 bits (AVX-512 VNNI builds; their section below). */
+ * krn_matvec and krn_matvec_n for decode and krn_matmul_f32, the core of krn_matmul (matmul.c)
+ * -- all summed in one order, so that a token's outputs are the same bits whether it runs alone
+ * or at any position of any batch, on any number of threads: a request with a fixed seed
+ * generates the same text however the server batches it. The arithmetic is f32 on decoded
+ * weights (the reference other backends are checked against), except for the types of
+ * krn_type_i8, whose products round the activations to 8 bits (AVX-512 VNNI builds; their
+ * section below). */
 #include "quant.h"
 #include "scratch.h"
 
@@ -1035,28 +1036,6 @@ static void i8_tile_any(int kind, const uint8_t *w, size_t rb, int nr, const xq8
 #undef I8_NT
 }
 
-static void i8_matvec(int kind, uint32_t type, const uint8_t *w, int64_t n_rows, int64_t n_cols,
-                      const float *x, float *y) {
-    uint8_t *buf = krn_scratch(KRN_SCR_XQ8, xq8_bytes(n_cols));
-    if (!buf) {
-        for (int64_t r = 0; r < n_rows; r++) y[r] = NAN;
-        return;
-    }
-    xq8 xs;
-    xq8_at(buf, n_cols, &xs);
-    xq8_quantize(kind, x, n_cols, &xs);
-    const size_t rb = krn_row_bytes(type, n_cols);
-    const int64_t n_grp = (n_rows + KR - 1) / KR;
-    #pragma omp parallel for schedule(static) if (n_rows * n_cols >= 65536)
-    for (int64_t g = 0; g < n_grp; g++) {
-        const int64_t r0 = g * KR;
-        const int nr = (int)min64(KR, n_rows - r0);
-        const int64_t ahead = (MV_PF_BYTES + (int64_t)(KR * rb) - 1) / (int64_t)(KR * rb);
-        const size_t pf = r0 + (ahead + 1) * KR <= n_rows ? (size_t)ahead * KR * rb : 0;
-        i8_tile_any(kind, w + (size_t)r0 * rb, rb, nr, &xs, 1, n_cols, pf, y + r0, 1);
-    }
-}
-
 /* Y = X W^T through the lane kernel: every token quantized once, then tiles of rows against
  * blocks of tokens (the rows stay in L1, the tokens' bytes in L2). */
 static void i8_matmul(int kind, uint32_t type, const uint8_t *w, int64_t n_rows, int64_t n_cols,
@@ -1112,36 +1091,100 @@ int krn_matmul_i8(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols, 
 #endif
 }
 
-void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
-                const float *x, float *y) {
-    if (n_rows <= 0) return;
-    if (!krn_type_supported(type)) {
-        for (int64_t r = 0; r < n_rows; r++) y[r] = NAN;
-        return;
-    }
-    const uint8_t *w = W;
+/* ---- one token: krn_matvec, krn_matvec_n ----------------------------------------------
+ * Decode's matrices that read the same x (q, k, v; gate, up) go as one loop over the groups of
+ * KR rows of all of them: one OpenMP fork and barrier instead of one per matrix, and x rounded
+ * to 8 bits once per kind instead of once per matrix. A group runs the same code whichever
+ * matrices share its loop, so every y has the bits of krn_matvec, which is the case n = 1. */
+
+typedef struct {
+    uint32_t type;
+    int kind;              /* i8_kind(type) */
+    const uint8_t *w;
+    uint8_t *xq;           /* 8-bit types: x quantized for `kind` (xq8_at's layout) */
+    size_t rb;             /* bytes per row */
+    int64_t n_rows;
+    int64_t g0, g1;        /* its groups in the shared loop: [g0, g1) */
+    float *y;
+} mv_job;
+
+/* Rows [g KR, g KR + KR) of the job (fewer in its last group) against x, n columns. */
+static inline void mv_job_group(const mv_job *j, const float *x, int64_t n, int64_t g) {
+    const int64_t r0 = g * KR, rb = (int64_t)j->rb;
+    const int nr = (int)min64(KR, j->n_rows - r0);
+    /* prefetch at least MV_PF_BYTES ahead, in whole groups (short rows: several groups, or the
+     * next group would arrive too late), while those rows exist */
+    const int64_t ahead = (MV_PF_BYTES + KR * rb - 1) / (KR * rb);
+    const size_t pf = r0 + (ahead + 1) * KR <= j->n_rows ? (size_t)(ahead * KR * rb) : 0;
+    const uint8_t *w = j->w + (size_t)(r0 * rb);
 #ifdef KRN_I8
-    if (i8_kind(type) != I8_NONE) {
-        i8_matvec(i8_kind(type), type, w, n_rows, n_cols, x, y);
+    if (j->kind != I8_NONE) {
+        xq8 xs;
+        xq8_at(j->xq, n, &xs);
+        i8_tile_any(j->kind, w, j->rb, nr, &xs, 1, n, pf, j->y + r0, 1);
         return;
     }
 #endif
-    size_t rb = krn_row_bytes(type, n_cols);
-    int64_t n_grp = (n_rows + KR - 1) / KR;
-    /* below ~64K weights the fork/join costs more than it saves */
-    #pragma omp parallel for schedule(static) if (n_rows * n_cols >= 65536)
-    for (int64_t g = 0; g < n_grp; g++) {
-        int64_t r0 = g * KR;
-        int nr = (int)min64(KR, n_rows - r0);
-        /* prefetch at least MV_PF_BYTES ahead, in whole groups (short rows: several groups,
-         * or the next group would arrive too late), while those rows exist */
-        const int64_t ahead = (MV_PF_BYTES + (int64_t)(KR * rb) - 1) / (int64_t)(KR * rb);
-        size_t pf = r0 + (ahead + 1) * KR <= n_rows ? (size_t)ahead * KR * rb : 0;
-        vf acc[KT][KR];
-        for (int r = 0; r < KR; r++) acc[0][r] = vf_zero();
-        mv_dispatch(type, w + (size_t)r0 * rb, rb, nr, x, n_cols, pf, acc);
-        for (int r = 0; r < nr; r++) y[r0 + r] = vf_fold(acc[0][r]);
+    vf acc[KT][KR];
+    for (int r = 0; r < KR; r++) acc[0][r] = vf_zero();
+    mv_dispatch(j->type, w, j->rb, nr, x, n, pf, acc);
+    for (int r = 0; r < nr; r++) j->y[r0 + r] = vf_fold(acc[0][r]);
+}
+
+void krn_matvec_n(int n, const krn_mv *mv, int64_t n_cols, const float *x) {
+    for (; n > KRN_MV_MAX; n -= KRN_MV_MAX, mv += KRN_MV_MAX) krn_matvec_n(KRN_MV_MAX, mv, n_cols, x);
+    /* the 8-bit types: x quantized once per kind, each kind in its own part of one buffer */
+    uint8_t *xq = NULL;
+    size_t xb = 0;
+    int part[I8_NONE] = {0};
+#ifdef KRN_I8
+    int n_kinds = 0;
+    for (int k = 0; k < I8_NONE; k++) part[k] = -1;
+    for (int i = 0; i < n; i++) {
+        const int k = i8_kind(mv[i].type);
+        if (k != I8_NONE && mv[i].n_rows > 0 && part[k] < 0) part[k] = n_kinds++;
     }
+    xb = xq8_bytes(n_cols);   /* a multiple of 64: every part stays aligned */
+    xq = n_kinds ? krn_scratch(KRN_SCR_XQ8, xb * (size_t)n_kinds) : NULL;
+    for (int k = 0; xq && k < I8_NONE; k++) {
+        if (part[k] < 0) continue;
+        xq8 xs;
+        xq8_at(xq + (size_t)part[k] * xb, n_cols, &xs);
+        xq8_quantize(k, x, n_cols, &xs);
+    }
+#endif
+    mv_job job[KRN_MV_MAX];
+    int nj = 0;
+    int64_t n_grp = 0, work = 0;
+    for (int i = 0; i < n; i++) {
+        const krn_mv *m = &mv[i];
+        const int kind = i8_kind(m->type);
+        if (m->n_rows <= 0) continue;
+        if (!krn_type_supported(m->type) || (kind != I8_NONE && !xq)) {   /* or out of memory */
+            for (int64_t r = 0; r < m->n_rows; r++) m->y[r] = NAN;
+            continue;
+        }
+        mv_job *j = &job[nj++];
+        *j = (mv_job){.type = m->type, .kind = kind, .w = m->W,
+                      .xq = kind != I8_NONE ? xq + (size_t)part[kind] * xb : NULL,
+                      .rb = krn_row_bytes(m->type, n_cols), .n_rows = m->n_rows,
+                      .g0 = n_grp, .g1 = n_grp + (m->n_rows + KR - 1) / KR, .y = m->y};
+        n_grp = j->g1;
+        work += m->n_rows * n_cols;
+    }
+    /* below ~64K weights in all the fork/join costs more than it saves */
+    #pragma omp parallel for schedule(static) if (work >= 65536)
+    for (int64_t g = 0; g < n_grp; g++) {
+        int i = 0;
+        while (g >= job[i].g1) i++;
+        mv_job_group(&job[i], x, n_cols, g - job[i].g0);
+    }
+}
+
+void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
+                const float *x, float *y) {
+    const krn_mv mv = {.type = type, .W = W, .n_rows = n_rows, .y = y};
+    krn_matvec_n(1, &mv, n_cols, x);
 }
 
 float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n) {

@@ -48,6 +48,20 @@ float krn_vec_dot(uint32_t type, const void *row, const float *x, int64_t n);
 void krn_matvec(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
                 const float *x, float *y);
 
+/* One matrix of krn_matvec_n: y[r] = dot(W row r, x) for r < n_rows. */
+typedef struct {
+    uint32_t type;      /* krn_type of W's rows */
+    const void *W;      /* n_rows rows of the shared n_cols, laid out as for krn_matvec */
+    int64_t n_rows;
+    float *y;           /* n_rows outputs */
+} krn_mv;
+#define KRN_MV_MAX 4   /* matrices per OpenMP region (more are split into several calls) */
+
+/* krn_matvec of n matrices that read the same x of n_cols elements (decode's q, k, v; gate, up)
+ * in one OpenMP region over the rows of all of them instead of one region each. Each y gets the
+ * bits krn_matvec gives it alone; an unsupported type fills its y with NaN. */
+void krn_matvec_n(int n, const krn_mv *mv, int64_t n_cols, const float *x);
+
 /* Y[t][r] = dot(W row r, X[t]) for t < n_tok: X is n_tok x n_cols, Y is n_tok x n_rows,
  * both row-major. Each weight row is decoded once per call and reused for every token. */
 void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,

@@ -10,10 +10,11 @@
 # usage: scripts/bench_gpu.sh [--lengths 32768,131072] [--selectors dense,retrieval,centroids]
 #            [-n 32] [--budget-gb 24] [--type q8_0] [--model FILE] [--out FILE] [--timeout S]
 #            [--chunk 4096]   (prefill rows per forward pass: each pass re-reads the layer's KV)
+#            [--no-kernel-checks]   (skip test_gpu and bench-gpu: a second call in one session)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lengths=32768,131072 selectors=dense,retrieval,centroids n=32 budget=24 type=q8_0
-model="" out=build/bench/gpu.jsonl timeout_s=1500 chunk=4096
+model="" out=build/bench/gpu.jsonl timeout_s=1500 chunk=4096 checks=1
 while [ $# -gt 0 ]; do
   case $1 in
     --lengths) lengths=$2; shift 2;;
@@ -25,7 +26,8 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2;;
     --timeout) timeout_s=$2; shift 2;;
     --chunk) chunk=$2; shift 2;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
+    --no-kernel-checks) checks=0; shift;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "bench_gpu.sh: unknown option $1 (see --help)" >&2; exit 2;;
   esac
 done
@@ -41,21 +43,23 @@ fi
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 emit "{\"bench\": \"env\", \"date\": \"$(date -u +%FT%TZ)\", \"gpu\": \"${gpu:-none}\", \"cpus\": $(nproc), \"budget_gb\": $budget, \"type\": \"$type\", \"chunk\": $chunk, \"prefill_kernel\": \"${KVSEEK_GPU_PREFILL:-auto}\"}"
 
-# the kernels against their CPU references first: a failing kernel makes every figure moot
-if ! build/cuda/tests/test_gpu > build/bench/test_gpu.log 2>&1; then
-  emit "{\"bench\": \"test_gpu\", \"ok\": false, \"log\": \"build/bench/test_gpu.log\"}"
-  tail -n 20 build/bench/test_gpu.log >&2
-  exit 1
-fi
-if grep -q '^skipped' build/bench/test_gpu.log; then
-  emit "{\"bench\": \"gpu\", \"skipped\": \"$(head -n 1 build/bench/test_gpu.log | tr -d '"\\')\"}"
-  exit 0
-fi
-emit "{\"bench\": \"test_gpu\", \"ok\": true, \"checks\": $(grep -c '^ok' build/bench/test_gpu.log)}"
+if [ "$checks" = 1 ]; then
+  # the kernels against their CPU references first: a failing kernel makes every figure moot
+  if ! build/cuda/tests/test_gpu > build/bench/test_gpu.log 2>&1; then
+    emit "{\"bench\": \"test_gpu\", \"ok\": false, \"log\": \"build/bench/test_gpu.log\"}"
+    tail -n 20 build/bench/test_gpu.log >&2
+    exit 1
+  fi
+  if grep -q '^skipped' build/bench/test_gpu.log; then
+    emit "{\"bench\": \"gpu\", \"skipped\": \"$(head -n 1 build/bench/test_gpu.log | tr -d '"\\')\"}"
+    exit 0
+  fi
+  emit "{\"bench\": \"test_gpu\", \"ok\": true, \"checks\": $(grep -c '^ok' build/bench/test_gpu.log)}"
 
-# the sparse-attention kernel's bandwidth: pages in device memory, read in place from pinned
-# host memory, or gathered on the CPU into a pinned staging buffer and copied
-"$exe" bench-gpu --keys 131072 --dim 128 --group 4 --select 0.02 2>>build/bench/gpu.log | tee -a "$out"
+  # the sparse-attention kernel's bandwidth: pages in device memory, read in place from pinned
+  # host memory, or gathered on the CPU into a pinned staging buffer and copied
+  "$exe" bench-gpu --keys 131072 --dim 128 --group 4 --select 0.02 2>>build/bench/gpu.log | tee -a "$out"
+fi
 
 tmp=${TMPDIR:-/tmp}/kvseek-bench-gpu
 mkdir -p "$tmp"

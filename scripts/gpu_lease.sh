@@ -5,12 +5,11 @@
 # image lacks (libcjson, libmicrohttpd; the rest are linked in only if missing there), the gguf
 # wheel for tests/make_tiny.py and .devlibs/run.sh into .devlibs/ (git-ignored through
 # .git/info/exclude, about 16 MB). Carry .devlibs there and run `bash .devlibs/run.sh SECONDS`:
-# test_gpu, test_gpu_logits with both prefill kernels, tiny-model decode through every selector
-# on CPU and GPU, then scripts/bench_gpu.sh at 32K and, as time allows, 128K. Results and logs
-# land in $OUT (or ./gpu-out).
+# scripts/bench_gpu.sh at 32K (test_gpu first), test_gpu_logits on the tiny models, then 128K as
+# time allows. Results and logs land in $OUT (or ./gpu-out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${1:-}" = pack ] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ "${1:-}" = pack ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 gd=$(git rev-parse --git-dir)
 mkdir -p "$gd/info" .devlibs/bin .devlibs/whl
 grep -qx '/.devlibs/' "$gd/info/exclude" 2>/dev/null || echo '/.devlibs/' >> "$gd/info/exclude"

@@ -4,7 +4,7 @@
  * kernels against krn_attn_dense (f32) through kvcache/ views with head dims 64/128/256. This file
  * covers what they leave open:
  *
- *  products (krn_vec_dot, krn_matvec, krn_matmul; all 11 types):
+ *  products (krn_vec_dot, krn_matvec, krn_matvec_n, krn_matmul; all 11 types):
  *   - a reference decoder of its own per type (scalar, written from the ggml block layouts), so a
  *     slip shared by the kernels' decoders and krn_dequantize_row cannot hide;
  *   - every row length that is a multiple of the block size up to 4096 (plain types: 1..80, then
@@ -19,7 +19,9 @@
  *   - batch invariance at every size: krn_matmul's row for token t is bitwise krn_matvec's
  *     (n_tok 3 and 7 everywhere, 129 and 257 on model-like sizes);
  *   - NaN: outputs finite on finite data; a NaN weight poisons its own row only; a NaN activation
- *     poisons every row.
+ *     poisons every row;
+ *   - krn_matvec_n: several matrices (types mixed, odd row counts) in one call, each bitwise its
+ *     krn_matvec alone, on 1 and 2 threads.
  *
  *  attention (attn_range, attn_ids, attn_merge, krn_attn_dense):
  *   - paged views built here by hand (pages of 16 and 64 tokens, odd strides, nonzero offsets, a
@@ -458,6 +460,75 @@ static void test_matmul_many_tokens(int threads) {
     }
 }
 
+/* krn_matvec_n on n matrices (types t, r rows each) sharing x of n_cols, on 1 and 2 threads:
+ * the outputs that differ in bits from krn_matvec's on each matrix alone, plus the y's whose
+ * element past the last row was written. */
+static int matvec_n_bad(int n, const uint32_t *t, const int64_t *r, int64_t n_cols) {
+    enum { MAXN = 16 };
+    krn_mv mv[MAXN];
+    float *ref[MAXN], *x = malloc(sizeof(float) * n_cols);
+    uint8_t *w[MAXN];
+    for (int64_t k = 0; k < n_cols; k++) x[k] = (float)rng_unif(-1.0, 1.0);
+    for (int i = 0; i < n; i++) {
+        const int ok = krn_type_supported(t[i]);
+        w[i] = malloc(ok ? krn_row_bytes(t[i], (r[i] + 1) * n_cols) : 1);
+        if (ok) fill_weights(t[i], w[i], r[i] * n_cols, 0);
+        ref[i] = malloc(sizeof(float) * (r[i] + 1));
+        krn_matvec(t[i], w[i], r[i], n_cols, x, ref[i]);
+        mv[i] = (krn_mv){.type = t[i], .W = w[i], .n_rows = r[i], .y = malloc(sizeof(float) * (r[i] + 1))};
+    }
+    int bad = 0;
+    for (int th = 1; th <= 2; th++) {
+        set_threads(th);
+        for (int i = 0; i < n; i++) {
+            memset(mv[i].y, 0, sizeof(float) * r[i]);
+            mv[i].y[r[i]] = 12345.0f;
+        }
+        krn_matvec_n(n, mv, n_cols, x);
+        for (int i = 0; i < n; i++) {
+            for (int64_t k = 0; k < r[i]; k++) bad += memcmp(&mv[i].y[k], &ref[i][k], sizeof(float)) != 0;
+            bad += mv[i].y[r[i]] != 12345.0f;
+        }
+    }
+    set_threads(1);
+    for (int i = 0; i < n; i++) { free(w[i]); free(ref[i]); free(mv[i].y); }
+    free(x);
+    return bad;
+}
+
+/* krn_matvec_n gives every matrix krn_matvec's bits: three matrices of each type (1, 37 and 300
+ * rows) at three row lengths; all 11 types in one call (more than KRN_MV_MAX matrices, every
+ * 8-bit kind next to f32-path types, matrices of 0 rows) with an unsupported type (NaN); the
+ * three 8-bit kinds in one region. krn_matvec itself is checked against the reference above. */
+static void test_matvec_n(void) {
+    static const int64_t rows[] = {1, 37, 300, 0};
+    uint32_t t[N_TYPES + 1];
+    int64_t r[N_TYPES + 1];
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const uint32_t type = all_types[ti];
+        const int64_t bs = krn_type_block_size(type);
+        const int64_t lens[] = {bs, 3 * bs, bs == 1 ? 641 : bs == 32 ? 640 : 1024};
+        for (int li = 0; li < 3; li++) {
+            for (int i = 0; i < 3; i++) t[i] = type;
+            int bad = matvec_n_bad(3, t, rows, lens[li]);
+            CHECK(bad == 0, "%s n=%lld: krn_matvec_n of 1, 37, 300 rows: %d outputs differ from krn_matvec",
+                  krn_type_name(type), (long long)lens[li], bad);
+        }
+    }
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        t[ti] = all_types[ti];
+        r[ti] = rows[ti % 4];
+    }
+    t[N_TYPES] = 4;   /* no such type (ggml's removed Q4_2) */
+    r[N_TYPES] = 37;
+    int bad = matvec_n_bad(N_TYPES + 1, t, r, 1024);
+    CHECK(bad == 0, "krn_matvec_n of all types and an unsupported one: %d outputs differ from krn_matvec", bad);
+    const uint32_t kinds[] = {KRN_TYPE_Q6_K, KRN_TYPE_Q5_0, KRN_TYPE_Q4_K, KRN_TYPE_Q8_0};
+    const int64_t kr[] = {37, 300, 1, 300};
+    bad = matvec_n_bad(4, kinds, kr, 2048);
+    CHECK(bad == 0, "krn_matvec_n of q6_k, q5_0, q4_k, q8_0: %d outputs differ from krn_matvec", bad);
+}
+
 /* A NaN weight poisons its own row only; a NaN activation poisons every row. */
 static void test_products_nan(void) {
     for (int ti = 0; ti < N_TYPES; ti++) {
@@ -836,7 +907,8 @@ int main(void) {
     test_matmul_many_tokens(max_threads > 1 ? max_threads : 2);
     set_threads(1);
     test_products_nan();
-    printf("  matmul 129/257 tokens, NaN: %.1f s\n", now_s() - t0);
+    test_matvec_n();
+    printf("  matmul 129/257 tokens, NaN, matvec_n: %.1f s\n", now_s() - t0);
     test_attention();
     test_attn_dense_and_nan();
     printf("  attention: %.1f s\n", now_s() - t0);
