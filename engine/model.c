@@ -914,10 +914,18 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
         }
         matmul_shared(2, (const weight *[]){&w->gate, &w->up}, m->h, T,
                       (float *[]){m->ff_g, m->ff_u});
-        #pragma omp parallel for schedule(static)
-        for (int t = 0; t < T; t++)
-            krn_glu(m->ff_g + (size_t)t * hp->n_ff, m->ff_g + (size_t)t * hp->n_ff,
-                    m->ff_u + (size_t)t * hp->n_ff, hp->n_ff, hp->arch == ENG_ARCH_GEMMA3);
+        {
+            /* in pieces of a row, so that one token (decode) spreads over the threads too;
+             * element-wise, so the same bits however it is cut */
+            enum { GLU_PIECE = 512 };
+            const int n_ff = hp->n_ff, np = (n_ff + GLU_PIECE - 1) / GLU_PIECE;
+            #pragma omp parallel for schedule(static)
+            for (int64_t it = 0; it < (int64_t)T * np; it++) {
+                const size_t off = (size_t)(it / np) * n_ff + (size_t)(it % np) * GLU_PIECE;
+                const int len = (int)(it % np == np - 1 ? n_ff - (it % np) * GLU_PIECE : GLU_PIECE);
+                krn_glu(m->ff_g + off, m->ff_g + off, m->ff_u + off, len, hp->arch == ENG_ARCH_GEMMA3);
+            }
+        }
         matmul(&w->down, m->ff_g, T, m->o);
         for (int t = 0; t < T; t++) {
             float *o = m->o + (size_t)t * E, *x = m->x + (size_t)t * E;

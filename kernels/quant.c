@@ -957,19 +957,34 @@ pair_q6_k(const uint8_t *b, int j, __m512i *u, __m512 *sw) {
     *sw = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), s4);
 }
 
-/* Sub-blocks 2j, 2j + 1 of a Q4_K block (j < 4), their scales and negated mins. */
+/* The 8 sub-block scales d sc and negated mins -(dmin m) of a Q4_K block, unpacked from its 12
+ * packed bytes all at once (k4_scale_min's bits, 32 at a time): the same floats as one by one,
+ * once per block instead of twice per pair. */
 static inline __attribute__((always_inline)) void
-pair_q4_k(const uint8_t *b, int j, __m512i *u, __m512 *sw, __m512 *mw) {
+block_q4_k(const uint8_t *b, __m256 *sc, __m256 *mn) {
+    uint32_t u[3];
+    memcpy(u, b + 4, 12);
+    const uint32_t s_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+    const uint32_t s_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+    const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+    const __m128i s8 = _mm_cvtsi64_si128((long long)((uint64_t)s_lo | (uint64_t)s_hi << 32));
+    const __m128i m8 = _mm_cvtsi64_si128((long long)((uint64_t)m_lo | (uint64_t)m_hi << 32));
+    *sc = _mm256_mul_ps(_mm256_set1_ps(rd_f16(b)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s8)));
+    *mn = _mm256_xor_ps(_mm256_mul_ps(_mm256_set1_ps(rd_f16(b + 2)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(m8))),
+                        _mm256_set1_ps(-0.0f));
+}
+
+/* Sub-blocks 2j, 2j + 1 of a Q4_K block (j < 4), with the block's scales and negated mins from
+ * block_q4_k: lanes 0-7 take sub-block 2j's, lanes 8-15 2j + 1's. */
+static inline __attribute__((always_inline)) void
+pair_q4_k(const uint8_t *b, int j, __m256 sc, __m256 mn, __m512i *u, __m512 *sw, __m512 *mw) {
     const __m256i m4 = _mm256_set1_epi8(15);
     const __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * j));
     *u = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
                             _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-    int s0, m0, s1, m1;
-    k4_scale_min(b + 4, 2 * j, &s0, &m0);
-    k4_scale_min(b + 4, 2 * j + 1, &s1, &m1);
-    const float d = rd_f16(b), dmin = rd_f16(b + 2);
-    *sw = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d * (float)s0), _mm512_set1_ps(d * (float)s1));
-    *mw = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(-(dmin * (float)m0)), _mm512_set1_ps(-(dmin * (float)m1)));
+    const __m512i idx = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(2 * j), _mm512_set1_epi32(2 * j + 1));
+    *sw = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(sc));
+    *mw = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(mn));
 }
 
 /* y[t * ldy + r] = row r . token t for r < nr <= KR, t < nt <= 4 (kind and nt compile-time
@@ -979,6 +994,7 @@ i8_tile(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, in
         float *y, int64_t ldy) {
     const int64_t nb = n / 32, npair = (nb + 1) / 2;
     __m512 acc[KR][4];
+    __m256 ksc[KR], kmn[KR];   /* Q4_K: the current block's scales and mins, per row */
     for (int r = 0; r < KR; r++)
         for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
     for (int64_t p = 0; p < npair; p++) {
@@ -998,7 +1014,8 @@ i8_tile(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, in
             } else {
                 const uint8_t *blk = row + (size_t)(p >> 2) * 144;
                 if (pf) __builtin_prefetch(blk + 48 * (p & 3) + pf, 0, 3);
-                pair_q4_k(blk, (int)(p & 3), &u, &sw, &mw);
+                if ((p & 3) == 0) block_q4_k(blk, &ksc[r], &kmn[r]);
+                pair_q4_k(blk, (int)(p & 3), ksc[r], kmn[r], &u, &sw, &mw);
             }
             for (int t = 0; t < 4; t++) {
                 if (t >= nt) break;

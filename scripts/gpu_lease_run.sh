@@ -3,9 +3,10 @@
 # unpacks the carried libraries and binaries, then scripts/bench_gpu.sh at 32K (which runs
 # test_gpu first and stops on a failing kernel), test_gpu_logits on the tiny models, and 128K
 # retrieval (then centroids) while time is left. Everything lands in $OUT (default ./gpu-out).
-# usage: bash .devlibs/run.sh BUDGET_SECONDS [sparse]
+# usage: bash .devlibs/run.sh BUDGET_SECONDS [sparse|long]
 #   sparse: a second lease of the same session: no tests, the sparse selectors at 32K, then
 #   retrieval at 64K and 128K as time allows
+#   long: no tests, retrieval at 128K (about 5 minutes on the H200), then centroids if time is left
 set -u
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
@@ -45,6 +46,18 @@ ldd build/cuda/kvseek | grep -E "not found|cublas|cudart|blas"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devlibs/whl/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 
+if [ "$MODE" = long ]; then
+  mkdir -p build/bench; export TMPDIR=/tmp
+  for sel in retrieval centroids; do
+    if [ "$(left)" -gt 150 ]; then
+      say "bench_gpu 131072 $sel ($(left)s left)"
+      timeout "$(cap 600)" scripts/bench_gpu.sh --lengths 131072 --selectors $sel -n 16 --no-kernel-checks \
+          --out "$OUT/gpu.jsonl" --timeout "$(( $(left) - 5 ))"
+    fi
+  done
+  tar czf "$OUT/benchlogs.tgz" build/bench 2>/dev/null
+  say "end"; exit 0
+fi
 if [ "$MODE" = sparse ]; then
   mkdir -p build/bench; export TMPDIR=/tmp
   say "bench_gpu 32K retrieval, centroids (no kernel checks)"
