@@ -138,6 +138,15 @@ static inline const void *v_row(const attn_kv_view *kv, int64_t p) {
     return page_of(kv, p) + kv->v_off + (size_t)r * kv->v_stride * elt_size(kv);
 }
 
+/* Rows picked by id are scattered over the pages: with the cache long since cold (the weights
+ * stream through it every token) each one is a DRAM round trip, so the rows PF_ROWS ahead are
+ * requested while the current one is scored. */
+enum { PF_ROWS = 8 };
+
+static inline void prefetch_row(const void *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)p + o, 0, 3);
+}
+
 /* ---- online softmax over blocks ------------------------------------------------------- */
 
 typedef struct {
@@ -161,7 +170,15 @@ static void soft_block(soft_state *st, const int64_t *pos, int nb) {
     const attn_kv_view *kv = st->kv;
     const int n_q = st->n_q, dk = kv->dk, dv = kv->dv;
     float s[ATTN_MAX_GROUP][BLK], p[ATTN_MAX_GROUP], tmp[4];
+    /* scattered ids only: a range streams, and the hardware prefetcher follows it */
+    const int scattered = nb > 1 && pos[nb - 1] - pos[0] != nb - 1;
+    const size_t kb = (size_t)dk * elt_size(kv), vb = (size_t)dv * elt_size(kv);
+    for (int j = 0; scattered && j < nb && j < PF_ROWS; j++) prefetch_row(k_row(kv, pos[j]), kb);
     for (int j = 0; j < nb; j++) {
+        if (scattered) {
+            if (j + PF_ROWS < nb) prefetch_row(k_row(kv, pos[j + PF_ROWS]), kb);
+            prefetch_row(v_row(kv, pos[j]), vb);   /* read after the block's softmax */
+        }
         const void *k = k_row(kv, pos[j]);
         int g = 0;
         for (; g + 4 <= n_q; g += 4) {
@@ -327,5 +344,10 @@ void attn_scores_range(const attn_kv_view *kv, const float *q, int64_t lo, int64
 
 void attn_scores_ids(const attn_kv_view *kv, const float *q, const int32_t *ids, int64_t n,
                      float *scores) {
-    for (int64_t j = 0; j < n; j++) scores[j] = dot1(q, k_row(kv, ids[j]), kv->dk, kv->dtype);
+    const size_t kb = (size_t)kv->dk * elt_size(kv);
+    for (int64_t j = 0; j < n && j < PF_ROWS; j++) prefetch_row(k_row(kv, ids[j]), kb);
+    for (int64_t j = 0; j < n; j++) {
+        if (j + PF_ROWS < n) prefetch_row(k_row(kv, ids[j + PF_ROWS]), kb);
+        scores[j] = dot1(q, k_row(kv, ids[j]), kv->dk, kv->dtype);
+    }
 }
