@@ -382,6 +382,25 @@ static int cmp_hits(const void *a, const void *b) {
     return (x->id > y->id) - (x->id < y->id);
 }
 
+/* A k-means of k centroids with the set's iterations and seed, quiet and without a minimum of
+ * points per centroid, training on at most max_per points per centroid (FAISS samples the
+ * rest), and the flat index it trains into: L2, or inner product for spherical k-means. The
+ * caller frees both, also on failure (either may be NULL); nonzero on a FAISS error. */
+static int kmeans_new(const idx_set *ix, int k, int spherical, int max_per, FaissClustering **cl,
+                      FaissIndex **index) {
+    FaissClusteringParameters cp;
+    faiss_ClusteringParameters_init(&cp);
+    cp.niter = ix->p.kmeans_iter;
+    cp.seed = ix->p.seed;
+    cp.verbose = 0;
+    cp.spherical = spherical;
+    cp.min_points_per_centroid = 1;
+    cp.max_points_per_centroid = max_per;
+    const int d = ix->p.head_dim;
+    return faiss_Clustering_new_with_params(cl, d, k, &cp) ||
+           faiss_index_factory(index, d, "Flat", spherical ? METRIC_INNER_PRODUCT : METRIC_L2);
+}
+
 /* Query-aware lists over the keys K (nk rows, positions lo..) from the queries Q (nq rows). */
 static int build_retrieval(idx_set *ix, slot *s, const float *K, int64_t nk, int64_t lo,
                            const float *Q, int64_t nq) {
@@ -402,16 +421,7 @@ static int build_retrieval(idx_set *ix, slot *s, const float *K, int64_t nk, int
     uint8_t *listed = NULL;
 
     /* 1. cells: k-means (L2) of the queries, without FAISS's subsampling or warnings */
-    FaissClusteringParameters cp;
-    faiss_ClusteringParameters_init(&cp);
-    cp.niter = ix->p.kmeans_iter;
-    cp.seed = ix->p.seed;
-    cp.verbose = 0;
-    cp.min_points_per_centroid = 1;
-    cp.max_points_per_centroid = 1 << 30;
-    if (faiss_Clustering_new_with_params(&cl, d, (int)nc, &cp) ||
-        faiss_index_factory(&cidx, d, "Flat", METRIC_L2) ||
-        faiss_Clustering_train(cl, nq, Q, cidx)) {
+    if (kmeans_new(ix, (int)nc, 0, 1 << 30, &cl, &cidx) || faiss_Clustering_train(cl, nq, Q, cidx)) {
         rc = faiss_fail(ix, "k-means of the prefill queries");
         goto cleanup;
     }
@@ -547,17 +557,8 @@ static int build_ivf(idx_set *ix, slot *s, const float *K, int64_t nk, int64_t l
         rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
         goto cleanup;
     }
-    FaissClusteringParameters cp;
-    faiss_ClusteringParameters_init(&cp);
-    cp.niter = ix->p.kmeans_iter;
-    cp.seed = ix->p.seed;
-    cp.verbose = 0;
-    cp.spherical = 1;
-    cp.min_points_per_centroid = 1;
-    cp.max_points_per_centroid = IVF_TRAIN_PER_LIST;
     /* the training index holds the final centroids: it assigns every key */
-    if (faiss_Clustering_new_with_params(&cl, d, (int)nlist, &cp) ||
-        faiss_index_factory(&quant, d, "Flat", METRIC_INNER_PRODUCT) ||
+    if (kmeans_new(ix, (int)nlist, 1, IVF_TRAIN_PER_LIST, &cl, &quant) ||
         faiss_Clustering_train(cl, nk, K, quant) || faiss_Index_search(quant, nk, K, 1, dis, lab)) {
         rc = faiss_fail(ix, "IVF build");
         goto cleanup;

@@ -72,9 +72,10 @@ void krn_matmul(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols,
 void krn_matmul_f32(const float *W, int64_t ldw, int64_t n_rows, const float *X, int64_t ldx,
                     int64_t n_tok, int64_t n, float *Y, int64_t ldy);
 /* True when products with rows of this type quantize the activations to 8 bits per block of
- * 32 (as llama.cpp's Q8_0) and sum integer products (AVX-512 VNNI builds: Q5_0). The result then
- * differs from the f32 product by the activations' rounding, at most sum |w| * max|x| / 254 per
- * block; it is still the same bits through krn_vec_dot, krn_matvec and krn_matmul. */
+ * 32 (as llama.cpp's Q8_0) and sum integer products (AVX-512 VNNI builds: Q5_0, Q4_K, Q6_K).
+ * The result then differs from the f32 product by the activations' rounding, at most
+ * sum |w| * max|x| / 254 per block; it is still the same bits through krn_vec_dot, krn_matvec
+ * and krn_matmul. */
 bool krn_type_i8(uint32_t type);
 /* krn_matmul's path for those types: 1 when it computed Y, 0 for other types. */
 int krn_matmul_i8(uint32_t type, const void *W, int64_t n_rows, int64_t n_cols, const float *X,

@@ -46,39 +46,38 @@ ldd build/cuda/kvseek | grep -E "not found|cublas|cudart|blas"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .devlibs/whl/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 
+mkdir -p build/bench
+export TMPDIR=/tmp
+# one bench_gpu.sh run (no kernel checks) at LEN with SELECTOR, given the rest of the budget,
+# when more than MIN seconds are left
+bench_rest() {
+  if [ "$(left)" -gt "$3" ]; then
+    say "bench_gpu $1 $2 ($(left)s left)"
+    timeout "$(cap 600)" scripts/bench_gpu.sh --lengths "$1" --selectors "$2" -n 16 --no-kernel-checks \
+        --out "$OUT/gpu.jsonl" --timeout "$(( $(left) - 10 ))"
+  else
+    say "no $1 $2 run: $(left)s left"
+  fi
+}
+finish() { tar czf "$OUT/benchlogs.tgz" build/bench 2>/dev/null; say "end"; exit 0; }
+
 if [ "$MODE" = long ]; then
-  mkdir -p build/bench; export TMPDIR=/tmp
-  for sel in retrieval centroids; do
-    if [ "$(left)" -gt 150 ]; then
-      say "bench_gpu 131072 $sel ($(left)s left)"
-      timeout "$(cap 600)" scripts/bench_gpu.sh --lengths 131072 --selectors $sel -n 16 --no-kernel-checks \
-          --out "$OUT/gpu.jsonl" --timeout "$(( $(left) - 5 ))"
-    fi
-  done
-  tar czf "$OUT/benchlogs.tgz" build/bench 2>/dev/null
-  say "end"; exit 0
+  bench_rest 131072 retrieval 150
+  bench_rest 131072 centroids 150
+  finish
 fi
 if [ "$MODE" = sparse ]; then
-  mkdir -p build/bench; export TMPDIR=/tmp
   say "bench_gpu 32K retrieval, centroids (no kernel checks)"
   timeout "$(cap 200)" scripts/bench_gpu.sh --lengths 32768 --selectors retrieval,centroids -n 16 \
       --out "$OUT/gpu.jsonl" --timeout 90 --no-kernel-checks
-  for len in 65536 131072; do
-    if [ "$(left)" -gt 100 ]; then
-      say "bench_gpu $len retrieval ($(left)s left)"
-      timeout "$(cap 600)" scripts/bench_gpu.sh --lengths $len --selectors retrieval -n 16 --no-kernel-checks \
-          --out "$OUT/gpu.jsonl" --timeout "$(( $(left) - 5 ))"
-    fi
-  done
-  tar czf "$OUT/benchlogs.tgz" build/bench 2>/dev/null
-  say "end"; exit 0
+  bench_rest 65536 retrieval 100
+  bench_rest 131072 retrieval 100
+  finish
 fi
 
 # bench_gpu.sh runs test_gpu first and stops when a kernel fails: the 32K figures come first,
 # then the logits test, then 128K with whatever time is left
 say "bench_gpu 32K (test_gpu first)"
-mkdir -p build/bench
-export TMPDIR=/tmp
 timeout "$(cap 280)" scripts/bench_gpu.sh --lengths 32768 --selectors dense,retrieval,centroids -n 16 \
     --out "$OUT/gpu.jsonl" --timeout 100
 cp build/bench/test_gpu.log "$OUT/test_gpu.log" 2>/dev/null
@@ -99,14 +98,6 @@ cat "$OUT/logits.log"
 say "test_gpu_logits rc $rc_log"
 
 # 128K: the f16 KV (16 GB) stays in pinned host memory; retrieval first, centroids if time is left
-for sel in retrieval centroids; do
-  if [ "$(left)" -gt 150 ]; then
-    say "bench_gpu 128K $sel ($(left)s left)"
-    timeout "$(cap 600)" scripts/bench_gpu.sh --lengths 131072 --selectors $sel -n 16 --no-kernel-checks \
-        --out "$OUT/gpu.jsonl" --timeout "$(( $(left) - 10 ))"
-  else
-    say "no 128K $sel run: $(left)s left"
-  fi
-done
-tar czf "$OUT/benchlogs.tgz" build/bench 2>/dev/null
-say "end"
+bench_rest 131072 retrieval 150
+bench_rest 131072 centroids 150
+finish
