@@ -40,7 +40,9 @@ LIB_SRC := $(filter-out kernels/gpu_none.c,$(LIB_SRC))
 CU_SRC  := $(wildcard kernels/*.cu)
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
 endif
+# server/: the HTTP server; tools/: the command line (main.c) and its tools (bench, synth-model)
 SRV_SRC := $(wildcard server/*.c)
+TOOLS_SRC := $(wildcard tools/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard index/*.cpp)) \
            $(CU_SRC:%.cu=$(BUILD)/%.o)
 # The CUDA setting the build folder's libkvseek.a was made with: rewritten when it changes, so
@@ -48,6 +50,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard 
 CUDA_STAMP := $(BUILD)/.cuda-setting
 $(shell mkdir -p $(BUILD) && { [ "$$(cat $(CUDA_STAMP) 2>/dev/null)" = "$(CUDA)" ] || echo "$(CUDA)" > $(CUDA_STAMP); })
 SRV_OBJ := $(SRV_SRC:%.c=$(BUILD)/%.o)
+TOOLS_OBJ := $(TOOLS_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/tool_*.c)
@@ -73,7 +76,7 @@ $(BUILD)/libkvseek.a: $(LIB_OBJ) $(CUDA_STAMP)
 	@rm -f $@
 	ar rcs $@ $(LIB_OBJ)
 
-$(BUILD)/kvseek: $(SRV_OBJ) $(BUILD)/libkvseek.a
+$(BUILD)/kvseek: $(TOOLS_OBJ) $(SRV_OBJ) $(BUILD)/libkvseek.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libkvseek.a
@@ -173,10 +176,9 @@ FUZZ_COV  = -fsanitize=fuzzer-no-link
 $(FUZZ_OUT)/kernels/%.o: FUZZ_COV =
 FUZZ_LDLIBS := -lmicrohttpd -lcjson -lpthread -lfaiss -lopenblas -lgomp -lstdc++ -lm
 FUZZ_OBJ  := $(LIB_SRC:%.c=$(FUZZ_OUT)/%.o) $(patsubst %.cpp,$(FUZZ_OUT)/%.o,$(wildcard index/*.cpp)) \
-             $(filter-out %/main.o,$(SRV_SRC:%.c=$(FUZZ_OUT)/%.o))
+             $(SRV_SRC:%.c=$(FUZZ_OUT)/%.o)
 FUZZ_BIN  := $(FUZZ_TARGETS:%=$(FUZZ_OUT)/fuzz_%)
 FUZZ_HDR  := $(wildcard tests/fuzz/*.h)
-SRV_LIB_OBJ := $(filter-out %/main.o,$(SRV_OBJ))
 FUZZ_REPLAY_BIN := $(FUZZ_TARGETS:%=$(BUILD)/tests/test_fuzz_replay_%)
 
 .PHONY: fuzz fuzz-build fuzz-merge
@@ -218,10 +220,10 @@ fuzz-merge: fuzz-build tiny
 	@for t in $(FUZZ_TARGETS:%=fuzz_%); do [ -d $(FUZZ_OUT)/corpus/$$t ] || continue; \
 	    nice -n 10 $(FUZZ_OUT)/$$t -merge=1 tests/fuzz/corpus/$$t $(FUZZ_OUT)/corpus/$$t 2>&1 | tail -n 1; done
 
-$(BUILD)/tests/test_fuzz_replay_%: tests/fuzz/replay.c tests/fuzz/fuzz_%.c $(FUZZ_HDR) $(SRV_LIB_OBJ) $(BUILD)/libkvseek.a
+$(BUILD)/tests/test_fuzz_replay_%: tests/fuzz/replay.c tests/fuzz/fuzz_%.c $(FUZZ_HDR) $(SRV_OBJ) $(BUILD)/libkvseek.a
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Itests/fuzz -DFUZZ_TARGET='"fuzz_$*"' tests/fuzz/replay.c \
-	    tests/fuzz/fuzz_$*.c $(SRV_LIB_OBJ) $(BUILD)/libkvseek.a -o $@ $(LDLIBS)
+	    tests/fuzz/fuzz_$*.c $(SRV_OBJ) $(BUILD)/libkvseek.a -o $@ $(LDLIBS)
 
 # the replays also run under the sanitizers
 asan: asan-fuzz-replay
@@ -233,7 +235,7 @@ asan-fuzz-replay:
 clean:
 	rm -rf $(BUILD)
 
--include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(TOOLS_OBJ:.o=.d) $(FUZZ_OBJ:.o=.d)
 
 # ---- benchmarks ----
 # `make bench`: memory bandwidth, kernel GB/s and the model's tok/s ceiling (kvseek bench-kernels),

@@ -31,8 +31,7 @@
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
-
-int srv_bench_kernels_main(int argc, char **argv);
+#include "tools.h"
 
 #define DEFAULT_MODEL "models/gemma-3-270m-q4_k_m.gguf"
 
@@ -477,7 +476,7 @@ static void read_llc(char *buf, size_t n) {
     }
 }
 
-int srv_bench_kernels_main(int argc, char **argv) {
+int tool_bench_kernels_main(int argc, char **argv) {
     bench_opts o;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? 2 : 0;

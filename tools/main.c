@@ -20,6 +20,7 @@
 #include "sampler.h"
 #include "server.h"
 #include "tok.h"
+#include "tools.h"
 
 #define KVSEEK_VERSION "0.1.0"
 
@@ -923,9 +924,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "serve")) return srv_serve_main(argc, argv);
-    if (!strcmp(argv[1], "bench-kernels")) { int srv_bench_kernels_main(int, char **); return srv_bench_kernels_main(argc, argv); }
-    if (!strcmp(argv[1], "bench-gpu")) { int srv_bench_gpu_main(int, char **); return srv_bench_gpu_main(argc, argv); }
-    if (!strcmp(argv[1], "synth-model")) { int srv_synth_model_main(int, char **); return srv_synth_model_main(argc, argv); }
+    if (!strcmp(argv[1], "bench-kernels")) return tool_bench_kernels_main(argc, argv);
+    if (!strcmp(argv[1], "bench-gpu")) return tool_bench_gpu_main(argc, argv);
+    if (!strcmp(argv[1], "synth-model")) return tool_synth_model_main(argc, argv);
     if (!strcmp(argv[1], "context")) {
         signal(SIGXFSZ, SIG_IGN); /* a full disk is an error message, not a dead process */
         const char *sub = argc > 2 ? argv[2] : "";

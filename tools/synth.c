@@ -35,8 +35,7 @@
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
-
-int srv_synth_model_main(int argc, char **argv);
+#include "tools.h"
 
 enum { ALIGN = 32, N_SPECIAL = 3, N_BYTE = 256, MIN_VOCAB = N_SPECIAL + N_BYTE + 1 };
 
@@ -514,7 +513,7 @@ static int parse_opts(int argc, char **argv, synth_opts *o) {
     return 0;
 }
 
-int srv_synth_model_main(int argc, char **argv) {
+int tool_synth_model_main(int argc, char **argv) {
     synth_opts o;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? 2 : 0;

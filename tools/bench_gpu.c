@@ -12,8 +12,7 @@
 #include "attn_sparse.h"
 #include "gpu.h"
 #include "quant.h"
-
-int srv_bench_gpu_main(int argc, char **argv);
+#include "tools.h"
 
 typedef struct {
     int64_t keys;
@@ -44,7 +43,7 @@ static void usage(void) {
            "  kernel, and the dense kernel over all N keys in device memory.\n");
 }
 
-int srv_bench_gpu_main(int argc, char **argv) {
+int tool_bench_gpu_main(int argc, char **argv) {
     opts o = {131072, 128, 4, 50, 0.02};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
