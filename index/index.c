@@ -1,107 +1,25 @@
-/* Selectors over the offloaded keys of one sequence, one state per (layer, KV head): built once
- * after prefill (FAISS batched paths), probed once per decode step without allocating (every
- * buffer lives in the slot and only grows). The centroids kind keeps an idx_cent
- * (centroids.c) per slot plus an exact tail of the keys added after its build. */
-#include "index.h"
+/* The selector set of one sequence: one slot per (layer, KV head), each answered by the kind's
+ * method table (sel_impl.h). This file owns what every kind shares: argument checks, the
+ * candidate range, the ring of observed prefill queries, binding a prebuilt centroid structure,
+ * counters and timing. The kinds live in sel_basic.c (dense, window), sel_lists.c (oracle,
+ * retrieval, ivf) and sel_cent.c (centroids). */
+#include "sel_impl.h"
 
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include <faiss/c_api/Clustering_c.h>
-#include <faiss/c_api/Index_c.h>
-#include <faiss/c_api/error_c.h>
-#include <faiss/c_api/index_factory_c.h>
+#include "clock.h"
 
-#include "attn_sparse.h"
+static const idx_ops *const kind_ops[] = {&idx_ops_dense, &idx_ops_window, &idx_ops_oracle,
+                                          &idx_ops_retrieval, &idx_ops_ivf, &idx_ops_centroids};
+enum { N_KINDS = sizeof kind_ops / sizeof kind_ops[0] };
 
-/* The query-aware `retrieval` index: decode queries come from the distribution of the prefill
- * queries, not of the keys, so its cells are k-means clusters of the latest prefill queries and
- * each cell lists the keys its queries actually rank highest (exact top list_k by FAISS brute
- * force), ordered by how many of them do; keys nobody ranks go to the cell whose centroid
- * scores them highest, so every key stays reachable. A decode query probes its nearest cells
- * and scores their listed keys exactly; key_share of the scan goes to IVF lists over the keys,
- * which catch content matches that no kept query anticipated. */
-enum { BATCH = 256 }; /* keys scored per attn_scores_ids call */
-#define CENT_TARGET_DEFAULT 0.03f /* idx_request.target 0: share of the clustered keys read */
+/* ---- helpers the kinds share ------------------------------------------------------------ */
 
-typedef struct {
-    int32_t *ids;
-    int32_t n, cap;
-} id_list;
-
-typedef struct {
-    float s;
-    int32_t id;
-} heap_ent;
-
-/* Inverted lists with one centroid each; a query probes them in the order of q.c + bias[c]. */
-typedef struct {
-    int n;
-    float *cent;             /* (n, d) */
-    float *bias;             /* (n): -|c|^2/2 ranks query cells by L2 distance (as the k-means
-                              * that made them); 0 ranks key lists by inner product (FAISS IVF) */
-    id_list *lists;          /* (n) positions */
-} list_set;
-
-typedef struct {
-    int active;              /* layer has a selector */
-    int built;
-    int64_t lo, hi;          /* candidates */
-    /* latest prefill queries (retrieval) */
-    float *obs;              /* (obs_cap, d), a ring */
-    int64_t n_obs, n_seen;
-    /* centroids: the clustered keys [lo, cent_hi); [cent_hi, hi) is the exact tail */
-    idx_cent *cent;
-    int64_t cent_hi;
-    void *cent_scratch;      /* idx_cent_scratch_bytes of cent, made at build */
-    /* retrieval: query cells */
-    list_set qc;
-    float *tau;              /* (qc.n) list_k-th best centroid.key score at build: new keys
-                              * scoring at least this join the cell (idx_add) */
-    /* ivf, and the key part of hybrid retrieval: FAISS IndexIVFFlat's trained centroids and
-     * lists, copied out (the vectors themselves stay in the KV store) */
-    list_set kl;
-    /* scratch, grown on demand */
-    uint32_t *seen, *mark, *outm; /* (hi - lo) epoch stamps: read in this call / scored for this
-                              * query / returned by this call */
-    uint32_t seen_epoch, mark_epoch;
-    int64_t stamp_cap;
-    float *scores;           /* oracle: (hi - lo); lists: a batch */
-    int64_t scores_cap;
-    int32_t *batch;          /* ids of a list batch not yet scored */
-    int64_t batch_cap;
-    heap_ent *heap;
-    int64_t heap_cap;
-    float *qmean;            /* (d) */
-    float *cell_score;       /* (max(qc.n, kl.n)) */
-    uint32_t *cell_mark;     /* probed for this query */
-    uint32_t cell_epoch;
-    int64_t cell_cap;
-    float *krow;             /* (d) a key as f32 */
-    idx_stats st;
-} slot;
-
-struct idx_set {
-    idx_params p;
-    int *layer_mask;
-    slot *slots;             /* (n_layer * n_head_kv) */
-    char err[256];
-};
-
-/* ---- small helpers -------------------------------------------------------------------- */
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Slots build in parallel (idx_build of different slots), so the shared message is guarded. */
-static int fail(idx_set *ix, int code, const char *fmt, ...) {
+int idx_fail(idx_set *ix, int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     #pragma omp critical(idx_fail)
@@ -110,84 +28,40 @@ static int fail(idx_set *ix, int code, const char *fmt, ...) {
     return code;
 }
 
-static int faiss_fail(idx_set *ix, const char *what) {
-    const char *m = faiss_get_last_error();
-    return fail(ix, IDX_ERR_FAISS, "FAISS %s: %s", what, m ? m : "?");
-}
-
-/* Grows *p to hold n elements of size sz (keeps contents); 0 or -1. */
-static int grow(void *pp, int64_t *cap, int64_t n, size_t sz) {
-    if (n <= *cap) return 0;
-    int64_t c = *cap ? *cap : 64;
-    while (c < n) c *= 2;
-    void *q = realloc(*(void **)pp, (size_t)c * sz);
-    if (!q) return -1;
-    *(void **)pp = q;
-    *cap = c;
-    return 0;
-}
-
-static int list_push(id_list *l, int32_t id) {
-    if (l->n == l->cap) {
-        int32_t c = l->cap ? 2 * l->cap : 16;
-        int32_t *q = realloc(l->ids, sizeof(int32_t) * c);
-        if (!q) return -1;
-        l->ids = q;
-        l->cap = c;
+void idx_mean_query(const float *q, int n_q, int d, float *out) {
+    for (int i = 0; i < d; i++) {
+        float a = 0.0f;
+        for (int g = 0; g < n_q; g++) a += q[(size_t)g * d + i];
+        out[i] = a / n_q;
     }
-    l->ids[l->n++] = id;
-    return 0;
 }
 
-/* A key the cell's centroid ranks among its top list_k goes first: lists are read in order and
- * the scan target may stop before their tail (where unranked keys sit). */
-static int list_push_front(id_list *l, int32_t id) {
-    if (list_push(l, id)) return -1;
-    memmove(l->ids + 1, l->ids, sizeof(int32_t) * (l->n - 1));
-    l->ids[0] = id;
-    return 0;
+int idx_keys_held(const kv_store *kv, int layer, int head, int64_t lo, int64_t hi) {
+    return lo == hi || (kv_k_row(kv, layer, head, lo) && kv_k_row(kv, layer, head, hi - 1));
 }
 
-/* Min-heap of the k best (score, id): push keeps the k largest scores. */
-static void heap_push(heap_ent *h, int64_t *n, int64_t k, float s, int32_t id) {
-    int64_t i;
-    if (*n < k) {
-        i = (*n)++;
-        while (i > 0 && h[(i - 1) / 2].s > s) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
-        h[i].s = s; h[i].id = id;
-        return;
-    }
-    if (k == 0 || s <= h[0].s) return;
-    i = 0; /* replace the root and sift down */
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= *n) break;
-        if (c + 1 < *n && h[c + 1].s < h[c].s) c++;
-        if (h[c].s >= s) break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i].s = s; h[i].id = id;
-}
-
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
+int64_t idx_all_candidates(const idx_slot *s, int32_t *ids) {
+    for (int64_t j = 0; j < s->hi - s->lo; j++) ids[j] = (int32_t)(s->lo + j);
+    return s->hi - s->lo;
 }
 
 /* ---- names, params, lifecycle ---------------------------------------------------------- */
 
-static const char *kind_names[] = {"dense", "window", "oracle", "retrieval", "ivf", "centroids"};
-
 const char *idx_kind_name(idx_kind k) {
-    return (unsigned)k < sizeof kind_names / sizeof *kind_names ? kind_names[k] : "unknown";
+    return (unsigned)k < N_KINDS ? kind_ops[k]->name : "?";
 }
 
 int idx_kind_parse(const char *name, idx_kind *out) {
-    for (unsigned i = 0; name && i < sizeof kind_names / sizeof *kind_names; i++)
-        if (!strcmp(name, kind_names[i])) { *out = (idx_kind)i; return IDX_OK; }
+    for (int k = 0; k < N_KINDS; k++)
+        if (name && !strcmp(name, kind_ops[k]->name)) {
+            *out = (idx_kind)k;
+            return IDX_OK;
+        }
     return IDX_ERR_PARAM;
 }
+
+unsigned idx_kind_caps(idx_kind k) { return (unsigned)k < N_KINDS ? kind_ops[k]->caps : 0; }
+unsigned idx_caps(const idx_set *ix) { return ix->ops->caps; }
 
 const char *idx_strerror(int code) {
     switch (code) {
@@ -229,45 +103,27 @@ idx_request idx_request_default(void) {
     return r;
 }
 
-static void list_set_free(list_set *ls) {
-    for (int c = 0; c < ls->n; c++) free(ls->lists[c].ids);
-    free(ls->lists);
-    free(ls->cent);
-    free(ls->bias);
-    memset(ls, 0, sizeof *ls);
-}
-
-static int list_set_alloc(list_set *ls, int n, int d) {
-    ls->n = n;
-    ls->cent = malloc(sizeof(float) * n * d);
-    ls->bias = calloc((size_t)n, sizeof(float));
-    ls->lists = calloc((size_t)n, sizeof(id_list));
-    return ls->cent && ls->bias && ls->lists ? 0 : -1;
-}
-
-static void slot_clear_index(slot *s) {
-    list_set_free(&s->qc);
-    list_set_free(&s->kl);
-    free(s->tau);
-    s->tau = NULL;
-    idx_cent_free(s->cent);
-    s->cent = NULL;
-    free(s->cent_scratch);
-    s->cent_scratch = NULL;
-    s->cent_hi = 0;
+static void slot_clear(const idx_set *ix, idx_slot *s) {
+    if (s->st && ix->ops->state_clear) ix->ops->state_clear(s->st);
     s->built = 0;
     s->lo = s->hi = 0;
 }
 
-static void slot_free(slot *s) {
-    slot_clear_index(s);
-    free(s->obs); free(s->seen); free(s->mark); free(s->scores); free(s->batch); free(s->heap);
-    free(s->outm); free(s->qmean); free(s->cell_score); free(s->cell_mark); free(s->krow);
+static int64_t obs_cap(const idx_set *ix) {
+    int64_t n = ix->ops->obs_rows ? ix->ops->obs_rows(&ix->p) : 0;
+    if (ix->observe_all) {
+        /* every kind's need, so that a fork may take any kind */
+        for (int k = 0; k < N_KINDS; k++) {
+            int64_t m = kind_ops[k]->obs_rows ? kind_ops[k]->obs_rows(&ix->p) : 0;
+            if (m > n) n = m;
+        }
+    }
+    return n;
 }
 
 int idx_create(const idx_params *p, idx_set **out) {
     *out = NULL;
-    if (!p || (unsigned)p->kind > IDX_CENTROIDS || p->n_layer <= 0 || p->n_head_kv <= 0 ||
+    if (!p || (unsigned)p->kind >= N_KINDS || p->n_layer <= 0 || p->n_head_kv <= 0 ||
         p->head_dim <= 0 || p->max_queries < 0 || p->n_cells < 0 || p->list_k < 0 ||
         p->kmeans_iter < 0 || p->nprobe < 0 || p->ivf_nlist < 0 || p->min_keys < 0 ||
         !(p->key_share >= 0.0f && p->key_share < 1.0f) || p->group_size < 0 || p->obs_tokens < 0 ||
@@ -278,6 +134,7 @@ int idx_create(const idx_params *p, idx_set **out) {
     idx_set *ix = calloc(1, sizeof *ix);
     if (!ix) return IDX_ERR_NOMEM;
     ix->p = *p;
+    ix->ops = kind_ops[p->kind];
     idx_params d = idx_params_default();
     if (!ix->p.max_queries) ix->p.max_queries = d.max_queries;
     if (!ix->p.list_k) ix->p.list_k = d.list_k;
@@ -290,20 +147,12 @@ int idx_create(const idx_params *p, idx_set **out) {
     ix->p.cent.seed = p->seed;
     ix->p.cent.group = ix->p.group_size;
     ix->layer_mask = malloc(sizeof(int) * p->n_layer);
-    ix->slots = calloc((size_t)p->n_layer * p->n_head_kv, sizeof(slot));
+    ix->slots = calloc((size_t)p->n_layer * p->n_head_kv, sizeof(idx_slot));
     if (!ix->layer_mask || !ix->slots) { idx_free(ix); return IDX_ERR_NOMEM; }
     for (int l = 0; l < p->n_layer; l++) ix->layer_mask[l] = p->layer_mask ? p->layer_mask[l] != 0 : 1;
     ix->p.layer_mask = ix->layer_mask;
     for (int l = 0; l < p->n_layer; l++)
-        for (int h = 0; h < p->n_head_kv; h++) {
-            slot *s = &ix->slots[l * p->n_head_kv + h];
-            s->active = ix->layer_mask[l];
-            if (s->active) {
-                s->qmean = malloc(sizeof(float) * p->head_dim);
-                s->krow = malloc(sizeof(float) * p->head_dim);
-                if (!s->qmean || !s->krow) { idx_free(ix); return IDX_ERR_NOMEM; }
-            }
-        }
+        for (int h = 0; h < p->n_head_kv; h++) ix->slots[l * p->n_head_kv + h].active = ix->layer_mask[l];
     *out = ix;
     return IDX_OK;
 }
@@ -311,7 +160,11 @@ int idx_create(const idx_params *p, idx_set **out) {
 void idx_free(idx_set *ix) {
     if (!ix) return;
     if (ix->slots)
-        for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++) slot_free(&ix->slots[i]);
+        for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++) {
+            idx_slot *s = &ix->slots[i];
+            if (s->st) ix->ops->state_free(s->st);
+            free(s->obs);
+        }
     free(ix->slots);
     free(ix->layer_mask);
     free(ix);
@@ -320,36 +173,39 @@ void idx_free(idx_set *ix) {
 void idx_reset(idx_set *ix) {
     if (!ix) return;
     for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++) {
-        slot *s = &ix->slots[i];
-        slot_clear_index(s);
+        idx_slot *s = &ix->slots[i];
+        slot_clear(ix, s);
         s->n_obs = s->n_seen = 0;
     }
     ix->err[0] = 0;
 }
 
-static slot *get_slot(idx_set *ix, int layer, int head) {
+static idx_slot *get_slot(idx_set *ix, int layer, int head) {
     if (!ix || layer < 0 || layer >= ix->p.n_layer || head < 0 || head >= ix->p.n_head_kv) return NULL;
-    slot *s = &ix->slots[layer * ix->p.n_head_kv + head];
+    idx_slot *s = &ix->slots[layer * ix->p.n_head_kv + head];
     return s->active ? s : NULL;
+}
+
+/* The slot's kind state, made on first use. */
+static void *slot_state(idx_set *ix, idx_slot *s) {
+    if (!s->st && ix->ops->state_new) s->st = ix->ops->state_new(&ix->p);
+    return s->st;
 }
 
 /* ---- observe -------------------------------------------------------------------------- */
 
-/* Rows the observation ring keeps: retrieval's max_queries, or centroids' window of the latest
- * obs_tokens tokens (whole groups of group_size rows). */
-static int64_t obs_cap(const idx_set *ix) {
-    return ix->p.kind == IDX_CENTROIDS ? (int64_t)ix->p.obs_tokens * ix->p.group_size : ix->p.max_queries;
-}
-
 int idx_observe(idx_set *ix, int layer, int head, const float *q, int64_t n, int64_t stride) {
-    slot *s = get_slot(ix, layer, head);
+    idx_slot *s = get_slot(ix, layer, head);
     if (!s || n < 0 || (n > 0 && !q)) return IDX_ERR_PARAM;
-    if (ix->p.kind != IDX_RETRIEVAL && ix->p.kind != IDX_CENTROIDS) return IDX_OK;
-    const int d = ix->p.head_dim;
     const int64_t cap = obs_cap(ix);
-    if (!s->obs) {
+    if (cap <= 0) return IDX_OK;
+    const int d = ix->p.head_dim;
+    if (!s->obs || s->obs_cap != cap) {
+        free(s->obs);
         s->obs = malloc(sizeof(float) * cap * d);
-        if (!s->obs) return fail(ix, IDX_ERR_NOMEM, "cannot hold %lld prefill queries", (long long)cap);
+        s->obs_cap = s->obs ? cap : 0;
+        s->n_obs = s->n_seen = 0;
+        if (!s->obs) return idx_fail(ix, IDX_ERR_NOMEM, "cannot hold %lld prefill queries", (long long)cap);
     }
     /* a ring of the latest rows: decode queries continue the prefill, and under RoPE the latest
      * queries share their slow rotary phases; on gemma-3 270M at 16K the last 1K tokens' queries
@@ -362,294 +218,46 @@ int idx_observe(idx_set *ix, int layer, int head, const float *q, int64_t n, int
     return IDX_OK;
 }
 
-/* ---- build ---------------------------------------------------------------------------- */
-
-static float dotf(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-typedef struct {
-    int32_t hits, id;
-} hit_ent;
-
-/* Most hits first, then ascending id (deterministic). */
-static int cmp_hits(const void *a, const void *b) {
-    const hit_ent *x = a, *y = b;
-    if (x->hits != y->hits) return y->hits - x->hits;
-    return (x->id > y->id) - (x->id < y->id);
-}
-
-/* A k-means of k centroids with the set's iterations and seed, quiet and without a minimum of
- * points per centroid, training on at most max_per points per centroid (FAISS samples the
- * rest), and the flat index it trains into: L2, or inner product for spherical k-means. The
- * caller frees both, also on failure (either may be NULL); nonzero on a FAISS error. */
-static int kmeans_new(const idx_set *ix, int k, int spherical, int max_per, FaissClustering **cl,
-                      FaissIndex **index) {
-    FaissClusteringParameters cp;
-    faiss_ClusteringParameters_init(&cp);
-    cp.niter = ix->p.kmeans_iter;
-    cp.seed = ix->p.seed;
-    cp.verbose = 0;
-    cp.spherical = spherical;
-    cp.min_points_per_centroid = 1;
-    cp.max_points_per_centroid = max_per;
-    const int d = ix->p.head_dim;
-    return faiss_Clustering_new_with_params(cl, d, k, &cp) ||
-           faiss_index_factory(index, d, "Flat", spherical ? METRIC_INNER_PRODUCT : METRIC_L2);
-}
-
-/* Query-aware lists over the keys K (nk rows, positions lo..) from the queries Q (nq rows). */
-static int build_retrieval(idx_set *ix, slot *s, const float *K, int64_t nk, int64_t lo,
-                           const float *Q, int64_t nq) {
-    const int d = ix->p.head_dim;
-    const int64_t L = ix->p.list_k < nk ? ix->p.list_k : nk;
-    int64_t nc = ix->p.n_cells ? ix->p.n_cells : nq / 32;
-    if (!ix->p.n_cells) nc = nc < 16 ? 16 : nc > 1024 ? 1024 : nc;
-    if (nc > nq) nc = nq;
-    if (nc < 1) nc = 1;
-    int rc = IDX_OK;
-    FaissClustering *cl = NULL;
-    FaissIndex *cidx = NULL, *kidx = NULL, *cip = NULL;
-    idx_t *qcell = NULL, *lab = NULL, *clab = NULL, *ulab = NULL;
-    float *qdis = NULL, *dis = NULL, *cdis = NULL, *udis = NULL, *ukeys = NULL;
-    int64_t *order = NULL, *start = NULL;
-    int32_t *hits = NULL, *unl = NULL;
-    hit_ent *tmp = NULL;
-    uint8_t *listed = NULL;
-
-    /* 1. cells: k-means (L2) of the queries, without FAISS's subsampling or warnings */
-    if (kmeans_new(ix, (int)nc, 0, 1 << 30, &cl, &cidx) || faiss_Clustering_train(cl, nq, Q, cidx)) {
-        rc = faiss_fail(ix, "k-means of the prefill queries");
-        goto cleanup;
-    }
-    float *cent;
-    size_t csz;
-    faiss_Clustering_centroids(cl, &cent, &csz);
-    int alloc_fail = list_set_alloc(&s->qc, (int)nc, d);
-    s->tau = malloc(sizeof(float) * nc);
-    qcell = malloc(sizeof(idx_t) * nq);
-    qdis = malloc(sizeof(float) * nq);
-    lab = malloc(sizeof(idx_t) * nq * L);
-    dis = malloc(sizeof(float) * nq * L);
-    clab = malloc(sizeof(idx_t) * nc * L);
-    cdis = malloc(sizeof(float) * nc * L);
-    order = malloc(sizeof(int64_t) * nq);
-    start = calloc((size_t)nc + 1, sizeof(int64_t));
-    hits = calloc((size_t)nk, sizeof(int32_t));
-    tmp = malloc(sizeof(hit_ent) * nk); /* a cell lists each key at most once */
-    listed = calloc((size_t)nk, 1);
-    if (alloc_fail || !s->tau || !qcell || !qdis || !lab || !dis ||
-        !clab || !cdis || !order || !start || !hits || !tmp || !listed) {
-        rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
-        goto cleanup;
-    }
-    memcpy(s->qc.cent, cent, sizeof(float) * nc * d);
-    for (int64_t c = 0; c < nc; c++)
-        s->qc.bias[c] = -0.5f * dotf(s->qc.cent + c * d, s->qc.cent + c * d, d);
-    /* the training index holds the final centroids: each query's cell */
-    if (faiss_Index_search(cidx, nq, Q, 1, qdis, qcell)) {
-        rc = faiss_fail(ix, "query assignment");
-        goto cleanup;
-    }
-
-    /* 2. exact top-L keys of every query and of every centroid (inner product, BLAS) */
-    if (faiss_index_factory(&kidx, d, "Flat", METRIC_INNER_PRODUCT) ||
-        faiss_Index_add(kidx, nk, K) || faiss_Index_search(kidx, nq, Q, L, dis, lab) ||
-        faiss_Index_search(kidx, nc, s->qc.cent, L, cdis, clab)) {
-        rc = faiss_fail(ix, "brute-force top keys");
-        goto cleanup;
-    }
-    for (int64_t c = 0; c < nc; c++) s->tau[c] = cdis[c * L + L - 1];
-
-    /* 3. lists: the union of a cell's queries' top keys (and its centroid's), most hits first */
-    for (int64_t i = 0; i < nq; i++) start[qcell[i] + 1]++;
-    for (int64_t c = 0; c < nc; c++) start[c + 1] += start[c];
-    for (int64_t i = 0; i < nq; i++) order[start[qcell[i]]++] = i;
-    for (int64_t c = nc; c > 0; c--) start[c] = start[c - 1];
-    start[0] = 0;
-    for (int64_t c = 0; c < nc; c++) {
-        int64_t nt = 0;
-        for (int64_t r = start[c]; r <= start[c + 1]; r++) {
-            /* the cell's queries, then (r == end) its centroid */
-            const idx_t *row = r < start[c + 1] ? lab + order[r] * L : clab + c * L;
-            for (int64_t j = 0; j < L; j++) {
-                idx_t key = row[j];
-                if (key < 0) continue;
-                if (hits[key]++ == 0) tmp[nt++].id = (int32_t)key;
-            }
-        }
-        for (int64_t t = 0; t < nt; t++) tmp[t].hits = hits[tmp[t].id];
-        qsort(tmp, (size_t)nt, sizeof *tmp, cmp_hits);
-        for (int64_t t = 0; t < nt; t++) {
-            hits[tmp[t].id] = 0;
-            listed[tmp[t].id] = 1;
-            if (list_push(&s->qc.lists[c], (int32_t)(lo + tmp[t].id))) {
-                rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
-                goto cleanup;
-            }
-        }
-    }
-
-    /* 4. keys no kept query ranks: to the cell whose centroid scores them highest */
-    int64_t nu = 0;
-    for (int64_t j = 0; j < nk; j++) nu += !listed[j];
-    if (nu > 0) {
-        unl = malloc(sizeof(int32_t) * nu);
-        ukeys = malloc(sizeof(float) * nu * d);
-        ulab = malloc(sizeof(idx_t) * nu);
-        udis = malloc(sizeof(float) * nu);
-        if (!unl || !ukeys || !ulab || !udis) {
-            rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
-            goto cleanup;
-        }
-        nu = 0;
-        for (int64_t j = 0; j < nk; j++)
-            if (!listed[j]) {
-                memcpy(ukeys + nu * d, K + j * d, sizeof(float) * d);
-                unl[nu++] = (int32_t)j;
-            }
-        if (faiss_index_factory(&cip, d, "Flat", METRIC_INNER_PRODUCT) ||
-            faiss_Index_add(cip, nc, s->qc.cent) || faiss_Index_search(cip, nu, ukeys, 1, udis, ulab)) {
-            rc = faiss_fail(ix, "assignment of unlisted keys");
-            goto cleanup;
-        }
-        for (int64_t u = 0; u < nu; u++)
-            if (list_push(&s->qc.lists[ulab[u] >= 0 ? ulab[u] : 0], (int32_t)(lo + unl[u]))) {
-                rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
-                goto cleanup;
-            }
-    }
-cleanup:
-    if (cl) faiss_Clustering_free(cl);
-    if (cidx) faiss_Index_free(cidx);
-    if (kidx) faiss_Index_free(kidx);
-    if (cip) faiss_Index_free(cip);
-    free(qcell); free(qdis); free(lab); free(dis); free(clab); free(cdis); free(order);
-    free(start); free(hits); free(tmp); free(listed); free(unl); free(ukeys); free(ulab); free(udis);
-    return rc;
-}
-
-/* IVF lists on the keys, built as FAISS's IndexIVFFlat (inner product) builds them: spherical
- * k-means, ~39 keys per list, 10 iterations, then every key to the list whose centroid scores it
- * highest. Two departures keep the build from growing with the square of the context (256 slots
- * of 128K keys took minutes of CPU): the centroids train on a sample of IVF_TRAIN_PER_LIST keys
- * per list (FAISS's own subsampling, at 256 per list, never cut in at 39), and nlist stops at
- * IVF_MAX_LISTS, so lists lengthen past 80K keys. The vectors stay in the KV store: a probe
- * scores the listed keys with the same kernels as the query cells (Debian's FAISS is built
- * without AVX2: its single-query search cost ~40 us per call here). */
-enum { IVF_TRAIN_PER_LIST = 16, IVF_MAX_LISTS = 2048 };
-
-static int build_ivf(idx_set *ix, slot *s, const float *K, int64_t nk, int64_t lo) {
-    const int d = ix->p.head_dim;
-    int64_t nlist = ix->p.ivf_nlist ? ix->p.ivf_nlist : nk / 39;
-    if (nlist < 1) nlist = 1;
-    if (!ix->p.ivf_nlist && nlist > IVF_MAX_LISTS) nlist = IVF_MAX_LISTS;
-    if (nlist > nk) nlist = nk;
-    FaissClustering *cl = NULL;
-    FaissIndex *quant = NULL;
-    idx_t *lab = malloc(sizeof(idx_t) * nk);
-    float *dis = malloc(sizeof(float) * nk);
-    int rc = IDX_OK;
-    if (!lab || !dis) {
-        rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
-        goto cleanup;
-    }
-    /* the training index holds the final centroids: it assigns every key */
-    if (kmeans_new(ix, (int)nlist, 1, IVF_TRAIN_PER_LIST, &cl, &quant) ||
-        faiss_Clustering_train(cl, nk, K, quant) || faiss_Index_search(quant, nk, K, 1, dis, lab)) {
-        rc = faiss_fail(ix, "IVF build");
-        goto cleanup;
-    }
-    float *cent;
-    size_t csz;
-    faiss_Clustering_centroids(cl, &cent, &csz);
-    if (csz != (size_t)(nlist * d)) {
-        rc = fail(ix, IDX_ERR_FAISS, "IVF k-means holds %zu floats, expected %lld", csz, (long long)(nlist * d));
-        goto cleanup;
-    }
-    if (list_set_alloc(&s->kl, (int)nlist, d)) {
-        rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
-        goto cleanup;
-    }
-    memcpy(s->kl.cent, cent, sizeof(float) * nlist * d);
-    for (int64_t j = 0; j < nk && rc == IDX_OK; j++) /* ascending positions within each list */
-        if (lab[j] < 0 || lab[j] >= nlist)
-            rc = fail(ix, IDX_ERR_FAISS, "IVF assignment out of range");
-        else if (list_push(&s->kl.lists[lab[j]], (int32_t)(lo + j)))
-            rc = fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
-cleanup:
-    if (cl) faiss_Clustering_free(cl);
-    if (quant) faiss_Index_free(quant);
-    free(lab);
-    free(dis);
-    return rc;
-}
-
-static int keys_held(const kv_store *kv, int layer, int head, int64_t lo, int64_t hi) {
-    return lo == hi || (kv_k_row(kv, layer, head, lo) && kv_k_row(kv, layer, head, hi - 1));
-}
-
-/* Clusters the keys K (nk rows, positions lo..) of a centroids slot, calibrated on the given
- * queries or the observation ring (whole groups of group_size rows, in any order: a group is
- * one token's query heads). With no query seen at all the latest keys stand in for them, a poor
- * proxy (keys and queries are out of distribution): the engine should observe. */
-static int build_cent(idx_set *ix, slot *s, const float *K, int64_t nk, const float *queries,
-                      int64_t n_queries, int layer, int head) {
-    const int d = ix->p.head_dim;
-    idx_cent_params cp = ix->p.cent;
-    const float *obs = queries ? queries : s->obs;
-    int64_t n_obs = queries ? n_queries : s->n_obs;
-    n_obs -= n_obs % cp.group;
-    if (n_obs <= 0) {
-        cp.group = 1;
-        n_obs = nk < ix->p.obs_tokens ? nk : ix->p.obs_tokens;
-        obs = K + (size_t)(nk - n_obs) * d;
-    }
-    char err[200];
-    int rc = idx_cent_build(&cp, K, nk, d, s->lo, obs, n_obs, ix->p.attn_scale, &s->cent, err, sizeof err);
-    if (rc) return fail(ix, rc, "centroids of layer %d head %d: %s", layer, head, err);
-    s->cent_hi = s->lo + nk;
-    s->cent_scratch = malloc(idx_cent_scratch_bytes(s->cent, ix->p.group_size));
-    if (!s->cent_scratch) return fail(ix, IDX_ERR_NOMEM, "out of memory for centroid scratch");
+int idx_set_observe_all(idx_set *ix, int on) {
+    for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++)
+        if (ix->slots[i].n_seen) return IDX_ERR_STATE;
+    ix->observe_all = on != 0;
     return IDX_OK;
 }
 
-/* Builds the search structure of a retrieval / ivf / centroids slot over its candidates
- * [lo, hi). */
-static int build_structure(idx_set *ix, slot *s, int layer, int head, const kv_store *kv,
-                           const float *queries, int64_t n_queries) {
-    const int d = ix->p.head_dim;
-    const int64_t nk = s->hi - s->lo;
-    float *K = malloc(sizeof(float) * nk * d);
-    if (!K) return fail(ix, IDX_ERR_NOMEM, "cannot copy %lld keys for the index", (long long)nk);
-    int rc = IDX_OK;
-    if (kv_gather_range(kv, layer, head, s->lo, s->hi, K, NULL) != KV_OK) {
-        rc = fail(ix, IDX_ERR_KV, "keys [%lld, %lld) of layer %d head %d are not held", (long long)s->lo,
-                  (long long)s->hi, layer, head);
-    } else if (ix->p.kind == IDX_IVF) {
-        rc = build_ivf(ix, s, K, nk, s->lo);
-    } else if (ix->p.kind == IDX_CENTROIDS) {
-        rc = build_cent(ix, s, K, nk, queries, n_queries, layer, head);
-    } else {
-        if (!queries) { queries = s->obs; n_queries = s->n_obs; }
-        if (n_queries <= 0) { queries = K; n_queries = nk; } /* no queries seen: cluster keys */
-        rc = build_retrieval(ix, s, K, nk, s->lo, queries, n_queries);
-        if (rc == IDX_OK && ix->p.key_share > 0.0f) rc = build_ivf(ix, s, K, nk, s->lo);
+int idx_copy_observed(idx_set *dst, const idx_set *src) {
+    if (!dst || !src || dst->p.n_layer != src->p.n_layer || dst->p.n_head_kv != src->p.n_head_kv ||
+        dst->p.head_dim != src->p.head_dim)
+        return IDX_ERR_PARAM;
+    const int d = dst->p.head_dim;
+    const int64_t cap = obs_cap(dst);
+    for (int i = 0; i < dst->p.n_layer * dst->p.n_head_kv; i++) {
+        idx_slot *s = &dst->slots[i];
+        const idx_slot *o = &src->slots[i];
+        if (!s->active || cap <= 0) continue;
+        if (!o->n_seen) continue;
+        /* the rows the source still holds must cover what this ring would hold */
+        const int64_t want = o->n_seen < cap ? o->n_seen : cap;
+        if (want > o->n_obs) return idx_fail(dst, IDX_ERR_STATE, "the source kept %lld prefill queries, %lld needed",
+                                             (long long)o->n_obs, (long long)want);
+        if (!s->obs || s->obs_cap != cap) {
+            free(s->obs);
+            s->obs = malloc(sizeof(float) * cap * d);
+            s->obs_cap = s->obs ? cap : 0;
+            if (!s->obs) return idx_fail(dst, IDX_ERR_NOMEM, "cannot hold %lld prefill queries", (long long)cap);
+        }
+        /* the same ring layout as if this set had observed every row itself: row r (of all
+         * seen) sits at r % cap */
+        for (int64_t r = o->n_seen - want; r < o->n_seen; r++)
+            memcpy(s->obs + (r % cap) * d, o->obs + (r % o->obs_cap) * d, sizeof(float) * d);
+        s->n_seen = o->n_seen;
+        s->n_obs = want;
     }
-    free(K);
-    if (rc) {
-        int64_t lo = s->lo, hi = s->hi;
-        slot_clear_index(s);
-        s->lo = lo; s->hi = hi;
-    }
-    return rc;
+    return IDX_OK;
 }
 
-/* OpenBLAS's own controls (the library is linked as -lopenblas; no header needed for three
- * prototypes). openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP. */
+/* ---- build ---------------------------------------------------------------------------- */
+
 int openblas_get_parallel(void);
 int openblas_get_num_threads(void);
 void openblas_set_num_threads(int n);
@@ -665,39 +273,56 @@ void idx_parallel_end(int saved) {
     if (saved > 0) openblas_set_num_threads(saved);
 }
 
-static int has_structure(const slot *s) { return s->qc.n > 0 || s->kl.n > 0 || s->cent; }
-
-/* Kinds with a search structure (others keep only their candidate range). */
-static int structured(idx_kind k) { return k == IDX_RETRIEVAL || k == IDX_IVF || k == IDX_CENTROIDS; }
-
-int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,
-              const float *queries, int64_t n_queries) {
-    slot *s = get_slot(ix, layer, head);
-    if (!s || !kv || lo < 0 || hi < lo || hi - lo > INT32_MAX || n_queries < 0 ||
-        kv_get_params(kv)->head_dim != ix->p.head_dim)
-        return IDX_ERR_PARAM;
-    if (!keys_held(kv, layer, head, lo, hi))
-        return fail(ix, IDX_ERR_KV, "keys [%lld, %lld) not held", (long long)lo, (long long)hi);
-    double t0 = now_s();
-    slot_clear_index(s);
-    s->lo = lo;
-    s->hi = hi;
-    int rc = IDX_OK;
-    if (structured(ix->p.kind) && hi - lo > 0 && hi - lo >= ix->p.min_keys)
-        rc = build_structure(ix, s, layer, head, kv, queries, n_queries);
-    s->built = rc == IDX_OK;
-    s->st.builds++;
-    s->st.build_s += now_s() - t0;
+/* Builds the kind's structure over the slot's candidates; on failure the slot keeps its range
+ * and no structure. */
+static int build_structure(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv,
+                           const float *queries, int64_t n_queries) {
+    if (!slot_state(ix, s)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for the selector state");
+    int rc = ix->ops->build(ix, s, layer, head, kv, queries, n_queries);
+    if (rc) ix->ops->state_clear(s->st);
     return rc;
 }
 
-const idx_cent *idx_get_cent(const idx_set *ix, int layer, int head) {
-    slot *s = get_slot((idx_set *)ix, layer, head);
-    return s ? s->cent : NULL;
+static int wants_structure(const idx_set *ix, const idx_slot *s) {
+    return ix->ops->build && s->hi - s->lo > 0 && s->hi - s->lo >= ix->p.min_keys;
+}
+
+int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,
+              const float *queries, int64_t n_queries) {
+    idx_slot *s = get_slot(ix, layer, head);
+    if (!s || !kv || lo < 0 || hi < lo || hi - lo > INT32_MAX || n_queries < 0 ||
+        kv_get_params(kv)->head_dim != ix->p.head_dim)
+        return IDX_ERR_PARAM;
+    if (!idx_keys_held(kv, layer, head, lo, hi))
+        return idx_fail(ix, IDX_ERR_KV, "keys [%lld, %lld) not held", (long long)lo, (long long)hi);
+    double t0 = krn_now_s();
+    slot_clear(ix, s);
+    s->lo = lo;
+    s->hi = hi;
+    int rc = wants_structure(ix, s) ? build_structure(ix, s, layer, head, kv, queries, n_queries) : IDX_OK;
+    s->built = rc == IDX_OK;
+    s->st_counts.builds++;
+    s->st_counts.build_s += krn_now_s() - t0;
+    return rc;
+}
+
+int idx_bind_cent(idx_set *ix, int layer, int head, const idx_cent *c, float threshold, int levels) {
+    idx_slot *s = get_slot(ix, layer, head);
+    if (!s || !c || !(ix->ops->caps & IDX_CAP_BIND) || idx_cent_dim(c) != ix->p.head_dim ||
+        !(threshold >= 0.0f && threshold <= 1.0f) || levels < 0 || levels > 2)
+        return IDX_ERR_PARAM;
+    slot_clear(ix, s);
+    if (!slot_state(ix, s)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for the selector state");
+    int rc = idx_cent_bind_state(ix, s, c, threshold, levels);
+    if (rc) return rc;
+    s->lo = idx_cent_pos0(c);
+    s->hi = s->lo + idx_cent_n_keys(c);
+    s->built = 1;
+    return IDX_OK;
 }
 
 int idx_range(const idx_set *ix, int layer, int head, int64_t *lo, int64_t *hi) {
-    slot *s = get_slot((idx_set *)ix, layer, head);
+    idx_slot *s = get_slot((idx_set *)ix, layer, head);
     if (!s) return IDX_ERR_PARAM;
     *lo = s->lo;
     *hi = s->hi;
@@ -707,287 +332,87 @@ int idx_range(const idx_set *ix, int layer, int head, int64_t *lo, int64_t *hi) 
 /* ---- add ------------------------------------------------------------------------------ */
 
 int idx_add(idx_set *ix, int layer, int head, const kv_store *kv, int64_t hi) {
-    slot *s = get_slot(ix, layer, head);
+    idx_slot *s = get_slot(ix, layer, head);
     if (!s || !kv || hi < s->hi || hi - s->lo > INT32_MAX) return IDX_ERR_PARAM;
-    if (!s->built) return fail(ix, IDX_ERR_STATE, "idx_add before idx_build");
+    if (!s->built) return idx_fail(ix, IDX_ERR_STATE, "idx_add before idx_build");
     if (hi == s->hi) return IDX_OK;
-    if (!keys_held(kv, layer, head, s->hi, hi))
-        return fail(ix, IDX_ERR_KV, "keys [%lld, %lld) not held", (long long)s->hi, (long long)hi);
-    double t0 = now_s();
-    const int d = ix->p.head_dim;
+    if (!idx_keys_held(kv, layer, head, s->hi, hi))
+        return idx_fail(ix, IDX_ERR_KV, "keys [%lld, %lld) not held", (long long)s->hi, (long long)hi);
+    double t0 = krn_now_s();
     const int64_t old = s->hi;
-    int rc = IDX_OK;
-    /* centroids: the new keys form the exact tail [cent_hi, hi), nothing to index */
-    for (int64_t pos = old; pos < hi && rc == IDX_OK && ix->p.kind != IDX_CENTROIDS; pos++) {
-        if (!has_structure(s)) break;
-        kv_gather(kv, layer, head, (const int32_t[]){(int32_t)pos}, 1, s->krow, NULL);
-        if (s->qc.n > 0) {
-            /* a new key joins, at the front, every cell whose centroid would have listed it at
-             * build (score at least the centroid's list_k-th best), and at least (at the back)
-             * the cell whose centroid scores it highest, like an unlisted key at build */
-            int best = 0;
-            float best_s = -INFINITY;
-            for (int c = 0; c < s->qc.n; c++) {
-                float sc = dotf(s->qc.cent + (size_t)c * d, s->krow, d);
-                if (sc > best_s) { best_s = sc; best = c; }
-                if (sc >= s->tau[c] && list_push_front(&s->qc.lists[c], (int32_t)pos)) rc = IDX_ERR_NOMEM;
-            }
-            if (best_s < s->tau[best] && list_push(&s->qc.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
-        }
-        if (s->kl.n > 0) {
-            /* FAISS IVF-IP assignment: the list whose centroid has the largest inner product */
-            int best = 0;
-            float best_s = -INFINITY;
-            for (int c = 0; c < s->kl.n; c++) {
-                float sc = dotf(s->kl.cent + (size_t)c * d, s->krow, d);
-                if (sc > best_s) { best_s = sc; best = c; }
-            }
-            if (list_push(&s->kl.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
-        }
-    }
-    if (rc) rc = fail(ix, rc, "out of memory adding keys");
+    const int structured = s->st && ix->ops->has_structure && ix->ops->has_structure(s->st);
+    int rc = structured && ix->ops->add ? ix->ops->add(ix, s, layer, head, kv, hi) : IDX_OK;
     if (rc == IDX_OK) {
         s->hi = hi;
-        s->st.added += hi - old;
-        if (structured(ix->p.kind) && !has_structure(s) && hi - s->lo >= ix->p.min_keys)
-            rc = build_structure(ix, s, layer, head, kv, NULL, 0);
+        s->st_counts.added += hi - old;
+        if (!structured && wants_structure(ix, s)) rc = build_structure(ix, s, layer, head, kv, NULL, 0);
     }
-    s->st.add_s += now_s() - t0;
+    s->st_counts.add_s += krn_now_s() - t0;
     return rc;
 }
 
 /* ---- select --------------------------------------------------------------------------- */
 
 int64_t idx_max_ids(const idx_set *ix, int layer, int head, int n_q, const idx_request *req) {
-    slot *s = get_slot((idx_set *)ix, layer, head);
+    idx_slot *s = get_slot((idx_set *)ix, layer, head);
     if (!s || !req || n_q <= 0) return 0;
-    const int64_t nc = s->hi - s->lo;
-    if (ix->p.kind == IDX_DENSE || ix->p.kind == IDX_CENTROIDS) return nc;
-    if (ix->p.kind == IDX_WINDOW) return 0;
-    int64_t k = req->top_k > 0 ? req->top_k : (int64_t)ceil((double)req->fraction * nc);
-    if (k > nc) k = nc;
-    int64_t m = (req->gqa == IDX_GQA_MEAN ? 1 : n_q) * k;
-    return m < nc ? m : nc;
-}
-
-/* Advances an epoch; on wrap-around clears the stamps so no old stamp can match. */
-static uint32_t next_epoch(uint32_t *epoch, uint32_t *stamps, int64_t n) {
-    if (++*epoch == 0) {
-        memset(stamps, 0, sizeof(uint32_t) * n);
-        *epoch = 1;
-    }
-    return *epoch;
-}
-
-/* Scores the not yet scored keys of ids[0..n) (at most `room` of them) for one query into the
- * heap; counts what this call reads. Returns the keys scored. */
-static int64_t score_ids(slot *s, const attn_kv_view *view, const float *q, const int32_t *ids,
-                         int64_t n, int64_t room, int64_t k, int64_t *hn, int64_t *read) {
-    int64_t scored = 0;
-    for (int64_t j0 = 0; j0 < n && scored < room;) {
-        int64_t nb = 0;
-        for (; j0 < n && nb < BATCH && scored + nb < room; j0++) {
-            const int64_t r = ids[j0] - s->lo;
-            if (s->mark[r] == s->mark_epoch) continue;
-            s->mark[r] = s->mark_epoch;
-            if (s->seen[r] != s->seen_epoch) { s->seen[r] = s->seen_epoch; (*read)++; }
-            s->batch[nb++] = ids[j0];
-        }
-        attn_scores_ids(view, q, s->batch, nb, s->scores);
-        for (int64_t j = 0; j < nb; j++) heap_push(s->heap, hn, k, s->scores[j], s->batch[j]);
-        scored += nb;
-    }
-    return scored;
-}
-
-/* Probes the lists of ls in the order of q.c + bias (nearest query cells, or key lists by inner
- * product) until nprobe lists or the scan target (target > 0; the last list may be read in
- * part), scoring their keys exactly. Returns the keys scored. */
-static int64_t probe_lists(idx_set *ix, slot *s, const list_set *ls, const attn_kv_view *view,
-                           const float *q, int64_t k, int nprobe, int64_t target, int64_t *hn,
-                           int64_t *read) {
-    const int d = ix->p.head_dim;
-    for (int c = 0; c < ls->n; c++) s->cell_score[c] = dotf(q, ls->cent + (size_t)c * d, d) + ls->bias[c];
-    const uint32_t ep = next_epoch(&s->cell_epoch, s->cell_mark, s->cell_cap);
-    int64_t scanned = 0;
-    for (int probed = 0; probed < ls->n; probed++) {
-        if (target > 0 ? scanned >= target : probed >= nprobe) break;
-        int best = -1; /* selection, not a sort: a few lists of up to a thousand are probed */
-        for (int c = 0; c < ls->n; c++)
-            if (s->cell_mark[c] != ep && (best < 0 || s->cell_score[c] > s->cell_score[best])) best = c;
-        s->cell_mark[best] = ep;
-        const id_list *l = &ls->lists[best];
-        scanned += score_ids(s, view, q, l->ids, l->n, target > 0 ? target - scanned : INT64_MAX,
-                             k, hn, read);
-    }
-    return scanned;
-}
-
-/* Makes the slot's scratch fit nc candidates and k results. */
-static int ensure_scratch(slot *s, int64_t nc, int64_t k) {
-    int64_t cap = s->stamp_cap;
-    if (nc > cap) {
-        int64_t c1 = cap, c2 = cap, c3 = cap;
-        if (grow(&s->seen, &c1, nc, sizeof(uint32_t)) || grow(&s->mark, &c2, nc, sizeof(uint32_t)) ||
-            grow(&s->outm, &c3, nc, sizeof(uint32_t)))
-            return -1;
-        /* fresh stamps must not match a live epoch */
-        memset(s->seen + cap, 0, sizeof(uint32_t) * (c1 - cap));
-        memset(s->mark + cap, 0, sizeof(uint32_t) * (c1 - cap));
-        memset(s->outm + cap, 0, sizeof(uint32_t) * (c1 - cap));
-        s->stamp_cap = c1;
-    }
-    const int64_t cells = s->qc.n > s->kl.n ? s->qc.n : s->kl.n;
-    if (cells > s->cell_cap) {
-        int64_t c1 = s->cell_cap, c2 = s->cell_cap;
-        if (grow(&s->cell_score, &c1, cells, sizeof(float)) ||
-            grow(&s->cell_mark, &c2, cells, sizeof(uint32_t)))
-            return -1;
-        memset(s->cell_mark + s->cell_cap, 0, sizeof(uint32_t) * (c1 - s->cell_cap));
-        s->cell_cap = c1;
-    }
-    if (grow(&s->heap, &s->heap_cap, k > 0 ? k : 1, sizeof(heap_ent)) ||
-        grow(&s->batch, &s->batch_cap, BATCH, sizeof(int32_t)) ||
-        grow(&s->scores, &s->scores_cap, nc > BATCH ? nc : BATCH, sizeof(float)))
-        return -1;
-    return 0;
+    return ix->ops->max_ids(ix, s, n_q, req);
 }
 
 int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const float *q, int n_q,
                    const idx_request *req, int32_t *ids, int64_t max_ids) {
-    slot *s = get_slot(ix, layer, head);
+    idx_slot *s = get_slot(ix, layer, head);
     if (!s || !kv || !req || n_q <= 0 || !q || max_ids < 0 || req->top_k < 0 ||
         req->fraction < 0 || req->nprobe < 0 || req->scan < 0 || !(req->target >= 0 && req->target <= 1))
         return IDX_ERR_PARAM;
-    if (!s->built) return fail(ix, IDX_ERR_STATE, "select before build (layer %d head %d)", layer, head);
-    const double t0 = now_s();
-    const int d = ix->p.head_dim;
-    const int64_t nc = s->hi - s->lo;
-    if (idx_max_ids(ix, layer, head, n_q, req) > max_ids)
-        return fail(ix, IDX_ERR_PARAM, "ids capacity %lld below %lld", (long long)max_ids,
-                    (long long)idx_max_ids(ix, layer, head, n_q, req));
-    int64_t k = req->top_k > 0 ? req->top_k : (int64_t)ceil((double)req->fraction * nc);
-    if (k > nc) k = nc;
-    int64_t n_out = 0, read = 0;
+    if (!s->built) return idx_fail(ix, IDX_ERR_STATE, "select before build (layer %d head %d)", layer, head);
+    if (ix->ops->state_new && !slot_state(ix, s)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for the selector state");
+    const double t0 = krn_now_s();
+    const int64_t need = ix->ops->max_ids(ix, s, n_q, req);
+    if (need > max_ids)
+        return idx_fail(ix, IDX_ERR_PARAM, "ids capacity %lld below %lld", (long long)max_ids, (long long)need);
+    int64_t scanned = 0;
     int nq = n_q;
-
-    if (ix->p.kind == IDX_DENSE || (ix->p.kind == IDX_CENTROIDS && !s->cent)) {
-        for (int64_t j = 0; j < nc; j++) ids[j] = (int32_t)(s->lo + j);
-        n_out = read = nc;
-        goto done;
-    }
-    if (ix->p.kind == IDX_CENTROIDS) {
-        if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
-            for (int i = 0; i < d; i++) {
-                float a = 0.0f;
-                for (int g = 0; g < n_q; g++) a += q[(size_t)g * d + i];
-                s->qmean[i] = a / n_q;
-            }
-            q = s->qmean;
-            nq = 1;
-        }
-        const float thr = idx_cent_threshold(s->cent, req->target > 0 ? req->target : CENT_TARGET_DEFAULT);
-        idx_cent_sel cs;
-        n_out = idx_cent_select(s->cent, q, nq, thr, s->cent_scratch, ids, max_ids, &cs);
-        if (n_out < 0) return fail(ix, (int)n_out, "centroid select: non-finite query (layer %d head %d)", layer, head);
-        read = cs.clusters_scored;
-        for (int64_t pos = s->cent_hi; pos < s->hi; pos++) ids[n_out++] = (int32_t)pos; /* the exact tail */
-        goto done;
-    }
-    if (ix->p.kind == IDX_WINDOW || k == 0) goto done;
-    if (ensure_scratch(s, nc, k)) return fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
-    if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
-        for (int i = 0; i < d; i++) {
-            float a = 0.0f;
-            for (int g = 0; g < n_q; g++) a += q[(size_t)g * d + i];
-            s->qmean[i] = a / n_q;
-        }
-        q = s->qmean;
-        nq = 1;
-    }
-    attn_kv_view view;
-    kv_view(kv, layer, head, &view);
-    /* one epoch per call for `seen` (keys read) and `outm` (ids returned) */
-    if (next_epoch(&s->seen_epoch, s->seen, s->stamp_cap) == 1)
-        memset(s->outm, 0, sizeof(uint32_t) * s->stamp_cap);
-    const int nprobe = req->nprobe ? req->nprobe : ix->p.nprobe;
-    /* scan target per query: never below k (fewer scored keys cannot give k ids) */
-    int64_t target = req->scan > 0 ? (int64_t)ceil((double)req->scan * nc) : 0;
-    if (target > 0 && target < k) target = k;
-    /* hybrid retrieval: key_share of the target goes to the key-space IVF lists */
-    const int64_t t_key = s->qc.n > 0 && s->kl.n > 0 ? (int64_t)llround((double)target * ix->p.key_share) : 0;
-    for (int g = 0; g < nq; g++) {
-        const float *qg = q + (size_t)g * d;
-        int64_t hn = 0;
-        next_epoch(&s->mark_epoch, s->mark, s->stamp_cap);
-        int64_t key_scanned = 0;
-        if (s->kl.n > 0 && (s->qc.n == 0 || target == 0 || t_key > 0))
-            key_scanned = probe_lists(ix, s, &s->kl, &view, qg, k, nprobe, s->qc.n > 0 ? t_key : target,
-                                      &hn, &read);
-        if (s->qc.n > 0) {
-            /* the query cells get what the key lists left of the target */
-            int64_t rest = target > key_scanned ? target - key_scanned : 0;
-            if (target == 0 || rest > 0) probe_lists(ix, s, &s->qc, &view, qg, k, nprobe, rest, &hn, &read);
-        } else if (s->kl.n == 0) {
-            /* oracle, or a slot too small for a structure: every candidate, exactly */
-            attn_scores_range(&view, qg, s->lo, s->hi, s->scores);
-            for (int64_t j = 0; j < nc; j++) heap_push(s->heap, &hn, k, s->scores[j], (int32_t)(s->lo + j));
-            read = nc;
-        }
-        for (int64_t j = 0; j < hn; j++) {
-            const int64_t r = s->heap[j].id - s->lo;
-            if (s->outm[r] == s->seen_epoch) continue; /* already returned for another query */
-            s->outm[r] = s->seen_epoch;
-            ids[n_out++] = s->heap[j].id;
-        }
-    }
-    qsort(ids, (size_t)n_out, sizeof *ids, cmp_i32);
-done:
-    s->st.selects++;
-    s->st.queries += nq;
-    s->st.candidates += nc;
-    s->st.scanned += read;
-    s->st.returned += n_out;
-    s->st.search_s += now_s() - t0;
-    return n_out;
+    const int64_t n = ix->ops->select(ix, s, layer, head, kv, q, n_q, req, ids, max_ids, &scanned, &nq);
+    if (n < 0) return n;
+    s->st_counts.selects++;
+    s->st_counts.queries += nq;
+    s->st_counts.candidates += s->hi - s->lo;
+    s->st_counts.scanned += scanned;
+    s->st_counts.returned += n;
+    s->st_counts.search_s += krn_now_s() - t0;
+    return n;
 }
 
 /* ---- stats ---------------------------------------------------------------------------- */
 
-static size_t list_set_bytes(const list_set *ls, int d) {
-    size_t b = (size_t)ls->n * ((d + 1) * sizeof(float) + sizeof(id_list));
-    for (int c = 0; c < ls->n; c++) b += (size_t)ls->lists[c].cap * sizeof(int32_t);
-    return b;
-}
-
-static size_t slot_bytes(const idx_set *ix, const slot *s) {
-    const int d = ix->p.head_dim;
-    size_t b = sizeof *s + (s->obs ? (size_t)obs_cap(ix) * d * sizeof(float) : 0);
-    if (s->cent) b += idx_cent_blob_size(s->cent) + idx_cent_scratch_bytes(s->cent, ix->p.group_size);
-    b += list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) + (s->tau ? s->qc.n * sizeof(float) : 0);
-    b += (size_t)s->stamp_cap * 3 * sizeof(uint32_t) + (size_t)s->scores_cap * sizeof(float);
-    return b;
-}
-
 void idx_stats_get(const idx_set *ix, idx_stats *out) {
     memset(out, 0, sizeof *out);
+    const int d = ix->p.head_dim;
     for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++) {
-        const slot *s = &ix->slots[i];
+        const idx_slot *s = &ix->slots[i];
         if (!s->active) continue;
-        out->selects += s->st.selects;
-        out->queries += s->st.queries;
-        out->candidates += s->st.candidates;
-        out->scanned += s->st.scanned;
-        out->returned += s->st.returned;
-        out->added += s->st.added;
-        out->builds += s->st.builds;
-        out->search_s += s->st.search_s;
-        out->build_s += s->st.build_s;
-        out->add_s += s->st.add_s;
-        out->bytes += slot_bytes(ix, s);
+        out->selects += s->st_counts.selects;
+        out->queries += s->st_counts.queries;
+        out->candidates += s->st_counts.candidates;
+        out->scanned += s->st_counts.scanned;
+        out->returned += s->st_counts.returned;
+        out->added += s->st_counts.added;
+        out->builds += s->st_counts.builds;
+        out->search_s += s->st_counts.search_s;
+        out->build_s += s->st_counts.build_s;
+        out->add_s += s->st_counts.add_s;
+        out->bytes += sizeof *s + (size_t)s->obs_cap * d * sizeof(float) +
+                      (s->st && ix->ops->bytes ? ix->ops->bytes(ix, s->st) : 0);
     }
 }
 
 void idx_stats_reset(idx_set *ix) {
-    for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++) memset(&ix->slots[i].st, 0, sizeof(idx_stats));
+    for (int i = 0; i < ix->p.n_layer * ix->p.n_head_kv; i++)
+        memset(&ix->slots[i].st_counts, 0, sizeof(idx_stats));
+}
+
+const idx_cent *idx_get_cent(const idx_set *ix, int layer, int head) {
+    idx_slot *s = get_slot((idx_set *)ix, layer, head);
+    return s && s->st && ix->ops->kind == IDX_CENTROIDS ? idx_cent_state_cent(s->st) : NULL;
 }

@@ -35,6 +35,19 @@
  * keeps them equal to the offloaded range of kv_ranges_of(). */
 typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS } idx_kind;
 
+/* What a kind can do, so that callers decide by capability, never by kind (each kind is a method
+ * table in sel_impl.h; a new kind adds a table and its flags). */
+enum {
+    IDX_CAP_ALL = 1u << 0,     /* selects every candidate: attend the offloaded range densely */
+    IDX_CAP_NONE = 1u << 1,    /* selects nothing: only the static set is attended (no query
+                                * needs to reach the selector) */
+    IDX_CAP_OBSERVE = 1u << 2, /* builds from prefill queries: feed it idx_observe */
+    IDX_CAP_BIND = 1u << 3,    /* can read a prebuilt centroid structure (idx_bind_cent) */
+    IDX_CAP_SHARED = 1u << 4,  /* works on shared read-only pages (a registered context, a fork) */
+    IDX_CAP_DEVICE = 1u << 5,  /* selects on the GPU (no kind yet) */
+};
+unsigned idx_kind_caps(idx_kind k);
+
 /* How a GQA group (several queries, one KV head) chooses: the union of each query's top_k
  * (up to n_q * top_k ids; every query keeps its own best keys), or the top_k of the group's
  * mean query (exactly top_k ids). */
@@ -259,6 +272,7 @@ const char *idx_strerror(int code);
 const char *idx_last_error(const idx_set *ix); /* message of the last failure ("" if none) */
 
 int idx_create(const idx_params *p, idx_set **out); /* IDX_OK and *out, or a code and NULL */
+unsigned idx_caps(const idx_set *ix);                 /* IDX_CAP_* of the set's kind */
 void idx_free(idx_set *ix);                         /* accepts NULL */
 /* Forgets every slot's structure, candidates and kept queries (a sequence reset); scratch
  * buffers and counters stay. */
@@ -270,6 +284,22 @@ void idx_reset(idx_set *ix);
  * centroids the latest obs_tokens * group_size rows (its calibration window); others return
  * IDX_OK at once. Not thread-safe for one (layer, head). */
 int idx_observe(idx_set *ix, int layer, int head, const float *q, int64_t n, int64_t stride);
+
+/* Keeps the prefill queries every kind would need (the largest ring), whatever this set's kind,
+ * so that a fork may take any kind (idx_copy_observed). Only before the first idx_observe
+ * (IDX_ERR_STATE after). */
+int idx_set_observe_all(idx_set *ix, int on);
+/* Gives dst's slots the observed query rows src holds, laid out exactly as if dst had observed
+ * them itself (so its builds match a set that did). Same shape; IDX_ERR_STATE when src kept
+ * fewer rows than dst's kind needs (src should observe_all). */
+int idx_copy_observed(idx_set *dst, const idx_set *src);
+
+/* Binds (layer, head) of a set whose kind has IDX_CAP_BIND to a centroid structure built
+ * elsewhere (a registered context's), which it reads but neither copies nor frees: c must
+ * outlive the binding (until the next build, reset or idx_free). The candidates become c's keys;
+ * selection keeps the clusters above `threshold` scoring `levels` (idx_cent_select_levels).
+ * IDX_OK, or IDX_ERR_PARAM (kind without the capability, shape mismatch, bad threshold). */
+int idx_bind_cent(idx_set *ix, int layer, int head, const idx_cent *c, float threshold, int levels);
 
 /* Builds the selector of (layer, head) over the keys [lo, hi) of kv, replacing any earlier
  * one, with the observed queries (or, when queries != NULL, those n_queries rows of head_dim

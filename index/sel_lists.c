@@ -1,0 +1,686 @@
+/* The selectors that score keys exactly and return the top ones: `oracle` (every candidate,
+ * the recall upper bound), `ivf` (FAISS IVF lists over the keys, probed by inner product) and
+ * `retrieval` (query-aware lists, RetrievalAttention's idea, plus a share of IVF lists). A slot
+ * below min_keys candidates scores all of them, as oracle does. Probing allocates nothing: every
+ * buffer lives in the slot's state and only grows. */
+#include "sel_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <faiss/c_api/Clustering_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/index_factory_c.h>
+
+#include "attn_sparse.h"
+
+/* The query-aware `retrieval` index: decode queries come from the distribution of the prefill
+ * queries, not of the keys, so its cells are k-means clusters of the latest prefill queries and
+ * each cell lists the keys its queries actually rank highest (exact top list_k by FAISS brute
+ * force), ordered by how many of them do; keys nobody ranks go to the cell whose centroid
+ * scores them highest, so every key stays reachable. A decode query probes its nearest cells
+ * and scores their listed keys exactly; key_share of the scan goes to IVF lists over the keys,
+ * which catch content matches that no kept query anticipated. */
+enum { BATCH = 256 }; /* keys scored per attn_scores_ids call */
+
+typedef struct {
+    int32_t *ids;
+    int32_t n, cap;
+} id_list;
+
+typedef struct {
+    float s;
+    int32_t id;
+} heap_ent;
+
+/* Inverted lists with one centroid each; a query probes them in the order of q.c + bias[c]. */
+typedef struct {
+    int n;
+    float *cent;             /* (n, d) */
+    float *bias;             /* (n): -|c|^2/2 ranks query cells by L2 distance (as the k-means
+                              * that made them); 0 ranks key lists by inner product (FAISS IVF) */
+    id_list *lists;          /* (n) positions */
+} list_set;
+
+typedef struct {
+    /* retrieval: query cells */
+    list_set qc;
+    float *tau;              /* (qc.n) list_k-th best centroid.key score at build: new keys
+                              * scoring at least this join the cell (idx_add) */
+    /* ivf, and the key part of hybrid retrieval: FAISS IndexIVFFlat's trained centroids and
+     * lists, copied out (the vectors themselves stay in the KV store) */
+    list_set kl;
+    /* scratch, grown on demand */
+    uint32_t *seen, *mark, *outm; /* (hi - lo) epoch stamps: read in this call / scored for this
+                              * query / returned by this call */
+    uint32_t seen_epoch, mark_epoch;
+    int64_t stamp_cap;
+    float *scores;           /* oracle: (hi - lo); lists: a batch */
+    int64_t scores_cap;
+    int32_t *batch;          /* ids of a list batch not yet scored */
+    int64_t batch_cap;
+    heap_ent *heap;
+    int64_t heap_cap;
+    float *qmean;            /* (d) */
+    float *cell_score;       /* (max(qc.n, kl.n)) */
+    uint32_t *cell_mark;     /* probed for this query */
+    uint32_t cell_epoch;
+    int64_t cell_cap;
+    float *krow;             /* (d) a key as f32 */
+} lists_st;
+
+static int faiss_fail(idx_set *ix, const char *what) {
+    const char *m = faiss_get_last_error();
+    return idx_fail(ix, IDX_ERR_FAISS, "FAISS %s: %s", what, m ? m : "?");
+}
+
+/* Grows *p to hold n elements of size sz (keeps contents); 0 or -1. */
+static int grow(void *pp, int64_t *cap, int64_t n, size_t sz) {
+    if (n <= *cap) return 0;
+    int64_t c = *cap ? *cap : 64;
+    while (c < n) c *= 2;
+    void *q = realloc(*(void **)pp, (size_t)c * sz);
+    if (!q) return -1;
+    *(void **)pp = q;
+    *cap = c;
+    return 0;
+}
+
+static int list_push(id_list *l, int32_t id) {
+    if (l->n == l->cap) {
+        int32_t c = l->cap ? 2 * l->cap : 16;
+        int32_t *q = realloc(l->ids, sizeof(int32_t) * c);
+        if (!q) return -1;
+        l->ids = q;
+        l->cap = c;
+    }
+    l->ids[l->n++] = id;
+    return 0;
+}
+
+/* A key the cell's centroid ranks among its top list_k goes first: lists are read in order and
+ * the scan target may stop before their tail (where unranked keys sit). */
+static int list_push_front(id_list *l, int32_t id) {
+    if (list_push(l, id)) return -1;
+    memmove(l->ids + 1, l->ids, sizeof(int32_t) * (l->n - 1));
+    l->ids[0] = id;
+    return 0;
+}
+
+/* Min-heap of the k best (score, id): push keeps the k largest scores. */
+static void heap_push(heap_ent *h, int64_t *n, int64_t k, float s, int32_t id) {
+    int64_t i;
+    if (*n < k) {
+        i = (*n)++;
+        while (i > 0 && h[(i - 1) / 2].s > s) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
+        h[i].s = s; h[i].id = id;
+        return;
+    }
+    if (k == 0 || s <= h[0].s) return;
+    i = 0; /* replace the root and sift down */
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && h[c + 1].s < h[c].s) c++;
+        if (h[c].s >= s) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i].s = s; h[i].id = id;
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- names, params, lifecycle ---------------------------------------------------------- */
+
+static void list_set_free(list_set *ls) {
+    for (int c = 0; c < ls->n; c++) free(ls->lists[c].ids);
+    free(ls->lists);
+    free(ls->cent);
+    free(ls->bias);
+    memset(ls, 0, sizeof *ls);
+}
+
+static int list_set_alloc(list_set *ls, int n, int d) {
+    ls->n = n;
+    ls->cent = malloc(sizeof(float) * n * d);
+    ls->bias = calloc((size_t)n, sizeof(float));
+    ls->lists = calloc((size_t)n, sizeof(id_list));
+    return ls->cent && ls->bias && ls->lists ? 0 : -1;
+}
+
+static void *lists_new(const idx_params *p) {
+    lists_st *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->qmean = malloc(sizeof(float) * p->head_dim);
+    s->krow = malloc(sizeof(float) * p->head_dim);
+    if (!s->qmean || !s->krow) {
+        free(s->qmean);
+        free(s->krow);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void lists_clear(void *st) {
+    lists_st *s = st;
+    list_set_free(&s->qc);
+    list_set_free(&s->kl);
+    free(s->tau);
+    s->tau = NULL;
+}
+
+static void lists_free(void *st) {
+    lists_st *s = st;
+    if (!s) return;
+    lists_clear(s);
+    free(s->seen); free(s->mark); free(s->scores); free(s->batch); free(s->heap);
+    free(s->outm); free(s->qmean); free(s->cell_score); free(s->cell_mark); free(s->krow);
+    free(s);
+}
+
+static int64_t retrieval_obs_rows(const idx_params *p) { return p->max_queries; }
+
+static float dotf(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    #pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+typedef struct {
+    int32_t hits, id;
+} hit_ent;
+
+/* Most hits first, then ascending id (deterministic). */
+static int cmp_hits(const void *a, const void *b) {
+    const hit_ent *x = a, *y = b;
+    if (x->hits != y->hits) return y->hits - x->hits;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* A k-means of k centroids with the set's iterations and seed, quiet and without a minimum of
+ * points per centroid, training on at most max_per points per centroid (FAISS samples the
+ * rest), and the flat index it trains into: L2, or inner product for spherical k-means. The
+ * caller frees both, also on failure (either may be NULL); nonzero on a FAISS error. */
+static int kmeans_new(const idx_set *ix, int k, int spherical, int max_per, FaissClustering **cl,
+                      FaissIndex **index) {
+    FaissClusteringParameters cp;
+    faiss_ClusteringParameters_init(&cp);
+    cp.niter = ix->p.kmeans_iter;
+    cp.seed = ix->p.seed;
+    cp.verbose = 0;
+    cp.spherical = spherical;
+    cp.min_points_per_centroid = 1;
+    cp.max_points_per_centroid = max_per;
+    const int d = ix->p.head_dim;
+    return faiss_Clustering_new_with_params(cl, d, k, &cp) ||
+           faiss_index_factory(index, d, "Flat", spherical ? METRIC_INNER_PRODUCT : METRIC_L2);
+}
+
+
+/* Query-aware lists over the keys K (nk rows, positions lo..) from the queries Q (nq rows). */
+static int build_retrieval(idx_set *ix, lists_st *s, const float *K, int64_t nk, int64_t lo,
+                           const float *Q, int64_t nq) {
+    const int d = ix->p.head_dim;
+    const int64_t L = ix->p.list_k < nk ? ix->p.list_k : nk;
+    int64_t nc = ix->p.n_cells ? ix->p.n_cells : nq / 32;
+    if (!ix->p.n_cells) nc = nc < 16 ? 16 : nc > 1024 ? 1024 : nc;
+    if (nc > nq) nc = nq;
+    if (nc < 1) nc = 1;
+    int rc = IDX_OK;
+    FaissClustering *cl = NULL;
+    FaissIndex *cidx = NULL, *kidx = NULL, *cip = NULL;
+    idx_t *qcell = NULL, *lab = NULL, *clab = NULL, *ulab = NULL;
+    float *qdis = NULL, *dis = NULL, *cdis = NULL, *udis = NULL, *ukeys = NULL;
+    int64_t *order = NULL, *start = NULL;
+    int32_t *hits = NULL, *unl = NULL;
+    hit_ent *tmp = NULL;
+    uint8_t *listed = NULL;
+
+    /* 1. cells: k-means (L2) of the queries, without FAISS's subsampling or warnings */
+    if (kmeans_new(ix, (int)nc, 0, 1 << 30, &cl, &cidx) || faiss_Clustering_train(cl, nq, Q, cidx)) {
+        rc = faiss_fail(ix, "k-means of the prefill queries");
+        goto cleanup;
+    }
+    float *cent;
+    size_t csz;
+    faiss_Clustering_centroids(cl, &cent, &csz);
+    int alloc_fail = list_set_alloc(&s->qc, (int)nc, d);
+    s->tau = malloc(sizeof(float) * nc);
+    qcell = malloc(sizeof(idx_t) * nq);
+    qdis = malloc(sizeof(float) * nq);
+    lab = malloc(sizeof(idx_t) * nq * L);
+    dis = malloc(sizeof(float) * nq * L);
+    clab = malloc(sizeof(idx_t) * nc * L);
+    cdis = malloc(sizeof(float) * nc * L);
+    order = malloc(sizeof(int64_t) * nq);
+    start = calloc((size_t)nc + 1, sizeof(int64_t));
+    hits = calloc((size_t)nk, sizeof(int32_t));
+    tmp = malloc(sizeof(hit_ent) * nk); /* a cell lists each key at most once */
+    listed = calloc((size_t)nk, 1);
+    if (alloc_fail || !s->tau || !qcell || !qdis || !lab || !dis ||
+        !clab || !cdis || !order || !start || !hits || !tmp || !listed) {
+        rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
+        goto cleanup;
+    }
+    memcpy(s->qc.cent, cent, sizeof(float) * nc * d);
+    for (int64_t c = 0; c < nc; c++)
+        s->qc.bias[c] = -0.5f * dotf(s->qc.cent + c * d, s->qc.cent + c * d, d);
+    /* the training index holds the final centroids: each query's cell */
+    if (faiss_Index_search(cidx, nq, Q, 1, qdis, qcell)) {
+        rc = faiss_fail(ix, "query assignment");
+        goto cleanup;
+    }
+
+    /* 2. exact top-L keys of every query and of every centroid (inner product, BLAS) */
+    if (faiss_index_factory(&kidx, d, "Flat", METRIC_INNER_PRODUCT) ||
+        faiss_Index_add(kidx, nk, K) || faiss_Index_search(kidx, nq, Q, L, dis, lab) ||
+        faiss_Index_search(kidx, nc, s->qc.cent, L, cdis, clab)) {
+        rc = faiss_fail(ix, "brute-force top keys");
+        goto cleanup;
+    }
+    for (int64_t c = 0; c < nc; c++) s->tau[c] = cdis[c * L + L - 1];
+
+    /* 3. lists: the union of a cell's queries' top keys (and its centroid's), most hits first */
+    for (int64_t i = 0; i < nq; i++) start[qcell[i] + 1]++;
+    for (int64_t c = 0; c < nc; c++) start[c + 1] += start[c];
+    for (int64_t i = 0; i < nq; i++) order[start[qcell[i]]++] = i;
+    for (int64_t c = nc; c > 0; c--) start[c] = start[c - 1];
+    start[0] = 0;
+    for (int64_t c = 0; c < nc; c++) {
+        int64_t nt = 0;
+        for (int64_t r = start[c]; r <= start[c + 1]; r++) {
+            /* the cell's queries, then (r == end) its centroid */
+            const idx_t *row = r < start[c + 1] ? lab + order[r] * L : clab + c * L;
+            for (int64_t j = 0; j < L; j++) {
+                idx_t key = row[j];
+                if (key < 0) continue;
+                if (hits[key]++ == 0) tmp[nt++].id = (int32_t)key;
+            }
+        }
+        for (int64_t t = 0; t < nt; t++) tmp[t].hits = hits[tmp[t].id];
+        qsort(tmp, (size_t)nt, sizeof *tmp, cmp_hits);
+        for (int64_t t = 0; t < nt; t++) {
+            hits[tmp[t].id] = 0;
+            listed[tmp[t].id] = 1;
+            if (list_push(&s->qc.lists[c], (int32_t)(lo + tmp[t].id))) {
+                rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
+                goto cleanup;
+            }
+        }
+    }
+
+    /* 4. keys no kept query ranks: to the cell whose centroid scores them highest */
+    int64_t nu = 0;
+    for (int64_t j = 0; j < nk; j++) nu += !listed[j];
+    if (nu > 0) {
+        unl = malloc(sizeof(int32_t) * nu);
+        ukeys = malloc(sizeof(float) * nu * d);
+        ulab = malloc(sizeof(idx_t) * nu);
+        udis = malloc(sizeof(float) * nu);
+        if (!unl || !ukeys || !ulab || !udis) {
+            rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
+            goto cleanup;
+        }
+        nu = 0;
+        for (int64_t j = 0; j < nk; j++)
+            if (!listed[j]) {
+                memcpy(ukeys + nu * d, K + j * d, sizeof(float) * d);
+                unl[nu++] = (int32_t)j;
+            }
+        if (faiss_index_factory(&cip, d, "Flat", METRIC_INNER_PRODUCT) ||
+            faiss_Index_add(cip, nc, s->qc.cent) || faiss_Index_search(cip, nu, ukeys, 1, udis, ulab)) {
+            rc = faiss_fail(ix, "assignment of unlisted keys");
+            goto cleanup;
+        }
+        for (int64_t u = 0; u < nu; u++)
+            if (list_push(&s->qc.lists[ulab[u] >= 0 ? ulab[u] : 0], (int32_t)(lo + unl[u]))) {
+                rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the retrieval index");
+                goto cleanup;
+            }
+    }
+cleanup:
+    if (cl) faiss_Clustering_free(cl);
+    if (cidx) faiss_Index_free(cidx);
+    if (kidx) faiss_Index_free(kidx);
+    if (cip) faiss_Index_free(cip);
+    free(qcell); free(qdis); free(lab); free(dis); free(clab); free(cdis); free(order);
+    free(start); free(hits); free(tmp); free(listed); free(unl); free(ukeys); free(ulab); free(udis);
+    return rc;
+}
+
+/* IVF lists on the keys, built as FAISS's IndexIVFFlat (inner product) builds them: spherical
+ * k-means, ~39 keys per list, 10 iterations, then every key to the list whose centroid scores it
+ * highest. Two departures keep the build from growing with the square of the context (256 slots
+ * of 128K keys took minutes of CPU): the centroids train on a sample of IVF_TRAIN_PER_LIST keys
+ * per list (FAISS's own subsampling, at 256 per list, never cut in at 39), and nlist stops at
+ * IVF_MAX_LISTS, so lists lengthen past 80K keys. The vectors stay in the KV store: a probe
+ * scores the listed keys with the same kernels as the query cells (Debian's FAISS is built
+ * without AVX2: its single-query search cost ~40 us per call here). */
+enum { IVF_TRAIN_PER_LIST = 16, IVF_MAX_LISTS = 2048 };
+
+static int build_ivf(idx_set *ix, lists_st *s, const float *K, int64_t nk, int64_t lo) {
+    const int d = ix->p.head_dim;
+    int64_t nlist = ix->p.ivf_nlist ? ix->p.ivf_nlist : nk / 39;
+    if (nlist < 1) nlist = 1;
+    if (!ix->p.ivf_nlist && nlist > IVF_MAX_LISTS) nlist = IVF_MAX_LISTS;
+    if (nlist > nk) nlist = nk;
+    FaissClustering *cl = NULL;
+    FaissIndex *quant = NULL;
+    idx_t *lab = malloc(sizeof(idx_t) * nk);
+    float *dis = malloc(sizeof(float) * nk);
+    int rc = IDX_OK;
+    if (!lab || !dis) {
+        rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
+        goto cleanup;
+    }
+    /* the training index holds the final centroids: it assigns every key */
+    if (kmeans_new(ix, (int)nlist, 1, IVF_TRAIN_PER_LIST, &cl, &quant) ||
+        faiss_Clustering_train(cl, nk, K, quant) || faiss_Index_search(quant, nk, K, 1, dis, lab)) {
+        rc = faiss_fail(ix, "IVF build");
+        goto cleanup;
+    }
+    float *cent;
+    size_t csz;
+    faiss_Clustering_centroids(cl, &cent, &csz);
+    if (csz != (size_t)(nlist * d)) {
+        rc = idx_fail(ix, IDX_ERR_FAISS, "IVF k-means holds %zu floats, expected %lld", csz, (long long)(nlist * d));
+        goto cleanup;
+    }
+    if (list_set_alloc(&s->kl, (int)nlist, d)) {
+        rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
+        goto cleanup;
+    }
+    memcpy(s->kl.cent, cent, sizeof(float) * nlist * d);
+    for (int64_t j = 0; j < nk && rc == IDX_OK; j++) /* ascending positions within each list */
+        if (lab[j] < 0 || lab[j] >= nlist)
+            rc = idx_fail(ix, IDX_ERR_FAISS, "IVF assignment out of range");
+        else if (list_push(&s->kl.lists[lab[j]], (int32_t)(lo + j)))
+            rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory building the IVF index");
+cleanup:
+    if (cl) faiss_Clustering_free(cl);
+    if (quant) faiss_Index_free(quant);
+    free(lab);
+    free(dis);
+    return rc;
+}
+
+/* retrieval and ivf: the keys [lo, hi) as f32 copies into FAISS. */
+static int lists_build(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
+                       const float *queries, int64_t n_queries) {
+    lists_st *s = g->st;
+    const int d = ix->p.head_dim;
+    const int64_t nk = g->hi - g->lo;
+    float *K = malloc(sizeof(float) * nk * d);
+    if (!K) return idx_fail(ix, IDX_ERR_NOMEM, "cannot copy %lld keys for the index", (long long)nk);
+    int rc = IDX_OK;
+    if (kv_gather_range(kv, layer, head, g->lo, g->hi, K, NULL) != KV_OK) {
+        rc = idx_fail(ix, IDX_ERR_KV, "keys [%lld, %lld) of layer %d head %d are not held", (long long)g->lo,
+                      (long long)g->hi, layer, head);
+    } else if (ix->ops->kind == IDX_IVF) {
+        rc = build_ivf(ix, s, K, nk, g->lo);
+    } else {
+        if (!queries) { queries = g->obs; n_queries = g->n_obs; }
+        if (n_queries <= 0) { queries = K; n_queries = nk; } /* no queries seen: cluster keys */
+        rc = build_retrieval(ix, s, K, nk, g->lo, queries, n_queries);
+        if (rc == IDX_OK && ix->p.key_share > 0.0f) rc = build_ivf(ix, s, K, nk, g->lo);
+    }
+    free(K);
+    return rc;
+}
+
+static int lists_has_structure(const void *st) {
+    const lists_st *s = st;
+    return s->qc.n > 0 || s->kl.n > 0;
+}
+
+static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv, int64_t hi) {
+    lists_st *s = g->st;
+    const int d = ix->p.head_dim;
+    int rc = IDX_OK;
+    for (int64_t pos = g->hi; pos < hi && rc == IDX_OK; pos++) {
+        kv_gather(kv, layer, head, (const int32_t[]){(int32_t)pos}, 1, s->krow, NULL);
+        if (s->qc.n > 0) {
+            /* a new key joins, at the front, every cell whose centroid would have listed it at
+             * build (score at least the centroid's list_k-th best), and at least (at the back)
+             * the cell whose centroid scores it highest, like an unlisted key at build */
+            int best = 0;
+            float best_s = -INFINITY;
+            for (int c = 0; c < s->qc.n; c++) {
+                float sc = dotf(s->qc.cent + (size_t)c * d, s->krow, d);
+                if (sc > best_s) { best_s = sc; best = c; }
+                if (sc >= s->tau[c] && list_push_front(&s->qc.lists[c], (int32_t)pos)) rc = IDX_ERR_NOMEM;
+            }
+            if (best_s < s->tau[best] && list_push(&s->qc.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
+        }
+        if (s->kl.n > 0) {
+            /* FAISS IVF-IP assignment: the list whose centroid has the largest inner product */
+            int best = 0;
+            float best_s = -INFINITY;
+            for (int c = 0; c < s->kl.n; c++) {
+                float sc = dotf(s->kl.cent + (size_t)c * d, s->krow, d);
+                if (sc > best_s) { best_s = sc; best = c; }
+            }
+            if (list_push(&s->kl.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
+        }
+    }
+    return rc ? idx_fail(ix, rc, "out of memory adding keys") : IDX_OK;
+}
+
+/* ---- select --------------------------------------------------------------------------- */
+
+/* Advances an epoch; on wrap-around clears the stamps so no old stamp can match. */
+static uint32_t next_epoch(uint32_t *epoch, uint32_t *stamps, int64_t n) {
+    if (++*epoch == 0) {
+        memset(stamps, 0, sizeof(uint32_t) * n);
+        *epoch = 1;
+    }
+    return *epoch;
+}
+
+/* Scores the not yet scored keys of ids[0..n) (at most `room` of them) for one query into the
+ * heap; counts what this call reads. Returns the keys scored. */
+static int64_t score_ids(lists_st *s, int64_t lo, const attn_kv_view *view, const float *q, const int32_t *ids,
+                         int64_t n, int64_t room, int64_t k, int64_t *hn, int64_t *read) {
+    int64_t scored = 0;
+    for (int64_t j0 = 0; j0 < n && scored < room;) {
+        int64_t nb = 0;
+        for (; j0 < n && nb < BATCH && scored + nb < room; j0++) {
+            const int64_t r = ids[j0] - lo;
+            if (s->mark[r] == s->mark_epoch) continue;
+            s->mark[r] = s->mark_epoch;
+            if (s->seen[r] != s->seen_epoch) { s->seen[r] = s->seen_epoch; (*read)++; }
+            s->batch[nb++] = ids[j0];
+        }
+        attn_scores_ids(view, q, s->batch, nb, s->scores);
+        for (int64_t j = 0; j < nb; j++) heap_push(s->heap, hn, k, s->scores[j], s->batch[j]);
+        scored += nb;
+    }
+    return scored;
+}
+
+/* Probes the lists of ls in the order of q.c + bias (nearest query cells, or key lists by inner
+ * product) until nprobe lists or the scan target (target > 0; the last list may be read in
+ * part), scoring their keys exactly. Returns the keys scored. */
+static int64_t probe_lists(idx_set *ix, lists_st *s, int64_t lo, const list_set *ls, const attn_kv_view *view,
+                           const float *q, int64_t k, int nprobe, int64_t target, int64_t *hn,
+                           int64_t *read) {
+    const int d = ix->p.head_dim;
+    for (int c = 0; c < ls->n; c++) s->cell_score[c] = dotf(q, ls->cent + (size_t)c * d, d) + ls->bias[c];
+    const uint32_t ep = next_epoch(&s->cell_epoch, s->cell_mark, s->cell_cap);
+    int64_t scanned = 0;
+    for (int probed = 0; probed < ls->n; probed++) {
+        if (target > 0 ? scanned >= target : probed >= nprobe) break;
+        int best = -1; /* selection, not a sort: a few lists of up to a thousand are probed */
+        for (int c = 0; c < ls->n; c++)
+            if (s->cell_mark[c] != ep && (best < 0 || s->cell_score[c] > s->cell_score[best])) best = c;
+        s->cell_mark[best] = ep;
+        const id_list *l = &ls->lists[best];
+        scanned += score_ids(s, lo, view, q, l->ids, l->n, target > 0 ? target - scanned : INT64_MAX,
+                             k, hn, read);
+    }
+    return scanned;
+}
+
+/* Makes the slot's scratch fit nc candidates and k results. */
+static int ensure_scratch(lists_st *s, int64_t nc, int64_t k) {
+    int64_t cap = s->stamp_cap;
+    if (nc > cap) {
+        int64_t c1 = cap, c2 = cap, c3 = cap;
+        if (grow(&s->seen, &c1, nc, sizeof(uint32_t)) || grow(&s->mark, &c2, nc, sizeof(uint32_t)) ||
+            grow(&s->outm, &c3, nc, sizeof(uint32_t)))
+            return -1;
+        /* fresh stamps must not match a live epoch */
+        memset(s->seen + cap, 0, sizeof(uint32_t) * (c1 - cap));
+        memset(s->mark + cap, 0, sizeof(uint32_t) * (c1 - cap));
+        memset(s->outm + cap, 0, sizeof(uint32_t) * (c1 - cap));
+        s->stamp_cap = c1;
+    }
+    const int64_t cells = s->qc.n > s->kl.n ? s->qc.n : s->kl.n;
+    if (cells > s->cell_cap) {
+        int64_t c1 = s->cell_cap, c2 = s->cell_cap;
+        if (grow(&s->cell_score, &c1, cells, sizeof(float)) ||
+            grow(&s->cell_mark, &c2, cells, sizeof(uint32_t)))
+            return -1;
+        memset(s->cell_mark + s->cell_cap, 0, sizeof(uint32_t) * (c1 - s->cell_cap));
+        s->cell_cap = c1;
+    }
+    if (grow(&s->heap, &s->heap_cap, k > 0 ? k : 1, sizeof(heap_ent)) ||
+        grow(&s->batch, &s->batch_cap, BATCH, sizeof(int32_t)) ||
+        grow(&s->scores, &s->scores_cap, nc > BATCH ? nc : BATCH, sizeof(float)))
+        return -1;
+    return 0;
+}
+
+
+static int64_t top_k_of(const idx_slot *g, const idx_request *req) {
+    const int64_t nc = g->hi - g->lo;
+    int64_t k = req->top_k > 0 ? req->top_k : (int64_t)ceil((double)req->fraction * nc);
+    return k > nc ? nc : k;
+}
+
+static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, const idx_request *req) {
+    const int64_t nc = g->hi - g->lo;
+    const int64_t m = (req->gqa == IDX_GQA_MEAN ? 1 : n_q) * top_k_of(g, req);
+    return m < nc ? m : nc;
+}
+
+static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
+                            const float *q, int n_q, const idx_request *req, int32_t *ids,
+                            int64_t max_ids, int64_t *scanned, int *n_queries) {
+    lists_st *s = g->st;
+    const int d = ix->p.head_dim;
+    const int64_t nc = g->hi - g->lo, k = top_k_of(g, req);
+    int64_t n_out = 0, read = 0;
+    if (k == 0) return 0;
+    if (ensure_scratch(s, nc, k)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
+    if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
+        idx_mean_query(q, n_q, d, s->qmean);
+        q = s->qmean;
+        n_q = 1;
+    }
+    *n_queries = n_q;
+    attn_kv_view view;
+    kv_view(kv, layer, head, &view);
+    /* one epoch per call for `seen` (keys read) and `outm` (ids returned) */
+    if (next_epoch(&s->seen_epoch, s->seen, s->stamp_cap) == 1)
+        memset(s->outm, 0, sizeof(uint32_t) * s->stamp_cap);
+    const int nprobe = req->nprobe ? req->nprobe : ix->p.nprobe;
+    /* scan target per query: never below k (fewer scored keys cannot give k ids) */
+    int64_t target = req->scan > 0 ? (int64_t)ceil((double)req->scan * nc) : 0;
+    if (target > 0 && target < k) target = k;
+    /* hybrid retrieval: key_share of the target goes to the key-space IVF lists */
+    const int64_t t_key = s->qc.n > 0 && s->kl.n > 0 ? (int64_t)llround((double)target * ix->p.key_share) : 0;
+    for (int gq = 0; gq < n_q; gq++) {
+        const float *qg = q + (size_t)gq * d;
+        int64_t hn = 0;
+        next_epoch(&s->mark_epoch, s->mark, s->stamp_cap);
+        int64_t key_scanned = 0;
+        if (s->kl.n > 0 && (s->qc.n == 0 || target == 0 || t_key > 0))
+            key_scanned = probe_lists(ix, s, g->lo, &s->kl, &view, qg, k, nprobe, s->qc.n > 0 ? t_key : target,
+                                      &hn, &read);
+        if (s->qc.n > 0) {
+            /* the query cells get what the key lists left of the target */
+            int64_t rest = target > key_scanned ? target - key_scanned : 0;
+            if (target == 0 || rest > 0) probe_lists(ix, s, g->lo, &s->qc, &view, qg, k, nprobe, rest, &hn, &read);
+        } else if (s->kl.n == 0) {
+            /* oracle, or a slot too small for a structure: every candidate, exactly */
+            attn_scores_range(&view, qg, g->lo, g->hi, s->scores);
+            for (int64_t j = 0; j < nc; j++) heap_push(s->heap, &hn, k, s->scores[j], (int32_t)(g->lo + j));
+            read = nc;
+        }
+        for (int64_t j = 0; j < hn; j++) {
+            const int64_t r = s->heap[j].id - g->lo;
+            if (s->outm[r] == s->seen_epoch) continue; /* already returned for another query */
+            s->outm[r] = s->seen_epoch;
+            ids[n_out++] = s->heap[j].id;
+        }
+    }
+    qsort(ids, (size_t)n_out, sizeof *ids, cmp_i32);
+    *scanned = read;
+    return n_out;
+}
+
+static size_t list_set_bytes(const list_set *ls, int d) {
+    size_t b = (size_t)ls->n * ((d + 1) * sizeof(float) + sizeof(id_list));
+    for (int c = 0; c < ls->n; c++) b += (size_t)ls->lists[c].cap * sizeof(int32_t);
+    return b;
+}
+
+static size_t lists_bytes(const idx_set *ix, const void *st) {
+    const lists_st *s = st;
+    const int d = ix->p.head_dim;
+    return sizeof *s + list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) +
+           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * 3 * sizeof(uint32_t) +
+           (size_t)s->scores_cap * sizeof(float);
+}
+
+const idx_ops idx_ops_oracle = {
+    .kind = IDX_ORACLE,
+    .name = "oracle",
+    .caps = IDX_CAP_SHARED,
+    .state_new = lists_new,
+    .state_clear = lists_clear,
+    .state_free = lists_free,
+    .max_ids = lists_max_ids,
+    .select = lists_select,
+    .bytes = lists_bytes,
+};
+
+const idx_ops idx_ops_ivf = {
+    .kind = IDX_IVF,
+    .name = "ivf",
+    .caps = IDX_CAP_SHARED,
+    .state_new = lists_new,
+    .state_clear = lists_clear,
+    .state_free = lists_free,
+    .build = lists_build,
+    .has_structure = lists_has_structure,
+    .add = lists_add,
+    .max_ids = lists_max_ids,
+    .select = lists_select,
+    .bytes = lists_bytes,
+};
+
+const idx_ops idx_ops_retrieval = {
+    .kind = IDX_RETRIEVAL,
+    .name = "retrieval",
+    .caps = IDX_CAP_OBSERVE | IDX_CAP_SHARED,
+    .obs_rows = retrieval_obs_rows,
+    .state_new = lists_new,
+    .state_clear = lists_clear,
+    .state_free = lists_free,
+    .build = lists_build,
+    .has_structure = lists_has_structure,
+    .add = lists_add,
+    .max_ids = lists_max_ids,
+    .select = lists_select,
+    .bytes = lists_bytes,
+};
