@@ -14,40 +14,6 @@
 
 #include "srv.h"
 
-/* ---- UTF-8 ---- */
-
-char *srv_utf8_clean(const char *s, size_t n) {
-    char *o = malloc(3 * n + 1), *p = o;
-    if (!o) return NULL;
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = u[i];
-        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        bool ok = len > 0 && i + len <= n && c != 0;
-        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
-        for (size_t k = 1; ok && k < len; k++) {
-            if ((u[i + k] & 0xC0) != 0x80) ok = false;
-            cp = (cp << 6) | (u[i + k] & 0x3F);
-        }
-        /* overlong forms, surrogates and values past U+10FFFF are invalid too */
-        if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-                   (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
-            ok = false;
-        if (ok) {
-            memcpy(p, s + i, len);
-            p += len;
-            i += len;
-        } else {
-            memcpy(p, "\xEF\xBF\xBD", 3);
-            p += 3;
-            i++;
-        }
-    }
-    *p = 0;
-    return o;
-}
-
 /* Adds a string of n bytes (any bytes) to obj as key, cleaned to valid UTF-8. */
 static void add_str(cJSON *obj, const char *key, const char *s, size_t n) {
     char *c = srv_utf8_clean(s ? s : "", s ? n : 0);

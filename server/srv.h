@@ -1,6 +1,7 @@
-/* Internal header of the HTTP server (every server/ file but main.c): configuration, chat
- * templates, metrics, the connection state shared by the MHD glue (http.c) and the endpoint
- * handlers (api.c). cJSON and libmicrohttpd stay inside server/. */
+/* Internal header of the HTTP server (every server/ file): configuration, chat templates,
+ * metrics, the connection state shared by the MHD glue (http.c) and the endpoint handlers (api.c,
+ * contexts.c), and the responses both send (respond.c). cJSON and libmicrohttpd stay inside
+ * server/. */
 #ifndef KVSEEK_SRV_H
 #define KVSEEK_SRV_H
 
@@ -99,7 +100,7 @@ void srv_metrics_client_cancel(srv_metrics *m);
 /* Prometheus text exposition; malloc'd (caller frees). st may be NULL while loading. */
 char *srv_metrics_render(srv_metrics *m, const eng_sched_stats *st, bool ready);
 
-/* ---- the server and its connections (http.c) ---- */
+/* ---- the server and its connections (http.c routes them) ---- */
 
 enum { SRV_LOADING = 0, SRV_READY = 1, SRV_DRAINING = 2 };
 
@@ -141,6 +142,9 @@ typedef struct {
     char ctx_id[48];        /* contexts: the {id} of /v1/contexts/{id}, or empty */
 } srv_conn;
 
+/* ---- responses and connection helpers (respond.c) ---- */
+
+/* Monotonic milliseconds (request timings). */
 double srv_now_ms(void);
 /* The client closed its side of the connection. */
 bool srv_client_gone(struct MHD_Connection *conn);
@@ -148,6 +152,9 @@ bool srv_client_gone(struct MHD_Connection *conn);
 /* Queue responses (each takes ownership of what it is given). */
 enum MHD_Result srv_respond(srv_conn *c, int status, const char *content_type, char *body, size_t len);
 enum MHD_Result srv_respond_json(srv_conn *c, int status, cJSON *obj);
+/* The empty 204 that answers a CORS preflight (OPTIONS), with the allowed methods and headers
+ * when cors_origin is set. */
+enum MHD_Result srv_respond_preflight(srv_conn *c);
 /* An error in the route's shape: OpenAI {"error":{message,type,param,code}} (type from the
  * status; code and param may be NULL) or TGI {"error","error_type"} (where a 400 becomes 422, as
  * TGI answers validation errors). 429 and 503 add Retry-After. */
@@ -158,9 +165,21 @@ cJSON *srv_error_json(srv_shape shape, int status, const char *code, const char 
 enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, void *cls,
                                    MHD_ContentReaderFreeCallback fcb);
 
+/* A copy of s[0, n) with invalid UTF-8 (and NUL) replaced by U+FFFD; malloc'd. */
+char *srv_utf8_clean(const char *s, size_t n);
+
 /* ---- endpoints (api.c) ---- */
 
 enum MHD_Result srv_api_models(srv_conn *c);
+enum MHD_Result srv_api_tokenize(srv_conn *c);
+enum MHD_Result srv_api_detokenize(srv_conn *c);
+enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->route */
+/* The body of a generating route (TGI, OpenAI completions or chat; len bytes, not NUL-terminated)
+ * parsed and validated into a typed request exactly as srv_api_generate does, then freed: no
+ * tokenizing, no scheduler. fmt: the chat format; n_vocab bounds token-id prompts. 0, or -1 with
+ * "param: message" of the 400 it would answer in err. For tests and fuzzing. */
+int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab,
+                      char *err, size_t errlen);
 
 /* ---- registered contexts (contexts.c) ---- */
 /* Opens the registry over cfg.data_dir (created when missing): every persisted context that
@@ -176,19 +195,5 @@ eng_ctx *srv_ctx_acquire(srv_ctx_reg *r, const char *id, int *status);
 /* /v1/contexts (GET list, POST register) and /v1/contexts/{id} (GET, DELETE); id NULL for the
  * collection. */
 enum MHD_Result srv_api_contexts(srv_conn *c, const char *method, const char *id);
-enum MHD_Result srv_api_tokenize(srv_conn *c);
-enum MHD_Result srv_api_detokenize(srv_conn *c);
-enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->route */
-/* The body of a generating route (TGI, OpenAI completions or chat; len bytes, not NUL-terminated)
- * parsed and validated into a typed request exactly as srv_api_generate does, then freed: no
- * tokenizing, no scheduler. fmt: the chat format; n_vocab bounds token-id prompts. 0, or -1 with
- * "param: message" of the 400 it would answer in err. For tests and fuzzing. */
-int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab,
-                      char *err, size_t errlen);
-
-/* ---- helpers (api.c) ---- */
-
-/* A copy of s[0, n) with invalid UTF-8 (and NUL) replaced by U+FFFD; malloc'd. */
-char *srv_utf8_clean(const char *s, size_t n);
 
 #endif
