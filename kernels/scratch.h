@@ -1,6 +1,6 @@
-/* Private to the products (matmul.c, quant.c): per-thread buffers that grow to the largest call
- * and stay until krn_matmul_scratch_free or the thread's exit. The OpenMP team of the calling
- * thread may read and write them during the call.
+/* Private to the products (matmul.c, quant.c); implemented in scratch.c: per-thread buffers
+ * that grow to the largest call and stay until krn_matmul_scratch_free or the thread's exit. The
+ * OpenMP team of the calling thread may read and write them during the call.
  * defines: krn_scratch, KRN_SCR_* */
 #ifndef KVSEEK_SCRATCH_H
 #define KVSEEK_SCRATCH_H
