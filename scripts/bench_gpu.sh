@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU benchmark, one self-contained run for a lent GPU machine (no network; only the working
-# tree travels): builds the CUDA backend when build/cuda/kvseek is missing, writes a random-weight
-# GGUF in the Llama-3-8B shape (kvseek synth-model: 32 layers, 32 heads, 8 KV heads, dim 4096,
-# head dim 128), then for each context length prefills that many random token ids and decodes
+# The GPU benchmark, one self-contained run for a GPU machine (it needs no network; only the
+# working tree travels): builds the CUDA backend when build/cuda/kvseek is missing, writes a
+# random-weight GGUF in the Llama-3-8B shape (kvseek synth-model: 32 layers, 32 heads, 8 KV heads,
+# dim 4096, head dim 128), then for each context length prefills that many random token ids and decodes
 # N tokens with each selector under a GPU memory budget (default 24 GB, an RTX 4090-class card;
 # the f16 weights take 16 GB of it), and measures the sparse-attention kernel's bandwidth
 # (kvseek bench-gpu). Everything is printed as JSON lines and appended to --out.
@@ -10,7 +10,7 @@
 # usage: scripts/bench_gpu.sh [--lengths 32768,131072] [--selectors dense,retrieval,centroids]
 #            [-n 32] [--budget-gb 24] [--type q8_0] [--model FILE] [--out FILE] [--timeout S]
 #            [--chunk 4096]   (prefill rows per forward pass: each pass re-reads the layer's KV)
-#            [--no-kernel-checks]   (skip test_gpu and bench-gpu: a second call in one session)
+#            [--no-kernel-checks]   (skip test_gpu and bench-gpu: a second call on one machine)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lengths=32768,131072 selectors=dense,retrieval,centroids n=32 budget=24 type=q8_0

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One run on a lent GPU machine, from the .devlibs/ that `scripts/gpu_lease.sh pack` fills:
+# Runs the offline bundle that `scripts/gpu_bundle.sh pack` fills (.devlibs/) on the GPU machine:
 # unpacks the carried libraries and binaries, then scripts/bench_gpu.sh at 32K (which runs
 # test_gpu first and stops on a failing kernel), test_gpu_logits on the tiny models, and 128K
 # retrieval (then centroids) while time is left. Everything lands in $OUT (default ./gpu-out).
 # usage: bash .devlibs/run.sh BUDGET_SECONDS [sparse|long]
-#   sparse: a second lease of the same session: no tests, the sparse selectors at 32K, then
+#   sparse: no tests (for a second run after a full one): the sparse selectors at 32K, then
 #   retrieval at 64K and 128K as time allows
-#   long: no tests, retrieval at 128K (about 5 minutes on the H200), then centroids if time is left
+#   long: no tests, retrieval at 128K (about 5 minutes on an H200), then centroids if time is left
 set -u
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export PATH="$PATH:/usr/local/cuda/bin"
