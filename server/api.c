@@ -199,8 +199,11 @@ static int parse_context(const cJSON *it, gen_req *g, perr *e) {
 }
 
 /* Sampling fields shared by the OpenAI routes (plus the usual extensions: top_k, min_p,
- * repetition_penalty, ignore_eos). */
-static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
+ * repetition_penalty, ignore_eos), then the route's required prompt field `prompt_key` into
+ * *prompt. */
+static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_req *g, const cJSON **prompt,
+                               perr *e) {
+    g->prompt_param = prompt_key;
     double d = 0;
     long long ll = 0;
     int rc;
@@ -271,14 +274,14 @@ static int parse_openai_common(const cJSON *root, gen_req *g, perr *e) {
     if (!absent(user) && !cJSON_IsString(user)) return fail(e, "user", "'user' must be a string");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     if (!absent(model) && !cJSON_IsString(model)) return fail(e, "model", "'model' must be a string");
+    *prompt = cJSON_GetObjectItemCaseSensitive(root, prompt_key);
+    if (absent(*prompt)) return fail(e, prompt_key, "'%s' is required", prompt_key);
     return 0;
 }
 
 static int parse_completions(const cJSON *root, gen_req *g, int n_vocab, perr *e) {
-    g->prompt_param = "prompt";
-    if (parse_openai_common(root, g, e)) return -1;
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-    if (absent(p)) return fail(e, "prompt", "'prompt' is required");
+    const cJSON *p;
+    if (parse_openai_common(root, "prompt", g, &p, e)) return -1;
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && !cJSON_IsNumber(cJSON_GetArrayItem(p, 0)))
         p = cJSON_GetArrayItem(p, 0); /* ["text"] or [[ids]]: one prompt */
     if (cJSON_IsString(p)) {
@@ -335,10 +338,8 @@ static int content_text(const cJSON *c, int i, char **out, perr *e) {
 }
 
 static int parse_chat(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) {
-    g->prompt_param = "messages";
-    if (parse_openai_common(root, g, e)) return -1;
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (absent(msgs)) return fail(e, "messages", "'messages' is required");
+    const cJSON *msgs;
+    if (parse_openai_common(root, "messages", g, &msgs, e)) return -1;
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
         return fail(e, "messages", "'messages' must be a non-empty array");
     bool lp = false;
@@ -696,15 +697,21 @@ static cJSON *usage(gen *G) {
     return u;
 }
 
-/* An OpenAI stream chunk with one choice; the caller fills the choice. */
-static cJSON *chunk(gen *G, cJSON **choice) {
-    bool chat = G->g.route == SRV_ROUTE_CHAT;
+/* The fields every OpenAI response and stream chunk opens with. */
+static cJSON *openai_object(gen *G, const char *object) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", G->id);
-    cJSON_AddStringToObject(o, "object", chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddStringToObject(o, "object", object);
     cJSON_AddNumberToObject(o, "created", (double)G->created);
     cJSON_AddStringToObject(o, "model", G->s->cfg.model_alias);
     cJSON_AddStringToObject(o, "system_fingerprint", "kvseek");
+    return o;
+}
+
+/* An OpenAI stream chunk with one choice; the caller fills the choice. */
+static cJSON *chunk(gen *G, cJSON **choice) {
+    bool chat = G->g.route == SRV_ROUTE_CHAT;
+    cJSON *o = openai_object(G, chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     if (choice) {
         *choice = cJSON_CreateObject();
@@ -902,18 +909,14 @@ static enum MHD_Result respond_final(srv_conn *c, gen *G) {
             return srv_respond_error(c, 503, NULL, NULL, "the request was cancelled (server shutting down)");
         return srv_respond_error(c, 500, NULL, NULL, "generation failed: %s", G->fin.error[0] ? G->fin.error : "unknown error");
     }
-    cJSON *o = cJSON_CreateObject();
     if (G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM) {
+        cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "generated_text", full_text(G));
         cJSON_AddItemToObject(o, "details", tgi_details(G, G->g.details));
         return srv_respond_json(c, 200, o);
     }
     bool chat = G->g.route == SRV_ROUTE_CHAT;
-    cJSON_AddStringToObject(o, "id", G->id);
-    cJSON_AddStringToObject(o, "object", chat ? "chat.completion" : "text_completion");
-    cJSON_AddNumberToObject(o, "created", (double)G->created);
-    cJSON_AddStringToObject(o, "model", G->s->cfg.model_alias);
-    cJSON_AddStringToObject(o, "system_fingerprint", "kvseek");
+    cJSON *o = openai_object(G, chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *ch = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, ch);

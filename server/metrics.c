@@ -104,8 +104,22 @@ static void pr(out *o, const char *fmt, ...) {
     }
 }
 
+static void pr_head(out *o, const char *name, const char *type, const char *help) {
+    pr(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void pr_gauge(out *o, const char *name, const char *help, int v) {
+    pr_head(o, name, "gauge", help);
+    pr(o, "%s %d\n", name, v);
+}
+
+static void pr_counter(out *o, const char *name, const char *help, unsigned long long v) {
+    pr_head(o, name, "counter", help);
+    pr(o, "%s %llu\n", name, v);
+}
+
 static void pr_histo(out *o, const char *name, const char *help, const histo *h) {
-    pr(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    pr_head(o, name, "histogram", help);
     uint64_t acc = 0;
     for (int i = 0; i < h->n; i++) {
         acc += h->counts[i];
@@ -119,46 +133,35 @@ static void pr_histo(out *o, const char *name, const char *help, const histo *h)
 char *srv_metrics_render(srv_metrics *m, const eng_sched_stats *st, bool ready) {
     out o = {0};
     pthread_mutex_lock(&m->mu);
-    pr(&o, "# HELP kvseek_requests_total HTTP requests answered, by route and status code.\n"
-           "# TYPE kvseek_requests_total counter\n");
+    pr_head(&o, "kvseek_requests_total", "counter", "HTTP requests answered, by route and status code.");
     for (int r = 0; r < SRV_ROUTE_COUNT; r++)
         for (int c = 0; c < 500; c++)
             if (m->req[r][c])
                 pr(&o, "kvseek_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
                    c + 100, (unsigned long long)m->req[r][c]);
-    pr(&o, "# HELP kvseek_client_disconnects_total Generations cancelled because the client went away.\n"
-           "# TYPE kvseek_client_disconnects_total counter\nkvseek_client_disconnects_total %llu\n",
-       (unsigned long long)m->client_cancels);
+    pr_counter(&o, "kvseek_client_disconnects_total", "Generations cancelled because the client went away.",
+               (unsigned long long)m->client_cancels);
     pr_histo(&o, "kvseek_time_to_first_token_seconds", "Request received to first token sampled.", &m->ttft);
     pr_histo(&o, "kvseek_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &m->itl);
     pr_histo(&o, "kvseek_request_duration_seconds", "Generation requests, received to last token.", &m->e2e);
     pthread_mutex_unlock(&m->mu);
-    pr(&o, "# HELP kvseek_ready 1 when the model is loaded and requests are accepted.\n"
-           "# TYPE kvseek_ready gauge\nkvseek_ready %d\n", ready ? 1 : 0);
+    pr_gauge(&o, "kvseek_ready", "1 when the model is loaded and requests are accepted.", ready ? 1 : 0);
     if (st) {
-        pr(&o, "# HELP kvseek_queue_depth Requests waiting for a free sequence.\n"
-               "# TYPE kvseek_queue_depth gauge\nkvseek_queue_depth %d\n", st->queue_depth);
-        pr(&o, "# HELP kvseek_active_sequences Sequences holding a request.\n"
-               "# TYPE kvseek_active_sequences gauge\nkvseek_active_sequences %d\n", st->active);
-        pr(&o, "# HELP kvseek_parallel_sequences Sequences the scheduler decodes together at most.\n"
-               "# TYPE kvseek_parallel_sequences gauge\nkvseek_parallel_sequences %d\n", st->n_parallel);
-        pr(&o, "# HELP kvseek_prompt_tokens_total Prompt tokens run through the model.\n"
-               "# TYPE kvseek_prompt_tokens_total counter\nkvseek_prompt_tokens_total %llu\n",
-           (unsigned long long)st->prompt_tokens);
-        pr(&o, "# HELP kvseek_generation_tokens_total Tokens generated.\n"
-               "# TYPE kvseek_generation_tokens_total counter\nkvseek_generation_tokens_total %llu\n",
-           (unsigned long long)st->generated_tokens);
-        pr(&o, "# HELP kvseek_engine_steps_total Forward passes (batched steps).\n"
-               "# TYPE kvseek_engine_steps_total counter\nkvseek_engine_steps_total %llu\n",
-           (unsigned long long)st->steps);
-        pr(&o, "# HELP kvseek_engine_batch_rows_total Rows over all forward passes.\n"
-               "# TYPE kvseek_engine_batch_rows_total counter\nkvseek_engine_batch_rows_total %llu\n",
-           (unsigned long long)st->batch_rows);
-        pr(&o, "# HELP kvseek_engine_busy_seconds_total Time in forward passes and sampling.\n"
-               "# TYPE kvseek_engine_busy_seconds_total counter\nkvseek_engine_busy_seconds_total %.3f\n",
-           st->busy_ms / 1e3);
-        pr(&o, "# HELP kvseek_generations_finished_total Generations ended, by reason.\n"
-               "# TYPE kvseek_generations_finished_total counter\n");
+        pr_gauge(&o, "kvseek_queue_depth", "Requests waiting for a free sequence.", st->queue_depth);
+        pr_gauge(&o, "kvseek_active_sequences", "Sequences holding a request.", st->active);
+        pr_gauge(&o, "kvseek_parallel_sequences", "Sequences the scheduler decodes together at most.",
+                 st->n_parallel);
+        pr_counter(&o, "kvseek_prompt_tokens_total", "Prompt tokens run through the model.",
+                   (unsigned long long)st->prompt_tokens);
+        pr_counter(&o, "kvseek_generation_tokens_total", "Tokens generated.",
+                   (unsigned long long)st->generated_tokens);
+        pr_counter(&o, "kvseek_engine_steps_total", "Forward passes (batched steps).",
+                   (unsigned long long)st->steps);
+        pr_counter(&o, "kvseek_engine_batch_rows_total", "Rows over all forward passes.",
+                   (unsigned long long)st->batch_rows);
+        pr_head(&o, "kvseek_engine_busy_seconds_total", "counter", "Time in forward passes and sampling.");
+        pr(&o, "kvseek_engine_busy_seconds_total %.3f\n", st->busy_ms / 1e3);
+        pr_head(&o, "kvseek_generations_finished_total", "counter", "Generations ended, by reason.");
         for (int f = ENG_FINISH_LENGTH; f <= ENG_FINISH_ERROR; f++)
             pr(&o, "kvseek_generations_finished_total{reason=\"%s\"} %llu\n", eng_finish_name(f),
                (unsigned long long)st->finished[f]);

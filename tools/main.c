@@ -448,38 +448,58 @@ static char *utf8_sanitize(const char *s, size_t n) {
 
 /* ---- subcommands ---- */
 
+/* The tokenizer of -m MODEL without the weights, or NULL after a one-line error. *g: the open
+ * file the vocabulary reads from (gguf_close it after tok_free). */
+static tok_vocab *load_vocab(const args *a, gguf_ctx **g) {
+    char err[512];
+    *g = a->model ? gguf_open(a->model, err, sizeof err) : NULL;
+    tok_vocab *v = *g ? tok_load(*g, err, sizeof err) : NULL;
+    if (!v) {
+        fprintf(stderr, "error: %s\n", a->model ? err : "no model given (-m MODEL)");
+        gguf_close(*g);
+        *g = NULL;
+    }
+    return v;
+}
+
 static int cmd_tokenize(const args *a) {
     size_t len;
     char *text = prompt_text(a, &len);
     if (!text) return 1;
-    char err[512];
-    gguf_ctx *g = a->model ? gguf_open(a->model, err, sizeof err) : NULL;
-    if (!g) {
-        fprintf(stderr, "error: %s\n", a->model ? err : "no model given (-m MODEL)");
-        free(text);
-        return 1;
-    }
-    tok_vocab *v = tok_load(g, err, sizeof err);
-    if (!v) {
-        fprintf(stderr, "error: %s\n", err);
-        gguf_close(g);
-        free(text);
-        return 1;
-    }
+    gguf_ctx *g;
+    tok_vocab *v = load_vocab(a, &g);
     int64_t n;
-    int32_t *ids = tokenize(v, text, len, !a->no_bos, !a->no_special, &n);
-    int rc = 1;
+    int32_t *ids = v ? tokenize(v, text, len, !a->no_bos, !a->no_special, &n) : NULL;
     if (ids) {
         putchar('[');
         for (int64_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
         printf("]\n");
-        rc = 0;
     }
+    int rc = ids ? 0 : 1;
     free(ids);
     tok_free(v);
     gguf_close(g);
     free(text);
     return rc;
+}
+
+/* Prints the text of ids[0, n) and a newline: 0, or 1 after a one-line error (an id out of
+ * range). */
+static int print_text(const tok_vocab *v, const int32_t *ids, int64_t n, bool special) {
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] >= tok_n_vocab(v)) {
+            fprintf(stderr, "error: token id %d is out of range [0, %d)\n", ids[i], tok_n_vocab(v));
+            return 1;
+        }
+    }
+    int64_t need = tok_decode(v, ids, n, special, NULL, 0);
+    char *out = malloc(need + 1);
+    if (!out) return 1;
+    tok_decode(v, ids, n, special, out, need + 1);
+    fwrite(out, 1, need, stdout);
+    putchar('\n');
+    free(out);
+    return 0;
 }
 
 static int cmd_detokenize(const args *a) {
@@ -490,32 +510,9 @@ static int cmd_detokenize(const args *a) {
     int32_t *ids = parse_ids(text, &n);
     free(text);
     if (!ids) return 1;
-    char err[512];
-    gguf_ctx *g = a->model ? gguf_open(a->model, err, sizeof err) : NULL;
-    tok_vocab *v = g ? tok_load(g, err, sizeof err) : NULL;
-    int rc = 1;
-    if (!v) {
-        fprintf(stderr, "error: %s\n", a->model ? err : "no model given (-m MODEL)");
-    } else {
-        int64_t i;
-        for (i = 0; i < n; i++) {
-            if (ids[i] >= tok_n_vocab(v)) {
-                fprintf(stderr, "error: token id %d is out of range [0, %d)\n", ids[i], tok_n_vocab(v));
-                break;
-            }
-        }
-        if (i == n) {
-            int64_t need = tok_decode(v, ids, n, a->render_special, NULL, 0);
-            char *out = malloc(need + 1);
-            if (out) {
-                tok_decode(v, ids, n, a->render_special, out, need + 1);
-                fwrite(out, 1, need, stdout);
-                putchar('\n');
-                rc = 0;
-            }
-            free(out);
-        }
-    }
+    gguf_ctx *g;
+    tok_vocab *v = load_vocab(a, &g);
+    int rc = v ? print_text(v, ids, n, a->render_special) : 1;
     free(ids);
     tok_free(v);
     gguf_close(g);
@@ -855,6 +852,31 @@ done:
     return rc;
 }
 
+/* Every position's logits of ids[0, n) (n x n_vocab f32, row-major) written to path: 0, or 1
+ * after a one-line error. */
+static int write_logits(eng_model *m, const int32_t *ids, int64_t n, const char *path) {
+    const size_t count = (size_t)n * eng_model_hparams(m)->n_vocab;
+    int rc = 1;
+    char err[512];
+    eng_seq *s = eng_seq_create(m, (int)n, err, sizeof err);
+    float *lg = malloc(sizeof(float) * count);
+    if (!s || !lg) {
+        fprintf(stderr, "error: %s\n", s ? "out of memory" : err);
+    } else if (eng_forward(m, s, ids, (int)n, lg, true, err, sizeof err)) {
+        fprintf(stderr, "error: %s\n", err);
+    } else {
+        /* closed whether or not the write succeeded */
+        FILE *f = fopen(path, "wb");
+        bool written = f && fwrite(lg, sizeof(float), count, f) == count;
+        if (f && fclose(f)) written = false;
+        if (written) rc = 0;
+        else fprintf(stderr, "error: cannot write %s\n", path);
+    }
+    free(lg);
+    eng_seq_free(s);
+    return rc;
+}
+
 static int cmd_logits(const args *a) {
     if (!a->tokens || !a->out) {
         fprintf(stderr, "error: logits needs --tokens and --out\n");
@@ -869,26 +891,7 @@ static int cmd_logits(const args *a) {
         return 1;
     }
     eng_model *m = load_model(a);
-    if (!m) { free(ids); return 1; }
-    const eng_hparams *hp = eng_model_hparams(m);
-    int rc = 1;
-    char err[512];
-    eng_seq *s = eng_seq_create(m, (int)n, err, sizeof err);
-    float *lg = malloc(sizeof(float) * n * hp->n_vocab);
-    if (!s || !lg) {
-        fprintf(stderr, "error: %s\n", s ? "out of memory" : err);
-    } else if (eng_forward(m, s, ids, (int)n, lg, true, err, sizeof err)) {
-        fprintf(stderr, "error: %s\n", err);
-    } else {
-        FILE *f = fopen(a->out, "wb");
-        if (!f || fwrite(lg, sizeof(float), n * hp->n_vocab, f) != (size_t)(n * hp->n_vocab) || fclose(f)) {
-            fprintf(stderr, "error: cannot write %s\n", a->out);
-        } else {
-            rc = 0;
-        }
-    }
-    free(lg);
-    eng_seq_free(s);
+    int rc = m ? write_logits(m, ids, n, a->out) : 1;
     eng_model_free(m);
     free(ids);
     return rc;
