@@ -12,43 +12,11 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+#include "context_file.h"
 #include "util.h"
-
-#define CTX_MAGIC "KVSKCTX1"
-#define CTX_FILE "context.kvctx"
-enum { CTX_VERSION = 1, CTX_ALIGN = 64 };
-
-/* The file: this header, then sections at CTX_ALIGN-aligned offsets (tokens, the layer table,
- * each layer's pages, the centroid table, each centroid blob). Little-endian, as written. */
-typedef struct {
-    char magic[8];
-    uint32_t version, header_bytes;
-    uint64_t fingerprint;
-    uint64_t checksum;      /* of the whole file with this field zero */
-    uint64_t file_bytes;
-    int32_t n_tokens, n_layer, n_head_kv, head_dim, v_dim, page_size, dtype, ring_slack;
-    int64_t ctx_lo, ctx_hi;
-    float fine_frac, coarse_frac, target;
-    int32_t obs_tokens, n_sink, n_tail, global_calib, pad0;
-    double prefill_s, cluster_s;
-    uint64_t off_tokens, off_layers, off_cent;
-    int64_t n_fine, n_coarse, clustered;
-    uint8_t reserved[256 - 8 - 8 - 8 * 3 - 4 * 8 - 16 - 12 - 20 - 16 - 24 - 24];
-} ctx_header;
-_Static_assert(sizeof(ctx_header) == 256, "the header is 256 bytes");
-
-typedef struct {
-    uint64_t off;      /* first page */
-    int64_t n_pages, n_tok;
-    int32_t window, pad;
-} ctx_layer_rec;
-
-typedef struct {
-    uint64_t off, len; /* len 0: no centroids (a local layer) */
-} ctx_cent_rec;
 
 struct eng_ctx {
     atomic_int refs;
@@ -80,12 +48,6 @@ eng_ctx_params eng_ctx_params_default(void) {
     p.n_tail = 512;
     p.global_calib = 1; /* at equal reads, +0.02 mass recall over per-head thresholds on gemma-3 */
     return p;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---- hashing: a 4-lane multiply-rotate hash over 8-byte words (corruption detection and
@@ -278,7 +240,7 @@ eng_ctx *eng_ctx_create(const eng_model *m, eng_seq *seq, const int32_t *tokens,
     c->seq = seq;
     c->kv = eng_seq_kv(seq);
     clustered_range(&p, n, &c->lo, &c->hi);
-    const double t0 = now_s();
+    const double t0 = krn_now_s();
     const int64_t nk = c->hi - c->lo;
     int n_global = 0, done = 0;
     for (int l = 0; l < hp->n_layer; l++) n_global += !eng_layer_is_local(m, l);
@@ -325,7 +287,7 @@ eng_ctx *eng_ctx_create(const eng_model *m, eng_seq *seq, const int32_t *tokens,
     free(obs);
     calibrate(c);
     c->info.n_tokens = n;
-    c->info.cluster_s = now_s() - t0;
+    c->info.cluster_s = krn_now_s() - t0;
     return c;
 fail:
     free(keys);
@@ -348,7 +310,7 @@ eng_ctx *eng_ctx_build(eng_model *m, const int32_t *tokens, int n, const eng_ctx
                        void (*progress)(void *, double), void *ud, char *err, size_t errlen) {
     eng_seq *s = eng_ctx_prefill_seq(m, n, p, err, errlen);
     if (!s) return NULL;
-    const double t0 = now_s();
+    const double t0 = krn_now_s();
     const int step = 1024;
     for (int i = 0; i < n; i += step) {
         int k = n - i < step ? n - i : step;
@@ -358,16 +320,84 @@ eng_ctx *eng_ctx_build(eng_model *m, const int32_t *tokens, int n, const eng_ctx
         }
         if (progress) progress(ud, 0.9 * (i + k) / n);
     }
-    const double prefill_s = now_s() - t0;
+    const double prefill_s = krn_now_s() - t0;
     prog_split ps = {progress, ud};
     eng_ctx *c = eng_ctx_create(m, s, tokens, n, p, progress ? second_half : NULL, &ps, err, errlen);
     if (c) c->info.prefill_s = prefill_s;
     return c;
 }
 
-/* ---- persisting ---- */
+/* ---- the file's layout (context_file.h): one rule, applied by the writer and the reader ---- */
+
+/* No file passes this size: offsets computed from a corrupted count cannot wrap. */
+#define CTX_MAX_BYTES ((uint64_t)1 << 62)
 
 static uint64_t align_up(uint64_t x) { return (x + CTX_ALIGN - 1) & ~(uint64_t)(CTX_ALIGN - 1); }
+
+/* Places a section of n items of size bytes at the first aligned offset at or after *at: its
+ * offset in *off, and *at moved past it. False when it would end past CTX_MAX_BYTES. */
+static bool place(uint64_t *at, uint64_t n, uint64_t size, uint64_t *off) {
+    const uint64_t o = align_up(*at);
+    if (o > CTX_MAX_BYTES || (size && n > (CTX_MAX_BYTES - o) / size)) return false;
+    *off = o;
+    *at = o + n * size;
+    return true;
+}
+
+/* The layout of a file from its counts (H's n_tokens, n_layer and n_head_kv, each layer record's
+ * n_pages of page_bytes bytes, each centroid record's len): sets H's off_tokens, off_layers,
+ * off_cent and file_bytes, and the off of every record (lr: n_layer of them, cr: n_layer *
+ * n_head_kv). The writer places its sections with it; the reader recomputes it from the counts a
+ * file holds and refuses the file where an offset differs. 0, or -1 for a negative count or a
+ * file past CTX_MAX_BYTES. */
+static int ctx_layout(ctx_header *H, ctx_layer_rec *lr, ctx_cent_rec *cr, uint64_t page_bytes) {
+    const int64_t nl = H->n_layer, nc = nl * H->n_head_kv;
+    uint64_t at = sizeof *H;
+    if (H->n_tokens < 0 || nl < 0 || nc < 0 || !place(&at, (uint64_t)H->n_tokens, sizeof(int32_t), &H->off_tokens) ||
+        !place(&at, (uint64_t)nl, sizeof *lr, &H->off_layers))
+        return -1;
+    for (int64_t l = 0; l < nl; l++)
+        if (lr[l].n_pages < 0 || !place(&at, (uint64_t)lr[l].n_pages, page_bytes, &lr[l].off)) return -1;
+    if (!place(&at, (uint64_t)nc, sizeof *cr, &H->off_cent)) return -1;
+    for (int64_t i = 0; i < nc; i++) {
+        cr[i].off = 0;
+        if (cr[i].len && !place(&at, cr[i].len, 1, &cr[i].off)) return -1;
+    }
+    H->file_bytes = align_up(at);
+    return 0;
+}
+
+/* 1 when the offsets a mapped file records (its header, and its layer and centroid tables, which
+ * the caller found inside the file) are those ctx_layout gives for its counts, 0 when not, -1
+ * when out of memory. Then every section lies inside the first file_bytes bytes. */
+static int layout_matches(const uint8_t *file, const ctx_header *H, uint64_t page_bytes) {
+    const size_t lb = sizeof(ctx_layer_rec) * (size_t)H->n_layer;
+    const size_t cb = sizeof(ctx_cent_rec) * (size_t)H->n_layer * (size_t)H->n_head_kv;
+    ctx_header want = *H;
+    ctx_layer_rec *lr = malloc(lb + 1);
+    ctx_cent_rec *cr = malloc(cb + 1);
+    int rc = -1;
+    if (lr && cr) {
+        memcpy(lr, file + H->off_layers, lb);
+        memcpy(cr, file + H->off_cent, cb);
+        rc = !ctx_layout(&want, lr, cr, page_bytes) && !memcmp(&want, H, sizeof want) &&
+             !memcmp(lr, file + H->off_layers, lb) && !memcmp(cr, file + H->off_cent, cb);
+    }
+    free(lr);
+    free(cr);
+    return rc;
+}
+
+/* The build parameters the header keeps, each under its eng_ctx_params name: one list for the
+ * writer (to_header: p into H) and the reader (H into p). */
+static void header_params(ctx_header *H, eng_ctx_params *p, bool to_header) {
+#define KEEP(f) (to_header ? (void)(H->f = p->f) : (void)(p->f = H->f))
+    KEEP(fine_frac), KEEP(coarse_frac), KEEP(target);
+    KEEP(obs_tokens), KEEP(n_sink), KEEP(n_tail), KEEP(global_calib);
+#undef KEEP
+}
+
+/* ---- persisting ---- */
 
 /* Writes all of buf at offset off, hashing it. */
 static int put(int fd, hasher *h, uint64_t off, const void *buf, size_t len) {
@@ -428,7 +458,7 @@ static void remove_ctx_dir(const char *dir) {
 }
 
 int eng_ctx_save(eng_ctx *c, const char *dir, char *err, size_t errlen) {
-    const double t0 = now_s();
+    const double t0 = krn_now_s();
     const int nl = c->n_layer, nkv = c->n_head_kv, ncent = nl * nkv;
     const kv_params *kp = kv_get_params(c->kv);
     const size_t pb = kv_page_bytes(c->kv);
@@ -470,24 +500,13 @@ int eng_ctx_save(eng_ctx *c, const char *dir, char *err, size_t errlen) {
     H.ring_slack = kp->ring_slack;
     H.ctx_lo = c->lo;
     H.ctx_hi = c->hi;
-    H.fine_frac = c->p.fine_frac;
-    H.coarse_frac = c->p.coarse_frac;
-    H.target = c->p.target;
-    H.obs_tokens = c->p.obs_tokens;
-    H.n_sink = c->p.n_sink;
-    H.n_tail = c->p.n_tail;
-    H.global_calib = c->p.global_calib;
+    header_params(&H, &c->p, true);
     H.prefill_s = c->info.prefill_s;
     H.cluster_s = c->info.cluster_s;
     H.n_fine = c->info.n_fine;
     H.n_coarse = c->info.n_coarse;
     H.clustered = c->info.clustered_keys;
-    /* layout */
-    uint64_t off = align_up(sizeof H);
-    H.off_tokens = off;
-    off = align_up(off + sizeof(int32_t) * (uint64_t)c->n);
-    H.off_layers = off;
-    off = align_up(off + sizeof(ctx_layer_rec) * nl);
+    /* the counts, then the layout places every section */
     ctx_layer_rec *lr = calloc(nl, sizeof *lr);
     ctx_cent_rec *cr = calloc(ncent, sizeof *cr);
     void **blobs = calloc(ncent, sizeof *blobs);
@@ -498,30 +517,24 @@ int eng_ctx_save(eng_ctx *c, const char *dir, char *err, size_t errlen) {
     }
     for (int l = 0; l < nl; l++) {
         const void *const *pages;
-        int64_t np;
-        kv_layer_pages(c->kv, l, &pages, &np);
-        lr[l].off = off;
-        lr[l].n_pages = np;
+        kv_layer_pages(c->kv, l, &pages, &lr[l].n_pages);
         lr[l].n_tok = kv_n_tokens(c->kv, l);
         lr[l].window = kv_layer_window(c->kv, l);
-        off += (uint64_t)np * pb;
     }
-    off = align_up(off);
-    H.off_cent = off;
-    off = align_up(off + sizeof(ctx_cent_rec) * ncent);
     for (int i = 0; i < ncent; i++) {
         if (!c->cent[i]) continue;
-        cr[i].off = off;
         cr[i].len = idx_cent_blob_size(c->cent[i]);
         blobs[i] = aligned_alloc(CTX_ALIGN, align_up(cr[i].len));
         if (!blobs[i] || idx_cent_blob_write(c->cent[i], blobs[i]) != IDX_OK) {
             eng_set_err(err, errlen, "cannot serialise the centroids");
             goto out;
         }
-        off = align_up(off + cr[i].len);
     }
-    H.file_bytes = off;
-    if (ftruncate(fd, (off_t)off)) {
+    if (ctx_layout(&H, lr, cr, pb)) {
+        eng_set_err(err, errlen, "context too large to save");
+        goto out;
+    }
+    if (ftruncate(fd, (off_t)H.file_bytes)) {
         eng_set_err(err, errlen, "cannot size %s: %s", file, strerror(errno));
         goto out;
     }
@@ -562,8 +575,8 @@ int eng_ctx_save(eng_ctx *c, const char *dir, char *err, size_t errlen) {
     }
     fsync_dir(parent);
     if (had_old) remove_ctx_dir(old);
-    c->info.file_bytes = off;
-    c->info.save_s = now_s() - t0;
+    c->info.file_bytes = H.file_bytes;
+    c->info.save_s = krn_now_s() - t0;
     rc = 0;
     goto out;
 io:
@@ -622,34 +635,18 @@ eng_ctx *eng_ctx_load(const eng_model *m, const char *dir, char *err, size_t err
         (H.dtype != KV_F32 && H.dtype != KV_F16) || H.ring_slack < 0 || H.ctx_lo < 0 ||
         H.ctx_hi < H.ctx_lo || H.ctx_hi > H.n_tokens)
         BAD("context %s: shape does not match the model", file);
-    /* offsets first, then counts against the room left: no sum can wrap */
-    if (H.off_tokens % 4 || H.off_layers % 8 || H.off_cent % 8 || H.off_tokens > len || H.off_layers > len ||
-        H.off_cent > len || (uint64_t)H.n_tokens > (len - H.off_tokens) / sizeof(int32_t) ||
+    /* the tables the layout reads its counts from, offsets first, then counts against the room
+     * left: no sum can wrap */
+    if (H.off_layers % 8 || H.off_cent % 8 || H.off_layers > len || H.off_cent > len ||
         (uint64_t)nl > (len - H.off_layers) / sizeof(ctx_layer_rec) ||
         (uint64_t)nl * nkv > (len - H.off_cent) / sizeof(ctx_cent_rec))
         BAD("context %s: section out of bounds", file);
     eng_ctx_params p = eng_ctx_params_default();
-    p.fine_frac = H.fine_frac;
-    p.coarse_frac = H.coarse_frac;
-    p.target = H.target;
-    p.obs_tokens = H.obs_tokens;
-    p.n_sink = H.n_sink;
-    p.n_tail = H.n_tail;
-    p.global_calib = H.global_calib;
+    header_params(&H, &p, false);
     if (!(p.target > 0 && p.target <= 1)) p.target = 0.03f;
-    c = ctx_alloc(m, &p, H.n_tokens);
-    if (!c) BAD("out of memory");
-    c->map = map;
-    c->map_len = len;
-    c->tokens = (int32_t *)(b + H.off_tokens);
-    for (int i = 0; i < H.n_tokens; i++)
-        if (c->tokens[i] < 0 || c->tokens[i] >= hp->n_vocab) BAD("context %s: token %d out of range", file, i);
-    c->lo = H.ctx_lo;
-    c->hi = H.ctx_hi;
     {
         int *win = calloc(nl, sizeof(int));
         if (!win) BAD("out of memory");
-        const ctx_layer_rec *lr = (const ctx_layer_rec *)(b + H.off_layers);
         for (int l = 0; l < nl; l++) win[l] = eng_layer_is_local(m, l) ? hp->sliding_window : 0;
         kv_params kp = kv_params_default();
         kp.n_layer = nl;
@@ -666,12 +663,27 @@ eng_ctx *eng_ctx_load(const eng_model *m, const char *dir, char *err, size_t err
         int rc = kv_create(&kp, &kv);
         free(win);
         if (rc != KV_OK) BAD("context %s: %s", file, kv_strerror(rc));
-        const size_t pb = kv_page_bytes(kv);
+    }
+    /* every section where the layout puts it, hence inside the file */
+    const size_t pb = kv_page_bytes(kv);
+    const int placed = layout_matches(b, &H, pb);
+    if (placed < 0) BAD("out of memory");
+    if (!placed) BAD("context %s: sections out of place (not this version's layout)", file);
+    c = ctx_alloc(m, &p, H.n_tokens);
+    if (!c) BAD("out of memory");
+    c->map = map;
+    c->map_len = len;
+    c->tokens = (int32_t *)(b + H.off_tokens);
+    for (int i = 0; i < H.n_tokens; i++)
+        if (c->tokens[i] < 0 || c->tokens[i] >= hp->n_vocab) BAD("context %s: token %d out of range", file, i);
+    c->lo = H.ctx_lo;
+    c->hi = H.ctx_hi;
+    {
+        const ctx_layer_rec *lr = (const ctx_layer_rec *)(b + H.off_layers);
         void **pages = NULL;
         for (int l = 0; l < nl; l++) {
-            if (lr[l].window != kv_layer_window(kv, l) || lr[l].n_tok != H.n_tokens || lr[l].n_pages < 0 ||
-                lr[l].n_pages > kv_layer_slots(kv, l) || lr[l].off % CTX_ALIGN ||
-                lr[l].off > len || (uint64_t)lr[l].n_pages > (len - lr[l].off) / pb) {
+            if (lr[l].window != kv_layer_window(kv, l) || lr[l].n_tok != H.n_tokens ||
+                lr[l].n_pages > kv_layer_slots(kv, l)) {
                 free(pages);
                 BAD("context %s: layer %d record is invalid", file, l);
             }
@@ -702,8 +714,7 @@ eng_ctx *eng_ctx_load(const eng_model *m, const char *dir, char *err, size_t err
                     if (want) BAD("context %s: centroids of layer %d head %d missing", file, l, h);
                     continue;
                 }
-                if (!want || r->off % CTX_ALIGN || r->off > len || r->len > len - r->off)
-                    BAD("context %s: centroid record of layer %d head %d is invalid", file, l, h);
+                if (!want) BAD("context %s: centroid record of layer %d head %d is invalid", file, l, h);
                 char cerr[200];
                 if (idx_cent_from_blob(b + r->off, r->len, &c->cent[l * nkv + h], cerr, sizeof cerr) != IDX_OK)
                     BAD("context %s: layer %d head %d: %s", file, l, h, cerr);

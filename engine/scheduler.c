@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "context.h"
 #include "tok.h"
 
@@ -94,12 +95,6 @@ struct eng_sched {
     eng_batch_row *rows;     /* batch_rows */
     eng_attn_params attn_default; /* the model's, for requests that give none */
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 const char *eng_sched_strerror(int code) {
     switch (code) {
@@ -289,7 +284,7 @@ static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tok
         r->stop_len[r->n_stop++] = len;
         if (len > r->max_stop_len) r->max_stop_len = len;
     }
-    r->t_submit = now_ms();
+    r->t_submit = krn_now_s() * 1e3;
 
     pthread_mutex_lock(&s->mu);
     int free_slots = s->p.n_parallel - s->n_active;
@@ -326,7 +321,7 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
         ev = *tok_ev;
     } else {
         memset(&ev, 0, sizeof ev);
-        ev.t_ms = now_ms();
+        ev.t_ms = krn_now_s() * 1e3;
     }
     /* whatever text is still held back is released now (a cut at a stop string already
      * shortened out_len) */
@@ -344,7 +339,7 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
     ev.finish = why;
     ev.n_prompt = r->n_prompt;
     ev.n_gen = r->n_gen;
-    double t_end = now_ms();
+    double t_end = krn_now_s() * 1e3;
     if (r->t_admit > 0) ev.t_queue_ms = r->t_admit - r->t_submit;
     if (r->t_first > 0) {
         ev.t_prefill_ms = r->t_first - r->t_admit;
@@ -369,19 +364,6 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
     s->st.finished[why]++;
     pthread_mutex_unlock(&s->mu);
     req_unref(r);
-}
-
-/* End of the last complete UTF-8 character in s[start, end): an incomplete multi-byte sequence
- * at the end is held back (invalid bytes are not: they would never complete). */
-static size_t utf8_safe_end(const char *s, size_t start, size_t end) {
-    for (size_t i = end, k = 0; i > start && k < 4; i--, k++) {
-        unsigned char c = (unsigned char)s[i - 1];
-        if ((c & 0xC0) == 0x80) continue; /* continuation byte */
-        size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 :
-                      (c & 0xF8) == 0xF0 ? 4 : 1;
-        return end - (i - 1) < need ? i - 1 : end;
-    }
-    return end;
 }
 
 /* Length of the longest suffix of s[0, len) that is a proper prefix of a stop string. */
@@ -488,7 +470,7 @@ static void take_token(eng_sched *s, slot *sl, eng_req *r, eng_event *ev) {
     }
     size_t end = r->out_len - stop_holdback(r, r->out, r->out_len);
     if (end < r->sent) end = r->sent;
-    end = utf8_safe_end(r->out, r->sent, end);
+    end = tok_utf8_cut(r->out, r->sent, end); /* an incomplete character waits */
     if (end > r->sent) {
         ev->text = malloc(end - r->sent + 1);
         if (ev->text) {
@@ -513,7 +495,7 @@ static void hand_over(eng_sched *s, slot *sl, eng_req *r) {
     }
     eng_event ev;
     memset(&ev, 0, sizeof ev);
-    ev.t_ms = now_ms();
+    ev.t_ms = krn_now_s() * 1e3;
     ev.seq = sl->seq;
     sl->seq = fresh;
     r->t_first = ev.t_ms;
@@ -560,7 +542,7 @@ static void step(eng_sched *s) {
             continue;
         }
         if (r->state == REQ_PREFILL && !r->smp) {
-            r->t_admit = now_ms();
+            r->t_admit = krn_now_s() * 1e3;
             eng_seq_reset(sl->seq);
             int bad = eng_seq_set_attn(sl->seq, r->has_attn ? &r->attn : &s->attn_default, err, sizeof err);
             if (!bad && r->ctx) bad = eng_seq_attach_ctx(sl->seq, r->ctx, err, sizeof err);
@@ -614,7 +596,7 @@ static void step(eng_sched *s) {
     }
     if (n == 0) return;
 
-    double t0 = now_ms();
+    double t0 = krn_now_s() * 1e3;
     if (eng_forward_batch(s->m, s->rows, n, err, sizeof err)) {
         for (int i = 0; i < np; i++) {
             slot *sl = &s->slots[i];
@@ -639,7 +621,7 @@ static void step(eng_sched *s) {
         if (r->top_logprobs > 0) top_logprobs(sl->logits, s->n_vocab, r->top_logprobs, &evs[j]);
         evs[j].id = eng_sampler_sample(r->smp, sl->logits, r->hist, r->n_hist, &evs[j].logprob);
     }
-    double t1 = now_ms();
+    double t1 = krn_now_s() * 1e3;
     for (int j = 0; j < n_s; j++) {
         slot *sl = &s->slots[idx[j]];
         evs[j].has_token = true;

@@ -67,4 +67,25 @@ int tok_piece(const tok_vocab *v, int32_t id, bool render_special, char *buf, in
 int64_t tok_decode(const tok_vocab *v, const int32_t *ids, int64_t n, bool render_special,
                    char *out, int64_t cap);
 
+/* ---- UTF-8 of text handed out (JSON, event streams): the one validator and sanitizer ---- */
+
+/* Length (1..4) of the well-formed UTF-8 character at s[0, n), or 0 when none starts there: a
+ * stray continuation byte, a byte no character starts with, a sequence cut short (by a wrong
+ * byte or by the end at n), an overlong form, a surrogate (U+D800..U+DFFF) or a value past
+ * U+10FFFF. Strict, as RFC 3629 has it (the tokenizers' decoding is lenient, as llama.cpp's);
+ * NUL is a character of length 1. n 0 gives 0. */
+size_t tok_utf8_len(const char *s, size_t n);
+
+/* A copy of s[0, n) (any bytes) in which each NUL byte and each byte that does not belong to a
+ * well-formed character (tok_utf8_len) becomes U+FFFD (EF BF BD), one per byte: valid UTF-8
+ * without NUL, and valid text without NUL unchanged. NUL-terminated; malloc'd, the caller frees;
+ * NULL when out of memory. */
+char *tok_utf8_clean(const char *s, size_t n);
+
+/* Where s[start, end) may be cut when text is handed out piece by piece: end, or before an
+ * incomplete character at the end (a lead byte announcing more bytes than follow it), which the
+ * next bytes may complete, so that no well-formed character is split across two pieces. Bytes
+ * that can never start a character are not held back. start <= end. */
+size_t tok_utf8_cut(const char *s, size_t start, size_t end);
+
 #endif

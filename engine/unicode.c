@@ -1,6 +1,12 @@
-/* Unicode helpers: see unicode.h. All functions are pure and thread-safe; the byte-level map is
- * computed arithmetically, the class table is a binary search over ~1500 sorted runs. */
+/* Unicode helpers: see unicode.h; and the strict UTF-8 validation and sanitizing of text handed
+ * out (tok_utf8_*, declared in tok.h). All functions are pure and thread-safe; the byte-level map
+ * is computed arithmetically, the class table is a binary search over ~1500 sorted runs. */
 #include "unicode.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok.h"
 
 unsigned unicode_class(uint32_t cp) {
     if (cp > 0x10FFFF) return 0;
@@ -77,4 +83,57 @@ int unicode_cpt_to_byte(uint32_t cp) {
     if (r < 33) return (int)r;
     if (r < 67) return (int)(0x7F + (r - 33));
     return 0xAD;
+}
+
+/* ---- strict UTF-8 (RFC 3629) ---- */
+
+/* Bytes of the character a lead byte starts (1..4); 0 for a continuation byte and for
+ * 0xF8..0xFF, which start none. */
+static size_t strict_lead_len(uint8_t c) {
+    return c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+}
+
+size_t tok_utf8_len(const char *s, size_t n) {
+    const uint8_t *u = (const uint8_t *)s;
+    const size_t len = n ? strict_lead_len(u[0]) : 0;
+    if (!len || len > n) return 0;
+    uint32_t cp = len == 1 ? u[0] : len == 2 ? u[0] & 0x1Fu : len == 3 ? u[0] & 0x0Fu : u[0] & 0x07u;
+    for (size_t k = 1; k < len; k++) {
+        if ((u[k] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (u[k] & 0x3Fu);
+    }
+    /* overlong forms, surrogates and values past U+10FFFF */
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+        return 0;
+    return len;
+}
+
+char *tok_utf8_clean(const char *s, size_t n) {
+    char *out = malloc(3 * n + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        const size_t len = s[i] ? tok_utf8_len(s + i, n - i) : 0;
+        if (len) {
+            memcpy(o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+size_t tok_utf8_cut(const char *s, size_t start, size_t end) {
+    for (size_t i = end, k = 0; i > start && k < 4; i--, k++) {
+        const uint8_t c = (uint8_t)s[i - 1];
+        if ((c & 0xC0) == 0x80) continue; /* a continuation byte: look further back */
+        const size_t need = strict_lead_len(c) ? strict_lead_len(c) : 1;
+        return end - (i - 1) < need ? i - 1 : end;
+    }
+    return end;
 }

@@ -12,9 +12,6 @@
 #include "ops.h"
 #include "quant.h"
 
-static uint64_t rs = 0x9e3779b97f4a7c15ull;
-static uint64_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return rs; }
-static float frand(void) { return (float)((rnd() >> 11) * 0x1.0p-53) * 2.0f - 1.0f; }
 
 enum { NKV = 2, HEAD = 1 }; /* a store with two KV heads; tests read head 1 (nonzero offsets) */
 
@@ -30,8 +27,8 @@ static void fx_build(fixture *f, int n, int dk, int dv, int page_size) {
     size_t nk = (size_t)n * NKV * dk, nv = (size_t)n * NKV * dv;
     f->K = malloc(sizeof(float) * nk); f->V = malloc(sizeof(float) * nv);
     f->Kh = malloc(sizeof(float) * nk); f->Vh = malloc(sizeof(float) * nv);
-    for (size_t i = 0; i < nk; i++) { f->K[i] = frand(); f->Kh[i] = krn_f16_to_f32(krn_f32_to_f16(f->K[i])); }
-    for (size_t i = 0; i < nv; i++) { f->V[i] = frand(); f->Vh[i] = krn_f16_to_f32(krn_f32_to_f16(f->V[i])); }
+    for (size_t i = 0; i < nk; i++) { f->K[i] = rng_pm1(); f->Kh[i] = krn_f16_to_f32(krn_f32_to_f16(f->K[i])); }
+    for (size_t i = 0; i < nv; i++) { f->V[i] = rng_pm1(); f->Vh[i] = krn_f16_to_f32(krn_f32_to_f16(f->V[i])); }
     kv_params p = kv_params_default();
     p.n_layer = 1; p.n_head_kv = NKV; p.head_dim = dk; p.v_dim = dv; p.max_tokens = n;
     p.page_size = page_size;
@@ -76,7 +73,7 @@ static double max_err(const float *oa, const float *la, const float *ob, const f
 
 static void shuffle(int32_t *a, int n) {
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)(rnd() % (uint64_t)(i + 1));
+        int j = rng_int(i + 1);
         int32_t t = a[i]; a[i] = a[j]; a[j] = t;
     }
 }
@@ -96,7 +93,7 @@ int main(void) {
         CHECK(kv_view(f.s16, 0, HEAD, &v16) == KV_OK, "view");
         float *q = malloc(sizeof(float) * GMAX * dk);
         /* large queries so that the softmax is peaked, not a plain average */
-        for (int i = 0; i < GMAX * dk; i++) q[i] = 6.0f * frand();
+        for (int i = 0; i < GMAX * dk; i++) q[i] = 6.0f * rng_pm1();
         const float scale = 1.0f / sqrtf((float)dk);
         float *ref = malloc(sizeof(float) * GMAX * dv), *got = malloc(sizeof(float) * GMAX * dv);
         float *part = malloc(sizeof(float) * GMAX * dv);
@@ -105,7 +102,7 @@ int main(void) {
 
         for (int li = 0; li < n_lens; li++) {
             const int n = lens[li];
-            const int lo = (int)(rnd() % (uint64_t)(f.n - n + 1)), hi = lo + n; /* odd offsets */
+            const int lo = rng_int(f.n - n + 1), hi = lo + n; /* odd offsets */
             const int groups[] = {1, 3, 4};
             for (int gi = 0; gi < 3; gi++) {
                 const int n_q = groups[gi];
@@ -125,8 +122,8 @@ int main(void) {
                 CHECK(e <= 1e-5, "shuffled ids n=%d dk=%d g=%d err %.3g", n, dk, n_q, e);
 
                 /* a random split of the shuffled ids into up to 5 parts, merged */
-                int cuts[6] = {0}, nparts = 1 + (int)(rnd() % 5);
-                for (int c = 1; c < nparts; c++) cuts[c] = (int)(rnd() % (uint64_t)(n + 1));
+                int cuts[6] = {0}, nparts = 1 + rng_int(5);
+                for (int c = 1; c < nparts; c++) cuts[c] = rng_int(n + 1);
                 cuts[nparts] = n;
                 for (int a = 1; a < nparts; a++) /* sort the cut points */
                     for (int b = a; b > 0 && cuts[b] < cuts[b - 1]; b--) {
@@ -142,7 +139,7 @@ int main(void) {
                 CHECK(e <= 1e-5, "merge of %d parts n=%d dk=%d err %.3g", nparts, n, dk, e);
 
                 /* range split at a random point, merged */
-                int mid = lo + (int)(rnd() % (uint64_t)(n + 1));
+                int mid = lo + rng_int(n + 1);
                 attn_range(&v32, q, n_q, lo, mid, scale, got, got_l);
                 attn_range(&v32, q, n_q, mid, hi, scale, part, part_l);
                 attn_merge(got, got_l, part, part_l, n_q, dv);
@@ -196,7 +193,7 @@ int main(void) {
             float sc[300], sh[300];
             int ok = 1, okh = 1;
             attn_scores_range(&v32, q, 1000, 1300, sc);
-            for (int j = 0; j < 300; j++) ids[j] = (int32_t)(rnd() % (uint64_t)f.n);
+            for (int j = 0; j < 300; j++) ids[j] = (int32_t)rng_int(f.n);
             attn_scores_ids(&v16, q, ids, 300, sh);
             for (int j = 0; j < 300; j++) {
                 double d = 0, dh = 0;
@@ -259,10 +256,10 @@ int main(void) {
         kv_store *s;
         CHECK(kv_create(&p, &s) == KV_OK, "ring create");
         float *K = malloc(sizeof(float) * n * NKV * dk), *V = malloc(sizeof(float) * n * NKV * dv);
-        for (int i = 0; i < n * NKV * dk; i++) K[i] = 4 * frand();
-        for (int i = 0; i < n * NKV * dv; i++) V[i] = frand();
+        for (int i = 0; i < n * NKV * dk; i++) K[i] = 4 * rng_pm1();
+        for (int i = 0; i < n * NKV * dv; i++) V[i] = rng_pm1();
         float q[64], o1[64], o2[64], l1, l2;
-        for (int i = 0; i < dk; i++) q[i] = frand();
+        for (int i = 0; i < dk; i++) q[i] = rng_pm1();
         attn_kv_view v;
         kv_view(s, 0, HEAD, &v);
         int ok = 1;

@@ -8,22 +8,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "check.h"
+#include "clock.h"
 #include "index.h"
-
-static uint64_t rs = 0x9e3779b97f4a7c15ull;
-static double urand(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (rs >> 11) * 0x1.0p-53; }
-static float nrand(void) {
-    double u = urand() + 1e-300, v = urand();
-    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
-}
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Synthetic clustered keys, out-of-distribution queries: keys = mu_k (a large shared offset) +
  * nuisance (std 1.5 on the first d/4 dims, which queries ignore) + one of T topic centres + noise;
@@ -36,23 +24,23 @@ static void synth_init(synth *s, int d, int T) {
     s->ck = malloc(sizeof(float) * T * d);
     s->mu_k = malloc(sizeof(float) * d);
     s->mu_q = malloc(sizeof(float) * d);
-    for (int i = 0; i < d; i++) { s->mu_k[i] = 2.0f * nrand(); s->mu_q[i] = 0.5f * nrand(); }
+    for (int i = 0; i < d; i++) { s->mu_k[i] = 2.0f * rng_normal(); s->mu_q[i] = 0.5f * rng_normal(); }
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < d; i++) s->ck[t * d + i] = i < d / 4 ? 0.0f : 0.6f * nrand();
+        for (int i = 0; i < d; i++) s->ck[t * d + i] = i < d / 4 ? 0.0f : 0.6f * rng_normal();
 }
 static void synth_free(synth *s) { free(s->ck); free(s->mu_k); free(s->mu_q); }
 
 static void synth_key(const synth *s, float *k) {
-    int t = (int)(urand() * s->T);
+    int t = (int)(rng_u01() * s->T);
     for (int i = 0; i < s->d; i++)
-        k[i] = s->mu_k[i] + (i < s->d / 4 ? 1.5f * nrand() : s->ck[t * s->d + i] + 0.5f * nrand());
+        k[i] = s->mu_k[i] + (i < s->d / 4 ? 1.5f * rng_normal() : s->ck[t * s->d + i] + 0.5f * rng_normal());
 }
 /* group queries share a topic (the heads of one token look for the same thing), own noise */
 static void synth_group(const synth *s, float *q, int group) {
-    int t = (int)(urand() * s->T);
+    int t = (int)(rng_u01() * s->T);
     for (int g = 0; g < group; g++)
         for (int i = 0; i < s->d; i++)
-            q[g * s->d + i] = s->mu_q[i] + 2.0f * s->ck[t * s->d + i] + 0.3f * nrand();
+            q[g * s->d + i] = s->mu_q[i] + 2.0f * s->ck[t * s->d + i] + 0.3f * rng_normal();
 }
 
 static float *synth_keys(const synth *s, int64_t n) {
@@ -236,11 +224,11 @@ static void selection_tests(void) {
     p1.group = G;
     idx_cent_params p2 = p1;
     p2.coarse_frac = 0.01f;
-    double t0 = now_s();
+    double t0 = krn_now_s();
     idx_cent *c1 = build(&p1, K, n, d, 0, obs, (int64_t)n_obs_tok * G);
-    double t1 = now_s();
+    double t1 = krn_now_s();
     idx_cent *c2 = build(&p2, K, n, d, 0, obs, (int64_t)n_obs_tok * G);
-    double t2 = now_s();
+    double t2 = krn_now_s();
     printf("build %d x %d: one level %.2f s (%d clusters), two levels %.2f s (%d / %d)\n", n, d, t1 - t0,
            idx_cent_n_fine(c1), t2 - t1, idx_cent_n_fine(c2), idx_cent_n_coarse(c2));
     void *scr = malloc(idx_cent_scratch_bytes(c2, G) > idx_cent_scratch_bytes(c1, G) ? idx_cent_scratch_bytes(c2, G)
@@ -376,12 +364,12 @@ static void selection_tests(void) {
     {
         const float T = idx_cent_threshold(c2, 0.05f);
         const int reps = 2000;
-        double ta = now_s();
+        double ta = krn_now_s();
         int64_t s = 0;
         for (int r = 0; r < reps; r++) s += idx_cent_select(c2, Qt + (size_t)(r % n_test) * G * d, G, T, scr, ids, n, NULL);
-        double tb = now_s();
+        double tb = krn_now_s();
         for (int r = 0; r < reps; r++) s += idx_cent_select(c1, Qt + (size_t)(r % n_test) * G * d, G, T, scr, ids, n, NULL);
-        double tc = now_s();
+        double tc = krn_now_s();
         printf("select %d keys x %d, group of %d: two levels %.1f us, one level %.1f us per call (%lld)\n", n, d, G,
                1e6 * (tb - ta) / reps, 1e6 * (tc - tb) / reps, (long long)(s % 10));
     }
@@ -522,10 +510,10 @@ static void blob_tests(void) {
     int refused = 0, accepted = 0, ok = 1;
     for (int it = 0; it < 2000; it++) {
         memcpy(b2, b1, len);
-        const int nb = 1 + (int)(urand() * 4);
+        const int nb = 1 + (int)(rng_u01() * 4);
         for (int k = 0; k < nb; k++) {
-            size_t pos = it < 500 ? (size_t)(urand() * 72) : (size_t)(urand() * len); /* header first */
-            ((unsigned char *)b2)[pos] = (unsigned char)(urand() * 256);
+            size_t pos = it < 500 ? (size_t)(rng_u01() * 72) : (size_t)(rng_u01() * len); /* header first */
+            ((unsigned char *)b2)[pos] = (unsigned char)(rng_u01() * 256);
         }
         r = NULL;
         if (idx_cent_from_blob(b2, len, &r, err, sizeof err) != IDX_OK) { refused++; ok &= r == NULL; continue; }
@@ -563,21 +551,21 @@ static void bench(int it_lo, int it_hi) {
                 p.group = G;
                 p.kmeans_iter = it;
                 p.coarse_frac = lv ? 0.01f : 0.0f;
-                double t0 = now_s();
+                double t0 = krn_now_s();
                 idx_cent *c = build(&p, K, n, d, 0, Q, 100 * G);
-                double t1 = now_s();
+                double t1 = krn_now_s();
                 void *scr = malloc(idx_cent_scratch_bytes(c, G));
                 int32_t *ids = malloc(sizeof(int32_t) * n);
                 const float T = idx_cent_threshold(c, 0.05f);
                 idx_cent_sel st;
                 int64_t tot = 0, sc = 0;
                 const int reps = 2000;
-                double t2 = now_s();
+                double t2 = krn_now_s();
                 for (int r = 0; r < reps; r++) {
                     tot += idx_cent_select(c, Q + (size_t)(r % 100) * G * d, G, T, scr, ids, n, &st);
                     sc += st.clusters_scored;
                 }
-                double t3 = now_s();
+                double t3 = krn_now_s();
                 printf("bench %d x %d, %d iterations, %s level: build %.2f s (%d / %d clusters); select (group of %d, "
                        "target 5%%) %.1f us, %.0f centroid scores, reads %.2f%%\n", n, d, it, lv ? "two" : "one", t1 - t0,
                        idx_cent_n_fine(c), idx_cent_n_coarse(c), G, 1e6 * (t3 - t2) / reps, (double)sc / reps,

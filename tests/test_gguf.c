@@ -114,10 +114,9 @@ static int opens(const spec *s, char *err, size_t errlen) {
     return ok;
 }
 
-static uint64_t rng = 88172645463325252ull;
-static uint64_t xs(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
 int main(int argc, char **argv) {
+    rng_seed(88172645463325252ull);
     char err[512];
     spec s = good();
     buf b = build(&s);
@@ -203,9 +202,9 @@ int main(int argc, char **argv) {
     for (int it = 0; it < 20000; it++) {
         unsigned char *copy = malloc(b.n);
         memcpy(copy, b.p, b.n);
-        int flips = 1 + (int)(xs() % 4);
-        for (int k = 0; k < flips; k++) copy[xs() % (b.n - 80)] = (unsigned char)xs();
-        size_t n = xs() % 8 == 0 ? xs() % b.n : b.n;
+        int flips = 1 + (int)(rng_u64() % 4);
+        for (int k = 0; k < flips; k++) copy[rng_u64() % (b.n - 80)] = (unsigned char)rng_u64();
+        size_t n = rng_u64() % 8 == 0 ? rng_u64() % b.n : b.n;
         err[0] = 0;
         gguf_ctx *t = gguf_open_memory(copy, n, err, sizeof err);
         if (!t && !err[0]) explained = 0;

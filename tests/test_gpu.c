@@ -25,16 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rng_next(void) {   /* splitmix64 */
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rng_unif(double lo, double hi) {
-    return lo + (hi - lo) * (double)(rng_next() >> 11) * 0x1.0p-53;
-}
 static void fill(float *x, int64_t n, double lo, double hi) {
     for (int64_t i = 0; i < n; i++) x[i] = (float)rng_unif(lo, hi);
 }
@@ -242,8 +232,8 @@ static void *make_weights(uint32_t type, int64_t n_elem) {
     uint8_t *m = malloc(krn_row_bytes(type, n_elem));
     for (int64_t i = 0; i < n_elem / bs; i++) {
         uint8_t *b = m + (size_t)i * bb;
-        for (size_t k = 0; k < bb; k++) b[k] = (uint8_t)rng_next();
-        const double sc = rng_unif(0.01, 0.1) * (rng_next() & 1 ? 1 : -1);
+        for (size_t k = 0; k < bb; k++) b[k] = (uint8_t)rng_u64();
+        const double sc = rng_unif(0.01, 0.1) * (rng_u64() & 1 ? 1 : -1);
         switch (type) {
         case KRN_TYPE_F32: { float f = (float)rng_unif(-1, 1); memcpy(b, &f, 4); break; }
         case KRN_TYPE_F16: put_half(b, rng_unif(-1, 1)); break;
@@ -297,7 +287,7 @@ static void test_matmul(void) {
                 /* embedding lookup */
                 enum { TE = 7 };
                 int32_t ids[TE];
-                for (int t = 0; t < TE; t++) ids[t] = t == 0 ? 0 : t == 1 ? nr - 1 : (int32_t)(rng_next() % nr);
+                for (int t = 0; t < TE; t++) ids[t] = t == 0 ? 0 : t == 1 ? nr - 1 : (int32_t)(rng_u64() % nr);
                 int32_t *dids = dev_copy(ids, sizeof ids);
                 float *dx = dev_alloc(sizeof(float) * TE * nc), *x = malloc(sizeof(float) * TE * nc);
                 must(gpu_embed(gw, dids, TE, 3.5f, dx), "gpu_embed");
@@ -459,7 +449,7 @@ static void decode_case(const store *s, int n_q, int use_ids) {
         ids = malloc(sizeof(int32_t) * m);
         for (int64_t i = 0; i < m; i++) ids[i] = (int32_t)(s->first + i);
         for (int64_t i = m - 1; i > 0; i--) {
-            int64_t j = (int64_t)(rng_next() % (uint64_t)(i + 1));
+            int64_t j = (int64_t)(rng_u64() % (uint64_t)(i + 1));
             int32_t t = ids[i]; ids[i] = ids[j]; ids[j] = t;
         }
         n_ids = m / 2 + 1;

@@ -11,13 +11,6 @@
 #include "kvcache.h"
 #include "quant.h"
 
-static uint64_t rs = 0x853c49e6748fea9bull;
-static double urand(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (rs >> 11) * 0x1.0p-53; }
-static float frand(void) { return (float)urand() * 2.0f - 1.0f; }
-static float nrand(void) {
-    double u = urand() + 1e-300, v = urand();
-    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
-}
 
 static kv_store *make_store(const float *K, int n, int d, kv_dtype dt) {
     kv_params p = kv_params_default();
@@ -79,8 +72,8 @@ static int valid_ids(const int32_t *ids, int64_t n, int64_t lo, int64_t hi) {
 static void oracle_tests(void) {
     const int n = 3000, d = 64, lo = 100, hi = 2900;
     float *K = malloc(sizeof(float) * n * d), q[4 * 64], qm[64];
-    for (int i = 0; i < n * d; i++) K[i] = frand();
-    for (int i = 0; i < 4 * d; i++) q[i] = frand();
+    for (int i = 0; i < n * d; i++) K[i] = rng_pm1();
+    for (int i = 0; i < 4 * d; i++) q[i] = rng_pm1();
     for (int i = 0; i < d; i++) qm[i] = (q[i] + q[d + i] + q[2 * d + i]) / 3;
     int32_t *ids = malloc(sizeof(int32_t) * n);
     unsigned char *in = malloc(n);
@@ -165,20 +158,20 @@ static void synth_init(synth *s, int d, int T) {
     s->ck = malloc(sizeof(float) * T * d);
     s->mu_k = malloc(sizeof(float) * d);
     s->mu_q = malloc(sizeof(float) * d);
-    for (int i = 0; i < d; i++) { s->mu_k[i] = 2.0f * nrand(); s->mu_q[i] = 0.5f * nrand(); }
+    for (int i = 0; i < d; i++) { s->mu_k[i] = 2.0f * rng_normal(); s->mu_q[i] = 0.5f * rng_normal(); }
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < d; i++) s->ck[t * d + i] = i < d / 4 ? 0.0f : 0.6f * nrand();
+        for (int i = 0; i < d; i++) s->ck[t * d + i] = i < d / 4 ? 0.0f : 0.6f * rng_normal();
 }
 
 static void synth_key(const synth *s, float *k) {
-    int t = (int)(urand() * s->T);
+    int t = (int)(rng_u01() * s->T);
     for (int i = 0; i < s->d; i++)
-        k[i] = s->mu_k[i] + (i < s->d / 4 ? 3.0f * nrand() : s->ck[t * s->d + i] + 0.5f * nrand());
+        k[i] = s->mu_k[i] + (i < s->d / 4 ? 3.0f * rng_normal() : s->ck[t * s->d + i] + 0.5f * rng_normal());
 }
 
 static void synth_query(const synth *s, float *q) {
-    int t = (int)(urand() * s->T);
-    for (int i = 0; i < s->d; i++) q[i] = s->mu_q[i] + 1.5f * s->ck[t * s->d + i] + 0.3f * nrand();
+    int t = (int)(rng_u01() * s->T);
+    for (int i = 0; i < s->d; i++) q[i] = s->mu_q[i] + 1.5f * s->ck[t * s->d + i] + 0.3f * rng_normal();
 }
 
 static double recall(const int32_t *truth, int64_t nt, const int32_t *got, int64_t n) {
@@ -345,7 +338,7 @@ static void centroid_tests(void) {
     for (int i = 0; i < n; i++) synth_key(&sy, K + (size_t)i * d);
     for (int i = 0; i < 300; i++) { /* a token's two query heads look for the same topic */
         synth_query(&sy, Q + (size_t)i * G * d);
-        for (int c = 0; c < d; c++) Q[((size_t)i * G + 1) * d + c] = Q[(size_t)i * G * d + c] + 0.2f * nrand();
+        for (int c = 0; c < d; c++) Q[((size_t)i * G + 1) * d + c] = Q[(size_t)i * G * d + c] + 0.2f * rng_normal();
     }
     for (int dt = 0; dt < 2; dt++) {
         kv_store *kv = make_store(K, n, d, (kv_dtype)dt);
@@ -438,6 +431,7 @@ static void centroid_tests(void) {
 }
 
 int main(void) {
+    rng_seed(0x853c49e6748fea9bull);
     oracle_tests();
     recall_tests();
     centroid_tests();

@@ -38,34 +38,16 @@
  * Runs in about 3 s on 2 cores. */
 #include "attn_sparse.h"
 #include "check.h"
+#include "clock.h"
 #include "ops.h"
 #include "quant.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static uint64_t rng_next(void) {   /* splitmix64 */
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rng_unif(double lo, double hi) {
-    return lo + (hi - lo) * (double)(rng_next() >> 11) * 0x1.0p-53;
-}
-static int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void set_threads(int n) {
 #ifdef _OPENMP
@@ -214,8 +196,8 @@ static void fill_weights(uint32_t type, uint8_t *m, int64_t n_elem, int exact) {
     size_t bb = krn_type_block_bytes(type);
     for (int64_t i = 0; i < n_elem / bs; i++) {
         uint8_t *b = m + (size_t)i * bb;
-        for (size_t k = 0; k < bb; k++) b[k] = (uint8_t)rng_next();
-        double sgn = rng_next() & 1 ? 1.0 : -1.0;
+        for (size_t k = 0; k < bb; k++) b[k] = (uint8_t)rng_u64();
+        double sgn = rng_u64() & 1 ? 1.0 : -1.0;
         double sc = exact ? 0.125 * sgn : rng_unif(0.01, 2.0) * sgn;
         double plain = exact ? (rng_int(511) - 255) / 8.0 : rng_unif(-1.0, 1.0);
         switch (type) {
@@ -702,7 +684,7 @@ static int attn_off(const ref_result *R, const float *out, const float *lse, int
 
 static void shuffle(int32_t *a, int64_t n) {
     for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(rng_next() % (uint64_t)(i + 1));
+        int64_t j = (int64_t)(rng_u64() % (uint64_t)(i + 1));
         int32_t t = a[i]; a[i] = a[j]; a[j] = t;
     }
 }
@@ -900,18 +882,18 @@ int main(void) {
     /* The sweeps run on one thread: on a loaded machine every OpenMP fork/join can wait a
      * scheduler slice, and thousands of small calls would take a minute. test_quant.c checks that
      * the thread count changes no bits; the many-token matmul and split-K run on several. */
-    double t0 = now_s();
+    double t0 = krn_now_s();
     set_threads(1);
     test_products();
-    printf("  products: %.1f s\n", now_s() - t0);
+    printf("  products: %.1f s\n", krn_now_s() - t0);
     test_matmul_many_tokens(max_threads > 1 ? max_threads : 2);
     set_threads(1);
     test_products_nan();
     test_matvec_n();
-    printf("  matmul 129/257 tokens, NaN, matvec_n: %.1f s\n", now_s() - t0);
+    printf("  matmul 129/257 tokens, NaN, matvec_n: %.1f s\n", krn_now_s() - t0);
     test_attention();
     test_attn_dense_and_nan();
-    printf("  attention: %.1f s\n", now_s() - t0);
+    printf("  attention: %.1f s\n", krn_now_s() - t0);
     set_threads(max_threads);
     krn_matmul_scratch_free();
     return check_summary("test_kernels");

@@ -10,10 +10,6 @@
 #include "kvcache.h"
 #include "quant.h"
 
-static uint64_t rs = 0x2545f4914f6cdd1dull;
-static uint64_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return rs; }
-static float frand(void) { return (float)((rnd() >> 11) * 0x1.0p-53) * 2.0f - 1.0f; }
-static int irand(int n) { return (int)(rnd() % (uint64_t)n); }
 
 enum { NL = 3, NKV = 2, HD = 40, VD = 24, PS = 16, MAXT = 1200, W = 50, SLACK = 9 };
 
@@ -51,19 +47,19 @@ static void differential(kv_dtype dt) {
     int n = 0, ok_rows = 1, ok_gather = 1, ok_ring = 1, ok_view = 1, ok_null = 1;
     size_t ring_bytes_after_fill = 0;
     while (n < MAXT) {
-        int m = 1 + irand(SLACK); /* a chunk of at most ring_slack rows, as the engine appends */
+        int m = 1 + rng_int(SLACK); /* a chunk of at most ring_slack rows, as the engine appends */
         if (n + m > MAXT) m = MAXT - n;
         if (kv_reserve(s, n + m) != KV_OK) { CHECK(0, "reserve"); break; }
         for (int l = 0; l < NL; l++) {
             for (int t = 0; t < m; t++)
                 for (int h = 0; h < NKV; h++) {
                     for (int i = 0; i < HD; i++) {
-                        float x = frand();
+                        float x = rng_pm1();
                         k[((size_t)t * NKV + h) * HD + i] = x;
                         rk(l, n + t, h)[i] = round_as(dt, x);
                     }
                     for (int i = 0; i < VD; i++) {
-                        float x = frand();
+                        float x = rng_pm1();
                         v[((size_t)t * NKV + h) * VD + i] = x;
                         rv(l, n + t, h)[i] = round_as(dt, x);
                     }
@@ -74,26 +70,26 @@ static void differential(kv_dtype dt) {
         for (int l = 0; l < NL; l++) CHECK(kv_n_tokens(s, l) == n, "n_tokens");
         /* random reads among the held positions (a ring holds the last W + SLACK - 1 at least) */
         for (int r = 0; r < 8; r++) {
-            int l = irand(NL), h = irand(NKV);
+            int l = rng_int(NL), h = rng_int(NKV);
             int lo = win[l] ? (n > W + SLACK - 1 ? n - (W + SLACK - 1) : 0) : 0;
-            int pos = lo + irand(n - lo);
+            int pos = lo + rng_int(n - lo);
             const void *kr = kv_k_row(s, l, h, pos), *vr = kv_v_row(s, l, h, pos);
             ok_rows &= kr && vr && row_eq(dt, kr, rk(l, pos, h), HD) && row_eq(dt, vr, rv(l, pos, h), VD);
             /* a gather of random ids and a range straddling page borders */
-            int cnt = 1 + irand(n - lo < 40 ? n - lo : 40);
-            for (int j = 0; j < cnt; j++) ids[j] = lo + irand(n - lo);
+            int cnt = 1 + rng_int(n - lo < 40 ? n - lo : 40);
+            for (int j = 0; j < cnt; j++) ids[j] = lo + rng_int(n - lo);
             ok_gather &= kv_gather(s, l, h, ids, cnt, gk, gv) == KV_OK;
             for (int j = 0; j < cnt; j++)
                 ok_gather &= !memcmp(gk + j * HD, rk(l, ids[j], h), sizeof(float) * HD) &&
                              !memcmp(gv + j * VD, rv(l, ids[j], h), sizeof(float) * VD);
-            int a = lo + irand(n - lo), b = a + irand(n - a + 1);
+            int a = lo + rng_int(n - lo), b = a + rng_int(n - a + 1);
             ok_gather &= kv_gather_range(s, l, h, a, b, gk, NULL) == KV_OK;
             for (int j = a; j < b; j++) ok_gather &= !memcmp(gk + (j - a) * HD, rk(l, j, h), sizeof(float) * HD);
             /* the kernel's view addresses the same rows: scores against unit vectors */
             attn_kv_view vw;
             kv_view(s, l, h, &vw);
             float e[HD], sc[1];
-            int coord = irand(HD);
+            int coord = rng_int(HD);
             memset(e, 0, sizeof e);
             e[coord] = 1.0f;
             ids[0] = pos;
@@ -194,8 +190,8 @@ static void fill(kv_store *s, kv_dtype dt, int pos0, int n) {
     for (int t = 0; t < n; t++)
         for (int l = 0; l < NL; l++) {
             for (int h = 0; h < NKV; h++) {
-                for (int i = 0; i < HD; i++) rk(l, pos0 + t, h)[i] = round_as(dt, k[h * HD + i] = frand());
-                for (int i = 0; i < VD; i++) rv(l, pos0 + t, h)[i] = round_as(dt, v[h * VD + i] = frand());
+                for (int i = 0; i < HD; i++) rk(l, pos0 + t, h)[i] = round_as(dt, k[h * HD + i] = rng_pm1());
+                for (int i = 0; i < VD; i++) rv(l, pos0 + t, h)[i] = round_as(dt, v[h * VD + i] = rng_pm1());
             }
             kv_append(s, l, k, v, 1);
         }
@@ -283,6 +279,7 @@ static void sharing(kv_dtype dt) {
 }
 
 int main(void) {
+    rng_seed(0x2545f4914f6cdd1dull);
     ref_k = malloc(sizeof(float) * NL * MAXT * NKV * HD);
     ref_v = malloc(sizeof(float) * NL * MAXT * NKV * VD);
     differential(KV_F32);

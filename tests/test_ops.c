@@ -8,11 +8,6 @@
 #include "check.h"
 #include "ops.h"
 
-static uint64_t rs = 0x1234567;
-static float frand(void) {
-    rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17;
-    return (float)((rs >> 11) * 0x1.0p-53) * 2.0f - 1.0f;
-}
 
 static int close_to(double got, double ref) { return fabs(got - ref) <= 1e-5 + 1e-4 * fabs(ref); }
 
@@ -37,10 +32,11 @@ static void ref_attn(const float *q, const float *K, const float *V, int n, int 
 }
 
 int main(void) {
+    rng_seed(0x1234567);
     /* rmsnorm */
     for (int n = 1; n <= 1025; n += 128) {
         float *x = malloc(sizeof(float) * n), *w = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
-        for (int i = 0; i < n; i++) { x[i] = 3 * frand(); w[i] = 1 + frand(); }
+        for (int i = 0; i < n; i++) { x[i] = 3 * rng_pm1(); w[i] = 1 + rng_pm1(); }
         krn_rmsnorm(y, x, w, n, 1e-6f);
         double ss = 0;
         for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
@@ -55,7 +51,7 @@ int main(void) {
     for (int neox = 0; neox < 2; neox++) {
         const int hd = 64, n_rot = 48;
         float x[64], y[64], c[32], s[32];
-        for (int i = 0; i < hd; i++) x[i] = frand();
+        for (int i = 0; i < hd; i++) x[i] = rng_pm1();
         memcpy(y, x, sizeof x);
         const int64_t pos = 1234;
         krn_rope_angles(c, s, pos, n_rot, 10000.0f, 1.0f, NULL);
@@ -93,8 +89,8 @@ int main(void) {
             float *V = malloc(sizeof(float) * ((size_t)n * stride + 1));
             float q[256], out[256];
             double ref[256], rl;
-            for (size_t i = 0; i < (size_t)n * stride; i++) { K[i] = 2 * frand(); V[i] = frand(); }
-            for (int i = 0; i < d; i++) q[i] = 2 * frand();
+            for (size_t i = 0; i < (size_t)n * stride; i++) { K[i] = 2 * rng_pm1(); V[i] = rng_pm1(); }
+            for (int i = 0; i < d; i++) q[i] = 2 * rng_pm1();
             float lse;
             krn_attn_dense(q, K, V, n, stride, stride, d, d, 1.0f / sqrtf((float)d), out, &lse);
             ref_attn(q, K, V, n, stride, stride, d, d, 1.0f / sqrtf((float)d), ref, &rl);

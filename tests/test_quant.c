@@ -16,16 +16,6 @@
  * |got - ref| <= REL_TOL * Σ|w_i·x_i| (plus a tiny absolute floor for all-zero rows). */
 #define REL_TOL 1e-4
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rng_next(void) {   /* splitmix64 */
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static float rng_unif(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_next() >> 40) * (1.0 / 16777216.0));
-}
 
 static const uint32_t all_types[] = {
     KRN_TYPE_F32, KRN_TYPE_F16, KRN_TYPE_BF16, KRN_TYPE_Q4_0, KRN_TYPE_Q4_1, KRN_TYPE_Q5_0,
@@ -46,8 +36,8 @@ static void scale_offsets(uint32_t type, int off[3]) {
 }
 
 static uint16_t rand_scale(void) {
-    float v = rng_unif(0.01f, 2.0f);
-    return krn_f32_to_f16(rng_next() & 1 ? v : -v);
+    float v = (float)rng_unif(0.01f, 2.0f);
+    return krn_f32_to_f16(rng_u64() & 1 ? v : -v);
 }
 
 /* n_rows random rows of n_cols elements: random bytes with finite f16 scales for the block
@@ -56,7 +46,7 @@ static uint8_t *make_matrix(uint32_t type, int64_t n_rows, int64_t n_cols) {
     size_t rb = krn_row_bytes(type, n_cols), bb = krn_type_block_bytes(type);
     uint8_t *m = malloc(rb * (size_t)n_rows);
     for (int64_t i = 0; i < n_rows * n_cols && krn_type_block_size(type) == 1; i++) {
-        float v = rng_unif(-1.0f, 1.0f);
+        float v = (float)rng_unif(-1.0f, 1.0f);
         uint32_t u;
         memcpy(&u, &v, 4);
         uint16_t h = type == KRN_TYPE_F16 ? krn_f32_to_f16(v) : (uint16_t)(u >> 16);
@@ -64,7 +54,7 @@ static uint8_t *make_matrix(uint32_t type, int64_t n_rows, int64_t n_cols) {
         else memcpy(m + 2 * i, &h, 2);
     }
     if (krn_type_block_size(type) == 1) return m;
-    for (size_t i = 0; i < rb * (size_t)n_rows; i++) m[i] = (uint8_t)rng_next();
+    for (size_t i = 0; i < rb * (size_t)n_rows; i++) m[i] = (uint8_t)rng_u64();
     int off[3];
     scale_offsets(type, off);
     for (size_t b = 0; b < rb * (size_t)n_rows / bb; b++)
@@ -150,7 +140,7 @@ static void test_f16(void) {
     int bad_hw = 0, bad_rne = 0;
     for (int i = 0; i < 2000000; i++) {
         /* exponents around the f16 range, so subnormals, ties and overflow all occur */
-        uint32_t u = (uint32_t)rng_next();
+        uint32_t u = (uint32_t)rng_u64();
         u = (u & 0x807fffffu) | ((uint32_t)(95 + (u >> 23) % 50) << 23);
         if (i & 1) u &= ~0x0fffu;   /* many exact ties and exact values */
         float f = bits_f32(u);
@@ -186,7 +176,7 @@ static void test_products(uint32_t type, int64_t n_cols) {
     double *ref = malloc(sizeof(double) * max_tok * max_rows);
     double *mag = malloc(sizeof(double) * max_tok * max_rows);
     for (int64_t r = 0; r < max_rows; r++) krn_dequantize_row(type, W + r * rb, wf + r * n_cols, n_cols);
-    for (int64_t i = 0; i < max_tok * n_cols; i++) X[i] = rng_unif(-1.0f, 1.0f);
+    for (int64_t i = 0; i < max_tok * n_cols; i++) X[i] = (float)rng_unif(-1.0f, 1.0f);
     /* types with 8-bit activations (krn_type_i8): the reference sees x as the kernel rounds it,
      * per block of 32 d = max|x| / 127 and x' = d * nearbyint(x / d) (test_kernels bounds the
      * rounding itself against the unrounded x) */
@@ -269,7 +259,7 @@ static void test_batch_invariance(uint32_t type, int64_t n_rows, int64_t n_cols)
     float *X = malloc(sizeof(float) * max_tok * n_cols), *Xs = malloc(sizeof(float) * max_tok * n_cols);
     float *ref = malloc(sizeof(float) * max_tok * n_rows), *Y = malloc(sizeof(float) * max_tok * n_rows);
     float *Ys = malloc(sizeof(float) * max_tok * n_rows);
-    for (int64_t i = 0; i < max_tok * n_cols; i++) X[i] = rng_unif(-1.0f, 1.0f);
+    for (int64_t i = 0; i < max_tok * n_cols; i++) X[i] = (float)rng_unif(-1.0f, 1.0f);
 
     set_threads(1);
     for (int64_t t = 0; t < max_tok; t++) krn_matvec(type, W, n_rows, n_cols, X + t * n_cols, ref + t * n_rows);

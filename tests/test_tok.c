@@ -6,9 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "check.h"
+#include "clock.h"
 #include "gguf.h"
 #include "tok.h"
 
@@ -241,18 +241,12 @@ static int enc_is(const tok_vocab *v, const char *s, size_t n, bool special, con
 }
 #define ENC_IS(v, s, special, ...) enc_is(v, s, strlen(s), special, (const int[]){__VA_ARGS__, -1})
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Encodes n copies of byte c (or the pattern) and returns the count; *secs the time taken. */
 static int64_t enc_big(const tok_vocab *v, const char *pattern, size_t n, double *secs, int32_t **ids_out) {
     char *s = malloc(n);
     size_t pl = strlen(pattern);
     for (size_t i = 0; i < n; i++) s[i] = pattern[i % pl];
-    double t0 = now_s();
+    double t0 = krn_now_s();
     int64_t k = tok_encode(v, s, n, false, true, NULL, 0);
     int32_t *ids = NULL;
     if (k > 0) {
@@ -260,7 +254,7 @@ static int64_t enc_big(const tok_vocab *v, const char *pattern, size_t n, double
         int64_t k2 = tok_encode(v, s, n, false, true, ids, k);
         CHECK(k2 == k, "second pass gave %lld ids, first %lld", (long long)k2, (long long)k);
     }
-    *secs = now_s() - t0;
+    *secs = krn_now_s() - t0;
     free(s);
     if (ids_out) *ids_out = ids;
     else free(ids);
@@ -349,7 +343,7 @@ static void test_spm(void) {
      * characters and stray continuation bytes. Not of arbitrary bytes: a lead byte swallows the
      * bytes it announces after spaces became "▁", as in llama.cpp, and a literal "▁" comes
      * back as a space. */
-    srand(7);
+    rng_seed(7);
     int rt_fail = 0;
     for (int t = 0; t < 500; t++) {
         static const char *units[] = {"a", "b", "c", " ", "\t", "<", ">", "s", "u", "\xc3\xa9", "\x80",
@@ -357,8 +351,8 @@ static void test_spm(void) {
         char s[200], out[200];
         int32_t tids[200];
         size_t n = 0;
-        for (int i = rand() % 40; i > 0; i--) {
-            const char *u = units[rand() % (sizeof units / sizeof units[0])];
+        for (int i = rng_int(40); i > 0; i--) {
+            const char *u = units[rng_int((int)(sizeof units / sizeof units[0]))];
             memcpy(s + n, u, strlen(u));
             n += strlen(u);
         }
@@ -433,15 +427,15 @@ static void test_bpe(void) {
     CHECK(tok_decode(v, seq, 5, true, buf, sizeof buf) == 15, "decode special");
 
     int rt_fail = 0;
-    srand(11);
+    rng_seed(11);
     for (int t = 0; t < 500; t++) {
         static const char *units[] = {"a", "b", "c", " ", "1", "2", "\t", "\n", "\r", "'", "s", "S", ".",
                                       "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xc2\xa0", "\x00"};
         char s[200], out[400];
         int32_t tids[400];
         size_t n = 0;
-        for (int i = rand() % 40; i > 0; i--) {
-            const char *u = units[rand() % (sizeof units / sizeof units[0])];
+        for (int i = rng_int(40); i > 0; i--) {
+            const char *u = units[rng_int((int)(sizeof units / sizeof units[0]))];
             size_t ul = *u ? strlen(u) : 1; /* "\x00" is one NUL byte */
             memcpy(s + n, u, ul);
             n += ul;

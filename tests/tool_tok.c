@@ -11,16 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "gguf.h"
 #include "tok.h"
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 int main(int argc, char **argv) {
     const char *path = NULL;
@@ -38,9 +32,9 @@ int main(int argc, char **argv) {
     char err[256];
     gguf_ctx *g = gguf_open(path, err, sizeof err);
     if (!g) { fprintf(stderr, "gguf: %s\n", err); return 1; }
-    double t0 = now_ms();
+    double t0 = krn_now_s() * 1e3;
     tok_vocab *v = tok_load(g, err, sizeof err);
-    double t1 = now_ms();
+    double t1 = krn_now_s() * 1e3;
     gguf_close(g); /* the vocab must not depend on the mapping */
     if (!v) { fprintf(stderr, "%s\n", err); return 1; }
     fprintf(stderr, "info n_vocab=%d bos=%d eos=%d add_bos=%d load_ms=%.1f\n", tok_n_vocab(v),

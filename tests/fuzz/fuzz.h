@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "tok.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
@@ -38,23 +40,11 @@ static inline uint16_t fuzz_u16(fuzz_in *in) {
 }
 static inline size_t fuzz_left(const fuzz_in *in) { return in->n - in->i; }
 
-/* Strict UTF-8 (no overlongs, surrogates or values past U+10FFFF); NUL allowed. */
+/* Strict UTF-8 (no overlongs, surrogates or values past U+10FFFF); NUL allowed. Character by
+ * character with the engine's validator (tests/test_unicode.c checks it against a reference). */
 static inline int fuzz_valid_utf8(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        if (!len || i + len > n) return 0;
-        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-            cp = cp << 6 | (s[i + k] & 0x3F);
-        }
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-            (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
-            return 0;
-        i += len;
-    }
+    for (size_t i = 0, len; i < n; i += len)
+        if (!(len = tok_utf8_len((const char *)s + i, n - i))) return 0;
     return 1;
 }
 

@@ -4,10 +4,10 @@
  *
  * The loader checks a checksum of the whole file before anything else, so random bytes stop
  * there. To reach the parsing behind it the harness can patch the file first: it recomputes
- * the checksum with eng_ctx_file_checksum and knows the header layout (copied below and
- * checked against a real file at start-up, so that a format change fails loudly instead of
- * fuzzing nothing). Real files are ~400 KB, mostly KV pages, so most inputs are edits of a real file
- * built at start-up rather than whole files.
+ * the checksum with eng_ctx_file_checksum and reads the header and tables through
+ * engine/context_file.h (checked against a real file at start-up, so that a format change fails
+ * loudly instead of fuzzing nothing). Real files are ~400 KB, mostly KV pages, so most inputs
+ * are edits of a real file built at start-up rather than whole files.
  *
  * Input: byte 0 is the mode.
  *   bit 0  fix-ups: set file_bytes to the length, the model's fingerprint, and the checksum;
@@ -40,26 +40,8 @@
 #include "fuzz.h"
 #include "model.h"
 
-/* ---- the file format of engine/context.c (keep in step; checked in LLVMFuzzerInitialize) ---- */
-
-typedef struct {
-    char magic[8];
-    uint32_t version, header_bytes;
-    uint64_t fingerprint;
-    uint64_t checksum;
-    uint64_t file_bytes;
-    int32_t n_tokens, n_layer, n_head_kv, head_dim, v_dim, page_size, dtype, ring_slack;
-    int64_t ctx_lo, ctx_hi;
-    float fine_frac, coarse_frac, target;
-    int32_t obs_tokens, n_sink, n_tail, global_calib, pad0;
-    double prefill_s, cluster_s;
-    uint64_t off_tokens, off_layers, off_cent;
-    int64_t n_fine, n_coarse, clustered;
-    uint8_t reserved[256 - 8 - 8 - 8 * 3 - 4 * 8 - 16 - 12 - 20 - 16 - 24 - 24];
-} ctx_header;
-_Static_assert(sizeof(ctx_header) == 256, "the header is 256 bytes");
-typedef struct { uint64_t off; int64_t n_pages, n_tok; int32_t window, pad; } ctx_layer_rec;
-typedef struct { uint64_t off, len; } ctx_cent_rec;
+/* the file format (header, tables, layout) as engine/context.c writes and reads it */
+#include "context_file.h"
 
 /* ---- state built once ---- */
 
@@ -128,13 +110,13 @@ static void build_base(base_file *bf, int n, const eng_ctx_params *cp) {
     FUZZ_CHECK(eng_ctx_save(c, dir, err, sizeof err) == 0, "saving the base context: %s", err);
     eng_ctx_unref(c);
     char path[500];
-    snprintf(path, sizeof path, "%s/context.kvctx", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, CTX_FILE);
     bf->bytes = slurp(path, &bf->len);
     remove_tree(dir);
     FUZZ_CHECK(bf->bytes && bf->len >= sizeof(ctx_header), "reading the base context back");
     ctx_header H;
     memcpy(&H, bf->bytes, sizeof H);
-    FUZZ_CHECK(!memcmp(H.magic, "KVSKCTX1", 8) && H.version == 1 && H.header_bytes == sizeof H &&
+    FUZZ_CHECK(!memcmp(H.magic, CTX_MAGIC, 8) && H.version == CTX_VERSION && H.header_bytes == sizeof H &&
                H.file_bytes == bf->len && H.fingerprint == fingerprint &&
                H.checksum == eng_ctx_file_checksum(bf->bytes, bf->len),
                "the context file format changed (magic %.8s, version %u, checksum %s): update "
@@ -180,7 +162,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
              !stat("/dev/shm", &st) && S_ISDIR(st.st_mode) && !access("/dev/shm", W_OK) ? "/dev/shm" : t && *t ? t : "/tmp");
     FUZZ_CHECK(mkdtemp(tmp_dir) != NULL, "mkdtemp %s", tmp_dir);
     snprintf(ctx_dir, sizeof ctx_dir, "%s/ctx", tmp_dir);
-    snprintf(ctx_file, sizeof ctx_file, "%s/context.kvctx", ctx_dir);
+    snprintf(ctx_file, sizeof ctx_file, "%s/%s", ctx_dir, CTX_FILE);
 
     eng_ctx_params cp = eng_ctx_params_default();
     cp.n_sink = 4, cp.n_tail = 8, cp.obs_tokens = 8, cp.fine_frac = 0.1f, cp.coarse_frac = 0.05f;

@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
+
+#include "clock.h"
 
 #ifndef FUZZ_TARGET
 #error "build with -DFUZZ_TARGET='\"fuzz_<name>\"'"
@@ -91,8 +92,7 @@ static int run_dir(const char *dir) {
 }
 
 int main(int argc, char **argv) {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = krn_now_s();
     if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
     int rc = 0;
     if (argc > 1) {
@@ -111,9 +111,8 @@ int main(int argc, char **argv) {
         struct stat st;
         if (!stat("tests/fuzz/regress/" FUZZ_TARGET, &st) && run_dir("tests/fuzz/regress/" FUZZ_TARGET)) rc = -1;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("test_fuzz_replay %s: %d inputs in %.2f s%s\n", FUZZ_TARGET, n_inputs,
-           (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9, rc ? ", errors" : "");
+    printf("test_fuzz_replay %s: %d inputs in %.2f s%s\n", FUZZ_TARGET, n_inputs, krn_now_s() - t0,
+           rc ? ", errors" : "");
     if (!rc && n_inputs == 0) {
         printf("test_fuzz_replay %s: no inputs found\n", FUZZ_TARGET);
         rc = -1;
