@@ -16,13 +16,13 @@
 
 /* Adds a string of n bytes (any bytes) to obj as key, cleaned to valid UTF-8. */
 static void add_str(cJSON *obj, const char *key, const char *s, size_t n) {
-    char *c = srv_utf8_clean(s ? s : "", s ? n : 0);
+    char *c = tok_utf8_clean(s ? s : "", s ? n : 0);
     cJSON_AddItemToObject(obj, key, cJSON_CreateString(c ? c : ""));
     free(c);
 }
 
 static cJSON *mk_str(const char *s, size_t n) {
-    char *c = srv_utf8_clean(s ? s : "", s ? n : 0);
+    char *c = tok_utf8_clean(s ? s : "", s ? n : 0);
     cJSON *it = cJSON_CreateString(c ? c : "");
     free(c);
     return it;
@@ -631,7 +631,7 @@ static cJSON *logprobs_completions(gen *G, int a, int b) {
         cJSON *top = cJSON_CreateObject();
         for (int k = 0; k < t->n_top; k++) {
             n = piece(G->s->vocab, t->top_id[k], buf, sizeof buf);
-            char *c = srv_utf8_clean(buf, n);
+            char *c = tok_utf8_clean(buf, n);
             if (c && !cJSON_GetObjectItemCaseSensitive(top, c)) cJSON_AddNumberToObject(top, c, t->top_lp[k]);
             free(c);
         }
@@ -806,7 +806,7 @@ static void consume(gen *G, eng_event *ev, bool stream) {
         G->fin = *ev;
         G->fin.text = NULL;
         G->fin.text_len = 0;
-        if (ok_finish(ev->finish)) srv_metrics_e2e(s->metrics, (srv_now_ms() - G->t_start) / 1e3);
+        if (ok_finish(ev->finish)) srv_metrics_e2e(s->metrics, krn_now_s() - G->t_start / 1e3);
     }
     if (stream) {
         bool tgi = G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM;
@@ -890,7 +890,7 @@ static void wait_done(gen *G) {
         } else if (r < 0) {
             return;
         }
-        double t = srv_now_ms();
+        double t = krn_now_s() * 1e3;
         if (!G->gone && t - last_check > 20) {
             last_check = t;
             if (srv_client_gone(G->conn)) {
@@ -1016,7 +1016,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         return r;
     }
     uint64_t nid = atomic_fetch_add(&s->next_id, 1);
-    if (!g->seed_given) g->sp.seed = mix64((uint64_t)time(NULL) ^ mix64(nid) ^ (uint64_t)(srv_now_ms() * 1e3));
+    if (!g->seed_given) g->sp.seed = mix64((uint64_t)time(NULL) ^ mix64(nid) ^ (uint64_t)(krn_now_s() * 1e6));
     snprintf(G->id, sizeof G->id, "%s-%016llx", c->route == SRV_ROUTE_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)mix64(nid ^ ((uint64_t)s->created << 20)));
 

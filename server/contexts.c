@@ -343,7 +343,7 @@ static void *builder(void *arg) {
     srv_ctx_reg *r = b.r;
     entry *e = b.e;
     srv *s = r->s;
-    const double t0 = srv_now_ms();
+    const double t0 = krn_now_s();
     eng_event ev;
     eng_seq *seq = NULL;
     char err[512] = "";
@@ -375,7 +375,7 @@ static void *builder(void *arg) {
     e->stage = "clustering";
     bool deleted = e->deleted;
     pthread_mutex_unlock(&r->mu);
-    const double prefill_s = (srv_now_ms() - t0) / 1e3;
+    const double prefill_s = krn_now_s() - t0;
     if (!seq || deleted) {
         eng_seq_free(seq);
         if (!deleted) set_failed(r, e, err[0] ? err : "prefill failed");

@@ -121,7 +121,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!(c = calloc(1, sizeof *c))) return MHD_NO;
         c->s = s;
         c->conn = conn;
-        c->t_start = srv_now_ms();
+        c->t_start = krn_now_s() * 1e3;
         c->route = SRV_ROUTE_OTHER;
         *con_cls = c;
         atomic_fetch_add(&s->inflight, 1);
@@ -210,7 +210,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         c->body_seen += n;
         /* a client that trickles its body (a byte per second keeps the idle timeout from firing)
          * is cut off once the whole request has taken longer than request_timeout_s */
-        if (srv_now_ms() - c->t_start > s->cfg.request_timeout_s * 1e3) return MHD_NO;
+        if (krn_now_s() * 1e3 - c->t_start > s->cfg.request_timeout_s * 1e3) return MHD_NO;
         if (c->processed || c->early_status) return MHD_YES; /* drained, not kept */
         if (c->body_len + n > s->cfg.max_body_bytes) {
             set_early(c, 413, NULL, "request body too large");
@@ -327,13 +327,13 @@ static struct MHD_Daemon *start_daemon(srv *s, char *err, size_t errlen) {
     return d;
 }
 
-/* Waits until no request is in flight, or deadline (monotonic ms), or a signal arrives. Returns
+/* Waits until no request is in flight, or deadline (krn_now_s), or a signal arrives. Returns
  * true when the requests finished. */
 static bool wait_idle(srv *s, double deadline, const sigset_t *sigs) {
     while (atomic_load(&s->inflight) > 0) {
-        double left = deadline - srv_now_ms();
+        double left = deadline - krn_now_s();
         if (left <= 0) return false;
-        struct timespec ts = {0, (long)((left < 50 ? left : 50) * 1e6)};
+        struct timespec ts = {0, (long)((left < 0.05 ? left : 0.05) * 1e9)};
         int sig = sigtimedwait(sigs, NULL, &ts);
         if (sig == SIGINT || sig == SIGTERM) {
             fprintf(stderr, "kvseek: second signal: cancelling in-flight requests now\n");
@@ -396,7 +396,7 @@ int srv_serve_main(int argc, char **argv) {
     fprintf(stderr, "kvseek: listening on http://%s%s%s:%d\n", strchr(s.cfg.host, ':') ? "[" : "",
             s.cfg.host, strchr(s.cfg.host, ':') ? "]" : "", port);
 
-    double t0 = srv_now_ms();
+    double t0 = krn_now_s();
     eng_model_params mp = {.n_threads = s.cfg.threads, .attn = s.cfg.attn,
                            .device = strcmp(s.cfg.device, "cuda") ? ENG_DEVICE_CPU : ENG_DEVICE_CUDA,
                            .gpu_mem_gb = s.cfg.gpu_mem_gb};
@@ -431,7 +431,7 @@ int srv_serve_main(int argc, char **argv) {
         fprintf(stderr, "kvseek: warning: contexts unavailable: %s\n", err);
     fprintf(stderr, "kvseek: model %s (%s, vocab %d) ready in %.0f ms; %d sequences x %d tokens, "
             "chat template %s (%s), %d threads\n", s.cfg.model_alias, hp->arch_name, hp->n_vocab,
-            srv_now_ms() - t0, s.cfg.parallel, s.n_ctx, srv_chat_name(s.chat_fmt), s.chat_source,
+            (krn_now_s() - t0) * 1e3, s.cfg.parallel, s.n_ctx, srv_chat_name(s.chat_fmt), s.chat_source,
             s.cfg.threads > 0 ? s.cfg.threads : omp_get_max_threads());
     atomic_store(&s.state, SRV_READY);
 
@@ -444,10 +444,10 @@ int srv_serve_main(int argc, char **argv) {
     /* refuse new connections now rather than leave them in the backlog until exit (the socket
      * itself may only be closed after MHD_stop_daemon) */
     if (lsock != MHD_INVALID_SOCKET) shutdown(lsock, SHUT_RDWR);
-    if (!wait_idle(&s, srv_now_ms() + s.cfg.shutdown_timeout_s * 1e3, &sigs)) {
+    if (!wait_idle(&s, krn_now_s() + s.cfg.shutdown_timeout_s, &sigs)) {
         fprintf(stderr, "kvseek: cancelling %d request(s)\n", atomic_load(&s.inflight));
         eng_sched_cancel_all(s.sched);
-        wait_idle(&s, srv_now_ms() + 5e3, &sigs);
+        wait_idle(&s, krn_now_s() + 5, &sigs);
     }
 out:
     if (s.sched) eng_sched_cancel_all(s.sched);

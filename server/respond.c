@@ -1,24 +1,17 @@
 /* The HTTP server's responses, shared by the router (http.c) and the endpoint handlers (api.c,
  * contexts.c): a body or a JSON object with the common headers, an error object in the route's
  * shape (OpenAI or TGI), a Server-Sent Events stream from a content-reader callback; and the
- * small helpers they need (the monotonic clock of the request timings, whether the client has
- * gone, UTF-8 cleaning of text that goes into JSON). Each respond call takes ownership of what it
- * is given and queues the response on the request's connection. */
+ * helper they need (whether the client has gone). Text that goes into JSON is cleaned to valid
+ * UTF-8 with tok_utf8_clean. Each respond call takes ownership of what it is given and queues the
+ * response on the request's connection. */
 #include <poll.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "srv.h"
 
 /* ---- connection helpers ---- */
-
-double srv_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 bool srv_client_gone(struct MHD_Connection *conn) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -129,7 +122,7 @@ static const char *tgi_type(int status) {
 
 cJSON *srv_error_json(srv_shape shape, int status, const char *code, const char *param, const char *msg) {
     cJSON *o = cJSON_CreateObject();
-    char *clean = srv_utf8_clean(msg, strlen(msg));
+    char *clean = tok_utf8_clean(msg, strlen(msg));
     if (shape == SRV_SHAPE_TGI) {
         cJSON_AddStringToObject(o, "error", clean ? clean : msg);
         cJSON_AddStringToObject(o, "error_type", tgi_type(status));
@@ -173,38 +166,4 @@ enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, vo
     enum MHD_Result rc = MHD_queue_response(c->conn, 200, r);
     MHD_destroy_response(r);
     return rc;
-}
-
-/* ---- UTF-8 ---- */
-
-char *srv_utf8_clean(const char *s, size_t n) {
-    char *o = malloc(3 * n + 1), *p = o;
-    if (!o) return NULL;
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = u[i];
-        size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        bool ok = len > 0 && i + len <= n && c != 0;
-        uint32_t cp = len == 1 ? c : len == 2 ? c & 0x1F : len == 3 ? c & 0x0F : c & 0x07;
-        for (size_t k = 1; ok && k < len; k++) {
-            if ((u[i + k] & 0xC0) != 0x80) ok = false;
-            cp = (cp << 6) | (u[i + k] & 0x3F);
-        }
-        /* overlong forms, surrogates and values past U+10FFFF are invalid too */
-        if (ok && ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-                   (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF))
-            ok = false;
-        if (ok) {
-            memcpy(p, s + i, len);
-            p += len;
-            i += len;
-        } else {
-            memcpy(p, "\xEF\xBF\xBD", 3);
-            p += 3;
-            i++;
-        }
-    }
-    *p = 0;
-    return o;
 }

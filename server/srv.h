@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "clock.h"
 #include "context.h"
 #include "model.h"
 #include "scheduler.h"
@@ -136,7 +137,7 @@ typedef struct {
     int early_status;       /* an error decided before the body was read (answered after it) */
     const char *early_code, *early_msg;
     int status;             /* the status sent, for the metrics */
-    double t_start;         /* monotonic ms */
+    double t_start;         /* monotonic ms (krn_now_s() * 1e3) */
     bool processed;
     char method[8];         /* contexts: GET, POST or DELETE */
     char ctx_id[48];        /* contexts: the {id} of /v1/contexts/{id}, or empty */
@@ -144,8 +145,6 @@ typedef struct {
 
 /* ---- responses and connection helpers (respond.c) ---- */
 
-/* Monotonic milliseconds (request timings). */
-double srv_now_ms(void);
 /* The client closed its side of the connection. */
 bool srv_client_gone(struct MHD_Connection *conn);
 
@@ -164,9 +163,6 @@ enum MHD_Result srv_respond_error(srv_conn *c, int status, const char *code, con
 cJSON *srv_error_json(srv_shape shape, int status, const char *code, const char *param, const char *msg);
 enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, void *cls,
                                    MHD_ContentReaderFreeCallback fcb);
-
-/* A copy of s[0, n) with invalid UTF-8 (and NUL) replaced by U+FFFD; malloc'd. */
-char *srv_utf8_clean(const char *s, size_t n);
 
 /* ---- endpoints (api.c) ---- */
 

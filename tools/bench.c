@@ -24,10 +24,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "attn_sparse.h"
+#include "clock.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
@@ -42,12 +42,6 @@ typedef struct {
     int64_t ctx[8];
     int n_ctx;
 } bench_opts;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -117,9 +111,9 @@ static void time_read(const void *p, size_t bytes, int reps, double *med, double
     double t[64];
     if (reps > 64) reps = 64;
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = krn_now_s();
         sink = stream_sum(p, bytes / 4);
-        t[r] = now_s() - t0;
+        t[r] = krn_now_s() - t0;
     }
     *best = minimum(t, reps);
     *med = median(t, reps);
@@ -199,12 +193,12 @@ static void bench_types(const bench_opts *o, uint8_t *buf, size_t cap, float *x,
         double tr[64], tm[64];
         int reps = o->reps > 64 ? 64 : o->reps;
         for (int r = 0; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = krn_now_s();
             sink = stream_sum((const float *)buf, bytes / 4);
-            double t1 = now_s();
+            double t1 = krn_now_s();
             krn_matvec(type, buf, rows, o->cols, x, y);
             tr[r] = t1 - t0;
-            tm[r] = now_s() - t1;
+            tm[r] = krn_now_s() - t1;
         }
         double best = minimum(tm, reps), med = median(tm, reps), rmed = median(tr, reps);
         emit(o, "matvec", "type=%s rows=%lld cols=%d mib=%.0f gb_s=%.2f gb_s_best=%.2f gelem_s=%.2f "
@@ -244,16 +238,16 @@ static void bench_attn(const bench_opts *o, int n_keys, int d, int n_q) {
         int reps = o->reps > 64 ? 64 : o->reps;
         attn_range(&v, q, n_q, 0, n_keys, 0.0625f, out, lse);
         for (int r = 0; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = krn_now_s();
             #pragma omp parallel
             {
                 #pragma omp single
                 attn_range(&v, q, n_q, 0, n_keys, 0.0625f, out, lse);
             }
-            double t1 = now_s();
+            double t1 = krn_now_s();
             attn_range(&v, q, n_q, 0, n_keys, 0.0625f, out, lse);
             ts[r] = t1 - t0;
-            tp[r] = now_s() - t1;
+            tp[r] = krn_now_s() - t1;
         }
         double ms = median(ts, reps), mp = median(tp, reps);
         emit(o, "attn_range", "dtype=%s keys=%d dk=%d dv=%d group=%d kv_mib=%.0f serial_ms=%.2f serial_gb_s=%.2f "
@@ -329,20 +323,20 @@ static int bench_model(const bench_opts *o, double copy_gbs, double read_gbs) {
     int passes = 2 * o->reps < MAXP ? 2 * o->reps : MAXP;
     double tp[MAXP], tr[MAXP], (*ts)[MAXP] = calloc(n_acc, sizeof *ts);
     for (int p = -1; p < passes; p++) {   /* p = -1: warm-up (page faults of the mapping) */
-        double r0 = now_s();
+        double r0 = krn_now_s();
         sink = stream_sum(rd, rd_n);
-        double t0 = now_s();
+        double t0 = krn_now_s();
         for (int k = 0; p >= 0 && k < n_acc; k++) ts[k][p] = 0;
         for (int i = 0; i < n_mats; i++) {
             const gguf_tensor *t = mats[i];
-            double c0 = now_s();
+            double c0 = krn_now_s();
             krn_matvec(t->type, t->data, t->ne[1], t->ne[0], x, y);
-            double dt = now_s() - c0;
+            double dt = krn_now_s() - c0;
             for (int k = 0; p >= 0 && k < n_acc; k++)
                 if (acc[k].type == t->type && acc[k].rows == t->ne[1] && acc[k].cols == t->ne[0]) ts[k][p] += dt;
         }
         if (p >= 0) {
-            tp[p] = now_s() - t0;
+            tp[p] = krn_now_s() - t0;
             tr[p] = t0 - r0;
         }
     }
@@ -511,12 +505,12 @@ int tool_bench_kernels_main(int argc, char **argv) {
     int reps = o.reps > 64 ? 64 : o.reps;
     par_memcpy(b, a, cap);
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = krn_now_s();
         par_memcpy(b, a, cap);
-        double t1 = now_s();
+        double t1 = krn_now_s();
         sink = stream_sum((const float *)a, cap / 4);
         tc[r] = t1 - t0;
-        tr[r] = now_s() - t1;
+        tr[r] = krn_now_s() - t1;
     }
     double copy_gbs = 2.0 * cap / median(tc, reps) / 1e9, read_gbs = cap / median(tr, reps) / 1e9;
     emit(&o, "memcpy", "mib=%zu gb_s=%.2f gb_s_best=%.2f copied_gb_s=%.2f", o.mb, copy_gbs,
@@ -540,12 +534,12 @@ int tool_bench_kernels_main(int argc, char **argv) {
         double t[64];
         int work[256];
         for (int r = 0; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = krn_now_s();
             for (int k = 0; k < 2000; k++) {
                 #pragma omp parallel for schedule(static)
                 for (int i = 0; i < 256; i++) work[i] = i;
             }
-            t[r] = (now_s() - t0) / 2000;
+            t[r] = (krn_now_s() - t0) / 2000;
             sink = (float)work[255];
         }
         emit(&o, "omp_region", "threads=%d us=%.2f us_best=%.2f", o.threads, median(t, reps) * 1e6, minimum(t, reps) * 1e6);

@@ -3,13 +3,13 @@
  * into a pinned staging buffer and copied (the choice DESIGN.md leaves to measurement), plus the
  * dense range kernel over device pages. JSON lines on stdout. */
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attn_sparse.h"
+#include "clock.h"
 #include "gpu.h"
 #include "quant.h"
 #include "tools.h"
@@ -28,10 +28,10 @@ static uint64_t rng_next(uint64_t *s) {
 /* Seconds per call of f over reps calls (after one warm-up), synchronised. */
 #define TIME_IT(reps, call, out_s) do { \
         if ((call) || gpu_sync()) goto cuda_fail; \
-        double t0_ = omp_get_wtime(); \
+        double t0_ = krn_now_s(); \
         for (int r_ = 0; r_ < (reps); r_++) if (call) goto cuda_fail; \
         if (gpu_sync()) goto cuda_fail; \
-        (out_s) = (omp_get_wtime() - t0_) / (reps); \
+        (out_s) = (krn_now_s() - t0_) / (reps); \
     } while (0)
 
 static void usage(void) {
@@ -144,9 +144,9 @@ int tool_bench_gpu_main(int argc, char **argv) {
         const int shift = (int)ceil(log2((double)n_sel + 1));
         tbl_stage[0] = stage_d;
         if (gpu_h2d(d_tbl_stage, tbl_stage, sizeof(void *))) goto cuda_fail;
-        double t0 = omp_get_wtime();
+        double t0 = krn_now_s();
         for (int r = -1; r < o.reps; r++) {
-            if (r == 0) t0 = omp_get_wtime();
+            if (r == 0) t0 = krn_now_s();
             #pragma omp parallel for schedule(static)
             for (int64_t j = 0; j < n_sel; j++) {
                 const char *pg = tbl_host[ids[j] >> 6];
@@ -165,7 +165,7 @@ int tool_bench_gpu_main(int argc, char **argv) {
                 gpu_attn_decode(d_job, 1, o.group, scale, n_sel) || gpu_sync())
                 goto cuda_fail;
         }
-        s_stage = (omp_get_wtime() - t0) / o.reps;
+        s_stage = (krn_now_s() - t0) / o.reps;
     }
     memset(job, 0, sizeof *job);
     job->q = q; job->out = out; job->lse = lse; job->lo = 0; job->hi = o.keys;

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "context.h"
 #include "model.h"
 #include "quant.h"
@@ -23,12 +24,6 @@
 #include "tools.h"
 
 #define KVSEEK_VERSION "0.1.0"
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* Physical cores: distinct (package, core) pairs in sysfs; the online CPU count otherwise. */
 static int physical_cores(void) {
@@ -317,7 +312,7 @@ static eng_model *load_model(const args *a) {
     eng_model_params mp = {.n_threads = a->threads > 0 ? a->threads : physical_cores(), .chunk = a->chunk,
                            .attn = a->attn, .device = a->device, .gpu_mem_gb = a->gpu_mem_gb};
     char err[512];
-    double t0 = now_ms();
+    double t0 = krn_now_s() * 1e3;
     eng_model *m = eng_model_load(a->model, &mp, err, sizeof err);
     if (!m) {
         fprintf(stderr, "error: %s\n", err);
@@ -326,7 +321,7 @@ static eng_model *load_model(const args *a) {
     const eng_hparams *hp = eng_model_hparams(m);
     fprintf(stderr, "kvseek: loaded %s (%s, %d layers, n_embd %d, %d/%d heads, vocab %d) in %.0f ms, %d threads, %s\n",
             a->model, hp->arch_name, hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv,
-            hp->n_vocab, now_ms() - t0, mp.n_threads, eng_model_device(m));
+            hp->n_vocab, krn_now_s() * 1e3 - t0, mp.n_threads, eng_model_device(m));
     return m;
 }
 
@@ -414,36 +409,6 @@ static int32_t *prompt_from_ids(const tok_vocab *v, const char *text, int64_t *n
         }
     }
     return ids;
-}
-
-/* Copies text replacing each invalid UTF-8 sequence by U+FFFD, so JSON output stays valid
- * when generation stops inside a character. The caller frees. */
-static char *utf8_sanitize(const char *s, size_t n) {
-    char *out = malloc(3 * n + 1), *o = out;
-    if (!out) return NULL;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + len <= n;
-        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* overlong forms and surrogates are invalid too */
-            unsigned cp = len == 2 ? (c & 0x1Fu) : len == 3 ? (c & 0x0Fu) : (c & 0x07u);
-            for (int k = 1; k < len; k++) cp = (cp << 6) | ((unsigned char)s[i + k] & 0x3Fu);
-            ok = (len == 2 && cp >= 0x80) || (len == 3 && cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF)) ||
-                 (len == 4 && cp >= 0x10000 && cp <= 0x10FFFF);
-        }
-        if (ok && c) {
-            memcpy(o, s + i, len);
-            o += len;
-            i += len;
-        } else {
-            memcpy(o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i++;
-        }
-    }
-    *o = 0;
-    return out;
 }
 
 /* ---- subcommands ---- */
@@ -537,7 +502,7 @@ static int cmd_generate(const args *a) {
     eng_ctx *ctx = NULL;
     int64_t n_context = 0;
     if (a->context) {
-        double tl = now_ms();
+        double tl = krn_now_s() * 1e3;
         ctx = eng_ctx_load(m, a->context, err, sizeof err);
         if (!ctx) {
             fprintf(stderr, "error: %s\n", err);
@@ -547,7 +512,7 @@ static int cmd_generate(const args *a) {
         }
         n_context = eng_ctx_n_tokens(ctx);
         fprintf(stderr, "kvseek: context %s: %lld tokens, mapped in %.1f ms\n", a->context, (long long)n_context,
-                now_ms() - tl);
+                krn_now_s() * 1e3 - tl);
     }
     /* after a context the prompt continues it: no second BOS */
     int32_t *prompt = a->prompt_ids ? prompt_from_ids(v, text, &n_prompt)
@@ -590,15 +555,15 @@ static int cmd_generate(const args *a) {
     memcpy(hist, prompt, sizeof(int32_t) * n_prompt);
     int n_hist = (int)n_prompt;
 
-    double t0 = now_ms();
+    double t0 = krn_now_s() * 1e3;
     if (eng_forward(m, s, prompt, (int)n_prompt, logits, false, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         goto done;
     }
-    double t_prefill = now_ms() - t0;
+    double t_prefill = krn_now_s() * 1e3 - t0;
     const char *finish = "length";
     int n_gen = 0;
-    double t1 = now_ms();
+    double t1 = krn_now_s() * 1e3;
     for (; n_gen < a->n_predict; ) {
         int32_t tok = eng_sampler_sample(smp, logits, hist, n_hist, NULL);
         hist[n_hist++] = tok;
@@ -634,7 +599,7 @@ static int cmd_generate(const args *a) {
             goto done;
         }
     }
-    double t_decode = now_ms() - t1;
+    double t_decode = krn_now_s() * 1e3 - t1;
     /* the first sampled token comes from the prefill logits: n_gen - 1 decode forwards */
     int n_dec = n_gen > 1 ? n_gen - 1 : 0;
     double dec_tps = n_dec && t_decode > 0 ? n_dec / (t_decode / 1e3) : 0.0;
@@ -647,7 +612,7 @@ static int cmd_generate(const args *a) {
         if (ctx) cJSON_AddNumberToObject(o, "context_tokens", (double)n_context);
         cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
         for (int i = 0; i < n_gen; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + i]));
-        char *clean = utf8_sanitize(gen_text ? gen_text : "", gen_len);
+        char *clean = tok_utf8_clean(gen_text ? gen_text : "", gen_len); /* may stop inside a character */
         cJSON_AddStringToObject(o, "text", clean ? clean : "");
         free(clean);
         cJSON_AddNumberToObject(o, "generated_tokens", n_gen);
@@ -805,7 +770,7 @@ static int cmd_perplexity(const args *a) {
             (long long)n_chunks, n_ctx);
     double nll = 0.0, nll2 = 0.0;
     int64_t count = 0;
-    double t0 = now_ms();
+    double t0 = krn_now_s() * 1e3;
     for (int64_t c = 0; c < n_chunks; c++) {
         memcpy(chunk, toks + c * n_ctx, sizeof(int32_t) * n_ctx);
         if (tok_add_bos(v) && tok_bos(v) >= 0) chunk[0] = tok_bos(v);
@@ -827,7 +792,7 @@ static int cmd_perplexity(const args *a) {
                 count++;
             }
         }
-        double el = (now_ms() - t0) / 1e3;
+        double el = (krn_now_s() * 1e3 - t0) / 1e3;
         fprintf(stderr, "[%lld]%.4f (%.1f s, %.0f tok/s)\n", (long long)c + 1, exp(nll / count), el,
                 (c + 1) * n_ctx / el);
     }

@@ -29,9 +29,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "gguf.h"
 #include "model.h"
 #include "quant.h"
@@ -60,12 +60,6 @@ typedef struct {
     int zero_rows;          /* rows [0, zero_rows) are zero (the control tokens of output) */
     uint64_t offset, bytes; /* in the data section; bytes before padding */
 } synth_tensor;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- random rows ---- */
 
@@ -519,7 +513,7 @@ int tool_synth_model_main(int argc, char **argv) {
     if (rc) return rc < 0 ? 2 : 0;
     if (o.threads > 0) omp_set_num_threads(o.threads);
     signal(SIGXFSZ, SIG_IGN); /* a file-size limit is an error message, not a dead process */
-    double t0 = now_s();
+    double t0 = krn_now_s();
 
     synth_tensor *t = NULL;
     bytebuf meta = {0};
@@ -626,7 +620,7 @@ int tool_synth_model_main(int argc, char **argv) {
     cJSON_AddNumberToObject(js, "bytes", (double)total);
     cJSON_AddNumberToObject(js, "params", (double)params);
     cJSON_AddStringToObject(js, "type", type_name(o.type));
-    cJSON_AddNumberToObject(js, "seconds", round((now_s() - t0) * 1000) / 1000);
+    cJSON_AddNumberToObject(js, "seconds", round((krn_now_s() - t0) * 1000) / 1000);
     char *line = cJSON_PrintUnformatted(js);
     if (line) printf("%s\n", line);
     free(line);

@@ -7,7 +7,8 @@
  * Model-level commands go through the engine's headers only. The benchmarks measure kernels, so
  * they include kernels/ headers directly (bench.c: attn_sparse.h, quant.h; bench_gpu.c: gpu.h,
  * attn_sparse.h, quant.h); synth.c writes quantized weights with quant.h's block formats; main.c's
- * `info` reads quant.h for the names of the weight types that quantize activations to 8 bits. */
+ * `info` reads quant.h for the names of the weight types that quantize activations to 8 bits.
+ * Every tool times with kernels/clock.h (krn_now_s), the one monotonic clock. */
 #ifndef KVSEEK_TOOLS_H
 #define KVSEEK_TOOLS_H
 

@@ -2,13 +2,13 @@
  * exactly the parsing and validation of srv_api_generate (TGI /generate and /generate_stream,
  * OpenAI /v1/completions and /v1/chat/completions in each chat format) and frees the result;
  * srv_attn_from_json takes an "attention" value as a request (storage keys refused) or the
- * config file (storage keys allowed) gives it; srv_utf8_clean cleans every body.
+ * config file (storage keys allowed) gives it; tok_utf8_clean cleans every body.
  *
  * Input: byte 0 bits 0-2 choose the parser: 0 TGI, 1 TGI stream, 2 completions, 3-5 chat
  * (gemma, chatml, llama3), 6 chat without a template, 7 attention (bit 3: storage keys
  * allowed); the rest is the body. Asserts: a refusal carries a message (and, as the server
  * answers it, a param that is still readable after the JSON is freed); an attention error names
- * its key; srv_utf8_clean gives valid UTF-8 without NUL, the input itself when that already was. */
+ * its key; tok_utf8_clean gives valid UTF-8 without NUL, the input itself when that already was. */
 #include <string.h>
 
 #include "fuzz.h"
@@ -17,12 +17,12 @@
 enum { N_VOCAB = 512 }; /* the tiny models' vocabulary */
 
 static void check_clean(const uint8_t *body, size_t len) {
-    char *c = srv_utf8_clean((const char *)body, len);
-    FUZZ_CHECK(c != NULL, "srv_utf8_clean: out of memory");
+    char *c = tok_utf8_clean((const char *)body, len);
+    FUZZ_CHECK(c != NULL, "tok_utf8_clean: out of memory");
     const size_t cl = strlen(c);
-    FUZZ_CHECK(fuzz_valid_utf8((const uint8_t *)c, cl), "srv_utf8_clean gave invalid UTF-8");
+    FUZZ_CHECK(fuzz_valid_utf8((const uint8_t *)c, cl), "tok_utf8_clean gave invalid UTF-8");
     if (fuzz_valid_utf8(body, len) && !memchr(body, 0, len))
-        FUZZ_CHECK(cl == len && !memcmp(c, body, len), "srv_utf8_clean changed valid text");
+        FUZZ_CHECK(cl == len && !memcmp(c, body, len), "tok_utf8_clean changed valid text");
     free(c);
 }
 
