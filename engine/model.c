@@ -201,17 +201,6 @@ static int alloc_workspace(eng_model *m) {
                    m->rope_cos && m->rope_sin ? 0 : -1;
 }
 
-eng_attn_params eng_attn_default(void) {
-    eng_attn_params a = {0};
-    snprintf(a.selector, sizeof a.selector, "dense");
-    a.top_k = 100;
-    a.scan = 0.02f;
-    a.n_sink = 128;
-    a.n_window = 512;
-    a.page_size = 64;
-    return a;
-}
-
 eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err, size_t errlen) {
     eng_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -219,7 +208,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
         return NULL;
     }
     if (p) m->params = *p;
-    if (!m->params.attn.selector[0]) m->params.attn = eng_attn_default();
+    if (eng_attn_is_unset(&m->params.attn)) m->params.attn = eng_attn_default();
     int use_gpu = 0;
     if (m->params.device == ENG_DEVICE_CUDA) {
         char why[256] = "";
@@ -370,7 +359,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     }
     if (eng_attn_check(a, err, errlen)) return NULL;
     idx_kind kind;
-    idx_kind_parse(a->selector, &kind);
+    kind = a->selector;
     eng_seq *s = calloc(1, sizeof *s);
     int *layer_window = calloc(hp->n_layer, sizeof(int));
     if (!s || !layer_window) {
@@ -457,7 +446,7 @@ int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t err
     }
     if (eng_attn_check(a, err, errlen)) return -1;
     idx_kind kind;
-    idx_kind_parse(a->selector, &kind);
+    kind = a->selector;
     if (kind != s->kind) {
         idx_set *ix = NULL;
         if (make_index(s->m, kind, &ix, err, errlen)) return -1;

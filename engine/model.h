@@ -8,8 +8,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "gguf.h"
+#include "index.h"
 #include "tok.h"
 
 typedef enum { ENG_ARCH_LLAMA = 0, ENG_ARCH_QWEN2 = 1, ENG_ARCH_GEMMA3 = 2 } eng_arch;
@@ -47,7 +49,7 @@ typedef struct eng_seq eng_seq;
  * of a global layer attends its static set (sinks + recent window) plus the ids its selector
  * picks among the offloaded tokens, merged exactly by log-sum-exp. */
 typedef struct {
-    char selector[16];     /* "dense" (default), "window", "oracle", "retrieval", "ivf", "centroids" */
+    idx_kind selector;     /* IDX_DENSE (default), _WINDOW, _ORACLE, _RETRIEVAL, _IVF, _CENTROIDS */
     int top_k;             /* ids per query the selector returns (default 100) */
     float scan;            /* retrieval/ivf: share of offloaded keys scored (default 0.02) */
     int gqa_mean;          /* 1: select with the group's mean query; 0: union of per-query top-k */
@@ -62,22 +64,65 @@ typedef struct {
                             * context's levels (two when it has a coarse level) */
 } eng_attn_params;
 
+/* The options of eng_attn_params, one per field, in one table (engine/attn_opts.c) that holds
+ * each field's name, kind, bounds and default; everything below is derived from it. Keys, in
+ * table order: selector, top_k, scan, target, gqa (union|mean), sink, window, measure_recall,
+ * levels, and the storage keys page_size (a power of two), kv_f16, kv_mem_gb, which apply only
+ * when a sequence is created (server-wide, refused per request). */
+typedef enum {
+    ENG_ATTN_INT,   /* an int field: an integer in the option's range */
+    ENG_ATTN_FLOAT, /* a float field: a number in the option's range */
+    ENG_ATTN_BOOL,  /* an int field, 0 or 1: true|false or 1|0 as text; a flag without a value */
+    ENG_ATTN_ENUM,  /* an enum field, set by the name of a value (selector, gqa) */
+    ENG_ATTN_GB,    /* a size_t field of bytes, given as a number of GiB (kv_mem_gb) */
+} eng_attn_kind;
+
+typedef struct {
+    const char *name;  /* key in the config file and requests ("top_k") */
+    const char *flag;  /* command-line flag ("--attn-top-k"); a boolean one takes no value */
+    eng_attn_kind kind;
+    bool storage;      /* fixed when a sequence is created: a server's setting, not a request's */
+} eng_attn_opt;
+
+/* The i-th option in table order; NULL past the last (iterate from 0). */
+const eng_attn_opt *eng_attn_opt_at(int i);
+/* The option with this key, or this command-line flag; NULL when there is none. */
+const eng_attn_opt *eng_attn_opt_find(const char *name);
+const eng_attn_opt *eng_attn_opt_of_flag(const char *flag);
+
+/* An option's value in a: num is the number (bool 0/1, an enum's value, GB in GiB); name is the
+ * name of an enum's value (a static string), NULL for other kinds. */
+typedef struct {
+    double num;
+    const char *name;
+} eng_attn_value;
+eng_attn_value eng_attn_get(const eng_attn_params *a, const eng_attn_opt *o);
+
 /* Defaults: dense, top_k 100, scan 0.02, union, sinks 128, window 512, pages of 64, f32. */
 eng_attn_params eng_attn_default(void);
+/* Whether every field is zero (such a parameter set stands for the defaults). */
+bool eng_attn_is_unset(const eng_attn_params *a);
 
-/* One knob by name, from text: the single place that knows the names, ranges and meaning, used
- * by the command line (--attn-top-k 100 -> "top_k"), the server's config file and requests.
- * Keys: selector, top_k, scan, target, gqa (union|mean), sink, window, measure_recall (0|1,
- * true|false), and the storage keys page_size (power of two), kv_f16, kv_mem_gb, which only
- * apply when a sequence is created. Returns 0, or -1 with a one-line reason in err (unknown
- * key, bad value). */
+/* Sets one option by key, each value checked against the option's kind and range (the one
+ * message per kind, naming the key). From text (the command line, a string in JSON): a name for
+ * enums, true|false|1|0 for booleans, a number otherwise. From a typed number (JSON): numbers,
+ * booleans as 0 or 1; an enum takes names only. From a typed boolean: booleans only. Each returns
+ * 0, or -1 with a one-line reason in err (unknown key, missing or bad value). */
 int eng_attn_set(eng_attn_params *a, const char *key, const char *value, char *err, size_t errlen);
-/* Whether key is one of the storage keys (fixed per server, not per request). */
-int eng_attn_is_storage_key(const char *key);
-/* The command-line flag of a key ("top_k" -> "--attn-top-k"), and back (NULL: not a flag). */
-const char *eng_attn_key_of_flag(const char *flag);
-/* Checks a whole parameter set (as eng_seq_create_ex would). 0, or -1 with a reason. */
+int eng_attn_set_num(eng_attn_params *a, const char *key, double v, char *err, size_t errlen);
+int eng_attn_set_bool(eng_attn_params *a, const char *key, bool v, char *err, size_t errlen);
+/* One command-line option: flag (argv[i]) and next (argv[i + 1], or NULL at the end). Returns
+ * the arguments it used (1: a boolean flag, 2: flag and value), 0 when flag is no attention
+ * flag, or -1 with a one-line reason in err ("--attn-top-k needs a value", "--attn: unknown
+ * attention selector 'x' (...)"). */
+int eng_attn_set_arg(eng_attn_params *a, const char *flag, const char *next, char *err, size_t errlen);
+/* Checks a whole parameter set (as eng_seq_create_ex does): every field within its option's
+ * range. 0, or -1 with the option's reason. */
 int eng_attn_check(const eng_attn_params *a, char *err, size_t errlen);
+/* Writes the --help lines of the attention flags, one per option in table order: the flag and
+ * its value, then from column col what it does and its default; storage_note (or NULL) is
+ * added to the storage options' notes ("server-wide"). */
+void eng_attn_usage(FILE *f, int col, const char *storage_note);
 
 typedef enum { ENG_DEVICE_CPU = 0, ENG_DEVICE_CUDA = 1 } eng_device;
 
@@ -87,7 +132,7 @@ typedef struct {
     eng_device device; /* CUDA: the forward pass on the GPU when one is usable (kvseek built with
                         * CUDA=1 and a device present); otherwise the CPU, with one log line */
     double gpu_mem_gb; /* GPU memory budget for weights and buffers; 0: what is free */
-    eng_attn_params attn; /* sequences' default; all-zero means eng_attn_default() */
+    eng_attn_params attn; /* sequences' default; all-zero (eng_attn_is_unset) means eng_attn_default() */
 } eng_model_params;
 
 /* Attention statistics of a sequence since its creation or last reset (global layers). */
@@ -115,8 +160,8 @@ const gguf_ctx *eng_model_gguf(const eng_model *m);
 bool eng_layer_is_local(const eng_model *m, int layer);
 
 /* A sequence: its paged KV store of capacity n_ctx tokens and its selector, configured by the
- * model's attention parameters (eng_seq_create) or by attn (eng_seq_create_ex; the selector
- * string need not outlive the call). NULL and a reason in err on bad parameters. */
+ * model's attention parameters (eng_seq_create) or by attn (eng_seq_create_ex; copied).
+ * NULL and a reason in err on bad parameters. */
 eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen);
 eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *attn,
                            char *err, size_t errlen);

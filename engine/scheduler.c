@@ -349,7 +349,7 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
     if (sl) {
         eng_attn_params a;
         eng_seq_get_attn(sl->seq, &a);
-        snprintf(ev.selector, sizeof ev.selector, "%s", a.selector);
+        snprintf(ev.selector, sizeof ev.selector, "%s", idx_kind_name(a.selector));
         eng_seq_attn_stats(sl->seq, &ev.attn);
     }
     r->state = REQ_DONE;

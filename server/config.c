@@ -50,18 +50,9 @@ void srv_config_usage(FILE *f) {
         "  --data-dir DIR            where contexts persist (default data/contexts; \"\" disables)\n"
         "  --context-max-tokens N    longest context that may be registered (default 131072)\n"
         "  --max-contexts N          contexts registered at once (default 64)\n"
-        "\nattention (the default of requests; a request may choose its own, DESIGN.md):\n"
-        "  --attn S                  selector: dense (default), window, oracle, retrieval, ivf, centroids\n"
-        "  --attn-top-k N            ids per query the selector returns (default 100)\n"
-        "  --attn-scan F             retrieval/ivf: share of offloaded keys scored (default 0.02)\n"
-        "  --attn-target F           centroids: share of offloaded keys to read (default 0.03)\n"
-        "  --attn-gqa union|mean     selection per KV head (default union)\n"
-        "  --sink N, --window N      static set: first N / last N tokens (default 128 / 512)\n"
-        "  --measure-recall          also attend densely to report attention-mass recall\n"
-        "  --kv-f16                  store K and V as f16 (server-wide)\n"
-        "  --page-size N             tokens per KV page, a power of two (default 64; server-wide)\n"
-        "  --kv-mem-gb G             KV memory limit per sequence (server-wide; 0: none)\n"
-        "  -h, --help                this help\n");
+        "\nattention (the default of requests; a request may choose its own, DESIGN.md):\n");
+    eng_attn_usage(f, 28, "server-wide");
+    fprintf(f, "  -h, --help                this help\n");
 }
 
 static void defaults(srv_config *c) {
@@ -150,25 +141,37 @@ int srv_attn_from_json(const cJSON *it, eng_attn_params *a, bool storage_ok, cha
     }
     const cJSON *f;
     cJSON_ArrayForEach(f, it) {
-        char num[64];
-        const char *v = NULL;
+        const eng_attn_opt *o = eng_attn_opt_find(f->string);
         *key = f->string;
-        if (!storage_ok && eng_attn_is_storage_key(f->string)) {
+        if (!storage_ok && o && o->storage) {
             set_err(err, errlen, "attention %s is the server's setting, not a request's", f->string);
             return -1;
         }
-        if (cJSON_IsString(f)) v = f->valuestring;
-        else if (cJSON_IsBool(f)) v = cJSON_IsTrue(f) ? "true" : "false";
-        else if (cJSON_IsNumber(f)) {
-            snprintf(num, sizeof num, "%.17g", f->valuedouble);
-            v = num;
-        } else {
+        int rc;
+        if (cJSON_IsString(f)) rc = eng_attn_set(a, f->string, f->valuestring, err, errlen);
+        else if (cJSON_IsBool(f)) rc = eng_attn_set_bool(a, f->string, cJSON_IsTrue(f), err, errlen);
+        else if (cJSON_IsNumber(f)) rc = eng_attn_set_num(a, f->string, f->valuedouble, err, errlen);
+        else {
             set_err(err, errlen, "attention %s must be a string, number or boolean", f->string);
             return -1;
         }
-        if (eng_attn_set(a, f->string, v, err, errlen)) return -1;
+        if (rc) return -1;
     }
     return 0;
+}
+
+/* The attention options of a as a JSON object, every option in table order (the inverse of
+ * srv_attn_from_json). */
+static cJSON *attn_params_json(const eng_attn_params *a) {
+    cJSON *o = cJSON_CreateObject();
+    const eng_attn_opt *opt;
+    for (int i = 0; (opt = eng_attn_opt_at(i)); i++) {
+        eng_attn_value v = eng_attn_get(a, opt);
+        if (opt->kind == ENG_ATTN_ENUM) cJSON_AddStringToObject(o, opt->name, v.name ? v.name : "");
+        else if (opt->kind == ENG_ATTN_BOOL) cJSON_AddBoolToObject(o, opt->name, v.num != 0);
+        else cJSON_AddNumberToObject(o, opt->name, v.num);
+    }
+    return o;
 }
 
 /* Integer option value in [lo, hi]. */
@@ -374,16 +377,10 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             done = true;
         }
         if (done) continue;
-        const char *akey = eng_attn_key_of_flag(o);
-        if (akey) {
-            const bool is_bool = !strcmp(akey, "kv_f16") || !strcmp(akey, "measure_recall");
-            if (!is_bool && !v) goto need_value;
-            char aerr[200];
-            if (eng_attn_set(&c->attn, akey, is_bool ? "1" : v, aerr, sizeof aerr)) {
-                set_err(err, errlen, "%s: %s", o, aerr);
-                return -1;
-            }
-            if (!is_bool) i++;
+        const int used = eng_attn_set_arg(&c->attn, o, v, err, errlen);
+        if (used < 0) return -1;
+        if (used) {
+            i += used - 1;
             continue;
         }
         if (IS("--max-body")) {
@@ -475,17 +472,7 @@ void srv_config_log(const srv_config *c, FILE *f) {
     cJSON_AddNumberToObject(cx, "fine_frac", c->ctx_params.fine_frac);
     cJSON_AddNumberToObject(cx, "coarse_frac", c->ctx_params.coarse_frac);
     cJSON_AddNumberToObject(cx, "target", c->ctx_params.target);
-    cJSON *at = cJSON_AddObjectToObject(o, "attention");
-    cJSON_AddStringToObject(at, "selector", c->attn.selector);
-    cJSON_AddNumberToObject(at, "top_k", c->attn.top_k);
-    cJSON_AddNumberToObject(at, "scan", c->attn.scan);
-    cJSON_AddNumberToObject(at, "target", c->attn.target);
-    cJSON_AddStringToObject(at, "gqa", c->attn.gqa_mean ? "mean" : "union");
-    cJSON_AddNumberToObject(at, "sink", c->attn.n_sink);
-    cJSON_AddNumberToObject(at, "window", c->attn.n_window);
-    cJSON_AddNumberToObject(at, "page_size", c->attn.page_size);
-    cJSON_AddBoolToObject(at, "kv_f16", c->attn.kv_f16);
-    cJSON_AddNumberToObject(at, "kv_mem_gb", (double)c->attn.kv_max_bytes / (1u << 30));
+    cJSON_AddItemToObject(o, "attention", attn_params_json(&c->attn));
     cJSON_AddStringToObject(o, "chat_template", c->chat_template[0] ? (strlen(c->chat_template) > 16 ? "(custom)" : c->chat_template) : "");
     char *s = cJSON_PrintUnformatted(o);
     if (s) fprintf(f, "kvseek: config %s\n", s);

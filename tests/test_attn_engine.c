@@ -55,7 +55,7 @@ int main(void) {
 
         const char *all_sel[] = {"oracle", "retrieval", "ivf", "centroids"};
         for (int k = 0; k < 4; k++) {
-            snprintf(a.selector, sizeof a.selector, "%s", all_sel[k]);
+            CHECK(eng_attn_set(&a, "selector", all_sel[k], err, sizeof err) == 0, "selector %s: %s", all_sel[k], err);
             a.top_k = 1000; /* every candidate */
             a.scan = 1.0f;
             a.target = 1.0f;
@@ -67,7 +67,7 @@ int main(void) {
                   (long long)st.offloaded_keys);
         }
         a.target = 0.0f;
-        snprintf(a.selector, sizeof a.selector, "%s", "oracle");
+        a.selector = IDX_ORACLE;
         a.top_k = 5;
         a.measure_recall = 1;
         CHECK(run(m, &a, got, &st) == 0, "oracle top-5 run");
@@ -76,14 +76,14 @@ int main(void) {
         CHECK(st.recall_n > 0 && st.mass_recall > 0.0 && st.mass_recall < 1.0 + 1e-6,
               "mass recall measured: %f", st.mass_recall);
         a.measure_recall = 0;
-        snprintf(a.selector, sizeof a.selector, "%s", "window");
+        a.selector = IDX_WINDOW;
         CHECK(run(m, &a, got, &st) == 0, "window run");
         CHECK(st.keys_read == 0 && max_diff(dense, got, (size_t)N_DEC * V) > 1e-3f,
               "window reads nothing offloaded and differs from dense");
 
         /* bad selector name and a memory limit too small for the prompt */
         a = eng_attn_default();
-        snprintf(a.selector, sizeof a.selector, "%s", "magic");
+        a.selector = (idx_kind)99;
         CHECK(eng_seq_create_ex(m, 64, &a, err, sizeof err) == NULL && strstr(err, "selector"),
               "unknown selector rejected: %s", err);
         a = eng_attn_default();

@@ -101,7 +101,7 @@ int main(void) {
     CHECK(max_diff(full, got, (size_t)N_DEC * V) < 1e-4f, "dense on a context == one prompt (max |diff| %g)",
           max_diff(full, got, (size_t)N_DEC * V));
     /* centroids keeping every cluster (target 1) read the whole middle: the same logits */
-    snprintf(a.selector, sizeof a.selector, "centroids");
+    a.selector = IDX_CENTROIDS;
     a.target = 1.0f;
     eng_attn_stats st;
     CHECK(answer(m, c, toks, q, &a, got, &st) == 0, "on the context (centroids, target 1)");
@@ -112,7 +112,7 @@ int main(void) {
     a.target = 0.1f;
     CHECK(answer(m, c, toks, q, &a, got, &st) == 0 && st.keys_read < st.offloaded_keys && st.keys_read > 0,
           "target 0.1 reads a part (%lld of %lld)", (long long)st.keys_read, (long long)st.offloaded_keys);
-    snprintf(a.selector, sizeof a.selector, "window");
+    a.selector = IDX_WINDOW;
     CHECK(answer(m, c, toks, q, &a, got, &st) == 0 && st.keys_read == 0 && st.sparse_rows > 0,
           "window on a context reads no clustered key");
 
@@ -142,7 +142,7 @@ int main(void) {
                 }
         CHECK(rows_ok, "every held K row is the same after loading");
         a = eng_attn_default();
-        snprintf(a.selector, sizeof a.selector, "centroids");
+        a.selector = IDX_CENTROIDS;
         a.target = 0.2f;
         float *g2 = malloc(sizeof(float) * N_DEC * V);
         eng_attn_stats s1, s2;

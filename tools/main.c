@@ -116,19 +116,8 @@ static void usage(const char *cmd) {
                "  --no-special          treat special-token text in the prompt as plain text\n"
                "  --json                print one JSON object with tokens, text, timings, attention stats\n"
                "  --context DIR         answer after a registered context (kvseek context build)\n"
-               "\nattention over the offloaded KV cache (DESIGN.md):\n"
-               "  --attn S              selector: dense (default), window, oracle, retrieval, ivf, centroids\n"
-               "  --attn-top-k N        ids per query the selector returns (default 100)\n"
-               "  --attn-scan F         retrieval/ivf: share of offloaded keys scored (default 0.02)\n"
-               "  --attn-target F       centroids: share of offloaded keys to read (default: calibrated 0.03)\n"
-               "  --attn-levels 1|2     centroids on a context: one level (every fine centroid) or all it has\n"
-               "  --attn-gqa union|mean selection per KV head: union of per-query top-k, or mean query\n"
-               "  --sink N              static set: first N tokens (default 128)\n"
-               "  --window N            static set: last N tokens (default 512)\n"
-               "  --kv-f16              store K and V as f16\n"
-               "  --page-size N         tokens per KV page, a power of two (default 64)\n"
-               "  --kv-mem-gb G         KV memory limit of the sequence\n"
-               "  --measure-recall      also attend densely to report the selected set's mass recall\n");
+               "\nattention over the offloaded KV cache (DESIGN.md):\n");
+        eng_attn_usage(stdout, 24, NULL);
     } else if (!strcmp(cmd, "tokenize")) {
         printf(" -p TEXT | -f FILE [--no-bos] [--no-special]\n");
     } else if (!strcmp(cmd, "detokenize")) {
@@ -180,6 +169,8 @@ static int parse_args(int argc, char **argv, args *a) {
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char err[256];
+        int used;
 #define IS(x) (!strcmp(o, x))
 #define NEED() do { if (!v) { fprintf(stderr, "error: %s needs a value\n", o); return -1; } i++; } while (0)
 #define INT(dst, lo, hi) do { NEED(); if (parse_int(v, lo, hi, &(dst))) { \
@@ -232,16 +223,12 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (IS("--obs")) INT(a->cp.obs_tokens, 1, 1 << 20);
         else if (IS("--tail")) INT(a->cp.n_tail, 0, 1 << 24);
         else if (IS("--per-head-calib")) a->cp.global_calib = 0;
-        else if (eng_attn_key_of_flag(o)) {
-            /* boolean flags take no value */
-            const char *key = eng_attn_key_of_flag(o);
-            const int is_bool = !strcmp(key, "kv_f16") || !strcmp(key, "measure_recall");
-            if (!is_bool) NEED();
-            char err[256];
-            if (eng_attn_set(&a->attn, key, is_bool ? "1" : v, err, sizeof err)) {
-                fprintf(stderr, "error: %s: %s\n", o, err);
+        else if ((used = eng_attn_set_arg(&a->attn, o, v, err, sizeof err)) != 0) {
+            if (used < 0) {
+                fprintf(stderr, "error: %s\n", err);
                 return -1;
             }
+            i += used - 1;
         }
         else if (IS("--no-bos")) a->no_bos = true;
         else if (IS("--no-special")) a->no_special = true;
@@ -625,7 +612,7 @@ static int cmd_generate(const args *a) {
         cJSON_AddNumberToObject(o, "seed", (double)sp.seed);
         eng_attn_stats st;
         eng_seq_attn_stats(s, &st);
-        cJSON *at = srv_attn_json(a->attn.selector, &st);
+        cJSON *at = srv_attn_json(idx_kind_name(a->attn.selector), &st);
         cJSON_AddNumberToObject(at, "kv_bytes", (double)eng_seq_bytes(s));
         cJSON_AddItemToObject(o, "attn", at);
         char *js = cJSON_PrintUnformatted(o);

@@ -297,7 +297,7 @@ static void use_context(eng_ctx *c, size_t file_len, bool decode) {
     /* a decode step reading the context through the centroids */
     char err[512];
     eng_attn_params a = eng_attn_default();
-    snprintf(a.selector, sizeof a.selector, "centroids");
+    a.selector = IDX_CENTROIDS;
     a.target = 0.5f;
     a.n_sink = 4;
     a.n_window = 8;
