@@ -39,15 +39,9 @@ struct eng_ctx {
 };
 
 eng_ctx_params eng_ctx_params_default(void) {
-    eng_ctx_params p = {0};
-    p.fine_frac = 0.05f;
-    p.coarse_frac = 0.01f;
-    p.obs_tokens = 100;
-    p.target = 0.03f;
-    p.n_sink = 128;
-    p.n_tail = 512;
-    p.global_calib = 1; /* at equal reads, +0.02 mass recall over per-head thresholds on gemma-3 */
-    return p;
+    /* global_calib: at equal reads, +0.02 mass recall over per-head thresholds on gemma-3 */
+    return (eng_ctx_params){.fine_frac = 0.05f, .coarse_frac = 0.01f, .obs_tokens = 100, .target = 0.03f,
+                            .n_sink = 128, .n_tail = 512, .global_calib = 1};
 }
 
 /* ---- hashing: a 4-lane multiply-rotate hash over 8-byte words (corruption detection and
@@ -185,13 +179,11 @@ static eng_ctx *ctx_alloc(const eng_model *m, const eng_ctx_params *p, int n) {
     c->n_head_kv = hp->n_head_kv;
     c->cent = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *c->cent);
     c->thr = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *c->thr);
-    if (!c->cent || !c->thr) {
-        free(c->cent);
-        free(c->thr);
-        free(c);
-        return NULL;
-    }
-    return c;
+    if (c->cent && c->thr) return c;
+    free(c->cent);
+    free(c->thr);
+    free(c);
+    return NULL;
 }
 
 /* The clustered range: everything between the sinks and the tail. */
@@ -484,22 +476,12 @@ int eng_ctx_save(eng_ctx *c, const char *dir, char *err, size_t errlen) {
         rmdir(tmp);
         return -1;
     }
-    ctx_header H;
-    memset(&H, 0, sizeof H);
+    ctx_header H = {.version = CTX_VERSION, .header_bytes = sizeof H,
+                    .fingerprint = eng_model_fingerprint(c->m), .n_tokens = c->n, .n_layer = nl,
+                    .n_head_kv = nkv, .head_dim = kp->head_dim, .v_dim = kp->v_dim,
+                    .page_size = kp->page_size, .dtype = kp->dtype, .ring_slack = kp->ring_slack,
+                    .ctx_lo = c->lo, .ctx_hi = c->hi};
     memcpy(H.magic, CTX_MAGIC, 8);
-    H.version = CTX_VERSION;
-    H.header_bytes = sizeof H;
-    H.fingerprint = eng_model_fingerprint(c->m);
-    H.n_tokens = c->n;
-    H.n_layer = nl;
-    H.n_head_kv = nkv;
-    H.head_dim = kp->head_dim;
-    H.v_dim = kp->v_dim;
-    H.page_size = kp->page_size;
-    H.dtype = kp->dtype;
-    H.ring_slack = kp->ring_slack;
-    H.ctx_lo = c->lo;
-    H.ctx_hi = c->hi;
     header_params(&H, &c->p, true);
     H.prefill_s = c->info.prefill_s;
     H.cluster_s = c->info.cluster_s;
@@ -782,4 +764,42 @@ float eng_ctx_threshold(const eng_ctx *c, int layer, int head, float target) {
         target = c->p.target;
     }
     return c->p.global_calib ? idx_cent_curve_invert(c->global_curve, target) : idx_cent_threshold(ce, target);
+}
+
+/* ---- a sequence on a context ------------------------------------------------------------ */
+
+static void ctx_release(void *c) { eng_ctx_unref(c); }
+
+int eng_seq_attach_ctx(eng_seq *s, eng_ctx *c, char *err, size_t errlen) {
+    if (!strcmp(eng_model_device(eng_seq_model(s)), "cuda")) {
+        /* a context's pages are a file mapping the device cannot read in place */
+        eng_set_err(err, errlen, "fixed contexts run on the CPU backend for now (--device cpu)");
+        return -1;
+    }
+    if (eng_seq_pos(s) != 0) {
+        eng_set_err(err, errlen, "a context attaches only to an empty sequence");
+        return -1;
+    }
+    if (c->n >= eng_seq_capacity(s)) {
+        eng_set_err(err, errlen, "the context has %d tokens; the sequence holds %d", c->n, eng_seq_capacity(s));
+        return -1;
+    }
+    eng_attn_params a;
+    eng_seq_get_attn(s, &a);
+    eng_ctx_ref(c);
+    if (eng_seq_adopt_prefix(s, c->kv, c->n, c->lo, c->hi, c, ctx_release, err, errlen)) {
+        eng_ctx_unref(c);
+        return -1;
+    }
+    /* selectors that can read the prebuilt clusters do; the others build their own over the
+     * clustered range after the request's prefill */
+    for (int l = 0; l < c->n_layer; l++)
+        for (int h = 0; h < c->n_head_kv; h++) {
+            const idx_cent *ce = c->cent[l * c->n_head_kv + h];
+            if (ce && eng_seq_bind_cent(s, l, h, ce, eng_ctx_threshold(c, l, h, a.target), a.levels, err, errlen)) {
+                eng_seq_reset(s); /* lets the context go */
+                return -1;
+            }
+        }
+    return 0;
 }

@@ -96,12 +96,7 @@ float eng_ctx_threshold(const eng_ctx *c, int layer, int head, float target);
  * attention target (eng_seq_set_attn before attaching). 0, or -1 with a reason. */
 int eng_seq_attach_ctx(eng_seq *s, eng_ctx *c, char *err, size_t errlen);
 
-/* Sequence internals the context builder reads (model.c): the KV store, and the queries of
- * positions [from, to) recorded during forward passes (rows of n_head * head_dim floats per
- * layer; *n_rows of them recorded so far). */
-kv_store *eng_seq_kv(eng_seq *s);
-int eng_seq_capture_queries(eng_seq *s, int64_t from, int64_t to, char *err, size_t errlen);
-const float *eng_seq_captured(const eng_seq *s, int layer, int64_t *n_rows);
+
 
 /* The content address of a context: a hash of the model's fingerprint, the build parameters
  * and the tokens. The same text registered twice (on any replica) has the same id. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "gpu.h"
 #include "ops.h"
 #include "quant.h"
@@ -209,6 +210,12 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
     }
     if (p) m->params = *p;
     if (eng_attn_is_unset(&m->params.attn)) m->params.attn = eng_attn_default();
+    const char *fault = getenv("KVSEEK_FAULT"); /* tests: point:n (eng_fault_arm) */
+    if (fault && strchr(fault, ':')) {
+        char point[32];
+        snprintf(point, sizeof point, "%.*s", (int)(strchr(fault, ':') - fault), fault);
+        eng_fault_arm(point, atoll(strchr(fault, ':') + 1));
+    }
     int use_gpu = 0;
     if (m->params.device == ENG_DEVICE_CUDA) {
         char why[256] = "";
@@ -309,273 +316,6 @@ bool eng_layer_is_local(const eng_model *m, int layer) {
     return hp->sliding_window > 0 && hp->swa_pattern > 1 && layer % hp->swa_pattern < hp->swa_pattern - 1;
 }
 
-/* ---- sequences ---- */
-
-/* The selector state of a sequence: one slot per (global layer, KV head). */
-static int make_index(const eng_model *m, idx_kind kind, idx_set **out, char *err, size_t errlen) {
-    const eng_hparams *hp = &m->hp;
-    int *mask = calloc(hp->n_layer, sizeof(int));
-    if (!mask) {
-        eng_set_err(err, errlen, "out of memory");
-        return -1;
-    }
-    for (int l = 0; l < hp->n_layer; l++) mask[l] = !eng_layer_is_local(m, l);
-    idx_params ip = idx_params_default();
-    ip.kind = kind;
-    ip.n_layer = hp->n_layer;
-    ip.n_head_kv = hp->n_head_kv;
-    ip.head_dim = hp->head_dim;
-    ip.layer_mask = mask;
-    ip.group_size = hp->n_head / hp->n_head_kv;
-    ip.attn_scale = hp->attn_scale;
-    int rc = idx_create(&ip, out);
-    free(mask);
-    if (rc != IDX_OK) {
-        eng_set_err(err, errlen, "selector: %s", idx_strerror(rc));
-        return -1;
-    }
-    return 0;
-}
-
-static void set_request(eng_seq *s, const eng_attn_params *a) {
-    s->req = idx_request_default();
-    s->req.top_k = a->top_k;
-    s->req.scan = a->scan;
-    s->req.gqa = a->gqa_mean ? IDX_GQA_MEAN : IDX_GQA_UNION;
-    if (a->target > 0) s->req.target = a->target;
-    s->measure_recall = a->measure_recall;
-}
-
-eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen) {
-    return eng_seq_create_ex(m, n_ctx, &m->params.attn, err, errlen);
-}
-
-eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *a, char *err,
-                           size_t errlen) {
-    const eng_hparams *hp = &m->hp;
-    if (n_ctx <= 0) {
-        eng_set_err(err, errlen, "context size must be positive");
-        return NULL;
-    }
-    if (eng_attn_check(a, err, errlen)) return NULL;
-    idx_kind kind;
-    kind = a->selector;
-    eng_seq *s = calloc(1, sizeof *s);
-    int *layer_window = calloc(hp->n_layer, sizeof(int));
-    if (!s || !layer_window) {
-        free(s);
-        free(layer_window);
-        eng_set_err(err, errlen, "out of memory");
-        return NULL;
-    }
-    s->m = m;
-    s->n_ctx = n_ctx;
-    s->kind = kind;
-    s->attn = *a;
-    s->measure_recall = a->measure_recall;
-    for (int l = 0; l < hp->n_layer; l++) layer_window[l] = eng_layer_is_local(m, l) ? hp->sliding_window : 0;
-
-    kv_params kp = kv_params_default();
-    kp.n_layer = hp->n_layer;
-    kp.n_head_kv = hp->n_head_kv;
-    kp.head_dim = hp->head_dim;
-    kp.v_dim = hp->v_dim;
-    kp.max_tokens = n_ctx;
-    if (a->page_size > 0) kp.page_size = a->page_size;
-    kp.dtype = a->kv_f16 ? KV_F16 : KV_F32;
-    kp.n_sink = a->n_sink;
-    kp.n_window = a->n_window;
-    kp.max_bytes = a->kv_max_bytes;
-    kp.layer_window = layer_window;
-    kp.ring_slack = m->chunk;
-    if (m->gpu) {
-        /* the device reads the pages and their tables in place */
-        kp.page_alloc = gpu_host_alloc;
-        kp.page_free = gpu_host_free;
-    }
-    int rc = kv_create(&kp, &s->kv);
-    if (rc != KV_OK) {
-        eng_set_err(err, errlen, "KV store: %s", kv_strerror(rc));
-        goto fail;
-    }
-    if (make_index(m, kind, &s->ix, err, errlen)) goto fail;
-    set_request(s, a);
-    s->views = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *s->views);
-    s->ids_cap = n_ctx > 1 ? n_ctx : 1;
-    s->ids = m->gpu ? gpu_host_alloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv)
-                    : malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
-    if (!s->views || !s->ids) {
-        eng_set_err(err, errlen, "out of memory");
-        goto fail;
-    }
-    for (int l = 0; l < hp->n_layer; l++)
-        for (int h = 0; h < hp->n_head_kv; h++) kv_view(s->kv, l, h, &s->views[l * hp->n_head_kv + h]);
-    free(layer_window);
-    return s;
-fail:
-    free(layer_window);
-    eng_seq_free(s);
-    return NULL;
-}
-
-static void detach_ctx(eng_seq *s) {
-    if (!s->ctx) return;
-    eng_ctx_unref(s->ctx);
-    s->ctx = NULL;
-    s->ctx_lo = s->ctx_hi = 0;
-}
-
-void eng_seq_free(eng_seq *s) {
-    if (!s) return;
-    kv_free(s->kv);
-    detach_ctx(s);
-    free(s->cap_q);
-    free(s->ctx_thr);
-    free(s->ctx_scratch);
-    idx_free(s->ix);
-    free(s->views);
-    if (s->m->gpu) gpu_host_free(s->ids);
-    else free(s->ids);
-    free(s);
-}
-
-int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t errlen) {
-    if (s->pos != 0) {
-        eng_set_err(err, errlen, "attention parameters change only on an empty sequence");
-        return -1;
-    }
-    if (eng_attn_check(a, err, errlen)) return -1;
-    idx_kind kind;
-    kind = a->selector;
-    if (kind != s->kind) {
-        idx_set *ix = NULL;
-        if (make_index(s->m, kind, &ix, err, errlen)) return -1;
-        idx_free(s->ix);
-        s->ix = ix;
-        s->kind = kind;
-    }
-    kv_set_static(s->kv, a->n_sink, a->n_window);
-    set_request(s, a);
-    eng_attn_params keep = s->attn;
-    s->attn = *a;
-    s->attn.page_size = keep.page_size;
-    s->attn.kv_f16 = keep.kv_f16;
-    s->attn.kv_max_bytes = keep.kv_max_bytes;
-    return 0;
-}
-
-void eng_seq_get_attn(const eng_seq *s, eng_attn_params *out) { *out = s->attn; }
-
-kv_store *eng_seq_kv(eng_seq *s) { return s->kv; }
-
-int eng_seq_capture_queries(eng_seq *s, int64_t from, int64_t to, char *err, size_t errlen) {
-    const eng_hparams *hp = &s->m->hp;
-    if (from < 0 || to < from || to > s->n_ctx) {
-        eng_set_err(err, errlen, "query capture range [%lld, %lld) outside the sequence", (long long)from, (long long)to);
-        return -1;
-    }
-    free(s->cap_q);
-    s->cap_q = calloc((size_t)(to - from) * hp->n_layer * hp->n_head * hp->head_dim + 1, sizeof(float));
-    if (!s->cap_q) {
-        eng_set_err(err, errlen, "out of memory for %lld captured queries", (long long)(to - from));
-        return -1;
-    }
-    s->cap_from = from;
-    s->cap_n = to - from;
-    return 0;
-}
-
-const float *eng_seq_captured(const eng_seq *s, int layer, int64_t *n_rows) {
-    const eng_hparams *hp = &s->m->hp;
-    *n_rows = 0;
-    if (!s->cap_q || layer < 0 || layer >= hp->n_layer) return NULL;
-    int64_t have = s->pos - s->cap_from;
-    *n_rows = have < 0 ? 0 : have > s->cap_n ? s->cap_n : have;
-    return s->cap_q + (size_t)layer * s->cap_n * hp->n_head * hp->head_dim;
-}
-
-int eng_seq_attach_ctx(eng_seq *s, eng_ctx *c, char *err, size_t errlen) {
-    const eng_hparams *hp = &s->m->hp;
-    const int nkv = hp->n_head_kv, G = hp->n_head / nkv;
-    if (s->pos != 0 || s->ctx) {
-        eng_set_err(err, errlen, "a context attaches only to an empty sequence");
-        return -1;
-    }
-    if (s->m->gpu) {
-        /* a context's pages are a file mapping the device cannot read in place */
-        eng_set_err(err, errlen, "fixed contexts run on the CPU backend for now (--device cpu)");
-        return -1;
-    }
-    const int n = eng_ctx_n_tokens(c);
-    if (n >= s->n_ctx) {
-        eng_set_err(err, errlen, "the context has %d tokens; the sequence holds %d", n, s->n_ctx);
-        return -1;
-    }
-    if (!s->ctx_thr && !(s->ctx_thr = malloc(sizeof(float) * hp->n_layer * nkv))) {
-        eng_set_err(err, errlen, "out of memory");
-        return -1;
-    }
-    size_t need = 0;
-    for (int l = 0; l < hp->n_layer; l++)
-        for (int h = 0; h < nkv; h++) {
-            const idx_cent *ce = eng_ctx_cent(c, l, h);
-            s->ctx_thr[l * nkv + h] = ce ? eng_ctx_threshold(c, l, h, s->attn.target) : 0.0f;
-            size_t b = ce ? idx_cent_scratch_bytes(ce, G) : 0;
-            if (b > need) need = b;
-        }
-    need = (need + 63) & ~(size_t)63;
-    if (need > s->ctx_scratch_bytes) {
-        char *sc = aligned_alloc(64, need * nkv);
-        if (!sc) {
-            eng_set_err(err, errlen, "out of memory");
-            return -1;
-        }
-        free(s->ctx_scratch);
-        s->ctx_scratch = sc;
-        s->ctx_scratch_bytes = need;
-    }
-    if (kv_share_prefix(s->kv, eng_ctx_kv(c), n) != KV_OK) {
-        eng_set_err(err, errlen, "context: %s", kv_last_error(s->kv));
-        return -1;
-    }
-    eng_ctx_ref(c);
-    s->ctx = c;
-    eng_ctx_range(c, &s->ctx_lo, &s->ctx_hi);
-    s->pos = n;
-    s->built = 1; /* the context's centroids are the index */
-    return 0;
-}
-
-int eng_seq_pos(const eng_seq *s) { return s->pos; }
-int eng_seq_capacity(const eng_seq *s) { return s->n_ctx; }
-
-void eng_seq_reset(eng_seq *s) {
-    s->pos = 0;
-    s->built = 0;
-    kv_reset(s->kv); /* releases a context's borrowed pages before the context goes */
-    detach_ctx(s);
-    free(s->cap_q);
-    s->cap_q = NULL;
-    s->cap_n = 0;
-    idx_reset(s->ix);
-    memset(&s->st, 0, sizeof s->st);
-}
-
-size_t eng_seq_bytes(const eng_seq *s) {
-    idx_stats is;
-    idx_stats_get(s->ix, &is);
-    return kv_bytes(s->kv) + is.bytes;
-}
-
-void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out) {
-    *out = s->st;
-    idx_stats is;
-    idx_stats_get(s->ix, &is);
-    out->search_s += is.search_s;
-    out->keys_scanned += is.scanned;
-    if (out->recall_n) out->mass_recall /= out->recall_n;
-}
-
 /* ---- forward ---- */
 
 static void matmul(const weight *w, const float *X, int T, float *Y) {
@@ -601,63 +341,11 @@ static void add_bias(float *y, const float *b, int T, int n) {
         for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
 }
 
-static double now_s(void) { return omp_get_wtime(); }
-
-/* A decode row of a sequence on a registered context: the sinks and everything from the
- * context's tail on (its last tokens, then the request's own) densely, the clustered middle
- * through the context's centroids (none for `window`). */
-static void attend_ctx(const eng_model *m, eng_seq *s, int layer, int kvh, int64_t p, const float *q,
-                       float *out, float *lse) {
-    const eng_hparams *hp = &m->hp;
-    const int G = hp->n_head / hp->n_head_kv, vd = hp->v_dim;
-    const attn_kv_view *view = &s->views[layer * hp->n_head_kv + kvh];
-    float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
-    attn_range(view, q, G, s->ctx_hi, p + 1, hp->attn_scale, out, lse);
-    if (s->ctx_lo > 0) {
-        attn_range(view, q, G, 0, s->ctx_lo, hp->attn_scale, part, plse);
-        attn_merge(out, lse, part, plse, G, vd);
-    }
-    const idx_cent *ce = eng_ctx_cent(s->ctx, layer, kvh);
-    if (!ce || s->ctx_hi <= s->ctx_lo) return;
-    int64_t n = 0;
-    idx_cent_sel sel = {0};
-    const double t0 = now_s();
-    if (s->kind != IDX_WINDOW) {
-        int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
-        n = idx_cent_select_levels(ce, q, G, s->ctx_thr[layer * hp->n_head_kv + kvh], s->attn.levels,
-                                   s->ctx_scratch + (size_t)kvh * s->ctx_scratch_bytes, ids, s->ids_cap, &sel);
-        if (n > 0) {
-            attn_ids(view, q, G, ids, n, hp->attn_scale, part, plse);
-            attn_merge(out, lse, part, plse, G, vd);
-        }
-    }
-    const double dt = now_s() - t0;
-    #pragma omp atomic
-    s->st.sparse_rows++;
-    #pragma omp atomic
-    s->st.offloaded_keys += s->ctx_hi - s->ctx_lo;
-    #pragma omp atomic
-    s->st.keys_read += n > 0 ? n : 0;
-    #pragma omp atomic
-    s->st.keys_scanned += sel.clusters_scored;
-    #pragma omp atomic
-    s->st.search_s += dt;
-    if (s->measure_recall) {
-        attn_range(view, q, G, 0, p + 1, hp->attn_scale, part, plse);
-        double rec = 0;
-        for (int g = 0; g < G; g++) rec += exp((double)lse[g] - plse[g]);
-        #pragma omp critical(eng_recall)
-        {
-            s->st.mass_recall += rec / G;
-            s->st.recall_n++;
-        }
-    }
-}
-
-/* Attention of one (row, KV head): the group's G query heads against the row's sequence.
- * Prefill rows, local layers and the dense selector read the causal range densely; a decode
- * row of a global layer reads sinks + recent window + the selector's ids, merged by LSE. */
-static void attend_one(const eng_model *m, int layer, int t, int kvh, int local) {
+/* Attention of one (row, KV head) through its plan: the group's G query heads against the row's
+ * sequence. Prefill rows, local layers and the dense selector read one range; a decode row of a
+ * global layer reads sinks + recent window + the selector's ids, merged by LSE. A selector
+ * failure marks the row's sequence failed (its output is zeroed; the other rows go on). */
+static void attend_one(const eng_model *m, int layer, int t, int kvh) {
     const eng_hparams *hp = &m->hp;
     const int hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, G = nh / hp->n_head_kv;
     eng_seq *s = m->row_seq[t];
@@ -666,54 +354,14 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh, int local)
     const float *q = m->q + ((size_t)t * nh + (size_t)kvh * G) * hd;
     float *out = m->att + ((size_t)t * nh + (size_t)kvh * G) * vd;
     float lse[ATTN_MAX_GROUP];
-    if (local) {
-        int64_t lo = p - hp->sliding_window + 1;
-        attn_range(view, q, G, lo < 0 ? 0 : lo, p + 1, hp->attn_scale, out, lse);
+    eng_attn_plan pl;
+    eng_plan_ranges(s, layer, p, m->row_sparse[t], &pl);
+    if (eng_row_dead(m, t) || eng_plan_select(s, layer, kvh, q, &pl)) {
+        memset(out, 0, sizeof(float) * (size_t)G * vd);
         return;
     }
-    if (!m->row_sparse[t] || s->kind == IDX_DENSE) {
-        attn_range(view, q, G, 0, p + 1, hp->attn_scale, out, lse);
-        return;
-    }
-    if (s->ctx) {
-        attend_ctx(m, s, layer, kvh, p, q, out, lse);
-        return;
-    }
-    kv_ranges r = kv_ranges_of(s->kv, layer, p + 1);
-    float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
-    attn_range(view, q, G, r.win_lo, p + 1, hp->attn_scale, out, lse);
-    if (r.sink_hi > 0) {
-        attn_range(view, q, G, 0, r.sink_hi, hp->attn_scale, part, plse);
-        attn_merge(out, lse, part, plse, G, vd);
-    }
-    if (r.off_hi > r.off_lo) {
-        int64_t ilo, ihi;
-        idx_range(s->ix, layer, kvh, &ilo, &ihi);
-        if (ihi < r.off_hi) idx_add(s->ix, layer, kvh, s->kv, r.off_hi); /* tokens that left the window */
-        int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
-        int64_t n = idx_select(s->ix, layer, kvh, s->kv, q, G, &s->req, ids, s->ids_cap);
-        if (n > 0) {
-            attn_ids(view, q, G, ids, n, hp->attn_scale, part, plse);
-            attn_merge(out, lse, part, plse, G, vd);
-        }
-        #pragma omp atomic
-        s->st.sparse_rows++;
-        #pragma omp atomic
-        s->st.offloaded_keys += r.off_hi - r.off_lo;
-        #pragma omp atomic
-        s->st.keys_read += n > 0 ? n : 0;
-        if (s->measure_recall) {
-            /* share of the full softmax mass the attended set covers, per query, vs dense */
-            attn_range(view, q, G, 0, p + 1, hp->attn_scale, part, plse);
-            double rec = 0;
-            for (int g = 0; g < G; g++) rec += exp((double)lse[g] - plse[g]);
-            #pragma omp critical(eng_recall)
-            {
-                s->st.mass_recall += rec / G;
-                s->st.recall_n++;
-            }
-        }
-    }
+    eng_plan_run(m, view, q, &pl, out, lse);
+    eng_plan_account(s, view, q, p, &pl, lse);
 }
 
 /* Rows x KV heads in parallel, always inside a parallel region, so a kernel never splits a
@@ -723,13 +371,13 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh, int local)
  * by query heads of its group (each query's arithmetic is its own: bit-identical to the whole
  * group), a long one by keys into parts merged in a fixed order (which depends on the range and
  * the thread count only). Prefill rows and selector rows run whole. */
-static void attend(eng_model *m, int layer, int T) {
+static int attend(eng_model *m, int layer, int T, char *err, size_t errlen) {
     const eng_hparams *hp = &m->hp;
     const int nkv = hp->n_head_kv, local = eng_layer_is_local(m, layer);
     const int G = hp->n_head / nkv, hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head;
     int nthr = omp_get_max_threads();
     if (nthr > m->job_threads) nthr = m->job_threads;
-    const double t0 = now_s();
+    const double t0 = krn_now_s();
     int nj = 0, n_slots = 0;
     const int tile = ATTN_MAX_GROUP / G; /* prefill rows of a global layer per job */
     for (int t = 0; t < T; t++) {
@@ -747,14 +395,11 @@ static void attend(eng_model *m, int layer, int T) {
             t += r - 1;
             continue;
         }
-        const int dense = local || s->kind == IDX_DENSE;
-        int64_t lo = 0, hi = p + 1;
-        if (local) {
-            lo = p - hp->sliding_window + 1;
-            if (lo < 0) lo = 0;
-        }
+        eng_attn_plan pl;
+        eng_plan_ranges(s, layer, p, m->row_sparse[t], &pl);
+        const int64_t lo = pl.part[0].lo, hi = pl.part[0].hi;
         int kparts = 1, qparts = 1;
-        if (m->row_sparse[t] && dense && nthr > 1) {
+        if (m->row_sparse[t] && pl.n_parts == 1 && nthr > 1) {
             if (hi - lo >= 2 * ATTN_SPLIT_KEYS) {
                 int64_t k = (hi - lo) / ATTN_SPLIT_KEYS;
                 kparts = (int)(k < nthr ? k : nthr);
@@ -783,11 +428,15 @@ static void attend(eng_model *m, int layer, int T) {
         m->part_o = malloc(sizeof(float) * (size_t)n_slots * G * vd);
         m->part_l = malloc(sizeof(float) * (size_t)n_slots * G);
         m->part_cap = m->part_o && m->part_l ? (size_t)n_slots : 0;
-        if (!m->part_cap) abort(); /* out of memory in the forward pass: nothing sane to return */
+        if (!m->part_cap) {
+            eng_set_err(err, errlen, "out of memory for %d attention parts", n_slots);
+            return -1;
+        }
     }
     #pragma omp parallel for schedule(dynamic, 1)
     for (int i = 0; i < nj; i++) {
         const attn_job *j = &m->jobs[i];
+        if (eng_row_dead(m, j->t)) continue; /* its output is never read */
         if (j->rows > 1) {
             const float *qs[ATTN_MAX_GROUP];
             float *os[ATTN_MAX_GROUP], *ls[ATTN_MAX_GROUP];
@@ -804,7 +453,7 @@ static void attend(eng_model *m, int layer, int T) {
             continue;
         }
         if (j->whole) {
-            attend_one(m, layer, j->t, j->h, local);
+            attend_one(m, layer, j->t, j->h);
             continue;
         }
         eng_seq *s = m->row_seq[j->t];
@@ -817,15 +466,16 @@ static void attend(eng_model *m, int layer, int T) {
     /* key parts merge into the first part in order */
     for (int i = 0; i < nj; i++) {
         const attn_job *j = &m->jobs[i];
-        if (j->slot < 0) continue;
+        if (j->slot < 0 || eng_row_dead(m, j->t)) continue;
         const size_t q0 = (size_t)j->t * nh + (size_t)j->h * G;
         attn_merge(m->att + q0 * vd, m->att_lse + q0, m->part_o + (size_t)j->slot * G * vd,
                    m->part_l + (size_t)j->slot * G, G, vd);
     }
-    const double dt = now_s() - t0;
+    const double dt = krn_now_s() - t0;
     /* attribute the time to the sequences of the chunk, once each */
     for (int t = 0; t < T; t++)
         if (t == 0 || m->row_seq[t] != m->row_seq[t - 1]) m->row_seq[t]->st.attn_s += dt;
+    return 0;
 }
 
 void eng_rows_to_store(eng_model *m, int layer, int T, const float *k, const float *v, const float *q) {
@@ -835,19 +485,28 @@ void eng_rows_to_store(eng_model *m, int layer, int T, const float *k, const flo
     /* serial: rows of one sequence append to the same store in order; space was reserved */
     for (int t = 0; t < T; t++) {
         eng_seq *s = m->row_seq[t];
-        kv_append(s->kv, layer, k + (size_t)t * nkv * hd, v + (size_t)t * nkv * vd, 1);
+        if (eng_row_dead(m, t)) continue;
+        const int injected = eng_fault_hit(ENG_FAULT_KV_APPEND);
+        int rc = injected ? KV_ERR_NOMEM
+                          : kv_append(s->kv, layer, k + (size_t)t * nkv * hd, v + (size_t)t * nkv * vd, 1);
+        if (rc != KV_OK) {
+            eng_seq_fail(s, "KV store: appending position %d at layer %d: %s%s", m->row_pos[t], layer,
+                         kv_strerror(rc), injected ? " (injected fault)" : "");
+            continue;
+        }
         if (s->cap_q && m->row_pos[t] >= s->cap_from && m->row_pos[t] < s->cap_from + s->cap_n)
             memcpy(s->cap_q + ((size_t)layer * s->cap_n + (m->row_pos[t] - s->cap_from)) * nh * hd,
                    q + (size_t)t * nh * hd, sizeof(float) * nh * hd);
-        if (!local && !m->row_sparse[t] && (s->kind == IDX_RETRIEVAL || s->kind == IDX_CENTROIDS))
+        if (!local && !m->row_sparse[t] && (s->keep_queries || (s->caps & IDX_CAP_OBSERVE)))
             for (int h = 0; h < nkv; h++)
-                idx_observe(s->ix, layer, h, q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd);
+                if (idx_observe(s->ix, layer, h, q + ((size_t)t * nh + (size_t)h * G) * hd, G, hd) != IDX_OK)
+                    eng_seq_fail(s, "selector: recording prefill queries: %s", idx_last_error(s->ix));
     }
 }
 
 /* Runs rows [0, T) (T <= chunk); row_seq/row_pos are already filled. Logits of the rows that
  * want them go through the output matrix in groups of LOGIT_GROUP rows. */
-static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
+static int forward_chunk(eng_model *m, const eng_batch_row *rows, int T, char *err, size_t errlen) {
     const eng_hparams *hp = &m->hp;
     const int E = hp->n_embd, hd = hp->head_dim, vd = hp->v_dim, nh = hp->n_head, nkv = hp->n_head_kv;
     const int half = hp->n_rot / 2;
@@ -893,7 +552,7 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
             }
         }
         eng_rows_to_store(m, l, T, m->k, m->v, m->q);
-        attend(m, l, T);
+        if (attend(m, l, T, err, errlen)) return -1;
         matmul(&w->wo, m->att, T, m->o);
         for (int t = 0; t < T; t++) {
             float *o = m->o + (size_t)t * E, *x = m->x + (size_t)t * E;
@@ -944,11 +603,12 @@ static void forward_chunk(eng_model *m, const eng_batch_row *rows, int T) {
             nw = 0;
         }
     }
+    return 0;
 }
 
 /* Indexes each global layer's offloaded tokens of a sequence whose prefill just ended. */
 static void build_index(const eng_model *m, eng_seq *s) {
-    const double t0 = now_s();
+    const double t0 = krn_now_s();
     const int nkv = m->hp.n_head_kv, n = m->hp.n_layer * nkv;
     int n_global = 0;
     for (int l = 0; l < m->hp.n_layer; l++) n_global += eng_layer_is_local(m, l) ? 0 : nkv;
@@ -963,13 +623,18 @@ static void build_index(const eng_model *m, eng_seq *s) {
     for (int i = 0; i < n; i++) {
         const int l = i / nkv, h = i % nkv;
         if (eng_layer_is_local(m, l)) continue;
-        /* the decode row about to run sits at position pos; its window covers it */
-        kv_ranges r = kv_ranges_of(s->kv, l, (int64_t)s->pos + 1);
-        idx_build(s->ix, l, h, s->kv, r.off_lo, r.off_hi, NULL, 0);
+        /* the decode row about to run sits at position pos: its plan's offloaded range */
+        eng_attn_plan pl;
+        eng_plan_ranges(s, l, s->pos, 1, &pl);
+        int rc = idx_build(s->ix, l, h, s->kv, pl.off_lo, pl.off_hi, NULL, 0);
+        if (rc != IDX_OK)
+            #pragma omp critical(eng_build_fail)
+            eng_seq_fail(s, "selector: building layer %d head %d: %s", l, h,
+                         idx_last_error(s->ix)[0] ? idx_last_error(s->ix) : idx_strerror(rc));
     }
     if (par) idx_parallel_end(blas);
     s->built = 1;
-    s->st.build_s += now_s() - t0;
+    s->st.build_s += krn_now_s() - t0;
 }
 
 int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err, size_t errlen) {
@@ -977,11 +642,19 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
         eng_set_err(err, errlen, "no tokens to evaluate");
         return -1;
     }
+    if (m->device_failed[0]) {
+        eng_set_err(err, errlen, "%s", m->device_failed);
+        return -1;
+    }
     /* validate everything first so that an error leaves every sequence unchanged */
     for (int i = 0; i < n; ) {
         eng_seq *s = rows[i].seq;
         if (!s || s->m != m) {
             eng_set_err(err, errlen, "batch row %d has no sequence of this model", i);
+            return -1;
+        }
+        if (s->failed[0]) {
+            eng_set_err(err, errlen, "the sequence failed earlier (%s); reset it", s->failed);
             return -1;
         }
         int j = i;
@@ -1014,7 +687,7 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
     for (int i = 0; i < n; i++) {
         eng_seq *s = rows[i].seq;
         int single = (i == 0 || rows[i - 1].seq != s) && (i + 1 == n || rows[i + 1].seq != s);
-        if (single && !s->built && s->kind != IDX_DENSE) build_index(m, s);
+        if (single && !s->built && !(s->caps & IDX_CAP_ALL)) build_index(m, s);
     }
     for (int i = 0; i < n; i += m->chunk) {
         int T = n - i < m->chunk ? n - i : m->chunk;
@@ -1025,11 +698,11 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
             m->row_pos[t] = s->pos++;
             m->row_sparse[t] = (k == 0 || rows[k - 1].seq != s) && (k + 1 == n || rows[k + 1].seq != s);
         }
-        if (m->gpu) {
-            if (eng_gpu_forward_chunk(m, rows + i, T, err, errlen)) return -1;
-        } else {
-            forward_chunk(m, rows + i, T);
-        }
+        char cerr[256] = "";
+        const int rc = m->gpu ? eng_gpu_forward_chunk(m, rows + i, T, cerr, sizeof cerr)
+                              : forward_chunk(m, rows + i, T, cerr, sizeof cerr);
+        if (rc) /* the chunk's rows are half-done: their sequences cannot go on */
+            for (int t = 0; t < T; t++) eng_seq_fail(m->row_seq[t], "%s", cerr);
     }
     /* A prompt's last slice (several rows, the last wanting logits) is followed by decode: the
      * selector indexes it now, so the cost lands in the prefill (time to first token) rather
@@ -1038,11 +711,19 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
         eng_seq *s = rows[i].seq;
         int j = i;
         while (j < n && rows[j].seq == s) j++;
-        if (j - i > 1 && rows[j - 1].logits && !s->built && s->kind != IDX_DENSE) build_index(m, s);
+        if (j - i > 1 && rows[j - 1].logits && !s->built && !(s->caps & IDX_CAP_ALL) && !s->failed[0])
+            build_index(m, s);
         i = j;
     }
-    return 0;
+    /* a sequence that failed in this pass fails its request; the others' rows are good */
+    int n_failed = 0;
+    for (int i = 0; i < n; i++)
+        if (rows[i].seq->failed[0] && (i == 0 || rows[i - 1].seq != rows[i].seq) && !n_failed++)
+            eng_set_err(err, errlen, "%s", rows[i].seq->failed);
+    return n_failed ? ENG_FORWARD_SEQ_FAILED : 0;
 }
+
+const char *eng_model_failed(const eng_model *m) { return m->device_failed[0] ? m->device_failed : NULL; }
 
 int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *logits,
                 bool all_logits, char *err, size_t errlen) {

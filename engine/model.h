@@ -199,4 +199,54 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
 int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *logits,
                 bool all_logits, char *err, size_t errlen);
 
+
+/* ---- forks, failures ----------------------------------------------------------------------
+ * A forked sequence starts where its parent is: it shares the parent's KV pages read-only
+ * (copying only the partial last page and the sliding-window rings) and takes its own selector
+ * (attn; NULL: the parent's), so one prefill serves several selectors or samples. Its selector
+ * builds from the parent's prefill queries: a parent whose forks may take a selector that learns
+ * from queries (retrieval, centroids) calls eng_seq_keep_queries before its prefill. The parent
+ * may go on decoding, be reset or freed: its pages stay until the last fork lets them go. A
+ * sequence on a registered context cannot be forked. NULL and a reason on failure. */
+eng_seq *eng_seq_fork(eng_seq *parent, const eng_attn_params *attn, char *err, size_t errlen);
+int eng_seq_keep_queries(eng_seq *s, char *err, size_t errlen); /* only while empty */
+
+/* Why the sequence is unusable (a forward step failed on it: a selector, the KV store, memory),
+ * or NULL. A failed sequence is refused by eng_forward_batch until eng_seq_reset. */
+const char *eng_seq_error(const eng_seq *s);
+
+/* eng_forward_batch's status when some sequences failed during the pass (each has
+ * eng_seq_error; err holds the first reason): the other rows ran and their logits are valid. */
+enum { ENG_FORWARD_SEQ_FAILED = -2 };
+
+/* Why the model's device is unusable (a CUDA error that leaves the context broken), or NULL;
+ * from then on every forward pass fails at once and the server answers 503. */
+const char *eng_model_failed(const eng_model *m);
+
+/* Test-only fault injection: the nth call (1-based, counted from now) of `point` ("select":
+ * a selector's select, "kv_append": a K/V append) fails as the real call would; 0 disarms.
+ * Also read once from the environment at model load: KVSEEK_FAULT=point:n. */
+void eng_fault_arm(const char *point, int64_t nth);
+
+/* ---- for other engine modules (the context builder) --------------------------------------- */
+const eng_model *eng_seq_model(const eng_seq *s);
+kv_store *eng_seq_kv(eng_seq *s);
+/* Records the queries of positions [from, to) during forward passes (rows of n_head * head_dim
+ * floats per layer; *n_rows of them recorded so far). */
+int eng_seq_capture_queries(eng_seq *s, int64_t from, int64_t to, char *err, size_t errlen);
+const float *eng_seq_captured(const eng_seq *s, int layer, int64_t *n_rows);
+/* Starts an empty sequence with positions [0, n) of src, borrowed read-only; owner (may be NULL)
+ * is released with release(owner) when the sequence lets the pages go (reset, free). With
+ * fixed_lo >= 0, decode rows read [fixed_lo, fixed_hi) only through the selector and everything
+ * outside it densely (a context's clustered range); fixed_lo < 0: the store's moving sinks /
+ * window ranges apply. 0, or -1 with a reason. */
+int eng_seq_adopt_prefix(eng_seq *s, const kv_store *src, int n, int64_t fixed_lo, int64_t fixed_hi,
+                         void *owner, void (*release)(void *owner), char *err, size_t errlen);
+/* Gives (layer, head) a prebuilt centroid structure when the selector can read one
+ * (IDX_CAP_BIND); other selectors build their own after the request's prefill. */
+int eng_seq_bind_cent(eng_seq *s, int layer, int head, const idx_cent *c, float threshold, int levels,
+                      char *err, size_t errlen);
+/* Marks the sequence failed with a reason (the first one sticks). */
+void eng_seq_fail(eng_seq *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #endif

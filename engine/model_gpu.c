@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "gpu.h"
 #include "quant.h"
 
@@ -59,15 +60,17 @@ struct eng_gpu {
     int32_t *h_ids, *d_ids;        /* selected ids of the launch, packed */
     size_t h_ids_cap, d_ids_cap;   /* bytes */
     struct sel_task *tasks;        /* (GPU_MAX_DEC * n_head_kv) CPU selections of a launch */
+    eng_attn_plan *plans;          /* (GPU_MAX_DEC * n_head_kv) the launch's plans */
     int prefill_mode;              /* KVSEEK_GPU_PREFILL: 0 auto, 1 tiled, 2 gemm */
 };
 
-/* One CPU selection of a decode launch: the row's sequence, KV head, its ids job. */
+/* One CPU selection of a decode launch: the row's sequence, KV head, its ids job and plan. */
 struct sel_task {
     eng_seq *s;
     int h, job;
     size_t q0;                     /* the group's first query row in h_q */
-    int64_t off_lo, off_hi, n;
+    eng_attn_plan *plan;
+    int64_t p;                     /* the row's position */
 };
 
 /* Device (dev) or pinned (!dev) buffer *p of at least `bytes`; grows by half again after the
@@ -208,7 +211,8 @@ int eng_gpu_load(eng_model *m, char *err, size_t errlen) {
     PIN(g->jobs, g->jobs_per_layer * hp->n_layer);
     DEV(g->d_jobs, g->jobs_per_layer);
     g->tasks = calloc((size_t)GPU_MAX_DEC * nkv, sizeof *g->tasks);
-    failed |= !g->tasks;
+    g->plans = calloc((size_t)GPU_MAX_DEC * nkv, sizeof *g->plans);
+    failed |= !g->tasks || !g->plans;
     /* an A/B knob for benchmarks and tests: force one prefill attention kernel */
     const char *pm = getenv("KVSEEK_GPU_PREFILL");
     g->prefill_mode = pm && !strcmp(pm, "tiled") ? 1 : pm && !strcmp(pm, "gemm") ? 2 : 0;
@@ -248,14 +252,12 @@ void eng_gpu_free(eng_model *m) {
     gpu_host_free(g->h_q); gpu_host_free(g->h_logits); gpu_host_free(g->jobs);
     gpu_free(g->stage); gpu_host_free(g->stage_tbl); gpu_free(g->stage_tbl_d);
     gpu_free(g->d_jobs); gpu_host_free(g->h_tbl); gpu_free(g->d_tbl);
-    gpu_host_free(g->h_ids); gpu_free(g->d_ids); free(g->tasks);
+    gpu_host_free(g->h_ids); gpu_free(g->d_ids); free(g->tasks); free(g->plans);
     free(g);
     m->gpu = NULL;
 }
 
 /* ---- forward ---- */
-
-static double now_s(void) { return omp_get_wtime(); }
 
 /* Decode rows [d0, d1) of `dec` (row indices of single-row sequences) on one layer: jobs for the
  * dense range or the static set, CPU selection of the offloaded ids (rows x KV heads in
@@ -265,7 +267,6 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
     eng_gpu *g = m->gpu;
     const eng_hparams *hp = &m->hp;
     const int nkv = hp->n_head_kv, nh = hp->n_head, G = nh / nkv, hd = hp->head_dim, vd = hp->v_dim;
-    const int local = eng_layer_is_local(m, layer);
     gpu_attn_job *jobs = g->jobs + (size_t)layer * g->jobs_per_layer;
     int nj = 0, n_task = 0, n_merge = 0;
     int64_t max_keys = 1;
@@ -288,15 +289,16 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
     for (int k = 0; k < d1 - d0; k++)
         if (tbl_n[k]) memcpy(g->h_tbl + tbl_off[k], tbl[k], sizeof(void *) * (size_t)tbl_n[k]);
 
+    /* one plan per (row, KV head), as the CPU executor has it; ranges become jobs now, the
+     * selected ids once the selections below have run */
     for (int i = d0; i < d1; i++) {
         const int t = dec[i], slot = i - d0;
         eng_seq *s = m->row_seq[t];
         const int64_t p = m->row_pos[t];
-        const int dense = local || s->kind == IDX_DENSE;
-        kv_ranges r = {0};
-        if (!dense) r = kv_ranges_of(s->kv, layer, p + 1);
-        const int sparse = !dense && r.off_hi > r.off_lo;
+        int sparse_row = 0;
         for (int h = 0; h < nkv; h++) {
+            eng_attn_plan *pl = &g->plans[slot * nkv + h];
+            eng_plan_ranges(s, layer, p, 1, pl);
             const size_t q0 = (size_t)t * nh + (size_t)h * G;
             gpu_attn_job *j = &jobs[nj++];
             memset(j, 0, sizeof *j);
@@ -305,24 +307,25 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             j->q = g->q + q0 * hd;
             j->out = g->att + q0 * vd;
             j->lse = g->lse + q0;
-            if (dense) {
-                int64_t lo = local ? p - hp->sliding_window + 1 : 0;
-                j->lo = lo < 0 ? 0 : lo;
-                j->hi = p + 1;
-            } else {
-                j->lo = sparse ? r.win_lo : 0;
-                j->hi = p + 1;
+            j->lo = pl->part[PLAN_RECENT].lo;
+            j->hi = pl->part[PLAN_RECENT].hi;
+            if (!pl->sparse) {
+                /* nothing offloaded: the static parts are one contiguous range, one job */
+                if (pl->n_parts > 1 && pl->part[PLAN_SINKS].hi == j->lo) j->lo = pl->part[PLAN_SINKS].lo;
+                if (j->hi - j->lo > max_keys) max_keys = j->hi - j->lo;
+                continue;
             }
             if (j->hi - j->lo > max_keys) max_keys = j->hi - j->lo;
-            if (!sparse) continue;
-            /* sinks and selected ids into this row's part slots (all heads, so one merge each) */
+            sparse_row = 1;
+            /* sinks and selected ids into this row's part slots (all heads, so one merge each;
+             * an empty part is an empty job, the merge's identity) */
             const size_t ps = ((size_t)(2 * slot) * nh + (size_t)h * G);
             gpu_attn_job *js = &jobs[nj++];
             *js = *j;
             js->out = g->part_o + ps * vd;
             js->lse = g->part_l + ps;
-            js->lo = 0;
-            js->hi = r.sink_hi;
+            js->lo = pl->part[PLAN_SINKS].lo;
+            js->hi = pl->part[PLAN_SINKS].hi;
             if (js->hi > max_keys) max_keys = js->hi;
             gpu_attn_job *ji = &jobs[nj++];
             *ji = *js;
@@ -334,50 +337,42 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             tk->h = h;
             tk->job = nj - 1;
             tk->q0 = q0;
-            tk->off_lo = r.off_lo;
-            tk->off_hi = r.off_hi;
-            tk->n = 0;
+            tk->plan = pl;
+            tk->p = p;
         }
-        if (sparse) merges[n_merge++] = slot;
+        if (sparse_row) merges[n_merge++] = slot;
     }
 
     /* the selections: each KV head's index is its own, so heads and rows run in parallel */
     if (n_task) {
-        const double t0 = now_s();
         #pragma omp parallel for schedule(dynamic, 1)
         for (int k = 0; k < n_task; k++) {
             struct sel_task *tk = &g->tasks[k];
-            eng_seq *s = tk->s;
-            int64_t ilo, ihi;
-            idx_range(s->ix, layer, tk->h, &ilo, &ihi);
-            if (ihi < tk->off_hi) idx_add(s->ix, layer, tk->h, s->kv, tk->off_hi);
-            /* `window` selects nothing (and its query was not copied back) */
-            tk->n = s->kind == IDX_WINDOW ? 0
-                  : idx_select(s->ix, layer, tk->h, s->kv, g->h_q + tk->q0 * hd, G, &s->req,
-                               s->ids + (size_t)tk->h * s->ids_cap, s->ids_cap);
+            if (!eng_seq_error(tk->s)) eng_plan_select(tk->s, layer, tk->h, g->h_q + tk->q0 * hd, tk->plan);
         }
-        const double dt = now_s() - t0;
         size_t n_ids = 0;
-        for (int k = 0; k < n_task; k++) n_ids += g->tasks[k].n > 0 ? (size_t)g->tasks[k].n : 0;
+        for (int k = 0; k < n_task; k++) {
+            const eng_attn_part *pi = &g->tasks[k].plan->part[PLAN_IDS];
+            n_ids += pi->ids && pi->n_ids > 0 ? (size_t)pi->n_ids : 0;
+        }
         if (ensure_buf((void **)&g->h_ids, &g->h_ids_cap, (n_ids + 1) * sizeof(int32_t), 0) ||
             ensure_buf((void **)&g->d_ids, &g->d_ids_cap, (n_ids + 1) * sizeof(int32_t), 1))
             return -1;
         size_t off = 0;
         for (int k = 0; k < n_task; k++) {
             struct sel_task *tk = &g->tasks[k];
-            eng_seq *s = tk->s;
-            if (k == 0 || g->tasks[k - 1].s != s) s->st.search_s += dt;   /* wall time, once a row */
-            const int64_t n = tk->n > 0 ? tk->n : 0;
+            const eng_attn_part *pi = &tk->plan->part[PLAN_IDS];
+            const int64_t n = pi->ids && pi->n_ids > 0 ? pi->n_ids : 0;
             if (n > 0) {
-                memcpy(g->h_ids + off, s->ids + (size_t)tk->h * s->ids_cap, sizeof(int32_t) * (size_t)n);
+                memcpy(g->h_ids + off, pi->ids, sizeof(int32_t) * (size_t)n);
                 jobs[tk->job].ids = g->d_ids + off;
                 jobs[tk->job].n_ids = n;
                 if (n > max_keys) max_keys = n;
                 off += (size_t)n;
             }
-            s->st.sparse_rows++;
-            s->st.offloaded_keys += tk->off_hi - tk->off_lo;
-            s->st.keys_read += n;
+            /* statistics (and recall, on the host copy of the pages) from the plan */
+            eng_plan_account(tk->s, &tk->s->views[layer * nkv + tk->h], g->h_q + tk->q0 * hd, tk->p,
+                             tk->plan, NULL);
         }
         if (off && gpu_h2d(g->d_ids, g->h_ids, sizeof(int32_t) * off)) return -1;
     }
@@ -502,7 +497,9 @@ int eng_gpu_forward_chunk(eng_model *m, const eng_batch_row *rows, int T, char *
     int q_needed_global = 0, q_needed_any = 0;
     for (int t = 0; t < T; t++) {
         eng_seq *s = m->row_seq[t];
-        if (s->kind != IDX_DENSE && s->kind != IDX_WINDOW) q_needed_global = 1;
+        if (!(s->caps & (IDX_CAP_ALL | IDX_CAP_NONE)) || s->measure_recall || s->keep_queries ||
+            (s->caps & IDX_CAP_OBSERVE))
+            q_needed_global = 1;
         if (s->cap_q) q_needed_any = 1;
     }
     TRY(gpu_h2d(g->tok, g->h_tok, sizeof(int32_t) * T));
@@ -532,9 +529,9 @@ int eng_gpu_forward_chunk(eng_model *m, const eng_batch_row *rows, int T, char *
         if (want_q) TRY(gpu_d2h(g->h_q, g->q, sizeof(float) * T * nq));
         TRY(gpu_sync());
         eng_rows_to_store(m, l, T, g->h_k, g->h_v, g->h_q);
-        const double t0 = now_s();
+        const double t0 = krn_now_s();
         TRY(attend(m, l, T));
-        const double dt = now_s() - t0;
+        const double dt = krn_now_s() - t0;
         for (int t = 0; t < T; t++)
             if (t == 0 || m->row_seq[t] != m->row_seq[t - 1]) m->row_seq[t]->st.attn_s += dt;
         TRY(gpu_matmul(w->wo, g->att, T, g->o));
@@ -565,8 +562,12 @@ int eng_gpu_forward_chunk(eng_model *m, const eng_batch_row *rows, int T, char *
             nw = 0;
         }
     }
-    return gpu_sync() ? -1 : 0;
+    if (gpu_sync() == 0) return 0;
 cuda_fail:
-    eng_set_err(err, errlen, "CUDA: %s", gpu_last_error());
+    /* a CUDA error leaves the context unusable (sticky errors) or the chunk half-done: the
+     * device is marked failed, later work gets a clear refusal (HTTP 503) instead of garbage */
+    snprintf(m->device_failed, sizeof m->device_failed, "the GPU failed (CUDA: %s); restart the server",
+             gpu_last_error());
+    eng_set_err(err, errlen, "%s", m->device_failed);
     return -1;
 }

@@ -4,7 +4,6 @@
 #define KVSEEK_MODEL_IMPL_H
 
 #include "model.h"
-#include "context.h"
 
 #include "attn_sparse.h"
 #include "index.h"
@@ -68,6 +67,7 @@ struct eng_model {
     size_t part_cap;
     int job_threads;    /* thread count jobs was sized for */
     eng_gpu *gpu;       /* the CUDA backend's state; NULL: the CPU runs the forward pass */
+    char device_failed[256]; /* non-empty: a CUDA error broke the device (eng_model_failed) */
 };
 
 struct eng_seq {
@@ -75,11 +75,12 @@ struct eng_seq {
     int n_ctx, pos;
     kv_store *kv;
     idx_set *ix;
-    idx_kind kind;
+    unsigned caps;        /* idx_caps(ix): what the selector can do */
     idx_request req;
     int measure_recall;
     eng_attn_params attn; /* as configured (eng_seq_set_attn) */
-    int built;            /* the selector has indexed the prefill */
+    int built;            /* the selector has indexed the prefill (or is bound to a context's) */
+    int keep_queries;     /* eng_seq_keep_queries: prefill queries kept for forks */
     attn_kv_view *views;  /* (n_layer, n_head_kv) */
     int32_t *ids;         /* (n_head_kv, ids_cap) selector output per KV head */
     int64_t ids_cap;
@@ -88,13 +89,18 @@ struct eng_seq {
      * every layer, rows of n_head * head_dim */
     float *cap_q;
     int64_t cap_from, cap_n;
-    /* a registered context the sequence starts with (eng_seq_attach_ctx) */
-    eng_ctx *ctx;
-    int64_t ctx_lo, ctx_hi;  /* its clustered range */
-    float *ctx_thr;          /* (n_layer, n_head_kv) thresholds for the request's target */
-    char *ctx_scratch;       /* (n_head_kv, ctx_scratch_bytes) */
-    size_t ctx_scratch_bytes;
+    /* a prefix borrowed read-only: a registered context's (eng_seq_adopt_prefix) or a forked
+     * parent's; owner is held until reset or free */
+    void *owner;
+    void (*release)(void *owner);
+    int fixed;                  /* a context's clustered range [fixed_lo, fixed_hi) is the
+                                 * selector's for good (sinks before, everything after dense);
+                                 * 0: the store's moving ranges */
+    int64_t fixed_lo, fixed_hi;
+    struct seq_share *share;    /* this sequence's store as shared with its forks (seq.c) */
+    char failed[256];     /* non-empty: a step failed; unusable until eng_seq_reset */
 };
+
 
 
 
@@ -103,6 +109,53 @@ struct eng_seq {
  * where a context build captures them or a selector observes prefill queries (q is read only
  * then). Shared by both forward passes. */
 void eng_rows_to_store(eng_model *m, int layer, int T, const float *k, const float *v, const float *q);
+/* Whether row t's sequence has failed during this pass (its rows are skipped from then on). */
+static inline int eng_row_dead(const eng_model *m, int t) { return m->row_seq[t]->failed[0] != 0; }
+
+
+/* ---- the decode-attention plan (attn_plan.c) ---------------------------------------------
+ * What one row attends at one layer and KV head, decided in one place for every executor:
+ * parts in merge order, each a position range [lo, hi) or a list of selected positions. Part 0
+ * writes the output; each later part merges in by log-sum-exp; an empty part is the merge's
+ * identity (the CPU executor skips it, the GPU one runs it as an empty job). A prefill row, a
+ * local layer or a selector that reads everything (IDX_CAP_ALL) has one range; a decode row of
+ * a global layer has the recent range, the sinks, and the ids the selector picks among the
+ * offloaded range [off_lo, off_hi). */
+enum { PLAN_RECENT = 0, PLAN_SINKS = 1, PLAN_IDS = 2, PLAN_MAX_PARTS = 3 };
+
+typedef struct {
+    int64_t lo, hi;      /* a range [lo, hi) when ids is NULL ... */
+    const int32_t *ids;  /* ... else n_ids ascending positions */
+    int64_t n_ids;
+} eng_attn_part;
+
+typedef struct {
+    eng_attn_part part[PLAN_MAX_PARTS];
+    int n_parts;
+    int sparse;          /* the row reads its offloaded range through the selector (counted in
+                          * the statistics), with ids still to pick when the selector picks */
+    int64_t off_lo, off_hi;
+} eng_attn_plan;
+
+/* Step 1, from ranges alone: the row at position p (decode: the sequence's only row). */
+void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_attn_plan *pl);
+/* Whether step 2 has work: the selector picks ids (not IDX_CAP_NONE) for a sparse row. */
+int eng_plan_needs_select(const eng_seq *s, const eng_attn_plan *pl);
+/* Step 2: indexes keys that left the window and picks the ids for the group's queries q (G rows)
+ * into the sequence's buffer of KV head kvh. 0, or -1 with the sequence marked failed. Calls
+ * for different KV heads may run concurrently. */
+int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl);
+/* The CPU executor: attn_range / attn_ids / attn_merge over the parts, in order. */
+void eng_plan_run(const eng_model *m, const attn_kv_view *view, const float *q, const eng_attn_plan *pl,
+                  float *out, float *lse);
+/* Statistics of an executed sparse plan, once per (row, layer, KV head) for both executors;
+ * with measure_recall, the attended set's share of the dense softmax mass (lse: the plan's
+ * log-sum-exp per query, NULL to compute it here). Thread-safe. */
+void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p,
+                      const eng_attn_plan *pl, const float *lse);
+/* Fault injection (attn_plan.c): nonzero when this call of the point is to fail. */
+enum { ENG_FAULT_SELECT = 0, ENG_FAULT_KV_APPEND = 1 };
+int eng_fault_hit(int point);
 
 /* ---- the CUDA backend (model_gpu.c) ---- */
 

@@ -104,6 +104,7 @@ const char *eng_sched_strerror(int code) {
     case ENG_SCHED_EFULL: return "the request queue is full";
     case ENG_SCHED_ESTOPPED: return "the server is shutting down";
     case ENG_SCHED_ETOOLONG: return "prompt and max_tokens exceed the context size";
+    case ENG_SCHED_EUNAVAIL: return "the model's device failed; the server must be restarted";
     default: return "unknown error";
     }
 }
@@ -290,6 +291,7 @@ static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tok
     int free_slots = s->p.n_parallel - s->n_active;
     int rc = 0;
     if (s->stopping) rc = ENG_SCHED_ESTOPPED;
+    else if (eng_model_failed(s->m)) rc = ENG_SCHED_EUNAVAIL;
     else if (s->q_len >= s->p.queue_cap + (free_slots > 0 ? free_slots : 0)) rc = ENG_SCHED_EFULL;
     if (rc == 0) {
         if (s->q_tail) s->q_tail->next = r;
@@ -597,12 +599,20 @@ static void step(eng_sched *s) {
     if (n == 0) return;
 
     double t0 = krn_now_s() * 1e3;
-    if (eng_forward_batch(s->m, s->rows, n, err, sizeof err)) {
+    const int frc = eng_forward_batch(s->m, s->rows, n, err, sizeof err);
+    if (frc) {
+        /* ENG_FORWARD_SEQ_FAILED: only the failed sequences' requests end (their sequences are
+         * reset before reuse); the other rows ran and go on */
         for (int i = 0; i < np; i++) {
             slot *sl = &s->slots[i];
-            if (sl->req && sl->row != -1) finish_req(s, sl, sl->req, ENG_FINISH_ERROR, NULL, err);
+            if (!sl->req || sl->row == -1) continue;
+            const char *why = eng_seq_error(sl->seq);
+            if (frc != ENG_FORWARD_SEQ_FAILED || why) {
+                finish_req(s, sl, sl->req, ENG_FINISH_ERROR, NULL, why ? why : err);
+                sl->row = -1;
+            }
         }
-        return;
+        if (frc != ENG_FORWARD_SEQ_FAILED) return;
     }
     /* sample every row with logits: samplers are independent, so in parallel */
     int idx[np], n_s = 0;

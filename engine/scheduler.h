@@ -29,6 +29,7 @@ enum {
     ENG_SCHED_EFULL = -3,    /* the queue of waiting requests is full: retry later */
     ENG_SCHED_ESTOPPED = -4, /* the scheduler is shutting down */
     ENG_SCHED_ETOOLONG = -5, /* prompt + max_tokens does not fit in a sequence's context */
+    ENG_SCHED_EUNAVAIL = -6, /* the model's device failed (eng_model_failed): nothing can run */
 };
 const char *eng_sched_strerror(int code);
 

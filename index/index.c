@@ -40,6 +40,20 @@ int idx_keys_held(const kv_store *kv, int layer, int head, int64_t lo, int64_t h
     return lo == hi || (kv_k_row(kv, layer, head, lo) && kv_k_row(kv, layer, head, hi - 1));
 }
 
+float *idx_gather_keys(idx_set *ix, const idx_slot *s, int layer, int head, const kv_store *kv, int *rc) {
+    const int64_t nk = s->hi - s->lo;
+    float *K = malloc(sizeof(float) * nk * ix->p.head_dim);
+    if (!K) {
+        *rc = idx_fail(ix, IDX_ERR_NOMEM, "cannot copy %lld keys for the index", (long long)nk);
+    } else if (kv_gather_range(kv, layer, head, s->lo, s->hi, K, NULL) != KV_OK) {
+        *rc = idx_fail(ix, IDX_ERR_KV, "keys [%lld, %lld) of layer %d head %d are not held", (long long)s->lo,
+                       (long long)s->hi, layer, head);
+        free(K);
+        K = NULL;
+    }
+    return K;
+}
+
 int64_t idx_all_candidates(const idx_slot *s, int32_t *ids) {
     for (int64_t j = 0; j < s->hi - s->lo; j++) ids[j] = (int32_t)(s->lo + j);
     return s->hi - s->lo;
@@ -78,29 +92,13 @@ const char *idx_strerror(int code) {
 const char *idx_last_error(const idx_set *ix) { return ix ? ix->err : ""; }
 
 idx_params idx_params_default(void) {
-    idx_params p;
-    memset(&p, 0, sizeof p);
-    p.kind = IDX_RETRIEVAL;
-    p.seed = 1234;
-    p.min_keys = 1024;
-    p.max_queries = 4096;
-    p.list_k = 128;
-    p.kmeans_iter = 10;
-    p.nprobe = 8;
-    p.key_share = 0.3f;
-    p.cent = idx_cent_params_default();
-    p.group_size = 1;
-    p.obs_tokens = 100;
-    return p;
+    return (idx_params){.kind = IDX_RETRIEVAL, .seed = 1234, .min_keys = 1024, .max_queries = 4096,
+                        .list_k = 128, .kmeans_iter = 10, .nprobe = 8, .key_share = 0.3f,
+                        .cent = idx_cent_params_default(), .group_size = 1, .obs_tokens = 100};
 }
 
 idx_request idx_request_default(void) {
-    idx_request r;
-    memset(&r, 0, sizeof r);
-    r.top_k = 100;
-    r.scan = 0.02f;
-    r.gqa = IDX_GQA_UNION;
-    return r;
+    return (idx_request){.top_k = 100, .scan = 0.02f, .gqa = IDX_GQA_UNION};
 }
 
 static void slot_clear(const idx_set *ix, idx_slot *s) {
@@ -235,7 +233,10 @@ int idx_copy_observed(idx_set *dst, const idx_set *src) {
         idx_slot *s = &dst->slots[i];
         const idx_slot *o = &src->slots[i];
         if (!s->active || cap <= 0) continue;
-        if (!o->n_seen) continue;
+        if (!o->n_seen) {
+            if (obs_cap(src) == 0) return idx_fail(dst, IDX_ERR_STATE, "the source kept no prefill queries");
+            continue;
+        }
         /* the rows the source still holds must cover what this ring would hold */
         const int64_t want = o->n_seen < cap ? o->n_seen : cap;
         if (want > o->n_obs) return idx_fail(dst, IDX_ERR_STATE, "the source kept %lld prefill queries, %lld needed",

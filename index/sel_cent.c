@@ -62,14 +62,9 @@ static int cent_build(idx_set *ix, idx_slot *s, int layer, int head, const kv_st
     cent_st *c = s->st;
     const int d = ix->p.head_dim;
     const int64_t nk = s->hi - s->lo;
-    float *K = malloc(sizeof(float) * nk * d);
-    if (!K) return idx_fail(ix, IDX_ERR_NOMEM, "cannot copy %lld keys for the index", (long long)nk);
     int rc = IDX_OK;
-    if (kv_gather_range(kv, layer, head, s->lo, s->hi, K, NULL) != KV_OK) {
-        rc = idx_fail(ix, IDX_ERR_KV, "keys [%lld, %lld) of layer %d head %d are not held", (long long)s->lo,
-                      (long long)s->hi, layer, head);
-        goto done;
-    }
+    float *K = idx_gather_keys(ix, s, layer, head, kv, &rc);
+    if (!K) return rc;
     idx_cent_params cp = ix->p.cent;
     const float *obs = queries ? queries : s->obs;
     int64_t n_obs = queries ? n_queries : s->n_obs;

@@ -72,6 +72,9 @@ int idx_fail(idx_set *ix, int code, const char *fmt, ...) __attribute__((format(
 void idx_mean_query(const float *q, int n_q, int d, float *out);
 /* Whether kv holds the keys [lo, hi) of (layer, head). */
 int idx_keys_held(const kv_store *kv, int layer, int head, int64_t lo, int64_t hi);
+/* The slot's candidate keys as f32 rows (malloc'd: the caller frees), or NULL with *rc set and
+ * the set's message. */
+float *idx_gather_keys(idx_set *ix, const idx_slot *s, int layer, int head, const kv_store *kv, int *rc);
 /* Every candidate of the slot, in order: the dense answer (and a small slot's). */
 int64_t idx_all_candidates(const idx_slot *s, int32_t *ids);
 

@@ -154,18 +154,16 @@ static int list_set_alloc(list_set *ls, int n, int d) {
     return ls->cent && ls->bias && ls->lists ? 0 : -1;
 }
 
+static void lists_free(void *st);
+
 static void *lists_new(const idx_params *p) {
     lists_st *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->qmean = malloc(sizeof(float) * p->head_dim);
     s->krow = malloc(sizeof(float) * p->head_dim);
-    if (!s->qmean || !s->krow) {
-        free(s->qmean);
-        free(s->krow);
-        free(s);
-        return NULL;
-    }
-    return s;
+    if (s->qmean && s->krow) return s;
+    lists_free(s);
+    return NULL;
 }
 
 static void lists_clear(void *st) {
@@ -416,14 +414,11 @@ cleanup:
 static int lists_build(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
                        const float *queries, int64_t n_queries) {
     lists_st *s = g->st;
-    const int d = ix->p.head_dim;
     const int64_t nk = g->hi - g->lo;
-    float *K = malloc(sizeof(float) * nk * d);
-    if (!K) return idx_fail(ix, IDX_ERR_NOMEM, "cannot copy %lld keys for the index", (long long)nk);
     int rc = IDX_OK;
-    if (kv_gather_range(kv, layer, head, g->lo, g->hi, K, NULL) != KV_OK) {
-        rc = idx_fail(ix, IDX_ERR_KV, "keys [%lld, %lld) of layer %d head %d are not held", (long long)g->lo,
-                      (long long)g->hi, layer, head);
+    float *K = idx_gather_keys(ix, g, layer, head, kv, &rc);
+    if (!K) {
+        return rc;
     } else if (ix->ops->kind == IDX_IVF) {
         rc = build_ivf(ix, s, K, nk, g->lo);
     } else {
@@ -441,35 +436,39 @@ static int lists_has_structure(const void *st) {
     return s->qc.n > 0 || s->kl.n > 0;
 }
 
+/* The list whose centroid has the largest inner product with x (the first on ties). */
+static int best_list(const list_set *ls, const float *x, int d, float *score) {
+    int best = 0;
+    float best_s = -INFINITY;
+    for (int c = 0; c < ls->n; c++) {
+        const float sc = dotf(ls->cent + (size_t)c * d, x, d);
+        if (sc > best_s) { best_s = sc; best = c; }
+    }
+    *score = best_s;
+    return best;
+}
+
 static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv, int64_t hi) {
     lists_st *s = g->st;
     const int d = ix->p.head_dim;
     int rc = IDX_OK;
     for (int64_t pos = g->hi; pos < hi && rc == IDX_OK; pos++) {
         kv_gather(kv, layer, head, (const int32_t[]){(int32_t)pos}, 1, s->krow, NULL);
+        float best_s;
         if (s->qc.n > 0) {
             /* a new key joins, at the front, every cell whose centroid would have listed it at
              * build (score at least the centroid's list_k-th best), and at least (at the back)
              * the cell whose centroid scores it highest, like an unlisted key at build */
-            int best = 0;
-            float best_s = -INFINITY;
-            for (int c = 0; c < s->qc.n; c++) {
-                float sc = dotf(s->qc.cent + (size_t)c * d, s->krow, d);
-                if (sc > best_s) { best_s = sc; best = c; }
-                if (sc >= s->tau[c] && list_push_front(&s->qc.lists[c], (int32_t)pos)) rc = IDX_ERR_NOMEM;
-            }
+            for (int c = 0; c < s->qc.n; c++)
+                if (dotf(s->qc.cent + (size_t)c * d, s->krow, d) >= s->tau[c] &&
+                    list_push_front(&s->qc.lists[c], (int32_t)pos))
+                    rc = IDX_ERR_NOMEM;
+            const int best = best_list(&s->qc, s->krow, d, &best_s);
             if (best_s < s->tau[best] && list_push(&s->qc.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
         }
-        if (s->kl.n > 0) {
-            /* FAISS IVF-IP assignment: the list whose centroid has the largest inner product */
-            int best = 0;
-            float best_s = -INFINITY;
-            for (int c = 0; c < s->kl.n; c++) {
-                float sc = dotf(s->kl.cent + (size_t)c * d, s->krow, d);
-                if (sc > best_s) { best_s = sc; best = c; }
-            }
-            if (list_push(&s->kl.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
-        }
+        /* FAISS IVF-IP assignment: the list whose centroid has the largest inner product */
+        if (s->kl.n > 0 && list_push(&s->kl.lists[best_list(&s->kl, s->krow, d, &best_s)], (int32_t)pos))
+            rc = IDX_ERR_NOMEM;
     }
     return rc ? idx_fail(ix, rc, "out of memory adding keys") : IDX_OK;
 }
@@ -642,45 +641,13 @@ static size_t lists_bytes(const idx_set *ix, const void *st) {
            (size_t)s->scores_cap * sizeof(float);
 }
 
-const idx_ops idx_ops_oracle = {
-    .kind = IDX_ORACLE,
-    .name = "oracle",
-    .caps = IDX_CAP_SHARED,
-    .state_new = lists_new,
-    .state_clear = lists_clear,
-    .state_free = lists_free,
-    .max_ids = lists_max_ids,
-    .select = lists_select,
-    .bytes = lists_bytes,
-};
+/* The methods the three kinds share; ivf and retrieval add a build, retrieval observes. */
+#define LISTS_METHODS                                                                              \
+    .state_new = lists_new, .state_clear = lists_clear, .state_free = lists_free,                  \
+    .max_ids = lists_max_ids, .select = lists_select, .bytes = lists_bytes
+#define LISTS_BUILD .build = lists_build, .has_structure = lists_has_structure, .add = lists_add
 
-const idx_ops idx_ops_ivf = {
-    .kind = IDX_IVF,
-    .name = "ivf",
-    .caps = IDX_CAP_SHARED,
-    .state_new = lists_new,
-    .state_clear = lists_clear,
-    .state_free = lists_free,
-    .build = lists_build,
-    .has_structure = lists_has_structure,
-    .add = lists_add,
-    .max_ids = lists_max_ids,
-    .select = lists_select,
-    .bytes = lists_bytes,
-};
-
-const idx_ops idx_ops_retrieval = {
-    .kind = IDX_RETRIEVAL,
-    .name = "retrieval",
-    .caps = IDX_CAP_OBSERVE | IDX_CAP_SHARED,
-    .obs_rows = retrieval_obs_rows,
-    .state_new = lists_new,
-    .state_clear = lists_clear,
-    .state_free = lists_free,
-    .build = lists_build,
-    .has_structure = lists_has_structure,
-    .add = lists_add,
-    .max_ids = lists_max_ids,
-    .select = lists_select,
-    .bytes = lists_bytes,
-};
+const idx_ops idx_ops_oracle = {IDX_ORACLE, "oracle", IDX_CAP_SHARED, LISTS_METHODS};
+const idx_ops idx_ops_ivf = {IDX_IVF, "ivf", IDX_CAP_SHARED, LISTS_METHODS, LISTS_BUILD};
+const idx_ops idx_ops_retrieval = {IDX_RETRIEVAL, "retrieval", IDX_CAP_OBSERVE | IDX_CAP_SHARED,
+                                   .obs_rows = retrieval_obs_rows, LISTS_METHODS, LISTS_BUILD};

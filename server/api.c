@@ -1052,6 +1052,8 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
             return srv_respond_error(c, 429, NULL, NULL, "too many requests are waiting; retry later");
         case ENG_SCHED_ESTOPPED:
             return srv_respond_error(c, 503, NULL, NULL, "the server is shutting down");
+        case ENG_SCHED_EUNAVAIL:
+            return srv_respond_error(c, 503, NULL, NULL, "%s", eng_sched_strerror(rc));
         case ENG_SCHED_ENOMEM:
             return srv_respond_error(c, 500, NULL, NULL, "out of memory");
         default:

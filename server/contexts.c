@@ -584,6 +584,7 @@ static enum MHD_Result create(srv_conn *c) {
         entry_free(e);
         if (rc == ENG_SCHED_EFULL) return srv_respond_error(c, 429, NULL, NULL, "too many requests are waiting; retry later");
         if (rc == ENG_SCHED_ESTOPPED) return srv_respond_error(c, 503, NULL, NULL, "the server is shutting down");
+        if (rc == ENG_SCHED_EUNAVAIL) return srv_respond_error(c, 503, NULL, NULL, "%s", eng_sched_strerror(rc));
         return srv_respond_error(c, 500, NULL, NULL, "cannot start the build: %s", rc ? eng_sched_strerror(rc) : "no thread");
     }
     e->has_thread = true;
