@@ -64,14 +64,29 @@ static void release_prefix(eng_seq *s) {
 struct seq_share {
     kv_store *kv;
     atomic_int refs;
+    /* what the store itself borrows from (a fork of a fork), handed over when the sequence that
+     * made the share leaves it: released after the store */
+    void *owner;
+    void (*release)(void *owner);
 };
 
 static void share_unref(void *p) {
     struct seq_share *sh = p;
     if (atomic_fetch_sub(&sh->refs, 1) == 1) {
         kv_free(sh->kv);
+        if (sh->release) sh->release(sh->owner);
         free(sh);
     }
+}
+
+/* The sequence stops using its store, which its forks keep: the store's own prefix goes with it. */
+static void hand_over_share(eng_seq *s) {
+    s->share->owner = s->owner;
+    s->share->release = s->release;
+    s->owner = NULL;
+    s->release = NULL;
+    share_unref(s->share);
+    s->share = NULL;
 }
 
 static int make_views(eng_seq *s) {
@@ -93,8 +108,7 @@ static int leave_share(eng_seq *s) {
     }
     kv_store *fresh = NULL;
     if (kv_create(kv_get_params(s->kv), &fresh) != KV_OK) return -1;
-    share_unref(s->share);
-    s->share = NULL;
+    hand_over_share(s);
     s->kv = fresh;
     return make_views(s);
 }
@@ -172,7 +186,7 @@ fail:
 
 void eng_seq_free(eng_seq *s) {
     if (!s) return;
-    if (s->share) share_unref(s->share); /* forks may still read the store */
+    if (s->share) hand_over_share(s); /* forks may still read the store */
     else kv_free(s->kv);
     release_prefix(s);
     free(s->cap_q);
@@ -197,6 +211,7 @@ int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t err
         idx_free(s->ix);
         s->ix = ix;
         s->caps = idx_caps(ix);
+        if (s->keep_queries) idx_set_observe_all(ix, 1);
     }
     kv_set_static(s->kv, a->n_sink, a->n_window);
     set_request(s, a);

@@ -51,8 +51,9 @@ typedef struct {
 } srv_config;
 
 /* Applies a JSON attention object ({"selector": "retrieval", "top_k": 100, ...}) or a selector
- * name (a string) to *a through eng_attn_set. storage_ok: whether page_size / kv_f16 /
- * kv_mem_gb may be set (the config file) or are refused (a request). 0, or -1 with a reason and
+ * name (a string) to *a through the typed setters (eng_attn_set_num, eng_attn_set_bool; names
+ * through eng_attn_set). storage_ok: whether page_size / kv_f16 / kv_mem_gb may be set (the
+ * config file) or are refused (a request). 0, or -1 with a reason and
  * the offending key (a static string or one in `it`) in *key. */
 int srv_attn_from_json(const cJSON *it, eng_attn_params *a, bool storage_ok, char *err, size_t errlen,
                        const char **key);

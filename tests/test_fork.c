@@ -125,6 +125,25 @@ int main(void) {
         eng_seq_free(f);
         eng_seq_free(plain);
 
+        /* a fork of a fork outlives both its ancestors and computes what one sequence with the
+         * same tokens does */
+        eng_seq *straight = eng_seq_create_ex(m, N_CTX, &wa, err, sizeof err);
+        eng_seq *p0 = eng_seq_create_ex(m, N_CTX, &wa, err, sizeof err);
+        const int32_t more[3] = {5, 9, 3};
+        CHECK(eng_forward(m, straight, prompt, N_PROMPT, NULL, false, err, sizeof err) == 0 &&
+              eng_forward(m, straight, more, 2, NULL, false, err, sizeof err) == 0 && /* as f1 */
+              eng_forward(m, straight, more + 2, 1, last, false, err, sizeof err) == 0, "straight: %s", err);
+        CHECK(eng_forward(m, p0, prompt, N_PROMPT, NULL, false, err, sizeof err) == 0, "p0: %s", err);
+        eng_seq *f1 = eng_seq_fork(p0, NULL, err, sizeof err);
+        CHECK(f1 && eng_forward(m, f1, more, 2, NULL, false, err, sizeof err) == 0, "f1: %s", err);
+        eng_seq *f2 = f1 ? eng_seq_fork(f1, NULL, err, sizeof err) : NULL;
+        eng_seq_free(p0);
+        eng_seq_free(f1);
+        CHECK(f2 && eng_forward(m, f2, more + 2, 1, got, false, err, sizeof err) == 0, "f2: %s", err);
+        CHECK(f2 && !memcmp(got, last, sizeof(float) * V), "a fork of a fork differs from one sequence");
+        eng_seq_free(f2);
+        eng_seq_free(straight);
+
         free(prompt); free(last); free(ref); free(got);
         eng_model_free(m);
     }
