@@ -97,19 +97,22 @@ static int need(cursor *c, uint64_t n, const char *what) {
     return 1;
 }
 
+/* Copies the next n bytes to out and moves past them; out is left alone when they are missing. */
+static void rd_bytes(cursor *c, void *out, size_t n, const char *what) {
+    if (!need(c, n, what)) return;
+    memcpy(out, c->p, n);
+    c->p += n;
+}
+
 static uint32_t rd_u32(cursor *c, const char *what) {
     uint32_t v = 0;
-    if (!need(c, 4, what)) return 0;
-    memcpy(&v, c->p, 4);
-    c->p += 4;
+    rd_bytes(c, &v, 4, what);
     return v;
 }
 
 static uint64_t rd_u64(cursor *c, const char *what) {
     uint64_t v = 0;
-    if (!need(c, 8, what)) return 0;
-    memcpy(&v, c->p, 8);
-    c->p += 8;
+    rd_bytes(c, &v, 8, what);
     return v;
 }
 

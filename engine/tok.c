@@ -31,14 +31,22 @@ const char *tok_strerror(int64_t code) {
 
 /* ---- growable containers ---- */
 
+/* The array v of n elements of elt bytes (capacity *cap) with room for one more: v itself, or
+ * v moved to twice the capacity (64 at first). NULL with *oom set when that fails; v is then
+ * still the caller's. */
+static void *grow_one(void *v, size_t n, size_t *cap, size_t elt, int *oom) {
+    if (n < *cap) return v;
+    size_t c = *cap ? *cap * 2 : 64;
+    void *p = realloc(v, c * elt);
+    if (!p) { *oom = 1; return NULL; }
+    *cap = c;
+    return p;
+}
+
 void tok_ids_push(tok_ids *ids, int32_t id) {
-    if (ids->n == ids->cap) {
-        size_t cap = ids->cap ? ids->cap * 2 : 64;
-        int32_t *p = realloc(ids->v, cap * sizeof *p);
-        if (!p) { ids->oom = 1; return; }
-        ids->v = p;
-        ids->cap = cap;
-    }
+    int32_t *v = grow_one(ids->v, ids->n, &ids->cap, sizeof *v, &ids->oom);
+    if (!v) return;
+    ids->v = v;
     ids->v[ids->n++] = id;
 }
 
@@ -47,13 +55,9 @@ static int bigram_less(const tok_bigram *a, const tok_bigram *b) {
 }
 
 void tok_heap_push(tok_heap *h, tok_bigram b) {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        tok_bigram *p = realloc(h->v, cap * sizeof *p);
-        if (!p) { h->oom = 1; return; }
-        h->v = p;
-        h->cap = cap;
-    }
+    tok_bigram *v = grow_one(h->v, h->n, &h->cap, sizeof *v, &h->oom);
+    if (!v) return;
+    h->v = v;
     size_t i = h->n++;
     while (i > 0) {
         size_t parent = (i - 1) / 2;
@@ -435,24 +439,12 @@ int32_t tok_find(const tok_vocab *v, const char *text, size_t len) {
 
 void tok_free(tok_vocab *v) {
     if (!v) return;
-    free(v->arena);
-    free(v->off);
-    free(v->len);
-    free(v->score);
-    free(v->type);
-    free(v->eog);
-    free(v->map.slots);
-    free(v->special);
-    free(v->special_hash);
-    free(v->special_slots);
-    free(v->special_len);
-    free(v->special_first);
-    free(v->special_last);
-    free(v->merge_arena);
-    free(v->merge_off);
-    free(v->merge_la);
-    free(v->merge_lb);
-    free(v->merge_slots);
+    void *owned[] = {
+        v->arena, v->off, v->len, v->score, v->type, v->eog, v->map.slots,
+        v->special, v->special_hash, v->special_slots, v->special_len, v->special_first,
+        v->special_last, v->merge_arena, v->merge_off, v->merge_la, v->merge_lb, v->merge_slots,
+    };
+    for (size_t i = 0; i < sizeof owned / sizeof *owned; i++) free(owned[i]);
     free(v);
 }
 

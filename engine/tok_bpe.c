@@ -224,10 +224,33 @@ static void split_llama3(splitter *s, size_t max_digits) {
 
 typedef struct {
     const tok_vocab *v;
-    const char *text;   /* the byte-level spelling of one pre-token */
-    tok_symbol *sym;
+    char *text;         /* the byte-level spelling of one pre-token */
+    tok_symbol *sym;    /* its symbols: one per byte of the pre-token, in order */
+    int32_t n_sym;
     tok_heap heap;
 } bpe_session;
+
+/* Spells the code points cpt[0..n) into s->text, each of their UTF-8 bytes as the character
+ * that stands for it (one or two bytes, unicode_byte_to_cpt), which is also the symbol the
+ * merge loop starts from. Returns the spelled length. */
+static size_t spell_word(bpe_session *s, const uint32_t *cpt, size_t n) {
+    size_t len = 0;
+    s->n_sym = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t u[4];
+        size_t ul = unicode_encode(cpt[i], u);
+        for (size_t j = 0; j < ul; j++) {
+            uint8_t sb[4];
+            size_t sl = unicode_encode(unicode_byte_to_cpt(u[j]), sb);
+            memcpy(s->text + len, sb, sl);
+            s->sym[s->n_sym] = (tok_symbol){s->n_sym - 1, s->n_sym + 1, (uint32_t)len, (uint32_t)sl};
+            s->n_sym++;
+            len += sl;
+        }
+    }
+    if (s->n_sym > 0) s->sym[s->n_sym - 1].next = -1;
+    return len;
+}
 
 static void add_bigram(bpe_session *s, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
@@ -237,7 +260,7 @@ static void add_bigram(bpe_session *s, int32_t left, int32_t right) {
     tok_heap_push(&s->heap, (tok_bigram){(double)rank, left, right, l->n + r->n});
 }
 
-/* Merges one byte-level spelled pre-token text[0..n) and appends its ids. */
+/* Merges the spelled pre-token text[0..n) (symbols from spell_word) and appends its ids. */
 static void bpe_word(bpe_session *s, size_t n, tok_ids *out) {
     const tok_vocab *v = s->v;
     const char *text = s->text;
@@ -246,14 +269,7 @@ static void bpe_word(bpe_session *s, size_t n, tok_ids *out) {
         if (id >= 0) { tok_ids_push(out, id); return; }
     }
     tok_symbol *sym = s->sym;
-    int32_t n_sym = 0;
-    for (size_t off = 0; off < n;) {
-        size_t cl = unicode_len_utf8((uint8_t)text[off]);
-        if (cl > n - off) cl = n - off;
-        sym[n_sym] = (tok_symbol){n_sym - 1, off + cl == n ? -1 : n_sym + 1, (uint32_t)off, (uint32_t)cl};
-        n_sym++;
-        off += cl;
-    }
+    int32_t n_sym = s->n_sym;
     s->heap.n = 0;
     for (int32_t i = 1; i < n_sym; i++) add_bigram(s, i - 1, i);
     while (s->heap.n > 0 && !s->heap.oom) {
@@ -283,8 +299,7 @@ int tok_bpe_fragment(const tok_vocab *v, const char *text, size_t len, tok_ids *
     if (len > UINT32_MAX / 8) return TOK_ERR_ARG; /* spelled words use 32-bit spans */
     uint32_t *cpt = malloc((len ? len : 1) * sizeof *cpt);
     splitter sp = {cpt, 0, malloc(len ? len : 1), malloc((len ? len : 1) * sizeof(size_t)), 0, 0};
-    bpe_session s = {v, NULL, NULL, {0}};
-    char *spelled = NULL;
+    bpe_session s = {v, NULL, NULL, 0, {0}};
     if (!cpt || !sp.cls || !sp.ends) goto done;
 
     for (size_t off = 0; off < len;) {
@@ -303,25 +318,13 @@ int tok_bpe_fragment(const tok_vocab *v, const char *text, size_t len, tok_ids *
         if (sp.ends[w] - start > longest) longest = sp.ends[w] - start;
         start = sp.ends[w];
     }
-    spelled = malloc(longest * 8 + 1);
+    s.text = malloc(longest * 8 + 1);
     s.sym = malloc((longest * 4 + 1) * sizeof *s.sym);
-    if (!spelled || !s.sym) goto done;
-    s.text = spelled;
+    if (!s.text || !s.sym) goto done;
 
     start = 0;
     for (size_t w = 0; w < sp.n_ends && !out->oom && !s.heap.oom; w++) {
-        size_t n = 0;
-        for (size_t i = start; i < sp.ends[w]; i++) {
-            uint8_t u[4];
-            size_t ul = unicode_encode(cpt[i], u);
-            for (size_t j = 0; j < ul; j++) {
-                uint8_t sb[4];
-                size_t sl = unicode_encode(unicode_byte_to_cpt(u[j]), sb);
-                memcpy(spelled + n, sb, sl);
-                n += sl;
-            }
-        }
-        bpe_word(&s, n, out);
+        bpe_word(&s, spell_word(&s, cpt + start, sp.ends[w] - start), out);
         start = sp.ends[w];
     }
     rc = s.heap.oom ? TOK_ERR_NOMEM : 0;
@@ -329,7 +332,7 @@ done:
     free(cpt);
     free(sp.cls);
     free(sp.ends);
-    free(spelled);
+    free(s.text);
     free(s.sym);
     free(s.heap.v);
     return rc;

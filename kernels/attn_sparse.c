@@ -24,25 +24,15 @@ enum {
 
 #if defined(__AVX512F__)
 #define VL 16
+#define V_(op) _mm512_##op   /* V_(add_ps): this width's intrinsic, _mm512_add_ps here */
 typedef __m512 vf;
-static inline vf v_zero(void) { return _mm512_setzero_ps(); }
-static inline vf v_set1(float x) { return _mm512_set1_ps(x); }
-static inline vf v_ld(const float *p) { return _mm512_loadu_ps(p); }
 static inline vf v_ldh(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-static inline void v_st(float *p, vf a) { _mm512_storeu_ps(p, a); }
-static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define VL 8
+#define V_(op) _mm256_##op
 typedef __m256 vf;
-static inline vf v_zero(void) { return _mm256_setzero_ps(); }
-static inline vf v_set1(float x) { return _mm256_set1_ps(x); }
-static inline vf v_ld(const float *p) { return _mm256_loadu_ps(p); }
 static inline vf v_ldh(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-static inline void v_st(float *p, vf a) { _mm256_storeu_ps(p, a); }
-static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline float v_sum(vf a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -51,6 +41,15 @@ static inline float v_sum(vf a) {
 }
 #else
 #define VL 0
+#endif
+
+#if VL
+static inline vf v_zero(void) { return V_(setzero_ps)(); }
+static inline vf v_set1(float x) { return V_(set1_ps)(x); }
+static inline vf v_ld(const float *p) { return V_(loadu_ps)(p); }
+static inline void v_st(float *p, vf a) { V_(storeu_ps)(p, a); }
+static inline vf v_fma(vf a, vf b, vf c) { return V_(fmadd_ps)(a, b, c); }
+static inline vf v_add(vf a, vf b) { return V_(add_ps)(a, b); }
 #endif
 
 /* ---- row primitives ------------------------------------------------------------------ */

@@ -191,14 +191,18 @@ extern "C" int gpu_mem_info(size_t *free_bytes, size_t *total_bytes) {
 
 extern "C" const char *gpu_last_error(void) { return g_err; }
 
+/* What an allocation of `bytes` by the CUDA call `what` gives: p, or NULL with the error
+ * recorded (gpu_last_error). */
+static void *alloc_result(cudaError_t e, void *p, const char *what, size_t bytes) {
+    if (e == cudaSuccess) return p;
+    gpu_priv_fail("%s(%zu): %s", what, bytes, cudaGetErrorString(e));
+    return NULL;
+}
+
 extern "C" void *gpu_alloc(size_t bytes) {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
-        gpu_priv_fail("cudaMalloc(%zu): %s", bytes, cudaGetErrorString(e));
-        return NULL;
-    }
-    return p;
+    return alloc_result(e, p, "cudaMalloc", bytes);
 }
 
 extern "C" void gpu_free(void *p) {
@@ -208,11 +212,7 @@ extern "C" void gpu_free(void *p) {
 extern "C" void *gpu_host_alloc(size_t bytes) {
     void *p = NULL;
     cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocMapped | cudaHostAllocPortable);
-    if (e != cudaSuccess) {
-        gpu_priv_fail("cudaHostAlloc(%zu): %s", bytes, cudaGetErrorString(e));
-        return NULL;
-    }
-    return p;
+    return alloc_result(e, p, "cudaHostAlloc", bytes);
 }
 
 extern "C" void gpu_host_free(void *p) {

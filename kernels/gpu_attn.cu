@@ -77,6 +77,47 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+/* ---- online-softmax tiles, shared by decode and prefill ----------------------------------
+ * A block of THREADS threads holds the unnormalised outputs of n_el / dv query rows: thread tid
+ * keeps elements tid + k * THREADS (k < N) in acc[k]; m and l (shared) per row. */
+
+template <int N>
+__device__ __forceinline__ void softmax_init(float (&acc)[N], float *m, float *l, int rows, int tid) {
+    if (tid < rows) {
+        m[tid] = -INFINITY;
+        l[tid] = 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < N; k++) acc[k] = 0.0f;
+}
+
+/* dst[j * ld + i] = element i of rows[j] for j < nb, i < d, spread over the block. */
+template <int THREADS>
+__device__ __forceinline__ void tile_load(float *dst, int ld, const char *const *rows, int nb, int d,
+                                          int f16, int tid) {
+    for (int e = tid; e < nb * d; e += THREADS) {
+        const int j = e / d, i = e - j * d;
+        dst[j * ld + i] = ld_elt(rows[j], i, f16);
+    }
+}
+
+/* Output element (r, i): o = o * c[r] + sum over keys j < nb, in order, of p[r * ldp + j] times
+ * V tile element vs[j * dv + i]. */
+template <int N, int THREADS>
+__device__ __forceinline__ void tile_pv(float (&acc)[N], int n_el, int dv, int nb, const float *c,
+                                        const float *p, int ldp, const float *vs, int tid) {
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        const int e = tid + k * THREADS;
+        if (e < n_el) {
+            const int r = e / dv, i = e - r * dv;
+            float o = acc[k] * c[r];
+            for (int j = 0; j < nb; j++) o += p[r * ldp + j] * vs[j * dv + i];
+            acc[k] = o;
+        }
+    }
+}
+
 
 /* ---- decode ----------------------------------------------------------------------------
  * Partial results: row pi = (job * n_split + split) * ng + g holds o (DMAX floats, unnormalised)
@@ -105,14 +146,9 @@ k_decode(const gpu_attn_job *jobs, int g0, int ng, float scale, int n_split, flo
     if (n_keys < 0) n_keys = 0;
     const int64_t a = n_keys * split / n_split, b = n_keys * (split + 1) / n_split;
     for (int e = tid; e < ng * dk; e += DEC_THREADS) qs[e] = sj.q[(int64_t)g0 * dk + e];
-    if (tid < ng) {
-        ms[tid] = -INFINITY;
-        ls[tid] = 0.0f;
-    }
     const int n_el = ng * dv;
     float acc[DEC_ACC];
-#pragma unroll
-    for (int k = 0; k < DEC_ACC; k++) acc[k] = 0.0f;
+    softmax_init(acc, ms, ls, ng, tid);
     __syncthreads();
 
     for (int64_t j0 = a; j0 < b; j0 += DEC_TILE) {
@@ -123,10 +159,7 @@ k_decode(const gpu_attn_job *jobs, int g0, int ng, float scale, int n_split, flo
             vr[tid] = v_row(sj.kv, p);
         }
         __syncthreads();
-        for (int e = tid; e < nb * dv; e += DEC_THREADS) {
-            const int j = e / dv, i = e - j * dv;
-            vs[j * dv + i] = ld_elt(vr[j], i, f16);
-        }
+        tile_load<DEC_THREADS>(vs, dv, vr, nb, dv, f16, tid);
         for (int j = warp; j < nb; j += DEC_WARPS) {
             float d[GMAX];
 #pragma unroll
@@ -164,16 +197,7 @@ k_decode(const gpu_attn_job *jobs, int g0, int ng, float scale, int n_split, flo
             cs[tid] = c;
         }
         __syncthreads();
-#pragma unroll
-        for (int k = 0; k < DEC_ACC; k++) {
-            const int e = tid + k * DEC_THREADS;
-            if (e < n_el) {
-                const int g = e / dv, i = e - g * dv;
-                float o = acc[k] * cs[g];
-                for (int j = 0; j < nb; j++) o += ss[g][j] * vs[j * dv + i];
-                acc[k] = o;
-            }
-        }
+        tile_pv<DEC_ACC, DEC_THREADS>(acc, n_el, dv, nb, cs, &ss[0][0], DEC_TILE, vs, tid);
         __syncthreads();   /* kr, vr, vs and ss are rewritten by the next tile */
     }
 #pragma unroll
@@ -360,17 +384,12 @@ k_prefill(const attn_kv_view *views, int group, const float *q, int T, int n_hea
         const int r = e / dk, i = e - r * dk;
         Qs[e] = r < nq ? q[((int64_t)(t0 + r) * n_head + h) * dk + i] : 0.0f;
     }
-    if (tid < PF_BQ) {
-        Ms[tid] = -INFINITY;
-        Ls[tid] = 0.0f;
-    }
+    const int n_el = PF_BQ * dv;
+    float acc[PF_ACC];
+    softmax_init(acc, Ms, Ls, PF_BQ, tid);
     const int64_t p_first = pos0 + t0, k_hi = pos0 + t0 + nq;   /* keys [k_lo, k_hi) */
     int64_t k_lo = window > 0 ? p_first - window + 1 : 0;
     if (k_lo < 0) k_lo = 0;
-    const int n_el = PF_BQ * dv;
-    float acc[PF_ACC];
-#pragma unroll
-    for (int k = 0; k < PF_ACC; k++) acc[k] = 0.0f;
     __syncthreads();
 
     for (int64_t j0 = k_lo; j0 < k_hi; j0 += PF_BK) {
@@ -380,14 +399,8 @@ k_prefill(const attn_kv_view *views, int group, const float *q, int T, int n_hea
             vr[tid] = v_row(sv, j0 + tid);
         }
         __syncthreads();
-        for (int e = tid; e < nb * dk; e += PF_THREADS) {
-            const int j = e / dk, i = e - j * dk;
-            Ks[j * ldk + i] = ld_elt(kr[j], i, f16);
-        }
-        for (int e = tid; e < nb * dv; e += PF_THREADS) {
-            const int j = e / dv, i = e - j * dv;
-            Vs[j * dv + i] = ld_elt(vr[j], i, f16);
-        }
+        tile_load<PF_THREADS>(Ks, ldk, kr, nb, dk, f16, tid);
+        tile_load<PF_THREADS>(Vs, dv, vr, nb, dv, f16, tid);
         __syncthreads();
         {   /* scores: key j = tid % PF_BK against rows rb + k * (PF_THREADS / PF_BK) */
             const int j = tid % PF_BK, rb = tid / PF_BK;
@@ -427,16 +440,7 @@ k_prefill(const attn_kv_view *views, int group, const float *q, int T, int n_hea
             }
         }
         __syncthreads();
-#pragma unroll
-        for (int k = 0; k < PF_ACC; k++) {
-            const int e = tid + k * PF_THREADS;
-            if (e < n_el) {
-                const int r = e / dv, i = e - r * dv;
-                float o = acc[k] * Cs[r];
-                for (int j = 0; j < nb; j++) o += P[r * ldp + j] * Vs[j * dv + i];
-                acc[k] = o;
-            }
-        }
+        tile_pv<PF_ACC, PF_THREADS>(acc, n_el, dv, nb, Cs, P, ldp, Vs, tid);
         __syncthreads();   /* kr, vr, Ks, Vs and P are rewritten by the next tile */
     }
 #pragma unroll

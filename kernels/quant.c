@@ -120,6 +120,12 @@ static inline float rd_f16(const uint8_t *p) {
     return krn_f16_to_f32(h);
 }
 
+static inline uint32_t rd_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 /* ---- block decoders ------------------------------------------------------------------
  * Each dec_X writes one block of floats to `y`. The arithmetic follows gguf-py's numpy
  * dequantizer step for step (a product rounded to f32, then the offset added; no FMA) so
@@ -181,6 +187,14 @@ static inline __m128i bits16_to_bytes(uint32_t m) {
                                  _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
     return _mm_cmpeq_epi8(_mm_and_si128(v, sel), sel);
 }
+
+/* The 32 five-bit values of a Q5_0 / Q5_1 block: the nibbles at qs with the fifth bits of qh
+ * added, elements 0..15 in *lo and 16..31 in *hi. */
+static inline void q5_unpack(const uint8_t *qs, uint32_t qh, __m128i *lo, __m128i *hi) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)qs), s16 = _mm_set1_epi8(16);
+    *lo = _mm_or_si128(lo_nib(v), _mm_and_si128(bits16_to_bytes(qh & 0xffff), s16));
+    *hi = _mm_or_si128(hi_nib(v), _mm_and_si128(bits16_to_bytes(qh >> 16), s16));
+}
 #endif
 
 static inline void dec_q4_0(const uint8_t *b, float *y) {
@@ -198,61 +212,58 @@ static inline void dec_q4_0(const uint8_t *b, float *y) {
 #endif
 }
 
-static inline void dec_q4_1(const uint8_t *b, float *y) {
-    float d = rd_f16(b), m = rd_f16(b + 2);
-    const uint8_t *qs = b + 4;
+/* lo[j] = d0 * (low nibble of q[j]) + m0, hi[j] = d1 * (high nibble) + m1 for j < n (16 or 32). */
+static inline void dec_nibbles(const uint8_t *q, int n, float d0, float m0, float d1, float m1,
+                               float *lo, float *hi) {
 #ifdef __AVX2__
-    __m128i v = _mm_loadu_si128((const __m128i *)qs);
-    emit16_add(lo_nib(v), d, m, y);
-    emit16_add(hi_nib(v), d, m, y + 16);
+    for (int k = 0; k < n; k += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(q + k));
+        emit16_add(lo_nib(v), d0, m0, lo + k);
+        emit16_add(hi_nib(v), d1, m1, hi + k);
+    }
 #else
-    for (int j = 0; j < 16; j++) {
-        y[j] = d * (float)(qs[j] & 15) + m;
-        y[j + 16] = d * (float)(qs[j] >> 4) + m;
+    for (int j = 0; j < n; j++) {
+        lo[j] = d0 * (float)(q[j] & 15) + m0;
+        hi[j] = d1 * (float)(q[j] >> 4) + m1;
     }
 #endif
 }
 
-/* Q5_0 and Q5_1 keep the fifth bit of element j in bit j of a little-endian u32. */
+static inline void dec_q4_1(const uint8_t *b, float *y) {
+    float d = rd_f16(b), m = rd_f16(b + 2);
+    dec_nibbles(b + 4, 16, d, m, d, m, y, y + 16);
+}
+
+/* Q5_0 and Q5_1 keep the fifth bit of element j in bit j of a little-endian u32; q5_at is
+ * element j < 32 of such a block. */
+static inline int q5_at(const uint8_t *qs, uint32_t qh, int j) {
+    int nib = j < 16 ? qs[j] & 15 : qs[j - 16] >> 4;
+    return nib | (int)(((qh >> j) & 1) << 4);
+}
+
 static inline void dec_q5_0(const uint8_t *b, float *y) {
     float d = rd_f16(b);
-    uint32_t qh;
-    memcpy(&qh, b + 2, 4);
-    const uint8_t *qs = b + 6;
+    uint32_t qh = rd_u32(b + 2);
 #ifdef __AVX2__
-    __m128i v = _mm_loadu_si128((const __m128i *)qs), s16 = _mm_set1_epi8(16);
-    __m128i h0 = _mm_and_si128(bits16_to_bytes(qh & 0xffff), s16);
-    __m128i h1 = _mm_and_si128(bits16_to_bytes(qh >> 16), s16);
-    emit16(_mm_or_si128(lo_nib(v), h0), -16, d, y);
-    emit16(_mm_or_si128(hi_nib(v), h1), -16, d, y + 16);
+    __m128i lo, hi;
+    q5_unpack(b + 6, qh, &lo, &hi);
+    emit16(lo, -16, d, y);
+    emit16(hi, -16, d, y + 16);
 #else
-    for (int j = 0; j < 16; j++) {
-        int q0 = (qs[j] & 15) | (int)(((qh >> j) & 1) << 4);
-        int q1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-        y[j] = d * (float)(q0 - 16);
-        y[j + 16] = d * (float)(q1 - 16);
-    }
+    for (int j = 0; j < 32; j++) y[j] = d * (float)(q5_at(b + 6, qh, j) - 16);
 #endif
 }
 
 static inline void dec_q5_1(const uint8_t *b, float *y) {
     float d = rd_f16(b), m = rd_f16(b + 2);
-    uint32_t qh;
-    memcpy(&qh, b + 4, 4);
-    const uint8_t *qs = b + 8;
+    uint32_t qh = rd_u32(b + 4);
 #ifdef __AVX2__
-    __m128i v = _mm_loadu_si128((const __m128i *)qs), s16 = _mm_set1_epi8(16);
-    __m128i h0 = _mm_and_si128(bits16_to_bytes(qh & 0xffff), s16);
-    __m128i h1 = _mm_and_si128(bits16_to_bytes(qh >> 16), s16);
-    emit16_add(_mm_or_si128(lo_nib(v), h0), d, m, y);
-    emit16_add(_mm_or_si128(hi_nib(v), h1), d, m, y + 16);
+    __m128i lo, hi;
+    q5_unpack(b + 8, qh, &lo, &hi);
+    emit16_add(lo, d, m, y);
+    emit16_add(hi, d, m, y + 16);
 #else
-    for (int j = 0; j < 16; j++) {
-        int q0 = (qs[j] & 15) | (int)(((qh >> j) & 1) << 4);
-        int q1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-        y[j] = d * (float)q0 + m;
-        y[j + 16] = d * (float)q1 + m;
-    }
+    for (int j = 0; j < 32; j++) y[j] = d * (float)q5_at(b + 8, qh, j) + m;
 #endif
 }
 
@@ -278,48 +289,37 @@ static inline void k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
     }
 }
 
+/* Sub-blocks 2g and 2g + 1 (g < 4) of a Q4_K / Q5_K block: the scale d * sc and the negated
+ * min -(dmin * m) of each. */
+typedef struct { float d0, n0, d1, n1; } k4_pair;
+
+static inline k4_pair k4_pair_at(const uint8_t *s, int g, float d, float dmin) {
+    int s0, m0, s1, m1;
+    k4_scale_min(s, 2 * g, &s0, &m0);
+    k4_scale_min(s, 2 * g + 1, &s1, &m1);
+    return (k4_pair){d * (float)s0, -(dmin * (float)m0), d * (float)s1, -(dmin * (float)m1)};
+}
+
 /* Q4_K: d, dmin, scales[12], qs[128]; sub-block 2g/2g+1 = low/high nibbles of qs[32g..]. */
 static inline void dec_q4_k(const uint8_t *b, float *y) {
     float d = rd_f16(b), dmin = rd_f16(b + 2);
-    const uint8_t *sc = b + 4, *qs = b + 16;
     for (int g = 0; g < 4; g++) {
-        int s0, m0, s1, m1;
-        k4_scale_min(sc, 2 * g, &s0, &m0);
-        k4_scale_min(sc, 2 * g + 1, &s1, &m1);
-        float d0 = d * (float)s0, n0 = -(dmin * (float)m0);
-        float d1 = d * (float)s1, n1 = -(dmin * (float)m1);
-        const uint8_t *q = qs + 32 * g;
-        float *o = y + 64 * g;
-#ifdef __AVX2__
-        for (int h = 0; h < 2; h++) {
-            __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * h));
-            emit16_add(lo_nib(v), d0, n0, o + 16 * h);
-            emit16_add(hi_nib(v), d1, n1, o + 32 + 16 * h);
-        }
-#else
-        for (int l = 0; l < 32; l++) {
-            o[l] = d0 * (float)(q[l] & 15) + n0;
-            o[l + 32] = d1 * (float)(q[l] >> 4) + n1;
-        }
-#endif
+        k4_pair sb = k4_pair_at(b + 4, g, d, dmin);
+        dec_nibbles(b + 16 + 32 * g, 32, sb.d0, sb.n0, sb.d1, sb.n1, y + 64 * g, y + 64 * g + 32);
     }
 }
 
 /* Q5_K: as Q4_K plus qh[32]; bit j of qh[l] is the fifth bit of element l of sub-block j. */
 static inline void dec_q5_k(const uint8_t *b, float *y) {
     float d = rd_f16(b), dmin = rd_f16(b + 2);
-    const uint8_t *sc = b + 4, *qh = b + 16, *qs = b + 48;
+    const uint8_t *qh = b + 16, *qs = b + 48;
 #ifdef __AVX2__
     __m128i h[2] = {_mm_loadu_si128((const __m128i *)qh),
                     _mm_loadu_si128((const __m128i *)(qh + 16))};
     __m128i s16 = _mm_set1_epi8(16);
 #endif
     for (int g = 0; g < 4; g++) {
-        int s0, m0, s1, m1;
-        k4_scale_min(sc, 2 * g, &s0, &m0);
-        k4_scale_min(sc, 2 * g + 1, &s1, &m1);
-        float d0 = d * (float)s0, n0 = -(dmin * (float)m0);
-        float d1 = d * (float)s1, n1 = -(dmin * (float)m1);
+        k4_pair sb = k4_pair_at(b + 4, g, d, dmin);
         const uint8_t *q = qs + 32 * g;
         float *o = y + 64 * g;
 #ifdef __AVX2__
@@ -328,15 +328,15 @@ static inline void dec_q5_k(const uint8_t *b, float *y) {
             __m128i v = _mm_loadu_si128((const __m128i *)(q + 16 * k));
             __m128i f0 = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(h[k], b0), b0), s16);
             __m128i f1 = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(h[k], b1), b1), s16);
-            emit16_add(_mm_or_si128(lo_nib(v), f0), d0, n0, o + 16 * k);
-            emit16_add(_mm_or_si128(hi_nib(v), f1), d1, n1, o + 32 + 16 * k);
+            emit16_add(_mm_or_si128(lo_nib(v), f0), sb.d0, sb.n0, o + 16 * k);
+            emit16_add(_mm_or_si128(hi_nib(v), f1), sb.d1, sb.n1, o + 32 + 16 * k);
         }
 #else
         for (int l = 0; l < 32; l++) {
             int q0 = (q[l] & 15) | (((qh[l] >> (2 * g)) & 1) << 4);
             int q1 = (q[l] >> 4) | (((qh[l] >> (2 * g + 1)) & 1) << 4);
-            o[l] = d0 * (float)q0 + n0;
-            o[l + 32] = d1 * (float)q1 + n1;
+            o[l] = sb.d0 * (float)q0 + sb.n0;
+            o[l + 32] = sb.d1 * (float)q1 + sb.n1;
         }
 #endif
     }
@@ -668,14 +668,11 @@ static inline __attribute__((always_inline)) void blk_q4_0(const uint8_t *b, __m
 
 static inline __attribute__((always_inline)) void blk_q5_0(const uint8_t *b, __m512 w[2]) {
     const __m512 d = _mm512_set1_ps(rd_f16(b));
-    uint32_t qh;
-    memcpy(&qh, b + 2, 4);
-    const __m128i v = _mm_loadu_si128((const __m128i *)(b + 6)), s16 = _mm_set1_epi8(16);
-    const __m128i h0 = _mm_and_si128(bits16_to_bytes(qh & 0xffff), s16);
-    const __m128i h1 = _mm_and_si128(bits16_to_bytes(qh >> 16), s16);
+    __m128i lo, hi;
+    q5_unpack(b + 6, rd_u32(b + 2), &lo, &hi);
     const __m512i o = _mm512_set1_epi32(-16);
-    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(lo_nib(v), h0)), o)), d);
-    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(hi_nib(v), h1)), o)), d);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(lo), o)), d);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_cvtepu8_epi32(hi), o)), d);
 }
 
 static inline __attribute__((always_inline)) void blk_q8_0(const uint8_t *b, __m512 w[2]) {
@@ -687,15 +684,12 @@ static inline __attribute__((always_inline)) void blk_q8_0(const uint8_t *b, __m
 /* The 256-element K types the same way: a block's 16 pieces decoded into registers. */
 static inline __attribute__((always_inline)) void blk_q4_k(const uint8_t *b, __m512 w[16]) {
     const float d = rd_f16(b), dmin = rd_f16(b + 2);
-    const uint8_t *sc = b + 4, *qs = b + 16;
     for (int g = 0; g < 4; g++) {
-        int s0, m0, s1, m1;
-        k4_scale_min(sc, 2 * g, &s0, &m0);
-        k4_scale_min(sc, 2 * g + 1, &s1, &m1);
-        const __m512 d0 = _mm512_set1_ps(d * (float)s0), n0 = _mm512_set1_ps(-(dmin * (float)m0));
-        const __m512 d1 = _mm512_set1_ps(d * (float)s1), n1 = _mm512_set1_ps(-(dmin * (float)m1));
+        const k4_pair sb = k4_pair_at(b + 4, g, d, dmin);
+        const __m512 d0 = _mm512_set1_ps(sb.d0), n0 = _mm512_set1_ps(sb.n0);
+        const __m512 d1 = _mm512_set1_ps(sb.d1), n1 = _mm512_set1_ps(sb.n1);
         for (int h = 0; h < 2; h++) {
-            const __m128i v = _mm_loadu_si128((const __m128i *)(qs + 32 * g + 16 * h));
+            const __m128i v = _mm_loadu_si128((const __m128i *)(b + 16 + 32 * g + 16 * h));
             w[4 * g + h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo_nib(v))), d0), n0);
             w[4 * g + 2 + h] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi_nib(v))), d1), n1);
         }
@@ -767,32 +761,49 @@ mv_fused(blk_dec dec, int np, size_t bb, const uint8_t *w, size_t rb, int nr, co
     }
     for (int r = 0; r < KR; r++) acc[0][r] = c[r];
 }
+
+/* The register decoder of a type, NULL for the types without one (they go through mv_group). */
+static inline __attribute__((always_inline)) blk_dec fused_dec(uint32_t type) {
+    switch (type) {
+    case KRN_TYPE_Q4_0: return blk_q4_0;
+    case KRN_TYPE_Q5_0: return blk_q5_0;
+    case KRN_TYPE_Q8_0: return blk_q8_0;
+    case KRN_TYPE_Q4_K: return blk_q4_k;
+    case KRN_TYPE_Q6_K: return blk_q6_k;
+    default: return NULL;
+    }
+}
 #endif
+
+/* acc += the rows times x for one weight type (a compile-time constant at every call, as are
+ * run, bs and bb): fused where this build has the type's register decoder, else buffered. */
+static inline __attribute__((always_inline)) void
+mv_type(uint32_t type, row_dec run, int bs, size_t bb, const uint8_t *w, size_t rb, int nr,
+        const float *x, int64_t n, size_t pf, vf acc[KT][KR]) {
+#if defined(__AVX512F__)
+    blk_dec fused = fused_dec(type);
+    if (fused) {
+        mv_fused(fused, bs / 16, bb, w, rb, nr, x, n, pf, acc);
+        return;
+    }
+#endif
+    mv_group(run, bs, bb, w, rb, nr, x, n, pf, acc);
+}
 
 static void mv_dispatch(uint32_t type, const uint8_t *w, size_t rb, int nr, const float *x,
                         int64_t n, size_t pf, vf acc[KT][KR]) {
-#if defined(__AVX512F__)
     switch (type) {
-    case KRN_TYPE_Q4_0: mv_fused(blk_q4_0, 2, 18, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q5_0: mv_fused(blk_q5_0, 2, 22, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q8_0: mv_fused(blk_q8_0, 2, 34, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q4_K: mv_fused(blk_q4_k, 16, 144, w, rb, nr, x, n, pf, acc); return;
-    case KRN_TYPE_Q6_K: mv_fused(blk_q6_k, 16, 210, w, rb, nr, x, n, pf, acc); return;
-    default: break;
-    }
-#endif
-    switch (type) {
-    case KRN_TYPE_F32: mv_group(run_f32, 1, 4, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_F16: mv_group(dec_f16_n, 1, 2, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_BF16: mv_group(dec_bf16_n, 1, 2, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q4_0: mv_group(run_q4_0, 32, 18, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q4_1: mv_group(run_q4_1, 32, 20, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q5_0: mv_group(run_q5_0, 32, 22, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q5_1: mv_group(run_q5_1, 32, 24, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q8_0: mv_group(run_q8_0, 32, 34, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q4_K: mv_group(run_q4_k, QK_K, 144, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q5_K: mv_group(run_q5_k, QK_K, 176, w, rb, nr, x, n, pf, acc); break;
-    case KRN_TYPE_Q6_K: mv_group(run_q6_k, QK_K, 210, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_F32: mv_type(KRN_TYPE_F32, run_f32, 1, 4, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_F16: mv_type(KRN_TYPE_F16, dec_f16_n, 1, 2, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_BF16: mv_type(KRN_TYPE_BF16, dec_bf16_n, 1, 2, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q4_0: mv_type(KRN_TYPE_Q4_0, run_q4_0, 32, 18, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q4_1: mv_type(KRN_TYPE_Q4_1, run_q4_1, 32, 20, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q5_0: mv_type(KRN_TYPE_Q5_0, run_q5_0, 32, 22, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q5_1: mv_type(KRN_TYPE_Q5_1, run_q5_1, 32, 24, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q8_0: mv_type(KRN_TYPE_Q8_0, run_q8_0, 32, 34, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q4_K: mv_type(KRN_TYPE_Q4_K, run_q4_k, QK_K, 144, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q5_K: mv_type(KRN_TYPE_Q5_K, run_q5_k, QK_K, 176, w, rb, nr, x, n, pf, acc); break;
+    case KRN_TYPE_Q6_K: mv_type(KRN_TYPE_Q6_K, run_q6_k, QK_K, 210, w, rb, nr, x, n, pf, acc); break;
     default: break;   /* callers check the type */
     }
 }
