@@ -286,8 +286,7 @@ eng_model *eng_model_load(const char *path, const eng_model_params *p, char *err
         eng_set_err(err, errlen, "model: out of memory for the workspace");
         goto fail;
     }
-    if (use_gpu && eng_gpu_load(m, err, errlen)) goto fail;
-    return m;
+    if (!use_gpu || eng_gpu_load(m, err, errlen) == 0) return m;
 fail:
     eng_model_free(m);
     return NULL;

@@ -273,21 +273,15 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             } else {
                 c->max_body_bytes = (size_t)v;
             }
-        } else if (!strcmp(k, "gpu_mem_gb")) {
+        } else if (!strcmp(k, "gpu_mem_gb") || !strcmp(k, "shutdown_timeout_s")) {
+            const int gpu = !strcmp(k, "gpu_mem_gb");
             double v = cJSON_GetNumberValue(it);
-            if (!cJSON_IsNumber(it) || !(v >= 0 && v <= 1e6)) {
-                set_err(err, errlen, "config %s: \"gpu_mem_gb\" must be a number of GB >= 0", path);
+            if (!cJSON_IsNumber(it) || !(v >= 0 && v <= (gpu ? 1e6 : 86400))) {
+                set_err(err, errlen, "config %s: \"%s\" must be a number %s", path, k,
+                        gpu ? "of GB >= 0" : "in [0, 86400]");
                 rc = -1;
             } else {
-                c->gpu_mem_gb = v;
-            }
-        } else if (!strcmp(k, "shutdown_timeout_s")) {
-            double v = cJSON_GetNumberValue(it);
-            if (!cJSON_IsNumber(it) || !(v >= 0 && v <= 86400)) {
-                set_err(err, errlen, "config %s: \"shutdown_timeout_s\" must be a number in [0, 86400]", path);
-                rc = -1;
-            } else {
-                c->shutdown_timeout_s = v;
+                *(gpu ? &c->gpu_mem_gb : &c->shutdown_timeout_s) = v;
             }
         } else if (!strcmp(k, "contexts")) {
             if (load_contexts(c, it, path, err, errlen)) rc = -1;
@@ -391,25 +385,17 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             }
             c->max_body_bytes = (size_t)n;
             i++;
-        } else if (IS("--gpu-mem-gb")) {
+        } else if (IS("--gpu-mem-gb") || IS("--shutdown-timeout")) {
             if (!v) goto need_value;
+            const int gpu = IS("--gpu-mem-gb");
             char *end;
             double d = strtod(v, &end);
-            if (end == v || *end || !(d >= 0 && d <= 1e6)) {
-                set_err(err, errlen, "--gpu-mem-gb: '%s' is not a number of GB >= 0", v);
+            if (end == v || *end || !(d >= 0 && d <= (gpu ? 1e6 : 86400))) {
+                set_err(err, errlen, gpu ? "%s: '%s' is not a number of GB >= 0"
+                                         : "%s: '%s' is not a number of seconds in [0, 86400]", o, v);
                 return -1;
             }
-            c->gpu_mem_gb = d;
-            i++;
-        } else if (IS("--shutdown-timeout")) {
-            if (!v) goto need_value;
-            char *end;
-            double d = strtod(v, &end);
-            if (end == v || *end || !(d >= 0 && d <= 86400)) {
-                set_err(err, errlen, "--shutdown-timeout: '%s' is not a number of seconds in [0, 86400]", v);
-                return -1;
-            }
-            c->shutdown_timeout_s = d;
+            *(gpu ? &c->gpu_mem_gb : &c->shutdown_timeout_s) = d;
             i++;
         } else {
             set_err(err, errlen, "unknown option '%s' (see kvseek serve --help)", o);
@@ -444,26 +430,34 @@ need_value:
     return 0;
 }
 
+/* The top-level settings the log shows as they are, in order: 's' a char array, 'i' an int,
+ * 'd' a double, 'z' a size_t. */
+#define CFG_FIELD(name, kind) {#name, offsetof(srv_config, name), kind}
+static const struct {
+    const char *key;
+    size_t off;
+    char kind;
+} log_fields[] = {
+    {"config_file", offsetof(srv_config, config_path), 's'}, CFG_FIELD(host, 's'), CFG_FIELD(port, 'i'),
+    CFG_FIELD(model, 's'), CFG_FIELD(model_alias, 's'), CFG_FIELD(ctx_size, 'i'), CFG_FIELD(parallel, 'i'),
+    CFG_FIELD(threads, 'i'), CFG_FIELD(device, 's'), CFG_FIELD(gpu_mem_gb, 'd'), CFG_FIELD(queue_size, 'i'),
+    CFG_FIELD(batch_size, 'i'), CFG_FIELD(max_body_bytes, 'z'), CFG_FIELD(connection_limit, 'i'),
+    CFG_FIELD(timeout_s, 'i'), CFG_FIELD(request_timeout_s, 'i'), CFG_FIELD(cors_origin, 's'),
+    CFG_FIELD(shutdown_timeout_s, 'd'),
+};
+#undef CFG_FIELD
+
 void srv_config_log(const srv_config *c, FILE *f) {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "config_file", c->config_path);
-    cJSON_AddStringToObject(o, "host", c->host);
-    cJSON_AddNumberToObject(o, "port", c->port);
-    cJSON_AddStringToObject(o, "model", c->model);
-    cJSON_AddStringToObject(o, "model_alias", c->model_alias);
-    cJSON_AddNumberToObject(o, "ctx_size", c->ctx_size);
-    cJSON_AddNumberToObject(o, "parallel", c->parallel);
-    cJSON_AddNumberToObject(o, "threads", c->threads);
-    cJSON_AddStringToObject(o, "device", c->device);
-    cJSON_AddNumberToObject(o, "gpu_mem_gb", c->gpu_mem_gb);
-    cJSON_AddNumberToObject(o, "queue_size", c->queue_size);
-    cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
-    cJSON_AddNumberToObject(o, "max_body_bytes", (double)c->max_body_bytes);
-    cJSON_AddNumberToObject(o, "connection_limit", c->connection_limit);
-    cJSON_AddNumberToObject(o, "timeout_s", c->timeout_s);
-    cJSON_AddNumberToObject(o, "request_timeout_s", c->request_timeout_s);
-    cJSON_AddStringToObject(o, "cors_origin", c->cors_origin);
-    cJSON_AddNumberToObject(o, "shutdown_timeout_s", c->shutdown_timeout_s);
+    for (size_t i = 0; i < sizeof log_fields / sizeof log_fields[0]; i++) {
+        const char *p = (const char *)c + log_fields[i].off;
+        switch (log_fields[i].kind) {
+        case 's': cJSON_AddStringToObject(o, log_fields[i].key, p); break;
+        case 'i': cJSON_AddNumberToObject(o, log_fields[i].key, *(const int *)p); break;
+        case 'd': cJSON_AddNumberToObject(o, log_fields[i].key, *(const double *)p); break;
+        default: cJSON_AddNumberToObject(o, log_fields[i].key, (double)*(const size_t *)p); break;
+        }
+    }
     cJSON_AddStringToObject(o, "api_key", c->api_key[0] ? "(set)" : "");
     cJSON *cx = cJSON_AddObjectToObject(o, "contexts");
     cJSON_AddStringToObject(cx, "data_dir", c->data_dir);
