@@ -641,7 +641,7 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
         eng_set_err(err, errlen, "no tokens to evaluate");
         return -1;
     }
-    if (m->device_failed[0]) {
+    if (eng_model_failed(m)) {
         eng_set_err(err, errlen, "%s", m->device_failed);
         return -1;
     }
@@ -722,7 +722,9 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
     return n_failed ? ENG_FORWARD_SEQ_FAILED : 0;
 }
 
-const char *eng_model_failed(const eng_model *m) { return m->device_failed[0] ? m->device_failed : NULL; }
+const char *eng_model_failed(const eng_model *m) {
+    return atomic_load(&((eng_model *)m)->device_broken) ? m->device_failed : NULL;
+}
 
 int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *logits,
                 bool all_logits, char *err, size_t errlen) {

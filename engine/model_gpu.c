@@ -568,6 +568,7 @@ cuda_fail:
      * device is marked failed, later work gets a clear refusal (HTTP 503) instead of garbage */
     snprintf(m->device_failed, sizeof m->device_failed, "the GPU failed (CUDA: %s); restart the server",
              gpu_last_error());
+    atomic_store(&m->device_broken, 1);
     eng_set_err(err, errlen, "%s", m->device_failed);
     return -1;
 }

@@ -3,6 +3,8 @@
 #ifndef KVSEEK_MODEL_IMPL_H
 #define KVSEEK_MODEL_IMPL_H
 
+#include <stdatomic.h>
+
 #include "model.h"
 
 #include "attn_sparse.h"
@@ -67,7 +69,8 @@ struct eng_model {
     size_t part_cap;
     int job_threads;    /* thread count jobs was sized for */
     eng_gpu *gpu;       /* the CUDA backend's state; NULL: the CPU runs the forward pass */
-    char device_failed[256]; /* non-empty: a CUDA error broke the device (eng_model_failed) */
+    char device_failed[256]; /* why a CUDA error broke the device (eng_model_failed) ... */
+    atomic_int device_broken;/* ... valid once this is set (other threads read it: /health) */
 };
 
 struct eng_seq {

@@ -77,10 +77,13 @@ static void set_early(srv_conn *c, int status, const char *code, const char *msg
 
 static enum MHD_Result respond_health(srv_conn *c) {
     int st = atomic_load(&c->s->state);
-    const char *txt = st == SRV_READY ? "ok" : st == SRV_LOADING ? "loading" : "shutting down";
+    /* a failed device serves nothing more: a load balancer should take the replica out */
+    const char *failed = st == SRV_READY && c->s->model ? eng_model_failed(c->s->model) : NULL;
+    const char *txt = failed ? "device failed" : st == SRV_READY ? "ok" : st == SRV_LOADING ? "loading" : "shutting down";
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", txt);
-    return srv_respond_json(c, st == SRV_READY ? 200 : 503, o);
+    if (failed) cJSON_AddStringToObject(o, "error", failed);
+    return srv_respond_json(c, st == SRV_READY && !failed ? 200 : 503, o);
 }
 
 static enum MHD_Result respond_metrics(srv_conn *c) {
