@@ -392,6 +392,5 @@ eng_seq *eng_seq_fork(eng_seq *parent, const eng_attn_params *attn, char *err, s
     c->owner = parent->share;
     c->release = share_unref;
     c->pos = parent->pos;
-    if (parent->cap_q) { /* a fork continues the parent's stream: no capture of its own */ }
     return c;
 }
