@@ -44,12 +44,13 @@ void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_att
     pl->off_hi = r.off_hi;
 }
 
-int eng_plan_needs_select(const eng_seq *s, const eng_attn_plan *pl) {
+/* Whether the row has work for the selector: sparse, and a selector that picks ids. */
+static int needs_select(const eng_seq *s, const eng_attn_plan *pl) {
     return pl->sparse && !(s->caps & IDX_CAP_NONE);
 }
 
 int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl) {
-    if (!eng_plan_needs_select(s, pl)) return 0;
+    if (!needs_select(s, pl)) return 0;
     const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
     int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
     if (eng_fault_hit(ENG_FAULT_SELECT)) {
@@ -104,7 +105,7 @@ void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int6
                       const eng_attn_plan *pl, const float *lse) {
     if (!pl->sparse) return;
     const eng_model *m = s->m;
-    const int G = m->hp.n_head / m->hp.n_head_kv, vd = m->hp.v_dim;
+    const int G = m->hp.n_head / m->hp.n_head_kv;
     const int64_t n = pl->part[PLAN_IDS].ids ? pl->part[PLAN_IDS].n_ids : 0;
     #pragma omp atomic
     s->st.sparse_rows++;
@@ -116,11 +117,9 @@ void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int6
     /* the share of the full softmax mass the attended set covers, per query, vs dense */
     float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
     float mine[ATTN_MAX_GROUP];
-    if (!lse) {
-        float *o = malloc(sizeof(float) * (size_t)G * vd);
-        if (!o) return;
-        eng_plan_run(m, view, q, pl, o, mine);
-        free(o);
+    if (!lse) { /* the GPU executor's rows: run the plan here (into part: G * vd <= its size,
+                 * checked at model load) for its log-sum-exp */
+        eng_plan_run(m, view, q, pl, part, mine);
         lse = mine;
     }
     attn_range(view, q, G, 0, p + 1, m->hp.attn_scale, part, plse);

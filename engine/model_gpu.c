@@ -497,9 +497,8 @@ int eng_gpu_forward_chunk(eng_model *m, const eng_batch_row *rows, int T, char *
     int q_needed_global = 0, q_needed_any = 0;
     for (int t = 0; t < T; t++) {
         eng_seq *s = m->row_seq[t];
-        if (!(s->caps & (IDX_CAP_ALL | IDX_CAP_NONE)) || s->measure_recall || s->keep_queries ||
-            (s->caps & IDX_CAP_OBSERVE))
-            q_needed_global = 1;
+        if (!(s->caps & (IDX_CAP_ALL | IDX_CAP_NONE)) || s->measure_recall || s->keep_queries)
+            q_needed_global = 1; /* (a selector that observes queries is one that selects) */
         if (s->cap_q) q_needed_any = 1;
     }
     TRY(gpu_h2d(g->tok, g->h_tok, sizeof(int32_t) * T));

@@ -142,8 +142,6 @@ typedef struct {
 
 /* Step 1, from ranges alone: the row at position p (decode: the sequence's only row). */
 void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_attn_plan *pl);
-/* Whether step 2 has work: the selector picks ids (not IDX_CAP_NONE) for a sparse row. */
-int eng_plan_needs_select(const eng_seq *s, const eng_attn_plan *pl);
 /* Step 2: indexes keys that left the window and picks the ids for the group's queries q (G rows)
  * into the sequence's buffer of KV head kvh. 0, or -1 with the sequence marked failed. Calls
  * for different KV heads may run concurrently. */

@@ -125,8 +125,6 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
         return NULL;
     }
     if (eng_attn_check(a, err, errlen)) return NULL;
-    idx_kind kind;
-    kind = a->selector;
     eng_seq *s = calloc(1, sizeof *s);
     int *layer_window = calloc(hp->n_layer, sizeof(int));
     if (!s || !layer_window) {
@@ -164,7 +162,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
         eng_set_err(err, errlen, "KV store: %s", kv_strerror(rc));
         goto fail;
     }
-    if (make_index(m, kind, &s->ix, err, errlen)) goto fail;
+    if (make_index(m, a->selector, &s->ix, err, errlen)) goto fail;
     s->caps = idx_caps(s->ix);
     set_request(s, a);
     s->views = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *s->views);
@@ -203,11 +201,9 @@ int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t err
         return -1;
     }
     if (eng_attn_check(a, err, errlen)) return -1;
-    idx_kind kind;
-    kind = a->selector;
-    if (kind != s->attn.selector) {
+    if (a->selector != s->attn.selector) {
         idx_set *ix = NULL;
-        if (make_index(s->m, kind, &ix, err, errlen)) return -1;
+        if (make_index(s->m, a->selector, &ix, err, errlen)) return -1;
         idx_free(s->ix);
         s->ix = ix;
         s->caps = idx_caps(ix);

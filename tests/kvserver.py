@@ -153,3 +153,16 @@ def _empty_config():
         f.close()
         _EMPTY = f.name
     return _EMPTY
+
+
+class Checks:
+    """The tests' `check(cond, what)`: prints an ok/FAIL line, counts failures, returns cond."""
+
+    def __init__(self):
+        self.failures = 0
+
+    def __call__(self, cond, what):
+        print(("ok   " if cond else "FAIL ") + what, flush=True)
+        if not cond:
+            self.failures += 1
+        return cond

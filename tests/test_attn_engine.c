@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "tiny_models.h"
 #include "model.h"
 
 enum { N_PROMPT = 60, N_DEC = 6 };
@@ -38,11 +39,9 @@ static float max_diff(const float *a, const float *b, size_t n) {
 }
 
 int main(void) {
-    const char *models[] = {"build/tiny/tiny-llama-f32.gguf", "build/tiny/tiny-gemma3-f32.gguf"};
-    for (int mi = 0; mi < 2; mi++) {
+    for (int mi = 0; mi < N_TINY_MODELS; mi++) {
         char err[512];
-        eng_model *m = eng_model_load(models[mi], NULL, err, sizeof err);
-        CHECK(m != NULL, "load %s: %s (run `make tiny`)", models[mi], err);
+        eng_model *m = tiny_model_load(mi);
         if (!m) continue;
         const int V = eng_model_hparams(m)->n_vocab;
         float *dense = malloc(sizeof(float) * N_DEC * V), *got = malloc(sizeof(float) * N_DEC * V);

@@ -6,16 +6,10 @@
 #include <string.h>
 
 #include "check.h"
+#include "tiny_models.h"
 #include "model.h"
 
 enum { N_PROMPT = 80, N_DEC = 6, N_CTX = 128 };
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
 
 static eng_attn_params params_of(idx_kind k) {
     eng_attn_params a = eng_attn_default();
@@ -91,11 +85,9 @@ static int batched(eng_model *m, const char *point, int64_t nth, int at, const i
 }
 
 int main(void) {
-    const char *models[] = {"build/tiny/tiny-llama-f32.gguf", "build/tiny/tiny-gemma3-f32.gguf"};
-    for (int mi = 0; mi < 2; mi++) {
+    for (int mi = 0; mi < N_TINY_MODELS; mi++) {
         char err[512];
-        eng_model *m = eng_model_load(models[mi], NULL, err, sizeof err);
-        CHECK(m != NULL, "load %s: %s (run `make tiny`)", models[mi], err);
+        eng_model *m = tiny_model_load(mi);
         if (!m) continue;
         const int V = eng_model_hparams(m)->n_vocab;
         int32_t prompt[N_PROMPT], ref_b[N_DEC], ref_a[N_DEC], got[N_DEC];

@@ -11,19 +11,11 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kvserver import Server  # noqa: E402
+from kvserver import Checks, Server  # noqa: E402
 
 BUILD = sys.argv[1]
 MODEL = sys.argv[2]  # a real model, so that the texts compared are words, not byte noise
-failures = 0
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures += 1
-    return cond
+check = Checks()
 
 
 PROMPT = "The history of the lighthouse keepers of the northern coast, told in their own words. " * 6
@@ -77,5 +69,5 @@ for fault in ("select:1", "kv_append:1"):
         check(st == 200 and b["choices"][0]["text"] == ref_oai["choices"][0]["text"],
               f"after {fault}: the next request answers as on a server that never failed")
 
-print(f"{'FAIL' if failures else 'ok'}: test_fault_server ({failures} failed)")
-sys.exit(1 if failures else 0)
+print(f"{'FAIL' if check.failures else 'ok'}: test_fault_server ({check.failures} failed)")
+sys.exit(1 if check.failures else 0)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "tiny_models.h"
 #include "kvcache.h"
 #include "model.h"
 
@@ -14,13 +15,6 @@ enum { N_PROMPT = 1100, N_DEC = 8, N_CTX = N_PROMPT + N_DEC + 8 };
 
 static const idx_kind kinds[] = {IDX_DENSE, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS};
 enum { N_KINDS = sizeof kinds / sizeof kinds[0] };
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
 
 /* Greedy decode of N_DEC tokens from `first`, logits of each step into out (N_DEC x V). */
 static int decode(eng_model *m, eng_seq *s, int32_t first, float *out, int32_t *toks) {
@@ -47,11 +41,9 @@ static eng_attn_params params_of(idx_kind k) {
 }
 
 int main(void) {
-    const char *models[] = {"build/tiny/tiny-llama-f32.gguf", "build/tiny/tiny-gemma3-f32.gguf"};
-    for (int mi = 0; mi < 2; mi++) {
+    for (int mi = 0; mi < N_TINY_MODELS; mi++) {
         char err[512];
-        eng_model *m = eng_model_load(models[mi], NULL, err, sizeof err);
-        CHECK(m != NULL, "load %s: %s (run `make tiny`)", models[mi], err);
+        eng_model *m = tiny_model_load(mi);
         if (!m) continue;
         const int V = eng_model_hparams(m)->n_vocab;
         int32_t *prompt = malloc(sizeof(int32_t) * N_PROMPT);
