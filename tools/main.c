@@ -25,8 +25,7 @@
 
 #define KVSEEK_VERSION "0.1.0"
 
-/* Physical cores: distinct (package, core) pairs in sysfs; the online CPU count otherwise. */
-static int physical_cores(void) {
+int tool_physical_cores(void) {
     int n_cpu = (int)sysconf(_SC_NPROCESSORS_ONLN), seen = 0;
     long keys[1024];
     for (int c = 0; c < n_cpu && c < 1024; c++) {
@@ -76,6 +75,7 @@ static void usage(const char *cmd) {
                "  logits       write the logits of every position of a token sequence (f32)\n"
                "  info         print the model's hyperparameters as JSON\n"
                "  context      context build|info: register a fixed context (Squeezed Attention)\n"
+               "  eval         one prefill per sample, the answer through each of several selectors (JSON lines)\n"
                "  bench-kernels  memory bandwidth, kernel GB/s, a model's bytes per token and tok/s ceiling\n"
                "  bench-gpu    GB/s of the CUDA sparse-attention kernel: device, mapped host, gathered\n"
                "  synth-model  write a llama GGUF with random weights in a given shape (offline benchmarks)\n"
@@ -261,8 +261,7 @@ static int parse_args(int argc, char **argv, args *a) {
     return 0;
 }
 
-/* Reads a whole file; NULL with a message on stderr. The caller frees. */
-static char *read_file(const char *path, size_t *len) {
+char *tool_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "error: cannot open %s: %s\n", path, strerror(errno));
@@ -296,7 +295,7 @@ static eng_model *load_model(const args *a) {
         fprintf(stderr, "error: no model given (-m MODEL)\n");
         return NULL;
     }
-    eng_model_params mp = {.n_threads = a->threads > 0 ? a->threads : physical_cores(), .chunk = a->chunk,
+    eng_model_params mp = {.n_threads = a->threads > 0 ? a->threads : tool_physical_cores(), .chunk = a->chunk,
                            .attn = a->attn, .device = a->device, .gpu_mem_gb = a->gpu_mem_gb};
     char err[512];
     double t0 = krn_now_s() * 1e3;
@@ -312,8 +311,7 @@ static eng_model *load_model(const args *a) {
     return m;
 }
 
-/* Tokenizes text; returns a malloc'd array (caller frees) and its length, or NULL. */
-static int32_t *tokenize(const tok_vocab *v, const char *text, size_t len, bool add_special,
+int32_t *tool_tokenize(const tok_vocab *v, const char *text, size_t len, bool add_special,
                          bool parse_special, int64_t *n_out) {
     int64_t cap = (int64_t)len + 16;
     int32_t *ids = malloc(sizeof(int32_t) * cap);
@@ -340,7 +338,7 @@ static char *prompt_text(const args *a, size_t *len) {
         fprintf(stderr, "error: give either -p or -f, not both\n");
         return NULL;
     }
-    if (a->prompt_file) return read_file(a->prompt_file, len);
+    if (a->prompt_file) return tool_read_file(a->prompt_file, len);
     if (!a->prompt) {
         fprintf(stderr, "error: no prompt given (-p TEXT or -f FILE)\n");
         return NULL;
@@ -421,7 +419,7 @@ static int cmd_tokenize(const args *a) {
     gguf_ctx *g;
     tok_vocab *v = load_vocab(a, &g);
     int64_t n;
-    int32_t *ids = v ? tokenize(v, text, len, !a->no_bos, !a->no_special, &n) : NULL;
+    int32_t *ids = v ? tool_tokenize(v, text, len, !a->no_bos, !a->no_special, &n) : NULL;
     if (ids) {
         putchar('[');
         for (int64_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
@@ -477,7 +475,7 @@ static int cmd_generate(const args *a) {
         fprintf(stderr, "error: give one of -p, -f and --prompt-ids\n");
         return 1;
     }
-    char *text = a->prompt_ids ? read_file(a->prompt_ids, &len) : prompt_text(a, &len);
+    char *text = a->prompt_ids ? tool_read_file(a->prompt_ids, &len) : prompt_text(a, &len);
     if (!text) return 1;
     eng_model *m = load_model(a);
     if (!m) { free(text); return 1; }
@@ -503,7 +501,7 @@ static int cmd_generate(const args *a) {
     }
     /* after a context the prompt continues it: no second BOS */
     int32_t *prompt = a->prompt_ids ? prompt_from_ids(v, text, &n_prompt)
-                                    : tokenize(v, text, len, !a->no_bos && !ctx, !a->no_special, &n_prompt);
+                                    : tool_tokenize(v, text, len, !a->no_bos && !ctx, !a->no_special, &n_prompt);
     int32_t *hist = NULL;
     float *logits = NULL;
     eng_seq *s = NULL;
@@ -692,7 +690,7 @@ static int cmd_context(const args *a, const char *sub) {
     } else {
         size_t len;
         char *text = prompt_text(a, &len);
-        if (text) ids = tokenize(eng_model_vocab(m), text, len, !a->no_bos, !a->no_special, &n);
+        if (text) ids = tool_tokenize(eng_model_vocab(m), text, len, !a->no_bos, !a->no_special, &n);
         free(text);
     }
     if (!ids) {
@@ -728,7 +726,7 @@ static int cmd_perplexity(const args *a) {
         return 1;
     }
     size_t len;
-    char *text = read_file(a->prompt_file, &len);
+    char *text = tool_read_file(a->prompt_file, &len);
     if (!text) return 1;
     eng_model *m = load_model(a);
     if (!m) { free(text); return 1; }
@@ -738,7 +736,7 @@ static int cmd_perplexity(const args *a) {
     const int slice = 64; /* logits are produced this many positions at a time */
     int rc = 1;
     int64_t n_tok = 0;
-    int32_t *toks = tokenize(v, text, len, true, false, &n_tok);
+    int32_t *toks = tool_tokenize(v, text, len, true, false, &n_tok);
     float *logits = malloc(sizeof(float) * slice * hp->n_vocab);
     int32_t *chunk = malloc(sizeof(int32_t) * n_ctx);
     char err[512];
@@ -882,6 +880,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench-kernels")) return tool_bench_kernels_main(argc, argv);
     if (!strcmp(argv[1], "bench-gpu")) return tool_bench_gpu_main(argc, argv);
     if (!strcmp(argv[1], "synth-model")) return tool_synth_model_main(argc, argv);
+    if (!strcmp(argv[1], "eval")) return tool_eval_main(argc, argv);
     if (!strcmp(argv[1], "context")) {
         signal(SIGXFSZ, SIG_IGN); /* a full disk is an error message, not a dead process */
         const char *sub = argc > 2 ? argv[2] : "";

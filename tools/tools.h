@@ -12,6 +12,28 @@
 #ifndef KVSEEK_TOOLS_H
 #define KVSEEK_TOOLS_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tok.h"
+
+/* Shared by the tools (main.c). Physical cores: distinct (package, core) pairs in sysfs; the
+ * online CPU count otherwise. */
+int tool_physical_cores(void);
+/* A whole file, NUL-terminated, its length in *len; NULL after a one-line error on stderr. The
+ * caller frees. */
+char *tool_read_file(const char *path, size_t *len);
+/* The ids of text (BOS first when add_special and the model adds one; special-token text read
+ * as such when parse_special): a malloc'd array (caller frees) and its length, or NULL. */
+int32_t *tool_tokenize(const tok_vocab *v, const char *text, size_t len, bool add_special,
+                       bool parse_special, int64_t *n_out);
+
+/* `kvseek eval` (eval.c): one prefill per sample, then the question and a greedy answer through
+ * each of several selectors from forks of the prefilled sequence (JSON lines; scripts/ruler.py
+ * drives it). */
+int tool_eval_main(int argc, char **argv);
+
 /* `kvseek bench-kernels` (bench.c): memory bandwidth, matvec GB/s per weight type, attention
  * over long KV ranges and a model's tok/s ceiling. */
 int tool_bench_kernels_main(int argc, char **argv);
