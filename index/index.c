@@ -2,7 +2,7 @@
  * method table (sel_impl.h). This file owns what every kind shares: argument checks, the
  * candidate range, the ring of observed prefill queries, binding a prebuilt centroid structure,
  * counters and timing. The kinds live in sel_basic.c (dense, window), sel_lists.c (oracle,
- * retrieval, ivf) and sel_cent.c (centroids). */
+ * retrieval, ivf), sel_cent.c (centroids) and sel_quest.c (quest). */
 #include "sel_impl.h"
 
 #include <math.h>
@@ -14,7 +14,8 @@
 #include "clock.h"
 
 static const idx_ops *const kind_ops[] = {&idx_ops_dense, &idx_ops_window, &idx_ops_oracle,
-                                          &idx_ops_retrieval, &idx_ops_ivf, &idx_ops_centroids};
+                                          &idx_ops_retrieval, &idx_ops_ivf, &idx_ops_centroids,
+                                          &idx_ops_quest};
 enum { N_KINDS = sizeof kind_ops / sizeof kind_ops[0] };
 
 /* ---- helpers the kinds share ------------------------------------------------------------ */
@@ -94,7 +95,8 @@ const char *idx_last_error(const idx_set *ix) { return ix ? ix->err : ""; }
 idx_params idx_params_default(void) {
     return (idx_params){.kind = IDX_RETRIEVAL, .seed = 1234, .min_keys = 1024, .max_queries = 4096,
                         .list_k = 128, .kmeans_iter = 10, .nprobe = 8, .key_share = 0.3f,
-                        .cent = idx_cent_params_default(), .group_size = 1, .obs_tokens = 100};
+                        .cent = idx_cent_params_default(), .group_size = 1, .obs_tokens = 100,
+                        .quest_page = 16};
 }
 
 idx_request idx_request_default(void) {
@@ -125,6 +127,7 @@ int idx_create(const idx_params *p, idx_set **out) {
         p->head_dim <= 0 || p->max_queries < 0 || p->n_cells < 0 || p->list_k < 0 ||
         p->kmeans_iter < 0 || p->nprobe < 0 || p->ivf_nlist < 0 || p->min_keys < 0 ||
         !(p->key_share >= 0.0f && p->key_share < 1.0f) || p->group_size < 0 || p->obs_tokens < 0 ||
+        p->quest_page < 0 || p->quest_page > 1 << 20 ||
         !(p->attn_scale >= 0.0f && isfinite(p->attn_scale)) ||
         !(p->cent.fine_frac > 0.0f && p->cent.fine_frac <= 1.0f) ||
         !(p->cent.coarse_frac >= 0.0f && p->cent.coarse_frac <= 1.0f) || p->cent.kmeans_iter < 0)
@@ -140,6 +143,7 @@ int idx_create(const idx_params *p, idx_set **out) {
     if (!ix->p.nprobe) ix->p.nprobe = d.nprobe;
     if (!ix->p.group_size) ix->p.group_size = 1;
     if (!ix->p.obs_tokens) ix->p.obs_tokens = d.obs_tokens;
+    if (!ix->p.quest_page) ix->p.quest_page = d.quest_page;
     if (!ix->p.attn_scale) ix->p.attn_scale = 1.0f / sqrtf((float)p->head_dim);
     if (!ix->p.cent.kmeans_iter) ix->p.cent.kmeans_iter = d.cent.kmeans_iter;
     ix->p.cent.seed = p->seed;
@@ -285,7 +289,7 @@ static int build_structure(idx_set *ix, idx_slot *s, int layer, int head, const 
 }
 
 static int wants_structure(const idx_set *ix, const idx_slot *s) {
-    return ix->ops->build && s->hi - s->lo > 0 && s->hi - s->lo >= ix->p.min_keys;
+    return ix->ops->build && s->hi - s->lo > 0 && (ix->ops->any_size || s->hi - s->lo >= ix->p.min_keys);
 }
 
 int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,

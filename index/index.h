@@ -27,13 +27,20 @@
  *             probability exceeds a threshold calibrated on the latest observed queries for
  *             the request's `target` share of keys, and reads all their members. Keys added
  *             after the build (idx_add) form an exact tail that every select returns.
+ *   quest     Quest (Tang et al., 2024): the candidates in pages of quest_page keys, each page
+ *             summarised by the element-wise min and max of its keys; a query reads in full the
+ *             pages whose upper bound sum_d max(q_d min_d, q_d max_d) >= q.k ranks highest, as
+ *             many as cover the request's `target` share of the candidates (0.02 when unset).
+ *             Built in one pass over the keys at any size (min_keys does not apply); idx_add
+ *             widens the last page and opens new ones.
  * Every probe of oracle / retrieval / ivf scores keys exactly, so `scanned` (keys scored) is
  * the cost measure and lists may be read in part to hit a scan target exactly: comparisons run
  * at equal keys scanned. centroids scores no key: its `scanned` counts centroid scores (one
- * query . centroid product each, the same work as scoring one key).
+ * query . centroid product each, the same work as scoring one key); quest counts 2 per page
+ * bound (a min and a max row).
  * Candidates are the positions [lo, hi) given to idx_build and extended by idx_add; the engine
  * keeps them equal to the offloaded range of kv_ranges_of(). */
-typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS } idx_kind;
+typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS, IDX_QUEST } idx_kind;
 
 /* What a kind can do, so that callers decide by capability, never by kind (each kind is a method
  * table in sel_impl.h; a new kind adds a table and its flags). */
@@ -225,6 +232,10 @@ typedef struct {
     int obs_tokens;        /* observation window: the latest obs_tokens * group_size rows
                             * idx_observe saw (default 100) */
     float attn_scale;      /* the model's attention scale; 0: 1/sqrt(head_dim) */
+    /* quest */
+    int quest_page;        /* keys per page, each summarised by its min and max (default 16,
+                            * the paper's; 0: 16). Smaller pages bound tighter but cost more
+                            * to score: n_pages x head_dim per query */
 } idx_params;
 
 /* Per-request knobs (idx_request_default(): top_k 100, union, 2% scan). */
@@ -237,7 +248,11 @@ typedef struct {
                             * least top_k keys, has been scored per query (overrides nprobe;
                             * the last query cell may be read in part: its list is ordered by
                             * importance). idx_request_default: 0.02 */
-    float target;          /* centroids: share of the clustered keys to read, through the
+    float target;          /* quest: share of the candidates to read, in whole pages (0:
+                            * 0.02; at least top_k keys, or ceil(fraction * candidates) when
+                            * top_k is 0); GQA union: per query, so the union may read up to
+                            * n_q times that.
+                            * centroids: share of the clustered keys to read, through the
                             * slot's calibrated threshold (0: 0.03); keys added after the
                             * build are read in full on top. gemma-3 270M, 15.6K-token prompt,
                             * 48 decode steps, attention-mass recall (static set included):
@@ -252,7 +267,8 @@ typedef struct {
     int64_t candidates;    /* candidate keys, summed over calls */
     int64_t scanned;       /* keys scored exactly (distinct within a call), summed; centroids:
                             * (query, centroid) products computed (coarse and fine), each the
-                            * work of scoring one key; dense / small slots: every candidate */
+                            * work of scoring one key; quest: 2 per (query, page) bound;
+                            * dense / small slots: every candidate */
     int64_t returned;      /* ids returned, summed (centroids: cluster members + tail) */
     int64_t added;         /* keys added by idx_add */
     int64_t builds;
@@ -265,7 +281,7 @@ typedef struct {
 idx_params idx_params_default(void);
 idx_request idx_request_default(void);
 const char *idx_kind_name(idx_kind k);
-/* "dense", "window", "oracle", "retrieval", "ivf", "centroids" -> IDX_OK and *out, else
+/* "dense", "window", "oracle", "retrieval", "ivf", "centroids", "quest" -> IDX_OK and *out, else
  * IDX_ERR_PARAM. */
 int idx_kind_parse(const char *name, idx_kind *out);
 const char *idx_strerror(int code);
@@ -306,7 +322,8 @@ int idx_bind_cent(idx_set *ix, int layer, int head, const idx_cent *c, float thr
  * floats instead; centroids reads them as whole groups of group_size rows). Retrieval, ivf and
  * centroids read the keys as f32 copies into FAISS; below min_keys candidates they build
  * nothing and select exactly (centroids: every candidate). centroids with no query observed
- * calibrates on the latest keys instead (a poor proxy). */
+ * calibrates on the latest keys instead (a poor proxy). quest reads the store's rows in place
+ * (f32 or f16) into its page bounds, at any size. */
 int idx_build(idx_set *ix, int layer, int head, const kv_store *kv, int64_t lo, int64_t hi,
               const float *queries, int64_t n_queries);
 
@@ -341,7 +358,8 @@ int64_t idx_max_ids(const idx_set *ix, int layer, int head, int n_q, const idx_r
  * returns their count, or a negative code. dense returns every candidate, window none.
  * centroids returns the members of the clusters kept at the slot's threshold for req->target
  * (GQA union: a cluster any query keeps; mean: those of the mean query), then the exact tail;
- * a non-finite query gives IDX_ERR_PARAM.
+ * quest the keys of each query's best pages (union: of every query's pages; mean: of the mean
+ * query's). Both refuse a non-finite query with IDX_ERR_PARAM.
  * Reuses per-(layer, head) scratch: calls for different (layer, head) may run concurrently,
  * calls for the same one may not. */
 int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const float *q, int n_q,

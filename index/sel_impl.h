@@ -1,7 +1,8 @@
 /* Private to index/: the method table every selector kind implements, and the per-(layer, KV
  * head) slot the set keeps for it. index.c owns the set, the slots' common part (candidate range,
  * the ring of observed prefill queries, counters) and the argument checks; each kind file
- * (sel_basic.c, sel_lists.c, sel_cent.c) owns its state and answers through its table. */
+ * (sel_basic.c, sel_lists.c, sel_cent.c, sel_quest.c) owns its state and answers through its
+ * table. */
 #ifndef KVSEEK_SEL_IMPL_H
 #define KVSEEK_SEL_IMPL_H
 
@@ -31,6 +32,8 @@ typedef struct idx_ops {
     idx_kind kind;
     const char *name;        /* as idx_kind_parse reads it */
     unsigned caps;           /* IDX_CAP_* */
+    int any_size;            /* builds at any candidate count: min_keys (below which a scan
+                              * beats a search) does not apply to a structure cheaper than one */
     /* rows of observed queries the kind builds from (0: none) */
     int64_t (*obs_rows)(const idx_params *p);
     /* state of one slot: made on first build, cleared (structure gone, scratch kept) on
@@ -40,7 +43,7 @@ typedef struct idx_ops {
     void (*state_free)(void *st);
     /* builds the structure over the slot's candidates [lo, hi) with the given query rows (or
      * the slot's ring when queries is NULL); NULL: the kind has none. Called only at or above
-     * min_keys. On error the caller clears the state. */
+     * min_keys (any_size: above 0). On error the caller clears the state. */
     int (*build)(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv,
                  const float *queries, int64_t n_queries);
     /* whether the slot's state holds a built structure (NULL: never) */
@@ -60,6 +63,7 @@ typedef struct idx_ops {
 extern const idx_ops idx_ops_dense, idx_ops_window;      /* sel_basic.c */
 extern const idx_ops idx_ops_oracle, idx_ops_retrieval, idx_ops_ivf; /* sel_lists.c */
 extern const idx_ops idx_ops_centroids;                  /* sel_cent.c */
+extern const idx_ops idx_ops_quest;                      /* sel_quest.c */
 
 /* sel_cent.c, for idx_bind_cent and idx_get_cent: binds a slot's (fresh) centroids state to a
  * structure it does not own, read at a fixed threshold and level count; its structure. */

@@ -141,13 +141,13 @@ static void test_bool_enum(void) {
     CHECK(eng_attn_set_num(&a, "selector", 3, err, sizeof err) && eng_attn_set(&b, "selector", "3", e2, sizeof e2) &&
           !strcmp(err, e2) && strstr(err, "unknown attention selector '3'"), "selector 3: %s", err);
     CHECK(eng_attn_set_bool(&a, "gqa", false, err, sizeof err) && strstr(err, "'false'"), "gqa false: %s", err);
-    const char *sel[] = {"dense", "window", "oracle", "retrieval", "ivf", "centroids"};
-    for (int i = 0; i < 6; i++) {
+    const char *sel[] = {"dense", "window", "oracle", "retrieval", "ivf", "centroids", "quest"};
+    for (int i = 0; i < 7; i++) {
         CHECK(eng_attn_set(&a, "selector", sel[i], err, sizeof err) == 0 && a.selector == (idx_kind)i &&
               !strcmp(eng_attn_get(&a, eng_attn_opt_find("selector")).name, sel[i]), "selector %s parsed once", sel[i]);
     }
     CHECK(eng_attn_set(&a, "selector", "magic", err, sizeof err) &&
-          !strcmp(err, "unknown attention selector 'magic' (dense, window, oracle, retrieval, ivf, centroids)"),
+          !strcmp(err, "unknown attention selector 'magic' (dense, window, oracle, retrieval, ivf, centroids, quest)"),
           "unknown selector: %s", err);
     CHECK(eng_attn_set(&a, "gqa", "mean", err, sizeof err) == 0 && a.gqa_mean == 1, "gqa mean");
     CHECK(eng_attn_set(&a, "gqa", "max", err, sizeof err) && strstr(err, "(union, mean)"), "gqa max: %s", err);
@@ -182,6 +182,7 @@ static void test_cli(void) {
     CHECK(eng_attn_set_arg(&a, "--attn-top-k", "7", err, sizeof err) == 2 && a.top_k == 7, "--attn-top-k 7");
     CHECK(eng_attn_set_arg(&a, "--kv-f16", "x", err, sizeof err) == 1 && a.kv_f16 == 1, "--kv-f16 takes no value");
     CHECK(eng_attn_set_arg(&a, "--attn", "oracle", err, sizeof err) == 2 && a.selector == IDX_ORACLE, "--attn oracle");
+    CHECK(eng_attn_set_arg(&a, "--attn", "quest", err, sizeof err) == 2 && a.selector == IDX_QUEST, "--attn quest");
     CHECK(eng_attn_set_arg(&a, "--temp", "1", err, sizeof err) == 0, "not an attention flag");
     CHECK(eng_attn_set_arg(&a, "--window", NULL, err, sizeof err) == -1 && !strcmp(err, "--window needs a value"),
           "missing value: %s", err);
@@ -201,7 +202,7 @@ static void test_cli(void) {
         CHECK(buf && (strstr(buf, flag) || !strncmp(buf, flag + 1, strlen(flag) - 1)), "--help shows %s", spec[i].flag);
     }
     CHECK(buf && strstr(buf, "(default 64; server-wide)") && strstr(buf, "(default 100)") &&
-          strstr(buf, "dense, window, oracle, retrieval, ivf, centroids (default dense)"), "defaults in --help:\n%s", buf);
+          strstr(buf, "dense, window, oracle, retrieval, ivf, centroids, quest (default dense)"), "defaults in --help:\n%s", buf);
     free(buf);
 }
 
