@@ -89,8 +89,7 @@ static int extend(idx_set *ix, quest_st *s, int layer, int head, const kv_store 
             return idx_fail(ix, IDX_ERR_KV, "key %lld of layer %d head %d is not held", (long long)pos, layer, head);
         const float *k = src;
         if (f16) {
-            const uint16_t *h = src;
-            for (int i = 0; i < d; i++) s->row[i] = krn_f16_to_f32(h[i]);
+            krn_dequantize_row(KRN_TYPE_F16, src, s->row, d);
             k = s->row;
         }
         const int64_t j = (pos - lo) / P;
@@ -100,6 +99,7 @@ static int extend(idx_set *ix, quest_st *s, int layer, int head, const kv_store 
             memcpy(mx, k, sizeof(float) * d);
             s->n_pages = j + 1;
         } else {
+            #pragma omp simd
             for (int i = 0; i < d; i++) {
                 mn[i] = k[i] < mn[i] ? k[i] : mn[i];
                 mx[i] = k[i] > mx[i] ? k[i] : mx[i];
@@ -170,8 +170,12 @@ static void score_pages(const quest_st *s, const float *q, int d) {
     for (int64_t j = 0; j < s->n_pages; j++) {
         const float *mn = s->bound + (size_t)j * 2 * d, *mx = mn + d;
         float a = 0.0f;
+        /* a compare, not fmaxf: without -ffinite-math-only fmaxf is a libm call per element */
         #pragma omp simd reduction(+ : a)
-        for (int i = 0; i < d; i++) a += fmaxf(q[i] * mn[i], q[i] * mx[i]);
+        for (int i = 0; i < d; i++) {
+            const float x = q[i] * mn[i], y = q[i] * mx[i];
+            a += x > y ? x : y;
+        }
         s->score[j] = a == a ? a : -INFINITY;
     }
 }
