@@ -38,7 +38,7 @@ keys_read (mean share of the offloaded keys read), mass_recall, decode_s; --out 
 row per (sample, selector) with the answer. --resume skips the (task, length) pairs --out holds.
 --table prints a markdown table per length (task x selector, an average row, keys read, recall);
 --plot draws score against length per selector, averaged over tasks (needs matplotlib).
---smoke: 3 samples of niah_single_1 and niah_multikey_1 at 2048 tokens, answers cut to 24 tokens.
+--smoke: 3 samples (or --n) of niah_single_1 and niah_multikey_1 at 2048 tokens, answers cut to 16 tokens.
 """
 import argparse
 import datetime
@@ -613,7 +613,7 @@ def main(argv=None):
     ap.add_argument("--kvseek", default="build/kvseek")
     ap.add_argument("--lengths", default="4096,8192")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated (default: all eleven)")
-    ap.add_argument("--n", type=int, default=10, help="samples per task and length")
+    ap.add_argument("--n", type=int, default=0, help="samples per task and length (default 10; --smoke 3)")
     ap.add_argument("--selectors", default=SELECTORS, help="kvseek eval specs, comma-separated")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--chat", default="auto", choices=["auto", "chatml", "none"],
@@ -625,11 +625,12 @@ def main(argv=None):
     ap.add_argument("--generate-only", action="store_true", help="write the samples (--samples) and stop")
     ap.add_argument("--table", action="store_true", help="print a markdown table per length")
     ap.add_argument("--plot", default="", help="PNG of score against length per selector")
-    ap.add_argument("--smoke", action="store_true", help=f"3 samples of {SMOKE_TASKS} at 2048, answers <= 24")
+    ap.add_argument("--smoke", action="store_true", help=f"3 samples of {SMOKE_TASKS} at 2048, answers <= 16 tokens")
     ap.add_argument("extra", nargs="*", help="options passed to kvseek eval (after --)")
     a = ap.parse_args(argv)
     if a.smoke:
-        a.tasks, a.lengths, a.n, a.max_new = SMOKE_TASKS, "2048", 3, a.max_new or 24
+        a.tasks, a.lengths, a.n, a.max_new = SMOKE_TASKS, "2048", a.n or 3, a.max_new or 16
+    a.n = a.n or 10
     tasks = [t for t in a.tasks.split(",") if t]
     bad = [t for t in tasks if t not in TASKS]
     if bad:
