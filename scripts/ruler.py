@@ -392,12 +392,12 @@ def build(tok, tasks, length, n, seed, hay, chat, log=None):
     tol = {t: max(0.02 * budget[t], 2.5 * slope[t]) for t in tasks}
     samples = [make_sample(t, length, i, size[t], seed, hay, chat) for t in tasks for i in range(n)]
     todo = list(range(len(samples)))
-    for _ in range(6):
+    for attempt in range(7):
         got = tok.sample_tokens([samples[i] for i in todo])
         for i, g in zip(todo, got):
             samples[i]["n_prompt"] = g
         todo = []
-        for i, s in enumerate(samples):
+        for i, s in enumerate(samples if attempt < 6 else []):
             t, g = s["task"], s["n_prompt"]
             if budget[t] - tol[t] <= g <= budget[t]:
                 continue
@@ -419,16 +419,17 @@ def build(tok, tasks, length, n, seed, hay, chat, log=None):
 
 # --- running kvseek eval ---
 
-def check_selectors(kvseek, model, specs):
-    """The specs this kvseek build accepts (a run with no samples parses them first); the others are
-    dropped with a message, so one missing selector does not stop a long run."""
+def check_selectors(kvseek, model, specs, extra=()):
+    """The specs this kvseek build accepts (a run with no samples parses them and the extra options
+    first); the others are dropped with a message, so one missing selector does not stop a long run.
+    Raises RuntimeError when kvseek eval refuses anything else."""
     specs = list(specs)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         path = f.name
     try:
         while specs:
-            p = subprocess.run([kvseek, "eval", "-m", model, "--samples", path, "--selectors", ",".join(specs)],
-                               capture_output=True, text=True)
+            p = subprocess.run([kvseek, "eval", "-m", model, "--samples", path, "--selectors", ",".join(specs),
+                                *extra], capture_output=True, text=True)
             m = re.search(r"--selectors '([^']*)': (.*)", p.stderr)
             if not m or m.group(1) not in specs:
                 if "holds no samples" not in p.stderr:
@@ -475,7 +476,8 @@ def _round(x, d):
 
 
 def run_length(a, tok, hay, chat, specs, length, tasks, out, meta):
-    """Builds, runs and scores one length's samples; returns the aggregate rows."""
+    """Builds, runs and scores one length's samples; returns the aggregate rows and kvseek eval's
+    exit status."""
     t0 = datetime.datetime.now()
     samples = build(tok, tasks, length, a.n, a.seed, hay, chat, log=lambda m: print(m, file=sys.stderr))
     print(f"ruler: {len(samples)} samples at {length} tokens built in "
@@ -491,7 +493,7 @@ def run_length(a, tok, hay, chat, specs, length, tasks, out, meta):
             f.write(json.dumps(s) + "\n")
     if a.generate_only:
         print(f"ruler: wrote {path}", file=sys.stderr)
-        return []
+        return [], 0
     by_id = {s["id"]: s for s in samples}
     want = {t: a.n * len(specs) for t in tasks}
     rows = {t: [] for t in tasks}
@@ -539,7 +541,7 @@ def run_length(a, tok, hay, chat, specs, length, tasks, out, meta):
         os.unlink(path)
     if rc:
         print(f"ruler: kvseek eval exited with status {rc}", file=sys.stderr)
-    return aggs
+    return aggs, rc
 
 
 def samples_path(path, length, lengths):
@@ -620,7 +622,7 @@ def main(argv=None):
                     help="auto: ChatML when the vocabulary has <|im_start|>")
     ap.add_argument("--max-new", type=int, default=0, help="cap every task's answer length (tokens)")
     ap.add_argument("--out", default="", help="JSON lines: one row per task and selector, one per sample")
-    ap.add_argument("--resume", action="store_true", help="skip the (task, length) pairs --out already holds")
+    ap.add_argument("--resume", action="store_true", help="skip the (task, length) pairs --out holds in full")
     ap.add_argument("--samples", default="", help="keep the generated samples in this JSONL file")
     ap.add_argument("--generate-only", action="store_true", help="write the samples (--samples) and stop")
     ap.add_argument("--table", action="store_true", help="print a markdown table per length")
@@ -636,7 +638,10 @@ def main(argv=None):
     if bad:
         ap.error(f"unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}")
     lengths = [int(x) for x in a.lengths.split(",") if x]
-    tok = Tokenizer(a.kvseek, a.model)
+    try:
+        tok = Tokenizer(a.kvseek, a.model)
+    except (RuntimeError, OSError) as e:
+        sys.exit(f"ruler: {e}")
     chat = ("chatml" if tok.chatml else "none") if a.chat == "auto" else a.chat
     hay = Haystack()
     model = os.path.basename(a.model)
@@ -645,10 +650,13 @@ def main(argv=None):
         with open(a.out) as f:
             old = [json.loads(line) for line in f if line.strip()]
         old = [g for g in old if g.get("row") == "task" and g.get("model") == model]
-        done = {(g["task"], g["length"]) for g in old}
+        done = {(g["task"], g["length"]) for g in old if g["n"] >= a.n}
     specs = [s for s in a.selectors.split(",") if s]
     if not a.generate_only:
-        specs = check_selectors(a.kvseek, a.model, specs)
+        try:
+            specs = check_selectors(a.kvseek, a.model, specs, a.extra)
+        except RuntimeError as e:
+            sys.exit(f"ruler: {e}")
         if not specs:
             sys.exit("ruler: no selector left to run")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -656,12 +664,14 @@ def main(argv=None):
     print(f"ruler: {model}, chat template {chat}, tasks {','.join(tasks)}, lengths {a.lengths}, "
           f"{a.n} samples each, selectors {','.join(specs)}", file=sys.stderr, flush=True)
     out = open(a.out, "a", encoding="utf-8") if a.out and not a.generate_only else None
-    aggs = []
+    aggs, failed = [], 0
     try:
         for length in lengths:
             todo = [t for t in tasks if (t, length) not in done]
             if todo:
-                aggs += run_length(a, tok, hay, chat, specs, length, todo, out, meta)
+                got, rc = run_length(a, tok, hay, chat, specs, length, todo, out, meta)
+                aggs += got
+                failed += rc != 0
     finally:
         if out:
             out.close()
@@ -670,8 +680,8 @@ def main(argv=None):
         print(table(aggs))
     if a.plot and aggs:
         plot(aggs, a.plot)
-    return aggs
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
