@@ -517,7 +517,7 @@ def run_length(a, tok, hay, chat, specs, length, tasks, out, meta):
             return
         dense = r["selector"].split(":")[0] == "dense"
         row = {"row": "sample", "model": model, "task": s["task"], "length": length, "index": s["index"],
-               "selector": r["selector"], "score": string_match_all(r.get("text", ""), s["answers"]),
+               "selector": r["selector"], "score": round(string_match_all(r.get("text", ""), s["answers"]), 2),
                "answers": s["answers"], "text": r.get("text", ""), "n_prompt": s["n_prompt"],
                "n_context": r.get("n_context"), "n_question": r.get("n_question"), "n_gen": r.get("n_gen"),
                "keys_read": 1.0 if dense and r.get("keys_read") is None else r.get("keys_read"),
