@@ -246,6 +246,19 @@ clean:
 bench: model $(BUILD)/kvseek
 	bash scripts/bench.sh -m $(MODEL) $(BENCH_ARGS)
 
+# ---- long-context accuracy ----
+# `make eval`: the RULER-style suite (scripts/ruler.py, docs/eval.md) on $(MODEL) at 4K-16K with
+# every selector from one prefill per sample (kvseek eval); rows and a table per length go to
+# scripts/results/ruler-<model>.jsonl, and a rerun resumes where it stopped. Hours on 2 cores:
+# EVAL_ARGS="--lengths 4096 --n 3" is a shorter one, `make eval-quick` a few samples at 2K.
+# `make eval MODEL=models/qwen2.5-coder-0.5b-instruct.gguf` after `make model-qwen2`.
+.PHONY: eval eval-quick
+eval: model $(BUILD)/kvseek
+	$(PYTHON) scripts/ruler.py --model $(MODEL) --kvseek $(BUILD)/kvseek --lengths 4096,8192,16384 \
+	    --out scripts/results/ruler-$(notdir $(basename $(MODEL))).jsonl --resume --table $(EVAL_ARGS)
+eval-quick: model $(BUILD)/kvseek
+	$(PYTHON) scripts/ruler.py --smoke --model $(MODEL) --kvseek $(BUILD)/kvseek --table $(EVAL_ARGS)
+
 # ---- ThreadSanitizer ----
 # `make tsan`: the scheduler test and the server's concurrency tests (contexts: builder threads,
 # concurrent requests on one context, restarts; hostile clients among normal ones) against a

@@ -34,7 +34,7 @@ def one_line_error(rc, err):
 
 
 # --- arguments and help, no model needed ---
-for sub in ["generate", "tokenize", "detokenize", "perplexity", "logits", "info"]:
+for sub in ["generate", "tokenize", "detokenize", "perplexity", "logits", "info", "eval"]:
     rc, out, _ = run(sub, "--help")
     check(rc == 0 and "usage: kvseek " + sub in out, f"{sub} --help")
 rc, out, _ = run("--help")
@@ -106,6 +106,41 @@ check(one_line_error(rc, err), "out-of-range id is a one-line error")
 
 rc, _, err = run("generate", "-m", MODEL, "-p", "word " * 200, "-n", "4", "--ctx-size", "50")
 check(one_line_error(rc, err), "prompt longer than --ctx-size is a one-line error")
+
+# --- kvseek eval: one prefill, every selector from a fork ---
+with tempfile.TemporaryDirectory() as tmp:
+    def samples(*lines):
+        path = os.path.join(tmp, "s.jsonl")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return path
+    ctx = "The cat sat on the mat. " * 40 + "The secret word is tangerine. " + "The dog ran. " * 40
+    good = json.dumps({"id": "a", "context": ctx, "question": "\nThe secret word is", "max_new": 6})
+    for bad, what in [("{not json", "a line that is not JSON"),
+                      (json.dumps({"context": "x"}), "a sample without a question"),
+                      (json.dumps({"context": "x", "question": "y", "max_new": 0}), "max_new 0"),
+                      (json.dumps({"context": 5, "question": "y"}), "a context that is not a string")]:
+        rc, _, err = run("eval", "-m", MODEL, "--samples", samples(good, bad), "--selectors", "dense")
+        check(one_line_error(rc, err) and "sample 2" in err, f"eval: {what} is a one-line error naming the sample")
+    for spec, what in [("nosuch", "an unknown selector"), ("retrieval:page_size=32", "a storage key in a spec"),
+                       ("retrieval:top_k", "an option without a value"), ("dense,,window", "an empty spec")]:
+        rc, _, err = run("eval", "-m", MODEL, "--samples", samples(good), "--selectors", spec)
+        check(one_line_error(rc, err), f"eval: {what} is a one-line error")
+    rc, out, err = run("eval", "-m", MODEL, "--samples", samples(good), "--selectors",
+                       "dense,window:window=1:sink=4,quest", "--question", "prefill")
+    rows = [json.loads(l) for l in out.splitlines()]
+    check(rc == 0 and [r["selector"] for r in rows] == ["dense", "window:window=1:sink=4", "quest"]
+          and all(r["id"] == "a" and "error" not in r for r in rows), "eval: one row per selector, in order")
+    # the dense fork answers what one greedy generation over the same ids does
+    _, cids, _ = run("tokenize", "-m", MODEL, "-p", ctx)
+    _, qids, _ = run("tokenize", "-m", MODEL, "-p", "\nThe secret word is", "--no-bos")
+    ids = os.path.join(tmp, "ids.txt")
+    with open(ids, "w") as f:
+        f.write(",".join(map(str, json.loads(cids) + json.loads(qids))))
+    rc2, gout, _ = run("generate", "-m", MODEL, "--prompt-ids", ids, "-n", "6", "--temp", "0", "--json")
+    gtext = json.loads(gout)["text"] if rc2 == 0 else None
+    check(rows and rows[0]["text"] == gtext and rows[0]["n_context"] == len(json.loads(cids)),
+          f"eval's dense fork answers as generate does: {rows[0]['text'] if rows else None!r} vs {gtext!r}")
 
 # --- optional real qwen2 model (make model-qwen2): byte-level BPE and the qwen2 forward pass ---
 QWEN = os.path.join(os.path.dirname(MODEL) or ".", "qwen2.5-coder-0.5b-instruct.gguf")

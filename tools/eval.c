@@ -46,7 +46,7 @@ static void usage(void) {
            "                   read as special tokens in both\n"
            "  --selectors S    comma-separated specs: a selector name, then options as key=value\n"
            "                   after colons, keys as in the config file (retrieval, centroids:target=0.02,\n"
-           "                   window:window=0:sink=4); storage keys are the command line's only\n"
+           "                   window:window=1:sink=4); storage keys are the command line's only\n"
            "  --question MODE  decode (default): the question's tokens one at a time through the\n"
            "                   selector; prefill: as one dense chunk (what a whole prompt gets)\n"
            "  --no-recall      do not measure attention-mass recall (on by default: a dense pass\n"
@@ -120,7 +120,7 @@ static int parse_args(int argc, char **argv, eval_args *a) {
  * one-line error. */
 static int parse_specs(char *buf, const eng_attn_params *base, spec *out, int *n) {
     *n = 0;
-    for (char *save = NULL, *s = strtok_r(buf, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
+    for (char *s; (s = strsep(&buf, ",")) != NULL;) {
         if (*n == MAX_SPECS) {
             fprintf(stderr, "error: --selectors: more than %d specs\n", MAX_SPECS);
             return -1;
