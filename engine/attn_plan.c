@@ -49,6 +49,38 @@ static int needs_select(const eng_seq *s, const eng_attn_plan *pl) {
     return pl->sparse && !(s->caps & IDX_CAP_NONE);
 }
 
+/* Log-sum-exp of each of the G queries' scaled logits over the plan's range parts (the static
+ * set): what an adaptive budget weighs the offloaded keys' estimated mass against. */
+static void static_lse(const eng_seq *s, int layer, int kvh, const float *q, const eng_attn_plan *pl, float *lse) {
+    const eng_model *m = s->m;
+    const int G = m->hp.n_head / m->hp.n_head_kv, d = m->hp.head_dim;
+    attn_kv_view view;
+    kv_view(s->kv, layer, kvh, &view);
+    float sc[1024];
+    for (int g = 0; g < G; g++) {
+        float mx = -INFINITY;
+        double sum = 0.0;
+        for (int i = 0; i < pl->n_parts; i++) {
+            const eng_attn_part *pt = &pl->part[i];
+            if (pt->ids) continue;
+            for (int64_t lo = pt->lo; lo < pt->hi; lo += 1024) {
+                const int64_t hi = pt->hi - lo > 1024 ? lo + 1024 : pt->hi;
+                attn_scores_range(&view, q + (size_t)g * d, lo, hi, sc);
+                for (int64_t j = 0; j < hi - lo; j++) {
+                    const float x = sc[j] * m->hp.attn_scale;
+                    if (x > mx) {
+                        sum = sum * exp((double)mx - x) + 1.0;
+                        mx = x;
+                    } else {
+                        sum += exp((double)x - mx);
+                    }
+                }
+            }
+        }
+        lse[g] = mx == -INFINITY ? -INFINITY : mx + (float)log(sum);
+    }
+}
+
 int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl) {
     if (!needs_select(s, pl)) return 0;
     const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
@@ -67,7 +99,13 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
             return -1;
         }
     }
-    const int64_t n = idx_select(s->ix, layer, kvh, s->kv, q, G, &s->req, ids, s->ids_cap);
+    idx_request req = s->req;
+    float slse[ATTN_MAX_GROUP];
+    if (req.mass > 0) { /* the adaptive budget weighs what the static set already covers */
+        static_lse(s, layer, kvh, q, pl, slse);
+        req.static_lse = slse;
+    }
+    const int64_t n = idx_select(s->ix, layer, kvh, s->kv, q, G, &req, ids, s->ids_cap);
     if (n < 0) {
         eng_seq_fail(s, "selector: layer %d head %d: %s", layer, kvh,
                      idx_last_error(s->ix)[0] ? idx_last_error(s->ix) : idx_strerror((int)n));

@@ -400,7 +400,27 @@ size_t idx_cent_scratch_bytes(const idx_cent *c, int n_q) {
 /* One level for the nq (<= QB) queries q: marks in keepf the fine clusters a query keeps at
  * threshold t (e_j > t D, e_j = e^{x_j - m}, D = sum n_j e_j). Returns the centroids scored, or
  * -1 for a non-finite score. */
-static int64_t keep_one_level(const idx_cent *c, const float *q, int nq, float t, scratch_view *v) {
+/* Mass mode: the cut on e_j that keeps the fewest highest-scoring clusters whose estimated mass
+ * sum n_j e_j reaches `want`. A histogram over -log e_j in bins of
+ * a quarter nat stands in for a sort: the cut overshoots by at most one bin (e_j within 28% of
+ * the exact cut also kept). */
+enum { MASS_BINS = 128, MASS_BINS_PER_NAT = 4 };
+static float mass_cut(const float *x, const int32_t *fo, int nf, float want) {
+    float h[MASS_BINS] = {0};
+    for (int j = 0; j < nf; j++) {
+        const float nl = x[j] > 0.0f ? -logf(x[j]) * MASS_BINS_PER_NAT : (float)MASS_BINS;
+        const int b = nl < (float)(MASS_BINS - 1) ? (int)nl : MASS_BINS - 1;
+        h[b] += (float)(fo[j + 1] - fo[j]) * x[j];
+    }
+    float cum = 0.0f;
+    int b = 0;
+    for (; b < MASS_BINS - 1; b++)
+        if ((cum += h[b]) >= want) break;
+    return b == MASS_BINS - 1 ? 0.0f : expf(-(float)(b + 1) / MASS_BINS_PER_NAT);
+}
+
+static int64_t keep_one_level(const idx_cent *c, const float *q, int nq, float t, float mass, const float *slse,
+                              scratch_view *v) {
     const int d = c->dim, nf = c->n_fine;
     for (int j0 = 0; j0 < nf; j0 += ROWS) {
         const int nr = nf - j0 < ROWS ? nf - j0 : ROWS;
@@ -418,8 +438,19 @@ static int64_t keep_one_level(const idx_cent *c, const float *q, int nq, float t
             x[j] = exp_neg(x[j] - m);
             D += (float)(fo[j + 1] - fo[j]) * x[j];
         }
-        const float cut = t * D;
         uint8_t *keep = v->keepf;
+        if (mass > 0.0f) {
+            /* the static set's mass in the units of e_j (relative to e^m); past e^80 it holds
+             * everything that matters */
+            const double st = slse ? (slse[g] - m > 80.0f ? 1e35 : exp((double)slse[g] - m)) : 0.0;
+            const double want = mass * (st + D) - st;
+            if (want <= 0.0) continue;
+            const float cut = mass_cut(x, fo, nf, (float)want);
+            #pragma omp simd
+            for (int j = 0; j < nf; j++) keep[j] |= x[j] >= cut;
+            continue;
+        }
+        const float cut = t * D;
         #pragma omp simd
         for (int j = 0; j < nf; j++) keep[j] |= x[j] > cut;
     }
@@ -521,10 +552,12 @@ int64_t idx_cent_select(const idx_cent *c, const float *q, int n_q, float thresh
     return idx_cent_select_levels(c, q, n_q, threshold, 0, scratch, ids, max_ids, st);
 }
 
-int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float threshold, int levels,
-                               void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st) {
+static int64_t select_impl(const idx_cent *c, const float *q, int n_q, float threshold, int levels, float mass,
+                           const float *slse, void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st) {
     if (st) st->clusters_scored = st->keys_selected = 0;
-    if (!c || !q || n_q < 1 || !scratch || !ids || max_ids < c->n || isnan(threshold)) return IDX_ERR_PARAM;
+    if (!c || !q || n_q < 1 || !scratch || !ids || max_ids < c->n || isnan(threshold) || !(mass >= 0.0f && mass <= 1.0f))
+        return IDX_ERR_PARAM;
+    if (mass >= 1.0f) threshold = 0.0f;
     const int d = c->dim;
     if (!all_finite(q, (size_t)n_q * d)) return IDX_ERR_PARAM;
     if (threshold <= 0.0f) { /* every cluster: every key */
@@ -541,8 +574,8 @@ int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float
     for (int g0 = 0; g0 < n_q; g0 += QB) {
         const int nq = n_q - g0 < QB ? n_q - g0 : QB;
         const float *qg = q + (size_t)g0 * d;
-        const int64_t s = c->n_coarse ? keep_two_level(c, qg, nq, threshold, tc, gain, &v)
-                                      : keep_one_level(c, qg, nq, threshold, &v);
+        const int64_t s = c->n_coarse && levels != 1 && mass <= 0.0f ? keep_two_level(c, qg, nq, threshold, tc, gain, &v)
+                                                                      : keep_one_level(c, qg, nq, threshold, mass, slse ? slse + g0 : NULL, &v);
         if (s < 0) return IDX_ERR_PARAM;
         scored += s;
     }
@@ -564,6 +597,17 @@ int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float
     }
     if (st) { st->clusters_scored = scored; st->keys_selected = n_out; }
     return n_out;
+}
+
+int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float threshold, int levels,
+                               void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st) {
+    return select_impl(c, q, n_q, threshold, levels, 0.0f, NULL, scratch, ids, max_ids, st);
+}
+
+int64_t idx_cent_select_mass(const idx_cent *c, const float *q, int n_q, float mass, const float *static_lse,
+                             void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st) {
+    if (!(mass > 0.0f)) return IDX_ERR_PARAM;
+    return select_impl(c, q, n_q, 1.0f, 1, mass, static_lse, scratch, ids, max_ids, st);
 }
 
 /* ---- calibration ------------------------------------------------------------------------ */

@@ -182,6 +182,16 @@ int64_t idx_cent_select(const idx_cent *c, const float *q, int n_q, float thresh
  * level exists (for comparing one and two levels on one structure); 0 or 2: all it has. */
 int64_t idx_cent_select_levels(const idx_cent *c, const float *q, int n_q, float threshold, int levels,
                                void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st);
+/* Adaptive budget: each query keeps the fewest highest-scoring clusters that bring its estimated
+ * attention mass to `mass` (0 < mass <= 1; 1 keeps everything) of the whole: the clustered keys'
+ * estimated mass (sum n_j e^{x_j}, x_j its scaled logit against centroid j) plus, when
+ * static_lse is not NULL, the mass e^{static_lse[g]} of the keys attended anyway (sinks, window).
+ * A query whose static set already holds `mass` keeps nothing; a flat attention reads many keys,
+ * a peaked one few, where a threshold calibrated for a share reads about the same share for
+ * both. One level; the GQA union as above. Centroid logits understate a spread cluster's mass
+ * (Jensen), so the realised recall is somewhat below `mass`. */
+int64_t idx_cent_select_mass(const idx_cent *c, const float *q, int n_q, float mass, const float *static_lse,
+                             void *scratch, int32_t *ids, int64_t max_ids, idx_cent_sel *st);
 
 /* Serialisation: one blob of idx_cent_blob_size bytes (little-endian, 8-byte aligned sections,
  * zero padding), a pure function of the structure: writing a loaded blob gives the same bytes.
@@ -248,6 +258,10 @@ typedef struct {
                             * least top_k keys, has been scored per query (overrides nprobe;
                             * the last query cell may be read in part: its list is ordered by
                             * importance). idx_request_default: 0.02 */
+    float mass;            /* centroids: > 0 replaces target by the adaptive rule of
+                            * idx_cent_select_mass (the estimated attention share to cover) */
+    const float *static_lse; /* with mass: per query of the group, the log-sum-exp of its scaled
+                            * logits over the keys attended besides the selection (NULL: none) */
     float target;          /* quest: share of the candidates to read, in whole pages (0:
                             * 0.02; at least top_k keys, or ceil(fraction * candidates) when
                             * top_k is 0); GQA union: per query, so the union may read up to

@@ -119,7 +119,10 @@ static int64_t cent_select(idx_set *ix, idx_slot *s, int layer, int head, const 
     *n_queries = n_q;
     idx_cent_sel cs;
     int64_t n;
-    if (c->shared)
+    if (req->mass > 0)
+        n = idx_cent_select_mass(ce, q, n_q, req->mass, req->gqa == IDX_GQA_MEAN ? NULL : req->static_lse, c->scratch,
+                                 ids, max_ids, &cs);
+    else if (c->shared)
         n = idx_cent_select_levels(ce, q, n_q, c->bound_thr, c->bound_levels, c->scratch, ids, max_ids, &cs);
     else
         n = idx_cent_select(ce, q, n_q, idx_cent_threshold(ce, req->target > 0 ? req->target : CENT_TARGET_DEFAULT),

@@ -578,6 +578,89 @@ static void bench(int it_lo, int it_hi) {
     }
 }
 
+/* The adaptive budget (idx_cent_select_mass) against a sort in double: every cluster of the
+ * fewest highest-scoring ones reaching the wanted mass is kept, none more than one quarter-nat
+ * bin below the last of them; a static set holding the mass keeps nothing; mass 1 keeps all. */
+static void mass_tests(void) {
+    const int d = 64, n = 4096, G = 4;
+    const double scale = 1.0 / sqrt(d);
+    synth sy;
+    synth_init(&sy, d, 48);
+    float *K = synth_keys(&sy, n), *obs = synth_queries(&sy, 50, G), *Qt = synth_queries(&sy, 20, G);
+    idx_cent_params p = idx_cent_params_default();
+    p.group = G;
+    idx_cent *c = build(&p, K, n, d, 0, obs, 50 * G);
+    const int nf = idx_cent_n_fine(c);
+    void *scr = malloc(idx_cent_scratch_bytes(c, G));
+    int32_t *ids = malloc(sizeof(int32_t) * n);
+    unsigned char *in = malloc(n);
+    double *x = malloc(sizeof(double) * nf), *e = malloc(sizeof(double) * nf), *sorted = malloc(sizeof(double) * nf);
+    int64_t *sz = malloc(sizeof(int64_t) * nf);
+    for (int j = 0; j < nf; j++) idx_cent_members(c, j, &sz[j]);
+    int missing = 0, extra = 0, tried = 0;
+    const float masses[3] = {0.5f, 0.9f, 0.99f};
+    for (int t = 0; t < 20; t++) {
+        const float *q = Qt + (size_t)t * G * d;
+        double m = -INFINITY, D = 0;
+        for (int j = 0; j < nf; j++) {
+            const float *cj = idx_cent_centroid(c, j);
+            double a = 0;
+            for (int i = 0; i < d; i++) a += (double)q[i] * cj[i];
+            x[j] = scale * a;
+            m = x[j] > m ? x[j] : m;
+        }
+        for (int j = 0; j < nf; j++) D += sz[j] * (e[j] = exp(x[j] - m));
+        for (int k = 0; k < 3; k++)
+            for (int with_static = 0; with_static < 2; with_static++) {
+                /* a static set holding about a third of the estimated whole */
+                const float slse = (float)(m + log(D / 2));
+                const double st = with_static ? exp((double)slse - m) : 0.0;
+                const double want = masses[k] * (st + D) - st;
+                memcpy(sorted, e, sizeof(double) * nf);
+                qsort(sorted, nf, sizeof(double), cmp_desc);
+                double cum = 0, cut = 0;
+                for (int j = 0; j < nf && cum < want; j++) {
+                    cut = sorted[j];
+                    for (int i = 0; i < nf; i++) /* the weight of every cluster at this score */
+                        if (e[i] == sorted[j]) { cum += sz[i] * e[i]; break; }
+                }
+                const int64_t got = idx_cent_select_mass(c, q, 1, masses[k], with_static ? &slse : NULL, scr, ids,
+                                                         n, NULL);
+                if (got < 0 || !valid_ids(ids, got, 0, n)) { missing++; continue; }
+                memset(in, 0, n);
+                for (int64_t i = 0; i < got; i++) in[ids[i]] = 1;
+                for (int j = 0; j < nf; j++) {
+                    int64_t nj;
+                    const int32_t *mem = idx_cent_members(c, j, &nj);
+                    if (want > 0 && e[j] > cut * 1.001 && !in[mem[0]]) missing++;
+                    if (in[mem[0]] && (want <= 0 || e[j] < cut * exp(-0.25) * 0.999)) extra++;
+                }
+                tried++;
+            }
+    }
+    CHECK(tried == 120 && missing == 0, "mass: every cluster of the smallest set reaching the mass kept (%d missing)",
+          missing);
+    CHECK(extra == 0, "mass: nothing kept more than one bin below the exact cut (%d)", extra);
+    const float huge = 1e4f;
+    CHECK(idx_cent_select_mass(c, Qt, G, 0.9f, (const float[]){huge, huge, huge, huge}, scr, ids, n, NULL) == 0,
+          "mass: a static set holding all the mass keeps nothing");
+    CHECK(idx_cent_select_mass(c, Qt, G, 1.0f, NULL, scr, ids, n, NULL) == n, "mass 1 keeps every key");
+    CHECK(idx_cent_select_mass(c, Qt, G, 0.0f, NULL, scr, ids, n, NULL) == IDX_ERR_PARAM, "mass 0 refused");
+    /* the group keeps the union of its queries' own selections */
+    int64_t gn = idx_cent_select_mass(c, Qt, G, 0.9f, NULL, scr, ids, n, NULL), sub = 1;
+    memset(in, 0, n);
+    for (int64_t i = 0; i < gn; i++) in[ids[i]] = 1;
+    for (int g = 0; g < G; g++) {
+        int64_t m1 = idx_cent_select_mass(c, Qt + (size_t)g * d, 1, 0.9f, NULL, scr, ids, n, NULL);
+        for (int64_t i = 0; i < m1; i++) sub &= in[ids[i]];
+    }
+    CHECK(gn > 0 && sub, "mass: a group's selection covers each query's own");
+    free(sz); free(sorted); free(e); free(x); free(in); free(ids); free(scr);
+    idx_cent_free(c);
+    free(K); free(obs); free(Qt);
+    synth_free(&sy);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "bench")) {
         const int it = argc > 2 ? atoi(argv[2]) : 0;
@@ -586,6 +669,7 @@ int main(int argc, char **argv) {
     }
     structure_tests();
     selection_tests();
+    mass_tests();
     blob_tests();
     return check_summary("test_centroids");
 }
