@@ -30,7 +30,7 @@ void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_att
         pl->part[PLAN_RECENT] = range_part(p - hp->sliding_window + 1, p + 1);
         return;
     }
-    if (!decode || (s->caps & IDX_CAP_ALL)) {
+    if (!decode || (s->caps & IDX_CAP_ALL) || eng_seq_dense_now(s, p + 1)) {
         pl->part[PLAN_RECENT] = range_part(0, p + 1);
         return;
     }

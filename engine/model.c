@@ -686,7 +686,8 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
     for (int i = 0; i < n; i++) {
         eng_seq *s = rows[i].seq;
         int single = (i == 0 || rows[i - 1].seq != s) && (i + 1 == n || rows[i + 1].seq != s);
-        if (single && !s->built && !(s->caps & IDX_CAP_ALL)) build_index(m, s);
+        if (single && !s->built && !(s->caps & IDX_CAP_ALL) && !eng_seq_dense_now(s, s->pos + 1))
+            build_index(m, s);
     }
     for (int i = 0; i < n; i += m->chunk) {
         int T = n - i < m->chunk ? n - i : m->chunk;
@@ -710,7 +711,8 @@ int eng_forward_batch(eng_model *m, const eng_batch_row *rows, int n, char *err,
         eng_seq *s = rows[i].seq;
         int j = i;
         while (j < n && rows[j].seq == s) j++;
-        if (j - i > 1 && rows[j - 1].logits && !s->built && !(s->caps & IDX_CAP_ALL) && !s->failed[0])
+        if (j - i > 1 && rows[j - 1].logits && !s->built && !(s->caps & IDX_CAP_ALL) && !s->failed[0] &&
+            !eng_seq_dense_now(s, s->pos + 1))
             build_index(m, s);
         i = j;
     }

@@ -140,6 +140,10 @@ typedef struct {
     int64_t off_lo, off_hi;
 } eng_attn_plan;
 
+/* Whether a sequence of n tokens attends densely by its dense_below setting. */
+static inline int eng_seq_dense_now(const eng_seq *s, int64_t n) {
+    return s->attn.dense_below > 0 && n < s->attn.dense_below;
+}
 /* Step 1, from ranges alone: the row at position p (decode: the sequence's only row). */
 void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_attn_plan *pl);
 /* Step 2: indexes keys that left the window and picks the ids for the group's queries q (G rows)

@@ -99,6 +99,23 @@ int main(void) {
             eng_seq_free(forks[k]);
         }
 
+        /* dense_below: a retrieval sequence decodes exactly as dense until it reaches the length,
+         * builds nothing before, and reads through its selector after */
+        {
+            eng_attn_params da = params_of(IDX_RETRIEVAL);
+            da.dense_below = N_PROMPT + 5;
+            eng_seq *ds = eng_seq_create_ex(m, N_CTX, &da, err, sizeof err);
+            CHECK(ds && eng_forward(m, ds, prompt, N_PROMPT, last, false, err, sizeof err) == 0, "prefill: %s", err);
+            eng_attn_stats st;
+            eng_seq_attn_stats(ds, &st);
+            CHECK(st.build_s == 0, "dense_below: no build after a prefill shorter than it");
+            CHECK(decode(m, ds, argmax(last, V), got, got_t) == 0, "dense_below decode");
+            CHECK(!memcmp(got, ref, sizeof(float) * 4 * V), "dense_below: the steps below it have dense's logits");
+            eng_seq_attn_stats(ds, &st);
+            CHECK(st.sparse_rows > 0 && st.build_s > 0, "dense_below: sparse (and built) past it");
+            eng_seq_free(ds);
+        }
+
         /* a parent that kept no queries cannot give a query-learning selector its build */
         eng_seq *plain = eng_seq_create_ex(m, N_CTX, &pa, err, sizeof err);
         CHECK(plain && eng_forward(m, plain, prompt, 64, NULL, false, err, sizeof err) == 0, "prefill: %s", err);
