@@ -50,6 +50,8 @@ static const row rows[] = {
     {.o = {"mass", "--attn-mass", ENG_ATTN_FLOAT, false}, .off = F(mass), .lo = 0, .hi = 1,
      .arg = "F", .help = "centroids: per query, the clusters covering this estimated share of its attention",
      .zero = "off: target"},
+    {.o = {"expand", "--attn-expand", ENG_ATTN_INT, false}, .off = F(expand), .lo = 0, .hi = 64, .arg = "R",
+     .help = "each selected key brings its neighbours within R positions", .zero = "none"},
     {.o = {"dense_below", "--attn-dense-below", ENG_ATTN_INT, false}, .off = F(dense_below), .lo = 0,
      .hi = 1 << 24, .arg = "N", .help = "decode attends densely while the sequence is shorter than N tokens",
      .zero = "off"},

@@ -81,6 +81,24 @@ static void static_lse(const eng_seq *s, int layer, int kvh, const float *q, con
     }
 }
 
+/* In place: the ids move to the end of their buffer and the widened list is written from the
+ * start, which never overtakes the reading as long as cap >= hi - lo + r. */
+int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t lo, int64_t hi) {
+    if (cap - (hi - lo) < r) r = (int)(cap - (hi - lo));
+    if (r <= 0 || n <= 0) return n;
+    int32_t *in = ids + cap - n;
+    memmove(in, ids, sizeof(int32_t) * n);
+    int64_t o = 0, next = lo; /* positions below next are written */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t a = (int64_t)in[i] - r, b = (int64_t)in[i] + r + 1;
+        if (a < next) a = next;
+        if (b > hi) b = hi;
+        for (int64_t p = a; p < b; p++) ids[o++] = (int32_t)p;
+        if (b > next) next = b;
+    }
+    return o;
+}
+
 int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl) {
     if (!needs_select(s, pl)) return 0;
     const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
@@ -111,7 +129,8 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
                      idx_last_error(s->ix)[0] ? idx_last_error(s->ix) : idx_strerror((int)n));
         return -1;
     }
-    pl->part[PLAN_IDS] = (eng_attn_part){.ids = ids, .n_ids = n};
+    const int64_t ne = s->attn.expand > 0 ? eng_plan_expand_ids(ids, n, s->ids_cap, s->attn.expand, pl->off_lo, pl->off_hi) : n;
+    pl->part[PLAN_IDS] = (eng_attn_part){.ids = ids, .n_ids = ne};
     return 0;
 }
 

@@ -62,6 +62,8 @@ typedef struct {
     float target;          /* centroids: share of offloaded keys to read; 0: the selector's default */
     float mass;            /* centroids: > 0 reads, per query, the clusters covering this estimated
                             * share of its attention instead (an adaptive budget); 0: target */
+    int expand;            /* every selected key brings its neighbours within this many positions
+                            * (a copied string is read token after token; 0: none) */
     int dense_below;       /* decode rows of a sequence shorter than this many tokens attend
                             * densely and its selector is built only when it reaches it (where
                             * sparse attention does not pay); 0: never */
@@ -71,7 +73,7 @@ typedef struct {
 
 /* The options of eng_attn_params, one per field, in one table (engine/attn_opts.c) that holds
  * each field's name, kind, bounds and default; everything below is derived from it. Keys, in
- * table order: selector, top_k, scan, target, mass, dense_below, gqa (union|mean), sink, window, measure_recall,
+ * table order: selector, top_k, scan, target, mass, expand, dense_below, gqa (union|mean), sink, window, measure_recall,
  * levels, and the storage keys page_size (a power of two), kv_f16, kv_mem_gb, which apply only
  * when a sequence is created (server-wide, refused per request). */
 typedef enum {

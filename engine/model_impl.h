@@ -140,6 +140,10 @@ typedef struct {
     int64_t off_lo, off_hi;
 } eng_attn_plan;
 
+/* Widens n distinct ascending ids (in [lo, hi)) to every position within r of one of them,
+ * clipped to [lo, hi), ascending, in the same buffer of cap >= n entries; the new count. A
+ * radius above cap - (hi - lo) is reduced to it. */
+int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t lo, int64_t hi);
 /* Whether a sequence of n tokens attends densely by its dense_below setting. */
 static inline int eng_seq_dense_now(const eng_seq *s, int64_t n) {
     return s->attn.dense_below > 0 && n < s->attn.dense_below;
