@@ -50,35 +50,15 @@ static int needs_select(const eng_seq *s, const eng_attn_plan *pl) {
 }
 
 /* Log-sum-exp of each of the G queries' scaled logits over the plan's range parts (the static
- * set): what an adaptive budget weighs the offloaded keys' estimated mass against. */
+ * set), from the CPU executor run on those parts alone: what an adaptive budget weighs the
+ * offloaded keys' estimated mass against. */
 static void static_lse(const eng_seq *s, int layer, int kvh, const float *q, const eng_attn_plan *pl, float *lse) {
-    const eng_model *m = s->m;
-    const int G = m->hp.n_head / m->hp.n_head_kv, d = m->hp.head_dim;
+    eng_attn_plan st = *pl;
+    st.n_parts = PLAN_IDS; /* the recent range and the sinks */
     attn_kv_view view;
     kv_view(s->kv, layer, kvh, &view);
-    float sc[1024];
-    for (int g = 0; g < G; g++) {
-        float mx = -INFINITY;
-        double sum = 0.0;
-        for (int i = 0; i < pl->n_parts; i++) {
-            const eng_attn_part *pt = &pl->part[i];
-            if (pt->ids) continue;
-            for (int64_t lo = pt->lo; lo < pt->hi; lo += 1024) {
-                const int64_t hi = pt->hi - lo > 1024 ? lo + 1024 : pt->hi;
-                attn_scores_range(&view, q + (size_t)g * d, lo, hi, sc);
-                for (int64_t j = 0; j < hi - lo; j++) {
-                    const float x = sc[j] * m->hp.attn_scale;
-                    if (x > mx) {
-                        sum = sum * exp((double)mx - x) + 1.0;
-                        mx = x;
-                    } else {
-                        sum += exp((double)x - mx);
-                    }
-                }
-            }
-        }
-        lse[g] = mx == -INFINITY ? -INFINITY : mx + (float)log(sum);
-    }
+    float out[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096];
+    eng_plan_run(s->m, &view, q, &st, out, lse);
 }
 
 /* In place: the ids move to the end of their buffer and the widened list is written from the

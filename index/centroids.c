@@ -397,9 +397,6 @@ size_t idx_cent_scratch_bytes(const idx_cent *c, int n_q) {
     return c ? scratch_layout(c, NULL, NULL) : 0;
 }
 
-/* One level for the nq (<= QB) queries q: marks in keepf the fine clusters a query keeps at
- * threshold t (e_j > t D, e_j = e^{x_j - m}, D = sum n_j e_j). Returns the centroids scored, or
- * -1 for a non-finite score. */
 /* Mass mode: the cut on e_j that keeps the fewest highest-scoring clusters whose estimated mass
  * sum n_j e_j reaches `want`. A histogram over -log e_j in bins of
  * a quarter nat stands in for a sort: the cut overshoots by at most one bin (e_j within 28% of
@@ -419,6 +416,10 @@ static float mass_cut(const float *x, const int32_t *fo, int nf, float want) {
     return b == MASS_BINS - 1 ? 0.0f : expf(-(float)(b + 1) / MASS_BINS_PER_NAT);
 }
 
+/* One level for the nq (<= QB) queries q: marks in keepf the fine clusters a query keeps at
+ * threshold t (e_j > t D, e_j = e^{x_j - m}, D = sum n_j e_j). With mass > 0, each query keeps
+ * mass_cut's clusters instead, its static set's mass e^{slse[g]} weighed in. Returns the centroids
+ * scored, or -1 for a non-finite score. */
 static int64_t keep_one_level(const idx_cent *c, const float *q, int nq, float t, float mass, const float *slse,
                               scratch_view *v) {
     const int d = c->dim, nf = c->n_fine;
