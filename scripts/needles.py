@@ -20,11 +20,13 @@ import os
 import random
 import re
 import string
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ruler  # noqa: E402  (its tokenizer, chat template, kvseek eval runner)
+
+ROOT = ruler.ROOT
 
 WORDS = ("amber copper velvet granite orchid falcon harbor lantern meadow quartz saffron thistle "
          "willow cobalt ember juniper marble nectar onyx pepper raven silver tundra violet").split()
@@ -78,29 +80,7 @@ def filler_units(style, r, essays, jargon):
                             "A cart rolls down the lane. ", "The bell rings at noon. "])
 
 
-class Tok:
-    """Counts tokens with the model's own tokenizer (one kvseek call per text)."""
-
-    def __init__(self, kvseek, model):
-        self.kvseek, self.model = kvseek, model
-
-    def count(self, text):
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-            f.write(text)
-        try:
-            out = subprocess.run([self.kvseek, "tokenize", "-m", self.model, "-f", f.name],
-                                 capture_output=True, text=True, check=True).stdout
-        finally:
-            os.unlink(f.name)
-        return len(json.loads(out))
-
-    def chatml(self):
-        out = subprocess.run([self.kvseek, "tokenize", "-m", self.model, "-p", "<|im_start|>", "--no-bos"],
-                             capture_output=True, text=True).stdout
-        return out.strip() not in ("", "[]") and len(json.loads(out)) == 1
-
-
-def make_sample(i, length, r, tok, chat, essays, jargon, chars_per_tok):
+def make_sample(i, length, r, chat, essays, jargon, chars_per_tok):
     fstyle = r.choice(["essay", "jargon", "log", "plain"])
     cstyle = r.choice(sorted(CODES))
     n_keys = r.choice([1, 4])
@@ -125,12 +105,9 @@ def make_sample(i, length, r, tok, chat, essays, jargon, chars_per_tok):
     body = head + "".join(units)
     question = "\n\n" + q_t.format(label=labels[ask])
     prefix = " " + prefix_t.format(label=labels[ask])
-    if chat:
-        context = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + body
-        question = question + "<|im_end|>\n<|im_start|>assistant\n" + prefix.strip()
-    else:
-        context = body
-        question = question + "\n" + prefix.strip()
+    pre, post = ruler.chat_wrap("chatml" if chat else "none")
+    context = pre + body
+    question = question + (post if chat else "\n") + prefix.strip()
     return {"id": i, "context": context, "question": question, "max_new": 16, "answer": codes[ask],
             "pattern": pattern, "filler": fstyle, "code": cstyle, "keys": n_keys}
 
@@ -155,8 +132,8 @@ def main():
     a = ap.parse_args()
     if not a.selectors.split(",")[0] == "dense":
         sys.exit("error: --selectors must start with dense (the reference)")
-    tok = Tok(a.kvseek, a.model)
-    chat = tok.chatml()
+    tok = ruler.Tokenizer(a.kvseek, a.model)
+    chat = tok.chatml
     essays = prose(os.path.join(ROOT, "data/haystack/emerson-essays.txt")) if os.path.exists(
         os.path.join(ROOT, "data/haystack/emerson-essays.txt")) else []
     jargon = prose(os.path.join(ROOT, "tests/data/jargon-4.4.7-excerpt.txt"))
@@ -167,9 +144,9 @@ def main():
     r0 = random.Random(0)
     for st in ("essay", "jargon", "log", "plain"):
         text = "".join(u for u, _ in zip(filler_units(st, r0, essays, jargon), range(60)))
-        cpt[st] = len(text) / max(1, tok.count(text))
+        cpt[st] = len(text) / max(1, len(tok.ids(text, bos=True)))
     r = random.Random(a.seed)
-    samples = [make_sample(i, a.length, r, tok, chat, essays, jargon, cpt) for i in range(a.n)]
+    samples = [make_sample(i, a.length, r, chat, essays, jargon, cpt) for i in range(a.n)]
     if a.dump:
         with open(a.dump, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
@@ -178,15 +155,11 @@ def main():
         for s in samples:
             f.write(json.dumps(s) + "\n")
         path = f.name
-    cmd = [a.kvseek, "eval", "-m", a.model, "--samples", path, "--selectors", a.selectors] + a.extra
     rows = {}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as p:
-        for line in p.stdout:
-            o = json.loads(line)
-            rows.setdefault(o["id"], {})[o["selector"]] = o
+    ruler.run_eval(a.kvseek, a.model, path, a.selectors.split(","), a.extra,
+                   lambda o: rows.setdefault(o["id"], {}).__setitem__(o["selector"], o))
     os.unlink(path)
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = ruler.git_commit()
     meta = {"model": os.path.basename(a.model), "length": a.length, "date": datetime.date.today().isoformat(),
             "commit": commit, "command": "python3 scripts/needles.py " + " ".join(sys.argv[1:])}
     out = open(a.out, "a") if a.out else None
