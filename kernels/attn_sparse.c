@@ -350,3 +350,125 @@ void attn_scores_ids(const attn_kv_view *kv, const float *q, const int32_t *ids,
         scores[j] = dot1(q, k_row(kv, ids[j]), kv->dk, kv->dtype);
     }
 }
+
+/* ---- a GQA group's scores, several keys per reduction ---------------------------------- */
+
+/* Selectors score a few hundred scattered keys per query and group. dot1 per (key, query) pays
+ * one horizontal sum per product and loads each key once per query; here a block of SC_KB keys
+ * is loaded once for up to SC_GB queries, the SC_KB * SC_GB partial sums stay in registers over
+ * the row, and sum4 folds four of them at a time into four lanes (about a quarter of the
+ * shuffles). */
+enum { SC_KB = 4, SC_GB = 4 };
+
+#if VL
+/* {v_sum(a), v_sum(b), v_sum(c), v_sum(d)} into out[0..3] (up to rounding order) */
+static inline void sum4(vf a, vf b, vf c, vf d, float *out) {
+#if VL == 16
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+#else
+    __m256 a8 = a, b8 = b, c8 = c, d8 = d;
+#endif
+    /* hadd(a, b) = [a0+a1 a2+a3 b0+b1 b2+b3 | a4+a5 a6+a7 b4+b5 b6+b7] */
+    __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd); /* [a b c d | a' b' c' d'] partial sums */
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+#endif
+
+static inline float ld1(const void *k, int i, attn_dtype dt) {
+    return dt == ATTN_F32 ? ((const float *)k)[i] : krn_f16_to_f32(((const uint16_t *)k)[i]);
+}
+
+/* s[g * ld + j] = q[g * n] . k[j] for g < GB, j < SC_KB. GB is a constant at every call, so each
+ * width compiles to its own straight-line loop. */
+static inline __attribute__((always_inline)) void
+score_block(const float *q, int GB, const void *const *k, int n, attn_dtype dt, float *s, int64_t ld) {
+    float r[SC_GB][SC_KB];
+    int i = 0;
+#if VL
+    vf acc[SC_GB][SC_KB];
+    for (int g = 0; g < GB; g++)
+        for (int j = 0; j < SC_KB; j++) acc[g][j] = v_zero();
+    for (; i + VL <= n; i += VL) {
+        vf kv[SC_KB];
+        for (int j = 0; j < SC_KB; j++)
+            kv[j] = dt == ATTN_F32 ? v_ld((const float *)k[j] + i) : v_ldh((const uint16_t *)k[j] + i);
+        for (int g = 0; g < GB; g++) {
+            const vf qv = v_ld(q + (size_t)g * n + i);
+            for (int j = 0; j < SC_KB; j++) acc[g][j] = v_fma(qv, kv[j], acc[g][j]);
+        }
+    }
+    for (int g = 0; g < GB; g++) sum4(acc[g][0], acc[g][1], acc[g][2], acc[g][3], r[g]);
+#else
+    for (int g = 0; g < GB; g++)
+        for (int j = 0; j < SC_KB; j++) r[g][j] = 0.0f;
+#endif
+    for (; i < n; i++)
+        for (int j = 0; j < SC_KB; j++) {
+            const float x = ld1(k[j], i, dt);
+            for (int g = 0; g < GB; g++) r[g][j] += q[(size_t)g * n + i] * x;
+        }
+    for (int g = 0; g < GB; g++)
+        for (int j = 0; j < SC_KB; j++) s[(size_t)g * ld + j] = r[g][j];
+}
+
+/* One block of up to SC_KB rows (nk of them real: the rest repeat row 0 and are not written)
+ * against all n_q queries. */
+static void score_rows_group(const float *q, int n_q, const void *const *rows, int nk, int n, attn_dtype dt,
+                             float *s, int64_t ld) {
+    float tmp[SC_GB * SC_KB];
+    const int whole = nk == SC_KB;
+    for (int g0 = 0; g0 < n_q; g0 += SC_GB) {
+        const int gb = n_q - g0 < SC_GB ? n_q - g0 : SC_GB;
+        const float *qg = q + (size_t)g0 * n;
+        float *o = whole ? s + (size_t)g0 * ld : tmp;
+        const int64_t lo = whole ? ld : SC_KB;
+        switch (gb) {
+        case 4: score_block(qg, 4, rows, n, dt, o, lo); break;
+        case 3: score_block(qg, 3, rows, n, dt, o, lo); break;
+        case 2: score_block(qg, 2, rows, n, dt, o, lo); break;
+        default: score_block(qg, 1, rows, n, dt, o, lo); break;
+        }
+        if (!whole)
+            for (int g = 0; g < gb; g++)
+                for (int j = 0; j < nk; j++) s[(size_t)(g0 + g) * ld + j] = tmp[g * SC_KB + j];
+    }
+}
+
+void attn_scores_group_ids(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids, int64_t n,
+                           float *scores, int64_t ld) {
+    const size_t kb = (size_t)kv->dk * elt_size(kv);
+    for (int64_t j = 0; j < n && j < PF_ROWS; j++) prefetch_row(k_row(kv, ids[j]), kb);
+    for (int64_t j0 = 0; j0 < n; j0 += SC_KB) {
+        const int nk = n - j0 < SC_KB ? (int)(n - j0) : SC_KB;
+        const void *rows[SC_KB];
+        for (int j = 0; j < SC_KB; j++) {
+            rows[j] = k_row(kv, ids[j0 + (j < nk ? j : 0)]);
+            if (j0 + PF_ROWS + j < n) prefetch_row(k_row(kv, ids[j0 + PF_ROWS + j]), kb);
+        }
+        score_rows_group(q, n_q, rows, nk, kv->dk, kv->dtype, scores + j0, ld);
+    }
+}
+
+void attn_scores_group_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int64_t hi,
+                             float *scores, int64_t ld) {
+    for (int64_t j0 = lo; j0 < hi; j0 += SC_KB) {
+        const int nk = hi - j0 < SC_KB ? (int)(hi - j0) : SC_KB;
+        const void *rows[SC_KB];
+        for (int j = 0; j < SC_KB; j++) rows[j] = k_row(kv, j0 + (j < nk ? j : 0));
+        score_rows_group(q, n_q, rows, nk, kv->dk, kv->dtype, scores + (j0 - lo), ld);
+    }
+}
+
+void attn_scores_group_rows(const float *q, int n_q, int d, const float *x, int64_t n, int64_t ldx,
+                            float *scores, int64_t ld) {
+    for (int64_t j0 = 0; j0 < n; j0 += SC_KB) {
+        const int nk = n - j0 < SC_KB ? (int)(n - j0) : SC_KB;
+        const void *rows[SC_KB];
+        for (int j = 0; j < SC_KB; j++) rows[j] = x + (size_t)(j0 + (j < nk ? j : 0)) * ldx;
+        score_rows_group(q, n_q, rows, nk, d, ATTN_F32, scores + j0, ld);
+    }
+}

@@ -1,6 +1,7 @@
 /* Attention of one query, or of a GQA group's queries sharing a KV head, over a paged K/V store:
  * a contiguous range or an explicit list of positions, with output and log-sum-exp per query.
- * defines: attn_kv_view, attn_range, attn_ids, attn_merge, attn_scores_range, attn_scores_ids */
+ * defines: attn_kv_view, attn_range, attn_ids, attn_merge, attn_scores_range, attn_scores_ids,
+ *          attn_scores_group_ids, attn_scores_group_range, attn_scores_group_rows */
 #ifndef KVSEEK_ATTN_SPARSE_H
 #define KVSEEK_ATTN_SPARSE_H
 
@@ -65,5 +66,18 @@ void attn_scores_range(const attn_kv_view *kv, const float *q, int64_t lo, int64
                        float *scores);
 void attn_scores_ids(const attn_kv_view *kv, const float *q, const int32_t *ids, int64_t n,
                      float *scores);
+
+/* The same for the n_q queries q[g * dk] of a GQA group (any n_q >= 1): scores[g * ld + j] =
+ * q_g . K[ids[j]] (j < n), q_g . K[lo + j] (j < hi - lo), or for plain f32 rows x[j * ldx] of
+ * d floats (centroids) q_g . x_j with q rows d floats apart. Each row is read once for the
+ * whole group and several rows share one reduction, so the products differ from
+ * attn_scores_ids' in rounding order only (a few ulp of sum |q_i k_i|). Serial; allocates
+ * nothing; ld >= the row count. */
+void attn_scores_group_ids(const attn_kv_view *kv, const float *q, int n_q, const int32_t *ids, int64_t n,
+                           float *scores, int64_t ld);
+void attn_scores_group_range(const attn_kv_view *kv, const float *q, int n_q, int64_t lo, int64_t hi,
+                             float *scores, int64_t ld);
+void attn_scores_group_rows(const float *q, int n_q, int d, const float *x, int64_t n, int64_t ldx,
+                            float *scores, int64_t ld);
 
 #endif
