@@ -23,8 +23,6 @@
  * scores them highest, so every key stays reachable. A decode query probes its nearest cells
  * and scores their listed keys exactly; key_share of the scan goes to IVF lists over the keys,
  * which catch content matches that no kept query anticipated. */
-enum { BATCH = 256 }; /* keys scored per attn_scores_ids call */
-
 typedef struct {
     int32_t *ids;
     int32_t n, cap;
@@ -57,14 +55,20 @@ typedef struct {
                               * query / returned by this call */
     uint32_t seen_epoch, mark_epoch;
     int64_t stamp_cap;
-    float *scores;           /* oracle: (hi - lo); lists: a batch */
+    int32_t *uid;            /* (hi - lo) the key's place in ukeys, valid when seen */
+    int32_t *ukeys;          /* (n_union) positions the group's queries take in this call */
+    int64_t n_union;
+    int32_t *qsel;           /* (n_qsel) each query's share, as places in ukeys, query after query */
+    int64_t n_qsel, qsel_cap;
+    int64_t *qoff;           /* (n_q + 1) where each query's share starts in qsel */
+    int64_t qoff_cap;
+    float *scores;           /* (n_q, n_union), or (n_q, hi - lo) scanning every candidate */
     int64_t scores_cap;
-    int32_t *batch;          /* ids of a list batch not yet scored */
-    int64_t batch_cap;
     heap_ent *heap;
     int64_t heap_cap;
     float *qmean;            /* (d) */
-    float *cell_score;       /* (max(qc.n, kl.n)) */
+    float *cell_score;       /* (n_q, kl.n) then (n_q, qc.n) */
+    int64_t cell_score_cap;
     uint32_t *cell_mark;     /* probed for this query */
     uint32_t cell_epoch;
     int64_t cell_cap;
@@ -178,7 +182,7 @@ static void lists_free(void *st) {
     lists_st *s = st;
     if (!s) return;
     lists_clear(s);
-    free(s->seen); free(s->mark); free(s->scores); free(s->batch); free(s->heap);
+    free(s->seen); free(s->mark); free(s->scores); free(s->uid); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->heap);
     free(s->outm); free(s->qmean); free(s->cell_score); free(s->cell_mark); free(s->krow);
     free(s);
 }
@@ -484,57 +488,64 @@ static uint32_t next_epoch(uint32_t *epoch, uint32_t *stamps, int64_t n) {
     return *epoch;
 }
 
-/* Scores the not yet scored keys of ids[0..n) (at most `room` of them) for one query into the
- * heap; counts what this call reads. Returns the keys scored. */
-static int64_t score_ids(lists_st *s, int64_t lo, const attn_kv_view *view, const float *q, const int32_t *ids,
-                         int64_t n, int64_t room, int64_t k, int64_t *hn, int64_t *read) {
-    int64_t scored = 0;
-    for (int64_t j0 = 0; j0 < n && scored < room;) {
-        int64_t nb = 0;
-        for (; j0 < n && nb < BATCH && scored + nb < room; j0++) {
-            const int64_t r = ids[j0] - lo;
-            if (s->mark[r] == s->mark_epoch) continue;
-            s->mark[r] = s->mark_epoch;
-            if (s->seen[r] != s->seen_epoch) { s->seen[r] = s->seen_epoch; (*read)++; }
-            s->batch[nb++] = ids[j0];
+/* The keys of ids[0..n) that query g has not yet taken (at most `room` of them) join its
+ * share of the scan: their place in the call's union of keys goes to g's list (qsel), and a key
+ * no query of the group took before joins the union (read once, scored once for the whole
+ * group). Returns the keys taken, or -1 out of memory. */
+static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, int64_t room) {
+    int64_t taken = 0;
+    for (int64_t j = 0; j < n && taken < room; j++) {
+        const int64_t r = ids[j] - lo;
+        if (s->mark[r] == s->mark_epoch) continue;
+        s->mark[r] = s->mark_epoch;
+        if (s->seen[r] != s->seen_epoch) {
+            s->seen[r] = s->seen_epoch;
+            s->uid[r] = (int32_t)s->n_union;
+            s->ukeys[s->n_union++] = ids[j];
         }
-        attn_scores_ids(view, q, s->batch, nb, s->scores);
-        for (int64_t j = 0; j < nb; j++) heap_push(s->heap, hn, k, s->scores[j], s->batch[j]);
-        scored += nb;
+        if (s->n_qsel == s->qsel_cap && grow(&s->qsel, &s->qsel_cap, s->n_qsel + 1, sizeof(int32_t))) return -1;
+        s->qsel[s->n_qsel++] = s->uid[r];
+        taken++;
     }
-    return scored;
+    return taken;
 }
 
-/* Probes the lists of ls in the order of q.c + bias (nearest query cells, or key lists by inner
- * product) until nprobe lists or the scan target (target > 0; the last list may be read in
- * part), scoring their keys exactly. Returns the keys scored. */
-static int64_t probe_lists(idx_set *ix, lists_st *s, int64_t lo, const list_set *ls, const attn_kv_view *view,
-                           const float *q, int64_t k, int nprobe, int64_t target, int64_t *hn,
-                           int64_t *read) {
-    const int d = ix->p.head_dim;
-    for (int c = 0; c < ls->n; c++) s->cell_score[c] = dotf(q, ls->cent + (size_t)c * d, d) + ls->bias[c];
+/* Takes the keys of the lists of ls in the order of cs[c] = q.c + bias (nearest query cells, or
+ * key lists by inner product) until nprobe lists or the scan target (target > 0; the last list
+ * may be read in part). Returns the keys taken, or -1 out of memory. */
+static int64_t probe_lists(lists_st *s, int64_t lo, const list_set *ls, const float *cs, int nprobe,
+                           int64_t target) {
     const uint32_t ep = next_epoch(&s->cell_epoch, s->cell_mark, s->cell_cap);
-    int64_t scanned = 0;
+    int64_t taken = 0;
     for (int probed = 0; probed < ls->n; probed++) {
-        if (target > 0 ? scanned >= target : probed >= nprobe) break;
+        if (target > 0 ? taken >= target : probed >= nprobe) break;
         int best = -1; /* selection, not a sort: a few lists of up to a thousand are probed */
         for (int c = 0; c < ls->n; c++)
-            if (s->cell_mark[c] != ep && (best < 0 || s->cell_score[c] > s->cell_score[best])) best = c;
+            if (s->cell_mark[c] != ep && (best < 0 || cs[c] > cs[best])) best = c;
         s->cell_mark[best] = ep;
         const id_list *l = &ls->lists[best];
-        scanned += score_ids(s, lo, view, q, l->ids, l->n, target > 0 ? target - scanned : INT64_MAX,
-                             k, hn, read);
+        const int64_t t = take_ids(s, lo, l->ids, l->n, target > 0 ? target - taken : INT64_MAX);
+        if (t < 0) return -1;
+        taken += t;
     }
-    return scanned;
+    return taken;
 }
 
-/* Makes the slot's scratch fit nc candidates and k results. */
-static int ensure_scratch(lists_st *s, int64_t nc, int64_t k) {
+/* cs[g * ls->n + c] = q_g . c + bias[c] for the n_q queries. */
+static void score_cells(const list_set *ls, const float *q, int n_q, int d, float *cs) {
+    attn_scores_group_rows(q, n_q, d, ls->cent, ls->n, d, cs, ls->n);
+    for (int g = 0; g < n_q; g++)
+        for (int c = 0; c < ls->n; c++) cs[(size_t)g * ls->n + c] += ls->bias[c];
+}
+
+/* Makes the slot's scratch fit nc candidates, n_q queries and k results. */
+static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
     int64_t cap = s->stamp_cap;
     if (nc > cap) {
-        int64_t c1 = cap, c2 = cap, c3 = cap;
+        int64_t c1 = cap, c2 = cap, c3 = cap, c4 = cap, c5 = cap;
         if (grow(&s->seen, &c1, nc, sizeof(uint32_t)) || grow(&s->mark, &c2, nc, sizeof(uint32_t)) ||
-            grow(&s->outm, &c3, nc, sizeof(uint32_t)))
+            grow(&s->outm, &c3, nc, sizeof(uint32_t)) || grow(&s->uid, &c4, nc, sizeof(int32_t)) ||
+            grow(&s->ukeys, &c5, nc, sizeof(int32_t)))
             return -1;
         /* fresh stamps must not match a live epoch */
         memset(s->seen + cap, 0, sizeof(uint32_t) * (c1 - cap));
@@ -544,16 +555,15 @@ static int ensure_scratch(lists_st *s, int64_t nc, int64_t k) {
     }
     const int64_t cells = s->qc.n > s->kl.n ? s->qc.n : s->kl.n;
     if (cells > s->cell_cap) {
-        int64_t c1 = s->cell_cap, c2 = s->cell_cap;
-        if (grow(&s->cell_score, &c1, cells, sizeof(float)) ||
-            grow(&s->cell_mark, &c2, cells, sizeof(uint32_t)))
-            return -1;
-        memset(s->cell_mark + s->cell_cap, 0, sizeof(uint32_t) * (c1 - s->cell_cap));
-        s->cell_cap = c1;
+        int64_t c2 = s->cell_cap;
+        if (grow(&s->cell_mark, &c2, cells, sizeof(uint32_t))) return -1;
+        memset(s->cell_mark + s->cell_cap, 0, sizeof(uint32_t) * (c2 - s->cell_cap));
+        s->cell_cap = c2;
     }
-    if (grow(&s->heap, &s->heap_cap, k > 0 ? k : 1, sizeof(heap_ent)) ||
-        grow(&s->batch, &s->batch_cap, BATCH, sizeof(int32_t)) ||
-        grow(&s->scores, &s->scores_cap, nc > BATCH ? nc : BATCH, sizeof(float)))
+    if (grow(&s->cell_score, &s->cell_score_cap, (int64_t)n_q * (s->qc.n + s->kl.n), sizeof(float)) ||
+        grow(&s->qoff, &s->qoff_cap, n_q + 1, sizeof(int64_t)) ||
+        grow(&s->heap, &s->heap_cap, k > 0 ? k : 1, sizeof(heap_ent)) ||
+        grow(&s->scores, &s->scores_cap, (int64_t)n_q * nc, sizeof(float)))
         return -1;
     return 0;
 }
@@ -571,19 +581,25 @@ static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, cons
     return m < nc ? m : nc;
 }
 
+/* Three passes, so that every key is read and scored once for the whole GQA group: each query
+ * takes its share of the scan (the lists it probes, in its own order and to its own target), the
+ * union of what they took is scored against all of them in one pass, and each query keeps the
+ * top k of its own share (the same keys as scoring them query by query, up to rounding). */
 static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
                             const float *q, int n_q, const idx_request *req, int32_t *ids,
                             int64_t max_ids, int64_t *scanned, int *n_queries) {
     lists_st *s = g->st;
     const int d = ix->p.head_dim;
     const int64_t nc = g->hi - g->lo, k = top_k_of(g, req);
-    int64_t n_out = 0, read = 0;
+    int64_t n_out = 0;
     if (k == 0) return 0;
-    if (ensure_scratch(s, nc, k)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
     if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
+        if (ensure_scratch(s, nc, 1, k)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
         idx_mean_query(q, n_q, d, s->qmean);
         q = s->qmean;
         n_q = 1;
+    } else if (ensure_scratch(s, nc, n_q, k)) {
+        return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
     }
     *n_queries = n_q;
     attn_kv_view view;
@@ -597,23 +613,49 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
     if (target > 0 && target < k) target = k;
     /* hybrid retrieval: key_share of the target goes to the key-space IVF lists */
     const int64_t t_key = s->qc.n > 0 && s->kl.n > 0 ? (int64_t)llround((double)target * ix->p.key_share) : 0;
+    const int structured = s->qc.n > 0 || s->kl.n > 0;
+    int64_t *qoff = s->qoff;
+    if (structured) {
+        /* 1. each query's share: the lists it probes, in its order */
+        float *cs_kl = s->cell_score, *cs_qc = s->cell_score + (size_t)n_q * s->kl.n;
+        if (s->kl.n > 0) score_cells(&s->kl, q, n_q, d, cs_kl);
+        if (s->qc.n > 0) score_cells(&s->qc, q, n_q, d, cs_qc);
+        s->n_union = s->n_qsel = 0;
+        for (int gq = 0; gq < n_q; gq++) {
+            qoff[gq] = s->n_qsel;
+            next_epoch(&s->mark_epoch, s->mark, s->stamp_cap);
+            int64_t key_taken = 0;
+            if (s->kl.n > 0 && (s->qc.n == 0 || target == 0 || t_key > 0))
+                key_taken = probe_lists(s, g->lo, &s->kl, cs_kl + (size_t)gq * s->kl.n, nprobe,
+                                        s->qc.n > 0 ? t_key : target);
+            if (key_taken >= 0 && s->qc.n > 0) {
+                /* the query cells get what the key lists left of the target */
+                const int64_t rest = target > key_taken ? target - key_taken : 0;
+                if ((target == 0 || rest > 0) &&
+                    probe_lists(s, g->lo, &s->qc, cs_qc + (size_t)gq * s->qc.n, nprobe, rest) < 0)
+                    key_taken = -1;
+            }
+            if (key_taken < 0) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
+        }
+        qoff[n_q] = s->n_qsel;
+        /* 2. the union, each key read once for the group */
+        attn_scores_group_ids(&view, q, n_q, s->ukeys, s->n_union, s->scores, s->n_union);
+        *scanned = s->n_union;
+    } else {
+        /* oracle, or a slot too small for a structure: every candidate, exactly */
+        attn_scores_group_range(&view, q, n_q, g->lo, g->hi, s->scores, nc);
+        *scanned = nc;
+    }
+    /* 3. each query's top k of its share; the group's union of them */
+    const int64_t ld = structured ? s->n_union : nc;
     for (int gq = 0; gq < n_q; gq++) {
-        const float *qg = q + (size_t)gq * d;
+        const float *sc = s->scores + (size_t)gq * ld;
         int64_t hn = 0;
-        next_epoch(&s->mark_epoch, s->mark, s->stamp_cap);
-        int64_t key_scanned = 0;
-        if (s->kl.n > 0 && (s->qc.n == 0 || target == 0 || t_key > 0))
-            key_scanned = probe_lists(ix, s, g->lo, &s->kl, &view, qg, k, nprobe, s->qc.n > 0 ? t_key : target,
-                                      &hn, &read);
-        if (s->qc.n > 0) {
-            /* the query cells get what the key lists left of the target */
-            int64_t rest = target > key_scanned ? target - key_scanned : 0;
-            if (target == 0 || rest > 0) probe_lists(ix, s, g->lo, &s->qc, &view, qg, k, nprobe, rest, &hn, &read);
-        } else if (s->kl.n == 0) {
-            /* oracle, or a slot too small for a structure: every candidate, exactly */
-            attn_scores_range(&view, qg, g->lo, g->hi, s->scores);
-            for (int64_t j = 0; j < nc; j++) heap_push(s->heap, &hn, k, s->scores[j], (int32_t)(g->lo + j));
-            read = nc;
+        if (structured) {
+            for (int64_t t = qoff[gq]; t < qoff[gq + 1]; t++)
+                heap_push(s->heap, &hn, k, sc[s->qsel[t]], s->ukeys[s->qsel[t]]);
+        } else {
+            for (int64_t j = 0; j < nc; j++) heap_push(s->heap, &hn, k, sc[j], (int32_t)(g->lo + j));
         }
         for (int64_t j = 0; j < hn; j++) {
             const int64_t r = s->heap[j].id - g->lo;
@@ -623,7 +665,6 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
         }
     }
     qsort(ids, (size_t)n_out, sizeof *ids, cmp_i32);
-    *scanned = read;
     return n_out;
 }
 
@@ -637,8 +678,8 @@ static size_t lists_bytes(const idx_set *ix, const void *st) {
     const lists_st *s = st;
     const int d = ix->p.head_dim;
     return sizeof *s + list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) +
-           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * 3 * sizeof(uint32_t) +
-           (size_t)s->scores_cap * sizeof(float);
+           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * 5 * sizeof(uint32_t) +
+           (size_t)(s->scores_cap + s->cell_score_cap) * sizeof(float) + (size_t)s->qsel_cap * sizeof(int32_t);
 }
 
 /* The methods the three kinds share; ivf and retrieval add a build, retrieval observes. */
