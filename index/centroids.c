@@ -31,6 +31,8 @@
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
 
+#include "attn_sparse.h"
+
 enum { GRID = IDX_CENT_GRID, GRID_PER_DECADE = 8, MAX_DIM = 1 << 16 };
 #define BLOB_MAGIC "KVSCENT1"
 #define BLOB_VERSION 1u
@@ -125,41 +127,17 @@ static inline float coarse_size(const idx_cent *c, int k) {
     return (float)(c->fo[c->co[k + 1]] - c->fo[c->co[k]]);
 }
 
-/* a * b + c: fused where the target has FMA (-std=c11 turns off GCC's automatic contraction,
- * and fmaf without hardware FMA is a slow library call) */
-#ifdef __FMA__
-#define MADD(a, b, c) fmaf((a), (b), (c))
-#else
-#define MADD(a, b, c) ((a) * (b) + (c))
-#endif
-
-/* out[j] = scale * q . rows[j] for j < nr: four rows at a time, so four independent SIMD
- * accumulators hide the FMA latency (-O3 -march=native vectorises the omp simd loops). When
- * avail > nr rows may be read (and out written) past nr, the last block of four runs whole
- * rather than row by row: a coarse cluster's few children then cost no single-row tail. */
-static void score_rows(const float *rows, int64_t nr, int64_t avail, int d, const float *q, float scale,
-                       float *out) {
-    const int64_t nr4 = (nr + 3) / 4 * 4;
-    if (nr4 <= avail) nr = nr4;
-    int64_t j = 0;
-    for (; j + 4 <= nr; j += 4) {
-        const float *r0 = rows + (size_t)j * d, *r1 = r0 + d, *r2 = r1 + d, *r3 = r2 + d;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-        #pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int i = 0; i < d; i++) {
-            s0 = MADD(r0[i], q[i], s0);
-            s1 = MADD(r1[i], q[i], s1);
-            s2 = MADD(r2[i], q[i], s2);
-            s3 = MADD(r3[i], q[i], s3);
-        }
-        out[j] = scale * s0; out[j + 1] = scale * s1; out[j + 2] = scale * s2; out[j + 3] = scale * s3;
-    }
-    for (; j < nr; j++) {
-        const float *r = rows + (size_t)j * d;
-        float s = 0.0f;
-        #pragma omp simd reduction(+ : s)
-        for (int i = 0; i < d; i++) s = MADD(r[i], q[i], s);
-        out[j] = scale * s;
+/* out[g * ld + j] = scale * q_g . rows[j] for the nq queries q_g = q + g * d and j < nr: each
+ * row loaded once for the whole group, four rows per reduction (attn_scores_group_rows). A
+ * query's products are the same bits alone or in a group, so calibration (one row at a time)
+ * and selection (a group at a time) agree. */
+static void score_rows(const float *rows, int64_t nr, int d, const float *q, int nq, float scale, float *out,
+                       int64_t ld) {
+    attn_scores_group_rows(q, nq, d, rows, nr, d, out, ld);
+    for (int g = 0; g < nq; g++) {
+        float *o = out + (size_t)g * ld;
+        #pragma omp simd
+        for (int64_t j = 0; j < nr; j++) o[j] *= scale;
     }
 }
 
@@ -355,8 +333,8 @@ static float grid_lookup(const float *tab, float t, int scale_below) {
 
 /* ---- selection -------------------------------------------------------------------------- */
 
-/* Queries scored together: a block of centroid rows is read from memory once and scored for
- * each of them from L1 (a GQA group is 2..16 queries; more go in chunks of QB). */
+/* Queries scored together: a block of centroid rows is read from memory once for all of them
+ * (a GQA group is 2..16 queries; more go in chunks of QB). */
 enum { QB = 8, ROWS = 16 };
 
 /* Scratch carving: per query of a chunk, fine and coarse logits; the coarse clusters surviving
@@ -425,8 +403,7 @@ static int64_t keep_one_level(const idx_cent *c, const float *q, int nq, float t
     const int d = c->dim, nf = c->n_fine;
     for (int j0 = 0; j0 < nf; j0 += ROWS) {
         const int nr = nf - j0 < ROWS ? nf - j0 : ROWS;
-        for (int g = 0; g < nq; g++)
-            score_rows(c->fc + (size_t)j0 * d, nr, nr, d, q + (size_t)g * d, c->scale, v->fs + (size_t)g * nf + j0);
+        score_rows(c->fc + (size_t)j0 * d, nr, d, q, nq, c->scale, v->fs + j0, nf);
     }
     const int32_t *fo = c->fo;
     for (int g = 0; g < nq; g++) {
@@ -470,8 +447,7 @@ static int64_t keep_two_level(const idx_cent *c, const float *q, int nq, float t
     float mc[QB], m[QB];
     for (int k0 = 0; k0 < nc; k0 += ROWS) {
         const int nr = nc - k0 < ROWS ? nc - k0 : ROWS;
-        for (int g = 0; g < nq; g++)
-            score_rows(c->cc + (size_t)k0 * d, nr, nr, d, q + (size_t)g * d, c->scale, v->cs + (size_t)g * nc + k0);
+        score_rows(c->cc + (size_t)k0 * d, nr, d, q, nq, c->scale, v->cs + k0, nc);
     }
     uint8_t *u = v->keepc; /* the group's union of surviving coarse clusters */
     for (int k = 0; k < nc; k++) u[k] = 0;
@@ -508,9 +484,7 @@ static int64_t keep_two_level(const idx_cent *c, const float *q, int nq, float t
         const int j0 = run[2 * r], j1 = run[2 * r + 1];
         for (int b0 = j0; b0 < j1; b0 += ROWS) {
             const int nr = j1 - b0 < ROWS ? j1 - b0 : ROWS;
-            for (int g = 0; g < nq; g++)
-                score_rows(c->fc + (size_t)b0 * d, nr, nf - b0, d, q + (size_t)g * d, c->scale,
-                           v->fs + (size_t)g * nf + b0);
+            score_rows(c->fc + (size_t)b0 * d, nr, d, q, nq, c->scale, v->fs + b0, nf);
         }
     }
     const int32_t *fo = c->fo;
@@ -642,8 +616,8 @@ static double cbin_lo(int b) { return b <= 0 ? 0.0 : pow(10.0, (double)(b - 1) /
 
 /* Logits of observation row q: x (n_fine) and, with a coarse level, X (n_coarse). */
 static void row_logits(const idx_cent *c, const float *q, float *x, float *X) {
-    score_rows(c->fc, c->n_fine, c->n_fine, c->dim, q, c->scale, x);
-    if (c->n_coarse) score_rows(c->cc, c->n_coarse, c->n_coarse, c->dim, q, c->scale, X);
+    score_rows(c->fc, c->n_fine, c->dim, q, 1, c->scale, x, c->n_fine);
+    if (c->n_coarse) score_rows(c->cc, c->n_coarse, c->dim, q, 1, c->scale, X, c->n_coarse);
 }
 
 /* Fills the calibration of c's own blob from the observation rows (n_tok tokens of `group`
