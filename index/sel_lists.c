@@ -28,10 +28,13 @@ typedef struct {
     int32_t n, cap;
 } id_list;
 
+/* Per candidate, side by side (one cache line for the four of a key: the probes touch keys at
+ * random): epoch stamps for read in this call (seen), taken by the current query (mark) and
+ * returned by this call (outm), and its place in the call's union (uid, valid when seen). */
 typedef struct {
-    float s;
-    int32_t id;
-} heap_ent;
+    uint32_t seen, mark, outm;
+    int32_t uid;
+} key_stamp;
 
 /* Inverted lists with one centroid each; a query probes them in the order of q.c + bias[c]. */
 typedef struct {
@@ -51,21 +54,19 @@ typedef struct {
      * lists, copied out (the vectors themselves stay in the KV store) */
     list_set kl;
     /* scratch, grown on demand */
-    uint32_t *seen, *mark, *outm; /* (hi - lo) epoch stamps: read in this call / scored for this
-                              * query / returned by this call */
+    key_stamp *st;           /* (hi - lo) */
     uint32_t seen_epoch, mark_epoch;
     int64_t stamp_cap;
-    int32_t *uid;            /* (hi - lo) the key's place in ukeys, valid when seen */
     int32_t *ukeys;          /* (n_union) positions the group's queries take in this call */
     int64_t n_union;
     int32_t *qsel;           /* (n_qsel) each query's share, as places in ukeys, query after query */
     int64_t n_qsel, qsel_cap;
     int64_t *qoff;           /* (n_q + 1) where each query's share starts in qsel */
+    int32_t *sort_tmp;       /* (hi - lo) */
     int64_t qoff_cap;
     float *scores;           /* (n_q, n_union), or (n_q, hi - lo) scanning every candidate */
     int64_t scores_cap;
-    heap_ent *heap;
-    int64_t heap_cap;
+    uint32_t *kbuf;          /* (hi - lo) a query's scores as score_key */
     float *qmean;            /* (d) */
     float *cell_score;       /* (n_q, kl.n) then (n_q, qc.n) */
     int64_t cell_score_cap;
@@ -113,31 +114,44 @@ static int list_push_front(id_list *l, int32_t id) {
     return 0;
 }
 
-/* Min-heap of the k best (score, id): push keeps the k largest scores. */
-static void heap_push(heap_ent *h, int64_t *n, int64_t k, float s, int32_t id) {
-    int64_t i;
-    if (*n < k) {
-        i = (*n)++;
-        while (i > 0 && h[(i - 1) / 2].s > s) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
-        h[i].s = s; h[i].id = id;
-        return;
-    }
-    if (k == 0 || s <= h[0].s) return;
-    i = 0; /* replace the root and sift down */
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= *n) break;
-        if (c + 1 < *n && h[c + 1].s < h[c].s) c++;
-        if (h[c].s >= s) break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i].s = s; h[i].id = id;
+/* Scores as unsigned integers in the same order (negative floats reversed, positive ones above
+ * them), so that a selection can work on their bytes. */
+static inline uint32_t score_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
+/* The k-th largest of u[0..n) (1 <= k <= n): radix selection, a byte per pass from the top, each
+ * pass a 256-bin histogram of the keys that share the bytes chosen so far. Branch-free counting:
+ * a quickselect's mispredicted comparisons cost more than scoring the keys (a query keeps k = 100
+ * of a share of ~300). */
+static uint32_t kth_largest(const uint32_t *u, int64_t n, int64_t k) {
+    uint32_t prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        int64_t cnt[256] = {0};
+        for (int64_t i = 0; i < n; i++) cnt[u[i] >> shift & 255] += (u[i] & mask) == prefix;
+        int dg = 255;
+        while (cnt[dg] < k) k -= cnt[dg--];
+        prefix |= (uint32_t)dg << shift;
+        mask |= 255u << shift;
+    }
+    return prefix;
+}
+
+/* ids[0..n) ascending, every id in [lo, lo + span): LSD radix sort of id - lo, 8 bits a pass,
+ * as many passes as span needs (two below 65,536 candidates); tmp holds n ids. qsort's calls
+ * through a comparator cost ~15 us per few hundred ids, as much as scoring them. */
+static void sort_ids(int32_t *ids, int64_t n, int64_t lo, int64_t span, int32_t *tmp) {
+    int32_t *a = ids, *b = tmp;
+    for (int shift = 0; shift < 32 && ((span - 1) >> shift) > 0; shift += 8) {
+        int64_t cnt[257] = {0};
+        for (int64_t i = 0; i < n; i++) cnt[((a[i] - lo) >> shift & 255) + 1]++;
+        for (int c = 0; c < 256; c++) cnt[c + 1] += cnt[c];
+        for (int64_t i = 0; i < n; i++) b[cnt[(a[i] - lo) >> shift & 255]++] = a[i];
+        int32_t *t = a; a = b; b = t;
+    }
+    if (a != ids) memcpy(ids, a, sizeof(int32_t) * n);
 }
 
 /* ---- names, params, lifecycle ---------------------------------------------------------- */
@@ -182,8 +196,8 @@ static void lists_free(void *st) {
     lists_st *s = st;
     if (!s) return;
     lists_clear(s);
-    free(s->seen); free(s->mark); free(s->scores); free(s->uid); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->heap);
-    free(s->outm); free(s->qmean); free(s->cell_score); free(s->cell_mark); free(s->krow);
+    free(s->st); free(s->scores); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->sort_tmp); free(s->kbuf);
+    free(s->qmean); free(s->cell_score); free(s->cell_mark); free(s->krow);
     free(s);
 }
 
@@ -496,18 +510,34 @@ static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, 
     int64_t taken = 0;
     for (int64_t j = 0; j < n && taken < room; j++) {
         const int64_t r = ids[j] - lo;
-        if (s->mark[r] == s->mark_epoch) continue;
-        s->mark[r] = s->mark_epoch;
-        if (s->seen[r] != s->seen_epoch) {
-            s->seen[r] = s->seen_epoch;
-            s->uid[r] = (int32_t)s->n_union;
+        key_stamp *t = &s->st[r];
+        if (t->mark == s->mark_epoch) continue;
+        t->mark = s->mark_epoch;
+        if (t->seen != s->seen_epoch) {
+            t->seen = s->seen_epoch;
+            t->uid = (int32_t)s->n_union;
             s->ukeys[s->n_union++] = ids[j];
         }
         if (s->n_qsel == s->qsel_cap && grow(&s->qsel, &s->qsel_cap, s->n_qsel + 1, sizeof(int32_t))) return -1;
-        s->qsel[s->n_qsel++] = s->uid[r];
+        s->qsel[s->n_qsel++] = t->uid;
         taken++;
     }
     return taken;
+}
+
+enum { TOP_CELLS = 8 };
+
+/* The min(n, TOP_CELLS) largest of cs[0..n) in descending order, the lower index first among
+ * equals (the order of repeated selection); their count. */
+static int top_cells(const float *cs, int n, int *top) {
+    int m = 0;
+    for (int c = 0; c < n; c++) {
+        if (m == TOP_CELLS && !(cs[c] > cs[top[m - 1]])) continue;
+        int i = m < TOP_CELLS ? m++ : m - 1;
+        while (i > 0 && cs[c] > cs[top[i - 1]]) { top[i] = top[i - 1]; i--; }
+        top[i] = c;
+    }
+    return m;
 }
 
 /* Takes the keys of the lists of ls in the order of cs[c] = q.c + bias (nearest query cells, or
@@ -516,12 +546,20 @@ static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, 
 static int64_t probe_lists(lists_st *s, int64_t lo, const list_set *ls, const float *cs, int nprobe,
                            int64_t target) {
     const uint32_t ep = next_epoch(&s->cell_epoch, s->cell_mark, s->cell_cap);
+    /* the first TOP_CELLS lists in one pass (a few of up to a thousand are probed), any further
+     * one by a scan over those not yet probed */
+    int top[TOP_CELLS];
+    const int n_top = top_cells(cs, ls->n, top);
     int64_t taken = 0;
     for (int probed = 0; probed < ls->n; probed++) {
         if (target > 0 ? taken >= target : probed >= nprobe) break;
-        int best = -1; /* selection, not a sort: a few lists of up to a thousand are probed */
-        for (int c = 0; c < ls->n; c++)
-            if (s->cell_mark[c] != ep && (best < 0 || cs[c] > cs[best])) best = c;
+        int best = -1;
+        if (probed < n_top) {
+            best = top[probed];
+        } else {
+            for (int c = 0; c < ls->n; c++)
+                if (s->cell_mark[c] != ep && (best < 0 || cs[c] > cs[best])) best = c;
+        }
         s->cell_mark[best] = ep;
         const id_list *l = &ls->lists[best];
         const int64_t t = take_ids(s, lo, l->ids, l->n, target > 0 ? target - taken : INT64_MAX);
@@ -542,15 +580,12 @@ static void score_cells(const list_set *ls, const float *q, int n_q, int d, floa
 static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
     int64_t cap = s->stamp_cap;
     if (nc > cap) {
-        int64_t c1 = cap, c2 = cap, c3 = cap, c4 = cap, c5 = cap;
-        if (grow(&s->seen, &c1, nc, sizeof(uint32_t)) || grow(&s->mark, &c2, nc, sizeof(uint32_t)) ||
-            grow(&s->outm, &c3, nc, sizeof(uint32_t)) || grow(&s->uid, &c4, nc, sizeof(int32_t)) ||
-            grow(&s->ukeys, &c5, nc, sizeof(int32_t)))
+        int64_t c1 = cap, c2 = cap, c3 = cap, c4 = cap;
+        if (grow(&s->st, &c1, nc, sizeof(key_stamp)) || grow(&s->ukeys, &c2, nc, sizeof(int32_t)) ||
+            grow(&s->sort_tmp, &c3, nc, sizeof(int32_t)) || grow(&s->kbuf, &c4, nc, sizeof(uint32_t)))
             return -1;
         /* fresh stamps must not match a live epoch */
-        memset(s->seen + cap, 0, sizeof(uint32_t) * (c1 - cap));
-        memset(s->mark + cap, 0, sizeof(uint32_t) * (c1 - cap));
-        memset(s->outm + cap, 0, sizeof(uint32_t) * (c1 - cap));
+        memset(s->st + cap, 0, sizeof(key_stamp) * (c1 - cap));
         s->stamp_cap = c1;
     }
     const int64_t cells = s->qc.n > s->kl.n ? s->qc.n : s->kl.n;
@@ -562,7 +597,7 @@ static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
     }
     if (grow(&s->cell_score, &s->cell_score_cap, (int64_t)n_q * (s->qc.n + s->kl.n), sizeof(float)) ||
         grow(&s->qoff, &s->qoff_cap, n_q + 1, sizeof(int64_t)) ||
-        grow(&s->heap, &s->heap_cap, k > 0 ? k : 1, sizeof(heap_ent)) ||
+
         grow(&s->scores, &s->scores_cap, (int64_t)n_q * nc, sizeof(float)))
         return -1;
     return 0;
@@ -605,8 +640,10 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
     attn_kv_view view;
     kv_view(kv, layer, head, &view);
     /* one epoch per call for `seen` (keys read) and `outm` (ids returned) */
-    if (next_epoch(&s->seen_epoch, s->seen, s->stamp_cap) == 1)
-        memset(s->outm, 0, sizeof(uint32_t) * s->stamp_cap);
+    if (++s->seen_epoch == 0) { /* wrapped: no old seen or outm stamp may match */
+        for (int64_t r = 0; r < s->stamp_cap; r++) s->st[r].seen = s->st[r].outm = 0;
+        s->seen_epoch = 1;
+    }
     const int nprobe = req->nprobe ? req->nprobe : ix->p.nprobe;
     /* scan target per query: never below k (fewer scored keys cannot give k ids) */
     int64_t target = req->scan > 0 ? (int64_t)ceil((double)req->scan * nc) : 0;
@@ -623,7 +660,10 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
         s->n_union = s->n_qsel = 0;
         for (int gq = 0; gq < n_q; gq++) {
             qoff[gq] = s->n_qsel;
-            next_epoch(&s->mark_epoch, s->mark, s->stamp_cap);
+            if (++s->mark_epoch == 0) {
+                for (int64_t r = 0; r < s->stamp_cap; r++) s->st[r].mark = 0;
+                s->mark_epoch = 1;
+            }
             int64_t key_taken = 0;
             if (s->kl.n > 0 && (s->qc.n == 0 || target == 0 || t_key > 0))
                 key_taken = probe_lists(s, g->lo, &s->kl, cs_kl + (size_t)gq * s->kl.n, nprobe,
@@ -646,25 +686,34 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
         attn_scores_group_range(&view, q, n_q, g->lo, g->hi, s->scores, nc);
         *scanned = nc;
     }
-    /* 3. each query's top k of its share; the group's union of them */
+    /* 3. each query's top k of its share (the k-th largest score by selection, then the keys
+     * above it and, in share order, as many equal to it as make k: a heap's answer up to ties);
+     * the group's union of them */
     const int64_t ld = structured ? s->n_union : nc;
     for (int gq = 0; gq < n_q; gq++) {
         const float *sc = s->scores + (size_t)gq * ld;
-        int64_t hn = 0;
-        if (structured) {
-            for (int64_t t = qoff[gq]; t < qoff[gq + 1]; t++)
-                heap_push(s->heap, &hn, k, sc[s->qsel[t]], s->ukeys[s->qsel[t]]);
-        } else {
-            for (int64_t j = 0; j < nc; j++) heap_push(s->heap, &hn, k, sc[j], (int32_t)(g->lo + j));
+        const int64_t m = structured ? qoff[gq + 1] - qoff[gq] : nc;
+        const int32_t *sh = structured ? s->qsel + qoff[gq] : NULL; /* NULL: every candidate */
+        uint32_t thr = 0;
+        int64_t need_eq = m; /* keys scoring exactly thr still to take */
+        for (int64_t t = 0; t < m; t++) s->kbuf[t] = score_key(sc[sh ? sh[t] : t]);
+        if (m > k) {
+            thr = kth_largest(s->kbuf, m, k);
+            int64_t above = 0;
+            for (int64_t t = 0; t < m; t++) above += s->kbuf[t] > thr;
+            need_eq = k - above;
         }
-        for (int64_t j = 0; j < hn; j++) {
-            const int64_t r = s->heap[j].id - g->lo;
-            if (s->outm[r] == s->seen_epoch) continue; /* already returned for another query */
-            s->outm[r] = s->seen_epoch;
-            ids[n_out++] = s->heap[j].id;
+        for (int64_t t = 0; t < m; t++) {
+            const uint32_t x = s->kbuf[t];
+            if (!(x > thr || (x == thr && need_eq-- > 0))) continue;
+            const int32_t id = sh ? s->ukeys[sh[t]] : (int32_t)(g->lo + t);
+            key_stamp *st = &s->st[id - g->lo];
+            if (st->outm == s->seen_epoch) continue; /* already returned for another query */
+            st->outm = s->seen_epoch;
+            ids[n_out++] = id;
         }
     }
-    qsort(ids, (size_t)n_out, sizeof *ids, cmp_i32);
+    sort_ids(ids, n_out, g->lo, nc, s->sort_tmp);
     return n_out;
 }
 
@@ -678,7 +727,7 @@ static size_t lists_bytes(const idx_set *ix, const void *st) {
     const lists_st *s = st;
     const int d = ix->p.head_dim;
     return sizeof *s + list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) +
-           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * 5 * sizeof(uint32_t) +
+           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * (sizeof(key_stamp) + 3 * sizeof(int32_t)) +
            (size_t)(s->scores_cap + s->cell_score_cap) * sizeof(float) + (size_t)s->qsel_cap * sizeof(int32_t);
 }
 

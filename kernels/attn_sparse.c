@@ -401,6 +401,10 @@ score_block(const float *q, int GB, const void *const *k, int n, attn_dtype dt, 
             for (int j = 0; j < SC_KB; j++) acc[g][j] = v_fma(qv, kv[j], acc[g][j]);
         }
     }
+    if (i == n) { /* no scalar tail: a query's four sums are contiguous in s */
+        for (int g = 0; g < GB; g++) sum4(acc[g][0], acc[g][1], acc[g][2], acc[g][3], s + (size_t)g * ld);
+        return;
+    }
     for (int g = 0; g < GB; g++) sum4(acc[g][0], acc[g][1], acc[g][2], acc[g][3], r[g]);
 #else
     for (int g = 0; g < GB; g++)
