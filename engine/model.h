@@ -217,6 +217,17 @@ int eng_forward(eng_model *m, eng_seq *s, const int32_t *tokens, int n, float *l
  * sequence on a registered context cannot be forked. NULL and a reason on failure. */
 eng_seq *eng_seq_fork(eng_seq *parent, const eng_attn_params *attn, char *err, size_t errlen);
 int eng_seq_keep_queries(eng_seq *s, char *err, size_t errlen); /* only while empty */
+/* Makes the empty sequence s (configured: its own selector) start with the first n tokens of
+ * src, sharing src's pages read-only as a fork does; a prefix cache starts a request from a
+ * cached prompt this way. A selector that learns from queries (retrieval, centroids) continues
+ * only the whole of src (n == eng_seq_pos(src)), whose observed queries it takes. Storage
+ * (page size, dtype) must match. 0, or -1 with a reason and s left empty. */
+int eng_seq_continue(eng_seq *s, eng_seq *src, int n, char *err, size_t errlen);
+/* Gives back the KV pages an empty (reset) sequence keeps for reuse. */
+void eng_seq_trim(eng_seq *s);
+/* KV bytes one more token adds to the sequence (its global layers), and in *fixed (may be NULL)
+ * what it holds whatever its length (the local layers' rings, a partial page per layer). */
+size_t eng_seq_token_bytes(const eng_seq *s, size_t *fixed);
 
 /* Why the sequence is unusable (a forward step failed on it: a selector, the KV store, memory),
  * or NULL. A failed sequence is refused by eng_forward_batch until eng_seq_reset. */

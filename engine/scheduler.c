@@ -23,6 +23,8 @@
 
 #include "clock.h"
 #include "context.h"
+#include "kvcache.h"
+#include "pcache.h"
 #include "tok.h"
 
 typedef enum { REQ_QUEUED = 0, REQ_PREFILL, REQ_DECODE, REQ_DONE } req_state;
@@ -50,6 +52,7 @@ struct eng_req {
     bool has_attn;
     eng_ctx *ctx;            /* the context the prompt continues (a reference), or NULL */
     bool build;              /* a context build job: prefill only, hand the sequence over */
+    bool no_cache;           /* the request opted out of the prefix cache */
     int obs_tokens;
     atomic_int fed;          /* n_fed, readable by other threads (progress) */
     double t_submit;
@@ -59,6 +62,8 @@ struct eng_req {
     req_state state;
     int32_t *hist;           /* prompt then generated tokens; capacity n_prompt + max_tokens */
     int n_hist, n_fed, n_gen;
+    int n_cached;            /* prompt tokens taken from the prefix cache */
+    bool cached;             /* its prompt went into the prefix cache (or will not) */
     eng_sampler *smp;
     char *out;               /* generated text; out[0 .. sent) has been released */
     size_t out_len, out_cap, sent;
@@ -93,6 +98,12 @@ struct eng_sched {
 
     slot *slots;
     eng_batch_row *rows;     /* batch_rows */
+    eng_pcache *pc;          /* NULL: no prefix cache; engine thread (and admit_locked) only */
+    size_t tok_bytes, fixed_bytes; /* KV a sequence adds per token, and holds at any length */
+    size_t pinned;           /* under mu */
+    size_t mem_used, mem_running, mem_cached; /* under mu: the engine's last measure */
+    int cache_entries;
+    size_t cache_tokens;
     eng_attn_params attn_default; /* the model's, for requests that give none */
 };
 
@@ -105,6 +116,7 @@ const char *eng_sched_strerror(int code) {
     case ENG_SCHED_ESTOPPED: return "the server is shutting down";
     case ENG_SCHED_ETOOLONG: return "prompt and max_tokens exceed the context size";
     case ENG_SCHED_EUNAVAIL: return "the model's device failed; the server must be restarted";
+    case ENG_SCHED_ENOSPACE: return "the request's KV cache would exceed the server's memory budget";
     default: return "unknown error";
     }
 }
@@ -215,6 +227,73 @@ void eng_req_release(eng_req *r) {
     req_unref(r);
 }
 
+/* ---- memory ---- */
+
+/* What a request's sequence may come to hold: its whole prompt and max_tokens, less the tokens
+ * it borrows from a cached prefix (counted by the cache's stores). */
+static size_t req_need(const eng_sched *s, const eng_req *r, int reuse) {
+    int64_t n = (int64_t)r->n_prompt + r->max_tokens - reuse;
+    if (n > s->p.n_ctx) n = s->p.n_ctx;
+    return s->fixed_bytes + (size_t)(n > 0 ? n : 0) * s->tok_bytes;
+}
+
+/* An index's memory: what a sequence holds beyond its KV store. */
+static size_t index_bytes(const eng_seq *q) {
+    size_t all = eng_seq_bytes(q), kv = kv_bytes(eng_seq_kv((eng_seq *)q));
+    return all > kv ? all - kv : 0;
+}
+
+/* Memory held now (every KV store of the process, the indexes of slots and cache entries, the
+ * pinned contexts) and what the running requests may still add. Engine thread. */
+static size_t mem_held(const eng_sched *s, size_t *growth, size_t *running) {
+    size_t held = kv_bytes_total() + s->pinned, grow = 0, run = 0;
+    for (int i = 0; i < s->p.n_parallel; i++) {
+        const slot *sl = &s->slots[i];
+        held += index_bytes(sl->seq);
+        if (!sl->req) continue;
+        run += eng_seq_bytes(sl->seq);
+        size_t need = req_need(s, sl->req, 0), have = s->fixed_bytes + (size_t)eng_seq_pos(sl->seq) * s->tok_bytes;
+        if (need > have) grow += need - have;
+    }
+    if (s->pc) {
+        eng_pcache_stats ps;
+        eng_pcache_get_stats(s->pc, &ps);
+        held += ps.index_bytes;
+    }
+    if (growth) *growth = grow;
+    if (running) *running = run;
+    return held;
+}
+
+/* The selector a request runs with, and whether it may start from a partly matched entry. */
+static idx_kind req_kind(const eng_sched *s, const eng_req *r, bool *whole) {
+    idx_kind k = r->has_attn ? r->attn.selector : s->attn_default.selector;
+    *whole = (idx_kind_caps(k) & IDX_CAP_OBSERVE) != 0;
+    return k;
+}
+
+/* Whether r may start now within the budget, evicting cached prefixes (never the one it would
+ * start from) until it does. Engine thread, under mu. */
+static bool fits_budget(eng_sched *s, eng_req *r) {
+    if (!s->p.mem_budget) return true;
+    int reuse = 0;
+    const eng_seq *keep = NULL;
+    if (!r->no_cache) {
+        bool whole;
+        idx_kind k = req_kind(s, r, &whole);
+        keep = eng_pcache_lookup(s->pc, r->hist, r->n_prompt, r->n_prompt - 2, whole, k, &reuse);
+    }
+    const size_t need = req_need(s, r, reuse);
+    for (;;) {
+        size_t growth, held = mem_held(s, &growth, NULL);
+        if (held + growth + need <= s->p.mem_budget) return true;
+        if (!s->pc || !eng_pcache_evict(s->pc, keep)) break;
+        s->st.cache_evictions++;
+    }
+    /* alone it passed submit's check: nothing running means nothing else can give way */
+    return s->n_active == 0;
+}
+
 /* ---- submit ---- */
 
 static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out);
@@ -269,6 +348,7 @@ static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tok
         r->has_attn = true;
     }
     r->build = build;
+    r->no_cache = p->no_cache || build || p->context || !s->pc;
     r->obs_tokens = obs_tokens > 0 ? obs_tokens : 1;
     if (p->context) {
         eng_ctx_ref(p->context);
@@ -291,6 +371,7 @@ static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tok
     int free_slots = s->p.n_parallel - s->n_active;
     int rc = 0;
     if (s->stopping) rc = ENG_SCHED_ESTOPPED;
+    else if (!build && s->p.mem_budget && req_need(s, r, 0) + s->pinned > s->p.mem_budget) rc = ENG_SCHED_ENOSPACE;
     else if (eng_model_failed(s->m)) rc = ENG_SCHED_EUNAVAIL;
     else if (s->q_len >= s->p.queue_cap + (free_slots > 0 ? free_slots : 0)) rc = ENG_SCHED_EFULL;
     if (rc == 0) {
@@ -348,6 +429,7 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
         ev.t_decode_ms = (r->t_last > 0 ? r->t_last : t_end) - r->t_first;
     }
     if (error) snprintf(ev.error, sizeof ev.error, "%s", error);
+    ev.n_cached = r->n_cached;
     if (sl) {
         eng_attn_params a;
         eng_seq_get_attn(sl->seq, &a);
@@ -358,6 +440,10 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
     eng_sampler_free(r->smp);
     r->smp = NULL;
     req_push(r, &ev);
+    if (sl) { /* the slot's memory goes back (what a cached prompt shares stays with it) */
+        eng_seq_reset(sl->seq);
+        eng_seq_trim(sl->seq);
+    }
     pthread_mutex_lock(&s->mu);
     if (sl) {
         sl->req = NULL;
@@ -508,9 +594,14 @@ static void hand_over(eng_sched *s, slot *sl, eng_req *r) {
  * cancelled while waiting in *cancelled (a list through ->next). */
 static eng_req *admit_locked(eng_sched *s) {
     eng_req *cancelled = NULL;
+    s->st.waiting_for_memory = 0;
     for (int i = 0; i < s->p.n_parallel && s->q_head; i++) {
         if (s->slots[i].req) continue;
         eng_req *r = s->q_head;
+        if (!atomic_load(&r->cancel) && !r->build && !fits_budget(s, r)) {
+            s->st.waiting_for_memory = 1; /* first in, first served: the rest wait behind it */
+            break;
+        }
         s->q_head = r->next;
         if (!s->q_head) s->q_tail = NULL;
         s->q_len--;
@@ -527,6 +618,41 @@ static eng_req *admit_locked(eng_sched *s) {
         r->admit_seq = s->admit_counter++;
     }
     return cancelled;
+}
+
+/* Starts a newly admitted request from the longest cached prefix of its prompt. The last two
+ * prompt tokens are always prefilled: the last one's logits are needed, and a prompt's last
+ * slice runs densely only when it has more than one row (a single row is a decode row). */
+static void start_from_cache(eng_sched *s, slot *sl, eng_req *r) {
+    bool whole;
+    idx_kind k = req_kind(s, r, &whole);
+    int reuse = 0;
+    eng_seq *src = eng_pcache_lookup(s->pc, r->hist, r->n_prompt, r->n_prompt - 2, whole, k, &reuse);
+    char err[256];
+    if (src && eng_seq_continue(sl->seq, src, reuse, err, sizeof err) == 0) {
+        r->n_fed = r->n_cached = reuse;
+        atomic_store(&r->fed, r->n_fed);
+        pthread_mutex_lock(&s->mu);
+        s->st.cache_hits++;
+        s->st.cache_hit_tokens += reuse;
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.cache_misses++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Keeps the prompt so far (all but its last two tokens) in the prefix cache: a fork of the
+ * sequence, sharing its pages, frozen there. */
+static void cache_prompt(eng_sched *s, slot *sl, eng_req *r) {
+    char err[256];
+    eng_seq *e = eng_seq_fork(sl->seq, NULL, err, sizeof err);
+    r->cached = true;
+    if (!e) return; /* out of memory: the prompt simply is not cached */
+    pthread_mutex_lock(&s->mu);
+    eng_pcache_insert(s->pc, e, r->hist, r->n_fed);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Runs one step over the active slots. */
@@ -552,6 +678,8 @@ static void step(eng_sched *s) {
                 int64_t from = r->n_prompt - r->obs_tokens;
                 bad = eng_seq_capture_queries(sl->seq, from < 0 ? 0 : from, r->n_prompt, err, sizeof err);
             }
+            if (!bad && !r->no_cache) start_from_cache(s, sl, r);
+            r->cached = r->no_cache || r->n_prompt - 2 < s->p.prefix_min || r->n_fed >= r->n_prompt - 2;
             if (bad) {
                 finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, err);
                 continue;
@@ -576,7 +704,7 @@ static void step(eng_sched *s) {
         for (int i = 0; i < np; i++) {
             slot *sl = &s->slots[i];
             eng_req *r = sl->req;
-            if (!r || r->state != REQ_PREFILL || sl->row >= 0 || r->n_fed >= r->n_prompt) continue;
+            if (!r || r->state != REQ_PREFILL || sl->row != -1 || r->n_fed >= r->n_prompt) continue;
             if (!pick || (pick->req->build && !r->build) ||
                 (pick->req->build == r->build && r->admit_seq < pick->req->admit_seq))
                 pick = sl;
@@ -584,7 +712,18 @@ static void step(eng_sched *s) {
         int room = s->p.batch_rows - n;
         if (!pick || room <= 0) break;
         eng_req *r = pick->req;
-        int k = r->n_prompt - r->n_fed < room ? r->n_prompt - r->n_fed : room;
+        int left = r->n_prompt - r->n_fed;
+        int k = left < room ? left : room;
+        if (!r->cached) {
+            /* stop before the last two tokens to cache the prompt there */
+            if (r->n_fed == r->n_prompt - 2) cache_prompt(s, pick, r);
+            else if (k > left - 2) k = left - 2;
+        }
+        /* the last slice keeps two rows at least (see start_from_cache) */
+        if (left - k == 1) {
+            if (k < 2) break;
+            k--;
+        }
         for (int j = 0; j < k; j++) {
             bool last = r->n_fed + j == r->n_prompt - 1;
             s->rows[n + j] = (eng_batch_row){pick->seq, r->hist[r->n_fed + j], last ? pick->logits : NULL};
@@ -646,6 +785,8 @@ static void step(eng_sched *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
+static void update_mem_stats(eng_sched *s);
+
 static void *engine_main(void *arg) {
     eng_sched *s = arg;
     if (s->p.n_threads > 0) omp_set_num_threads(s->p.n_threads);
@@ -664,6 +805,7 @@ static void *engine_main(void *arg) {
             cancelled = next;
         }
         step(s);
+        update_mem_stats(s);
     }
     /* shutdown: everything still queued or running ends as cancelled */
     for (int i = 0; i < s->p.n_parallel; i++)
@@ -697,6 +839,35 @@ void eng_sched_get_stats(eng_sched *s, eng_sched_stats *st) {
     st->active = s->n_active;
     st->n_parallel = s->p.n_parallel;
     st->n_ctx = s->p.n_ctx;
+    st->mem_budget = s->p.mem_budget;
+    st->mem_pinned = s->pinned;
+    st->mem_used = s->mem_used;
+    st->mem_running = s->mem_running;
+    st->mem_cached = s->mem_cached;
+    st->cache_entries = s->cache_entries;
+    st->cache_tokens = s->cache_tokens;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void eng_sched_set_pinned(eng_sched *s, size_t bytes) {
+    pthread_mutex_lock(&s->mu);
+    s->pinned = bytes;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Refreshes the memory figures get_stats reports (the engine thread measures; readers copy). */
+static void update_mem_stats(eng_sched *s) {
+    pthread_mutex_lock(&s->mu);
+    size_t running, held = mem_held(s, NULL, &running);
+    s->mem_used = held;
+    s->mem_running = running;
+    s->mem_cached = held > running + s->pinned ? held - running - s->pinned : 0;
+    if (s->pc) {
+        eng_pcache_stats ps;
+        eng_pcache_get_stats(s->pc, &ps);
+        s->cache_entries = ps.entries;
+        s->cache_tokens = ps.tokens;
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -746,6 +917,13 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
         }
     }
     eng_seq_get_attn(s->slots[0].seq, &s->attn_default);
+    s->tok_bytes = eng_seq_token_bytes(s->slots[0].seq, &s->fixed_bytes);
+    if (s->p.prefix_min <= 0) s->p.prefix_min = 64;
+    if (p->prefix_cache && !(s->pc = eng_pcache_create(s->p.prefix_min))) {
+        eng_set_err(err, errlen, "out of memory");
+        eng_sched_free(s);
+        return ENG_SCHED_ENOMEM;
+    }
     if (pthread_create(&s->th, NULL, engine_main, s)) {
         eng_set_err(err, errlen, "cannot start the engine thread");
         eng_sched_free(s);
@@ -771,6 +949,7 @@ void eng_sched_free(eng_sched *s) {
             free(s->slots[i].logits);
         }
     }
+    eng_pcache_free(s->pc); /* after the slots: entries' pages outlive their borrowers anyway */
     free(s->slots);
     free(s->rows);
     pthread_mutex_destroy(&s->mu);

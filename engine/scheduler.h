@@ -30,6 +30,7 @@ enum {
     ENG_SCHED_ESTOPPED = -4, /* the scheduler is shutting down */
     ENG_SCHED_ETOOLONG = -5, /* prompt + max_tokens does not fit in a sequence's context */
     ENG_SCHED_EUNAVAIL = -6, /* the model's device failed (eng_model_failed): nothing can run */
+    ENG_SCHED_ENOSPACE = -7, /* the request's KV cache alone exceeds the memory budget */
 };
 const char *eng_sched_strerror(int code);
 
@@ -43,6 +44,13 @@ typedef struct {
     int ctx_max_tokens; /* the longest registered context a request may start with, and the longest
                      * context a build job may prefill: each sequence's page tables (not memory:
                      * a context's pages are borrowed) cover n_ctx + ctx_max_tokens positions */
+    size_t mem_budget; /* host memory for the KV caches of running sequences, cached prefixes
+                     * and pinned contexts together (their indexes included); 0: no limit. A
+                     * request is admitted when what it may grow to fits beside what the running
+                     * ones may grow to, cached prefixes being evicted (least recently used) to
+                     * make room; otherwise it waits in the queue */
+    bool prefix_cache; /* keep prompts' KV for later requests that start with them */
+    int prefix_min;    /* shortest prefix worth caching or reusing, in tokens (0: 64) */
 } eng_sched_params;
 
 typedef struct eng_sched eng_sched;
@@ -72,6 +80,7 @@ typedef struct {
                             * ignored: they are the server's); NULL: the model's default */
     struct eng_ctx *context; /* a registered context the prompt continues (the scheduler holds a
                             * reference until the request ends); NULL: none */
+    bool no_cache;         /* neither start from a cached prefix nor cache this prompt */
 } eng_gen_params;
 
 typedef enum {
@@ -103,6 +112,7 @@ typedef struct {
     eng_finish finish;
     /* filled in the last event: */
     int n_prompt, n_gen;  /* prompt tokens, generated tokens (an end-of-generation token counts) */
+    int n_cached;         /* prompt tokens taken from the prefix cache (not prefilled) */
     double t_queue_ms;    /* submitted -> admitted to a sequence */
     double t_prefill_ms;  /* admitted -> first token */
     double t_decode_ms;   /* first token -> last */
@@ -115,7 +125,8 @@ typedef struct {
 
 /* Queues a request. On success *out is a handle the caller must release. Fails with
  * ENG_SCHED_EFULL when queue_cap requests already wait, ENG_SCHED_ETOOLONG when n_prompt +
- * max_tokens > n_ctx, ENG_SCHED_EARG for bad parameters, ENG_SCHED_ESTOPPED after shutdown. */
+ * max_tokens > n_ctx, ENG_SCHED_ENOSPACE when its KV cache could never fit the memory budget,
+ * ENG_SCHED_EARG for bad parameters, ENG_SCHED_ESTOPPED after shutdown. */
 int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out);
 
 /* Queues a context build: the n tokens are prefilled densely like a prompt (after the prompts
@@ -152,7 +163,23 @@ typedef struct {
     uint64_t batch_rows;       /* rows over all passes */
     uint64_t finished[ENG_FINISH_ERROR + 1]; /* requests ended, by reason */
     double busy_ms;            /* time spent in forward passes and sampling */
+    /* the prefix cache and the memory budget */
+    uint64_t cache_hits, cache_misses; /* requests that started from a cached prefix, or not */
+    uint64_t cache_hit_tokens;         /* prompt tokens not prefilled thanks to the cache */
+    uint64_t cache_evictions;
+    int cache_entries;
+    size_t cache_tokens;
+    size_t mem_budget;         /* 0: none */
+    size_t mem_used;           /* KV and indexes held now: running, cached and pinned */
+    size_t mem_running;        /* ... by the sequences of running requests */
+    size_t mem_cached;         /* ... kept only for cached prefixes */
+    size_t mem_pinned;         /* ... by registered contexts (eng_sched_set_pinned) */
+    int waiting_for_memory;    /* 1 while the queue's head waits for memory */
 } eng_sched_stats;
 void eng_sched_get_stats(eng_sched *s, eng_sched_stats *st);
+
+/* Memory held outside the scheduler that counts against its budget (registered contexts'
+ * pages, mapped or built); the server updates it when contexts come and go. */
+void eng_sched_set_pinned(eng_sched *s, size_t bytes);
 
 #endif

@@ -343,14 +343,73 @@ int eng_seq_bind_cent(eng_seq *s, int layer, int head, const idx_cent *c, float 
     return 0;
 }
 
+int eng_seq_continue(eng_seq *s, eng_seq *src, int n, char *err, size_t errlen) {
+    if (s->pos != 0 || s->owner) {
+        eng_set_err(err, errlen, "only an empty sequence continues another");
+        return -1;
+    }
+    if (src->failed[0]) {
+        eng_set_err(err, errlen, "cannot continue a failed sequence (%s)", src->failed);
+        return -1;
+    }
+    if (src->owner && src->release != share_unref) {
+        /* a context-bound source: its fixed range and bindings are the context's; the new
+         * sequence would need them too (attach the context to it instead) */
+        eng_set_err(err, errlen, "a sequence on a registered context cannot be continued");
+        return -1;
+    }
+    if (n < 0 || n > src->pos || n >= s->n_ctx) {
+        eng_set_err(err, errlen, "cannot continue %d tokens of a sequence holding %d (capacity %d)", n, src->pos,
+                    s->n_ctx);
+        return -1;
+    }
+    if (s->caps & IDX_CAP_OBSERVE && n > 0) {
+        /* the observed queries are the latest of the source's prefill: only a continuation of
+         * all of it sees what a prefill of the same tokens would have seen */
+        if (n != src->pos) {
+            eng_set_err(err, errlen, "a selector that learns from queries continues only all %d tokens of its "
+                        "source, not %d", src->pos, n);
+            return -1;
+        }
+        int rc = idx_copy_observed(s->ix, src->ix);
+        if (rc != IDX_OK) {
+            eng_set_err(err, errlen, "continue: %s (call eng_seq_keep_queries on the source before its prefill)",
+                        idx_last_error(s->ix)[0] ? idx_last_error(s->ix) : idx_strerror(rc));
+            idx_reset(s->ix);
+            return -1;
+        }
+    }
+    if (!src->share) {
+        src->share = malloc(sizeof *src->share);
+        if (!src->share) {
+            eng_set_err(err, errlen, "out of memory");
+            idx_reset(s->ix);
+            return -1;
+        }
+        src->share->kv = src->kv;
+        src->share->owner = NULL;
+        src->share->release = NULL;
+        atomic_init(&src->share->refs, 1);
+    }
+    if (kv_share_prefix(s->kv, src->kv, n) != KV_OK) {
+        eng_set_err(err, errlen, "continue: %s", kv_last_error(s->kv));
+        kv_reset(s->kv);
+        idx_reset(s->ix);
+        return -1;
+    }
+    atomic_fetch_add(&src->share->refs, 1);
+    s->owner = src->share;
+    s->release = share_unref;
+    s->pos = n;
+    return 0;
+}
+
 eng_seq *eng_seq_fork(eng_seq *parent, const eng_attn_params *attn, char *err, size_t errlen) {
     if (parent->failed[0]) {
         eng_set_err(err, errlen, "cannot fork a failed sequence (%s)", parent->failed);
         return NULL;
     }
     if (parent->owner && parent->release != share_unref) {
-        /* a context-bound parent: its fixed range and bindings are the context's; the fork
-         * would need them too (attach the context to a fresh sequence instead) */
         eng_set_err(err, errlen, "a sequence on a registered context cannot be forked");
         return NULL;
     }
@@ -361,33 +420,23 @@ eng_seq *eng_seq_fork(eng_seq *parent, const eng_attn_params *attn, char *err, s
     a.kv_max_bytes = parent->attn.kv_max_bytes;
     eng_seq *c = eng_seq_create_ex(parent->m, parent->n_ctx, &a, err, errlen);
     if (!c) return NULL;
-    if (idx_kind_caps(a.selector) & IDX_CAP_OBSERVE && parent->pos > 0) {
-        int rc = idx_copy_observed(c->ix, parent->ix);
-        if (rc != IDX_OK) {
-            eng_set_err(err, errlen, "fork: %s (call eng_seq_keep_queries on the parent before its prefill)",
-                        idx_last_error(c->ix)[0] ? idx_last_error(c->ix) : idx_strerror(rc));
-            eng_seq_free(c);
-            return NULL;
-        }
-    }
-    if (!parent->share) {
-        parent->share = malloc(sizeof *parent->share);
-        if (!parent->share) {
-            eng_set_err(err, errlen, "out of memory");
-            eng_seq_free(c);
-            return NULL;
-        }
-        parent->share->kv = parent->kv;
-        atomic_init(&parent->share->refs, 1);
-    }
-    if (kv_share_prefix(c->kv, parent->kv, parent->pos) != KV_OK) {
-        eng_set_err(err, errlen, "fork: %s", kv_last_error(c->kv));
+    if (eng_seq_continue(c, parent, parent->pos, err, errlen)) {
         eng_seq_free(c);
         return NULL;
     }
-    atomic_fetch_add(&parent->share->refs, 1);
-    c->owner = parent->share;
-    c->release = share_unref;
-    c->pos = parent->pos;
     return c;
+}
+
+void eng_seq_trim(eng_seq *s) { kv_trim(s->kv); }
+
+size_t eng_seq_token_bytes(const eng_seq *s, size_t *fixed) {
+    const eng_model *m = s->m;
+    const size_t per_page = kv_page_bytes(s->kv), page = (size_t)kv_get_params(s->kv)->page_size;
+    size_t tok = 0, fx = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        if (eng_layer_is_local(m, l)) fx += (size_t)kv_layer_slots(s->kv, l) * per_page;
+        else tok += (per_page + page - 1) / page;
+    }
+    if (fixed) *fixed = fx + per_page * (size_t)m->hp.n_layer; /* rings, and a partial page each */
+    return tok;
 }

@@ -4,6 +4,8 @@
 #include "kvcache.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +69,18 @@ static int fail(kv_store *s, int code, const char *fmt, ...) {
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Bytes held by every store of the process: the one figure a server-wide memory budget can
+ * trust, since pages shared between stores are counted once, by their owner, even after the
+ * sequence that filled them has moved on. */
+static _Atomic size_t g_total_bytes;
+
+static void count(kv_store *s, ptrdiff_t delta) {
+    s->bytes += delta;
+    atomic_fetch_add(&g_total_bytes, (size_t)delta);
+}
+
+size_t kv_bytes_total(void) { return atomic_load(&g_total_bytes); }
 static int held(const kv_store *s, const kv_layer *L, int64_t pos);
 
 /* Pages and page tables through the store's allocator (kv_params.page_alloc). */
@@ -101,7 +115,7 @@ int kv_create(const kv_params *p, kv_store **out) {
     s->v_head_bytes = (size_t)p->page_size * p->v_dim * s->elt;
     /* rounded to the 64-byte alignment aligned_alloc requires of the size */
     s->page_bytes = ((s->k_head_bytes + s->v_head_bytes) * p->n_head_kv + 63) & ~(size_t)63;
-    s->bytes = sizeof *s + (sizeof(int) + sizeof(kv_layer) + sizeof(int64_t)) * p->n_layer;
+    count(s, (ptrdiff_t)(sizeof *s + (sizeof(int) + sizeof(kv_layer) + sizeof(int64_t)) * p->n_layer));
     const int64_t max_pages = ceil_div(p->max_tokens, p->page_size);
     for (int l = 0; l < p->n_layer; l++) {
         kv_layer *L = &s->layers[l];
@@ -121,7 +135,7 @@ int kv_create(const kv_params *p, kv_store **out) {
         L->pages = mem_alloc(&s->p, (size_t)L->n_slots * sizeof(void *));
         if (!L->pages) goto nomem;
         memset(L->pages, 0, (size_t)L->n_slots * sizeof(void *));
-        s->bytes += sizeof(void *) * L->n_slots;
+        count(s, (ptrdiff_t)(sizeof(void *) * L->n_slots));
     }
     if (p->max_bytes && s->bytes > p->max_bytes) {
         kv_free(s);
@@ -147,6 +161,7 @@ void kv_free(kv_store *s) {
             mem_free(&s->p, L->pages);
         }
     }
+    atomic_fetch_sub(&g_total_bytes, s->bytes);
     free(s->layers);
     free(s->old_alloc);
     free(s->layer_window);
@@ -184,7 +199,7 @@ static int ensure_pages(kv_store *s, int l0, int l1, int64_t n_total) {
             void *pg = mem_alloc(&s->p, s->page_bytes);
             if (!pg) goto rollback;
             L->pages[L->n_alloc] = pg;
-            s->bytes += s->page_bytes;
+            count(s, (ptrdiff_t)s->page_bytes);
         }
     }
     return KV_OK;
@@ -195,7 +210,7 @@ rollback:
         while (L->n_alloc > s->old_alloc[r]) {
             mem_free(&s->p, L->pages[--L->n_alloc]);
             L->pages[L->n_alloc] = NULL;
-            s->bytes -= s->page_bytes;
+            count(s, -(ptrdiff_t)s->page_bytes);
         }
     }
     return fail(s, KV_ERR_NOMEM, "out of memory allocating KV pages for %lld tokens",
@@ -268,6 +283,20 @@ void kv_reset(kv_store *s) {
     s->err[0] = 0;
 }
 
+void kv_trim(kv_store *s) {
+    if (!s) return;
+    for (int l = 0; l < s->p.n_layer; l++) {
+        kv_layer *L = &s->layers[l];
+        const int64_t keep = L->ring_pages ? (L->n_tok ? L->n_alloc : L->n_borrowed)
+                                           : ceil_div(L->n_tok, s->p.page_size);
+        while (L->n_alloc > keep && L->n_alloc > L->n_borrowed) {
+            mem_free(&s->p, L->pages[--L->n_alloc]);
+            L->pages[L->n_alloc] = NULL;
+            count(s, -(ptrdiff_t)s->page_bytes);
+        }
+    }
+}
+
 size_t kv_page_bytes(const kv_store *s) { return s->page_bytes; }
 
 int kv_layer_pages(const kv_store *s, int layer, const void *const **pages, int64_t *n_pages) {
@@ -333,7 +362,7 @@ int kv_share_prefix(kv_store *dst, const kv_store *src, int64_t n) {
         while (nb + owned > L->n_slots) { /* no room for every owned page after the shared ones */
             mem_free(&dst->p, L->pages[--owned]);
             L->pages[owned] = NULL;
-            dst->bytes -= dst->page_bytes;
+            count(dst, -(ptrdiff_t)dst->page_bytes);
         }
         memmove(L->pages + nb, L->pages, sizeof(void *) * (size_t)owned);
         for (int64_t i = 0; i < nb; i++) L->pages[i] = src->layers[l].pages[i];

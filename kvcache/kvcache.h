@@ -103,9 +103,15 @@ int kv_layer_pages(const kv_store *s, int layer, const void *const **pages, int6
  * released. */
 void kv_reset(kv_store *s);
 int64_t kv_layer_slots(const kv_store *s, int layer); /* page table length (a ring: its pages) */
+/* Frees the owned pages that no held token uses (those kv_reset keeps for reuse): an idle
+ * store gives its memory back. */
+void kv_trim(kv_store *s);
 
 int64_t kv_n_tokens(const kv_store *s, int layer); /* tokens appended to the layer */
 size_t kv_bytes(const kv_store *s);                /* memory held, as counted against the limit */
+/* Memory held by all the stores of the process together (each page counted once, by the store
+ * that allocated it, for as long as it lives): what a process-wide budget is checked against. */
+size_t kv_bytes_total(void);
 const kv_params *kv_get_params(const kv_store *s); /* layer_window points to the store's copy */
 int kv_layer_window(const kv_store *s, int layer);  /* 0: global layer */
 

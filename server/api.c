@@ -112,6 +112,7 @@ typedef struct {
     int logprobs;          /* -1: none; else alternatives per token (0..20) */
     bool include_usage;
     bool ignore_eos;
+    bool cache_prompt;     /* start from / keep in the prefix cache (default true) */
     eng_attn_params attn;  /* the server's default, then the request's "attention" */
     char context[48];      /* a registered context the prompt continues ("context"), or empty */
 } gen_req;
@@ -252,6 +253,8 @@ static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_re
             return -1;
     }
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
+    if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "cache_prompt"), "cache_prompt", &g->cache_prompt, e) < 0)
+        return -1;
     if (parse_attention(cJSON_GetObjectItemCaseSensitive(root, "attention"), g, e)) return -1;
     if (parse_context(cJSON_GetObjectItemCaseSensitive(root, "context"), g, e)) return -1;
     /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
@@ -446,6 +449,7 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (opt_bool(F("details"), "details", &g->details, e) < 0) return -1;
     if (opt_bool(F("return_full_text"), "return_full_text", &g->full_text, e) < 0) return -1;
     if (opt_bool(F("ignore_eos"), "ignore_eos", &g->ignore_eos, e) < 0) return -1;
+    if (opt_bool(F("cache_prompt"), "cache_prompt", &g->cache_prompt, e) < 0) return -1;
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
     if (parse_attention(F("attention"), g, e)) return -1;
@@ -478,7 +482,7 @@ static int parse_gen_body(const char *body, size_t len, srv_chat_fmt fmt, int n_
 
 int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab, char *err,
                       size_t errlen) {
-    gen_req g = {.route = route, .max_tokens = -1, .logprobs = -1, .attn = eng_attn_default()};
+    gen_req g = {.route = route, .max_tokens = -1, .logprobs = -1, .cache_prompt = true, .attn = eng_attn_default()};
     perr e = {0};
     int rc = parse_gen_body(body, len, fmt, n_vocab, &g, &e);
     if (rc && err && errlen) snprintf(err, errlen, "%s%s%s", e.param ? e.param : "", e.param ? ": " : "", e.msg);
@@ -593,6 +597,7 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
     if (G->g.sp.temperature > 0) cJSON_AddNumberToObject(d, "seed", (double)G->g.sp.seed);
     else cJSON_AddNullToObject(d, "seed");
     cJSON_AddNumberToObject(d, "input_length", G->fin.n_prompt);
+    cJSON_AddNumberToObject(d, "cached_tokens", G->fin.n_cached); /* kvseek's: prompt tokens not prefilled */
     cJSON_AddItemToObject(d, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
     if (with_tokens) {
         cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
@@ -694,6 +699,8 @@ static cJSON *usage(gen *G) {
     cJSON_AddNumberToObject(u, "prompt_tokens", G->fin.n_prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", G->fin.n_gen);
     cJSON_AddNumberToObject(u, "total_tokens", G->fin.n_prompt + G->fin.n_gen);
+    cJSON *pd = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+    cJSON_AddNumberToObject(pd, "cached_tokens", G->fin.n_cached);
     return u;
 }
 
@@ -978,6 +985,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
     G->g.max_tokens = -1;
     G->g.logprobs = -1;
     G->g.attn = s->cfg.attn;
+    G->g.cache_prompt = true;
     perr e = {0};
     int rc = parse_gen_body(c->body, c->body_len, s->chat_fmt, n_vocab, &G->g, &e);
     if (rc == 0 && c->ctx_id[0]) { /* the routable forms: /v1/contexts/{id}/..., X-Kvseek-Context */
@@ -1025,7 +1033,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         .stop = (const char *const *)g->stop, .n_stop = g->n_stop,
         .stop_inclusive = c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM,
         .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : 0,
-        .attn = &g->attn,
+        .attn = &g->attn, .no_cache = !g->cache_prompt,
     };
     eng_ctx *ctx = NULL;
     if (g->context[0]) {
@@ -1056,6 +1064,9 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
             return srv_respond_error(c, 503, NULL, NULL, "%s", eng_sched_strerror(rc));
         case ENG_SCHED_ENOMEM:
             return srv_respond_error(c, 500, NULL, NULL, "out of memory");
+        case ENG_SCHED_ENOSPACE:
+            return srv_respond_error(c, 400, NULL, NULL, "%s (kv_cache_gb %g): shorten the prompt or max_tokens",
+                                     eng_sched_strerror(rc), s->cfg.kv_cache_gb);
         default:
             return srv_respond_error(c, 400, NULL, NULL, "invalid request: %s", eng_sched_strerror(rc));
         }

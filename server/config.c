@@ -29,7 +29,12 @@ void srv_config_usage(FILE *f) {
         "  --port N                  (default 8080; 0 = any free port, logged)\n"
         "  -np, --parallel N         sequences decoded together (default 8)\n"
         "  --ctx-size N              tokens per sequence, prompt + output (default: the model's\n"
-        "                            training context, at most 4096)\n"
+        "                            training context)\n"
+        "  --kv-cache-gb G           host memory for the KV caches of running requests, cached\n"
+        "                            prompts and contexts together; requests wait for room (default:\n"
+        "                            half the machine's memory)\n"
+        "  --prefix-cache on|off     keep prompts' KV so that requests starting with them prefill\n"
+        "                            only what is new (default on; per request: cache_prompt)\n"
         "  --batch-size N            rows per forward pass: decode rows, then prompt chunks (default 128)\n"
         "  --queue-size N            requests that may wait for a sequence before 429 (default 64)\n"
         "  --api-key KEY             require 'Authorization: Bearer KEY' (also $KVSEEK_API_KEY)\n"
@@ -59,7 +64,9 @@ static void defaults(srv_config *c) {
     memset(c, 0, sizeof *c);
     snprintf(c->host, sizeof c->host, "127.0.0.1");
     c->port = 8080;
-    c->ctx_size = 0; /* the model's training context, at most 4096 */
+    c->ctx_size = 0; /* the model's training context */
+    c->kv_cache_gb = 0; /* half the machine's memory */
+    c->prefix_cache = true;
     c->parallel = 8;
     c->threads = 0;
     snprintf(c->device, sizeof c->device, "cpu");
@@ -283,6 +290,21 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             } else {
                 *(gpu ? &c->gpu_mem_gb : &c->shutdown_timeout_s) = v;
             }
+        } else if (!strcmp(k, "kv_cache_gb")) {
+            double v = cJSON_GetNumberValue(it);
+            if (!cJSON_IsNumber(it) || !(v >= 0 && v <= 1e6)) {
+                set_err(err, errlen, "config %s: \"kv_cache_gb\" must be a number of GB >= 0", path);
+                rc = -1;
+            } else {
+                c->kv_cache_gb = v;
+            }
+        } else if (!strcmp(k, "prefix_cache")) {
+            if (!cJSON_IsBool(it)) {
+                set_err(err, errlen, "config %s: \"prefix_cache\" must be true or false", path);
+                rc = -1;
+            } else {
+                c->prefix_cache = cJSON_IsTrue(it);
+            }
         } else if (!strcmp(k, "contexts")) {
             if (load_contexts(c, it, path, err, errlen)) rc = -1;
         } else if (!strcmp(k, "attention")) {
@@ -385,6 +407,24 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             }
             c->max_body_bytes = (size_t)n;
             i++;
+        } else if (IS("--prefix-cache")) {
+            if (!v) goto need_value;
+            if (strcmp(v, "on") && strcmp(v, "off")) {
+                set_err(err, errlen, "--prefix-cache: '%s' is not on or off", v);
+                return -1;
+            }
+            c->prefix_cache = !strcmp(v, "on");
+            i++;
+        } else if (IS("--kv-cache-gb")) {
+            if (!v) goto need_value;
+            char *end;
+            double d = strtod(v, &end);
+            if (end == v || *end || !(d >= 0 && d <= 1e6)) {
+                set_err(err, errlen, "%s: '%s' is not a number of GB >= 0", o, v);
+                return -1;
+            }
+            c->kv_cache_gb = d;
+            i++;
         } else if (IS("--gpu-mem-gb") || IS("--shutdown-timeout")) {
             if (!v) goto need_value;
             const int gpu = IS("--gpu-mem-gb");
@@ -443,7 +483,7 @@ static const struct {
     CFG_FIELD(threads, 'i'), CFG_FIELD(device, 's'), CFG_FIELD(gpu_mem_gb, 'd'), CFG_FIELD(queue_size, 'i'),
     CFG_FIELD(batch_size, 'i'), CFG_FIELD(max_body_bytes, 'z'), CFG_FIELD(connection_limit, 'i'),
     CFG_FIELD(timeout_s, 'i'), CFG_FIELD(request_timeout_s, 'i'), CFG_FIELD(cors_origin, 's'),
-    CFG_FIELD(shutdown_timeout_s, 'd'),
+    CFG_FIELD(shutdown_timeout_s, 'd'), CFG_FIELD(kv_cache_gb, 'd'),
 };
 #undef CFG_FIELD
 
@@ -459,6 +499,7 @@ void srv_config_log(const srv_config *c, FILE *f) {
         }
     }
     cJSON_AddStringToObject(o, "api_key", c->api_key[0] ? "(set)" : "");
+    cJSON_AddBoolToObject(o, "prefix_cache", c->prefix_cache);
     cJSON *cx = cJSON_AddObjectToObject(o, "contexts");
     cJSON_AddStringToObject(cx, "data_dir", c->data_dir);
     cJSON_AddNumberToObject(cx, "max_tokens", c->context_max_tokens);

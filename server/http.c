@@ -413,7 +413,12 @@ int srv_serve_main(int argc, char **argv) {
     s.vocab = eng_model_vocab(s.model);
     const eng_hparams *hp = eng_model_hparams(s.model);
     s.n_ctx = s.cfg.ctx_size;
-    if (s.n_ctx == 0) s.n_ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    if (s.n_ctx == 0) s.n_ctx = hp->n_ctx_train > 0 ? hp->n_ctx_train : 4096;
+    if (s.cfg.kv_cache_gb <= 0) {
+        /* half the machine: the weights, the OS and the page cache keep the rest */
+        const double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+        s.cfg.kv_cache_gb = ram > 0 ? ram / 2 / (1 << 30) : 4.0;
+    }
     if (hp->n_ctx_train > 0 && s.n_ctx > hp->n_ctx_train)
         fprintf(stderr, "kvseek: warning: ctx-size %d exceeds the model's training context %d\n",
                 s.n_ctx, hp->n_ctx_train);
@@ -423,8 +428,11 @@ int srv_serve_main(int argc, char **argv) {
         exit_code = 2;
         goto out;
     }
-    eng_sched_params sp = {s.cfg.parallel, s.n_ctx, s.cfg.queue_size, s.cfg.batch_size, s.cfg.threads,
-                           s.cfg.data_dir[0] ? s.cfg.context_max_tokens : 0};
+    eng_sched_params sp = {.n_parallel = s.cfg.parallel, .n_ctx = s.n_ctx, .queue_cap = s.cfg.queue_size,
+                           .batch_rows = s.cfg.batch_size, .n_threads = s.cfg.threads,
+                           .ctx_max_tokens = s.cfg.data_dir[0] ? s.cfg.context_max_tokens : 0,
+                           .mem_budget = (size_t)(s.cfg.kv_cache_gb * (double)(1 << 30)),
+                           .prefix_cache = s.cfg.prefix_cache};
     if (eng_sched_create(s.model, &sp, &s.sched, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         exit_code = 1;
@@ -433,8 +441,9 @@ int srv_serve_main(int argc, char **argv) {
     if (s.cfg.data_dir[0] && !(s.contexts = srv_ctx_open(&s, err, sizeof err)))
         fprintf(stderr, "kvseek: warning: contexts unavailable: %s\n", err);
     fprintf(stderr, "kvseek: model %s (%s, vocab %d) ready in %.0f ms; %d sequences x %d tokens, "
-            "chat template %s (%s), %d threads\n", s.cfg.model_alias, hp->arch_name, hp->n_vocab,
-            (krn_now_s() - t0) * 1e3, s.cfg.parallel, s.n_ctx, srv_chat_name(s.chat_fmt), s.chat_source,
+            "KV memory %.1f GiB, prefix cache %s, chat template %s (%s), %d threads\n", s.cfg.model_alias,
+            hp->arch_name, hp->n_vocab, (krn_now_s() - t0) * 1e3, s.cfg.parallel, s.n_ctx, s.cfg.kv_cache_gb,
+            s.cfg.prefix_cache ? "on" : "off", srv_chat_name(s.chat_fmt), s.chat_source,
             s.cfg.threads > 0 ? s.cfg.threads : omp_get_max_threads());
     atomic_store(&s.state, SRV_READY);
 

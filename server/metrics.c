@@ -108,9 +108,9 @@ static void pr_head(out *o, const char *name, const char *type, const char *help
     pr(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void pr_gauge(out *o, const char *name, const char *help, int v) {
+static void pr_gauge(out *o, const char *name, const char *help, double v) {
     pr_head(o, name, "gauge", help);
-    pr(o, "%s %d\n", name, v);
+    pr(o, "%s %.0f\n", name, v);
 }
 
 static void pr_counter(out *o, const char *name, const char *help, unsigned long long v) {
@@ -161,6 +161,24 @@ char *srv_metrics_render(srv_metrics *m, const eng_sched_stats *st, bool ready) 
                    (unsigned long long)st->batch_rows);
         pr_head(&o, "kvseek_engine_busy_seconds_total", "counter", "Time in forward passes and sampling.");
         pr(&o, "kvseek_engine_busy_seconds_total %.3f\n", st->busy_ms / 1e3);
+        pr_counter(&o, "kvseek_prefix_cache_hits_total", "Requests that started from a cached prompt prefix.",
+                   (unsigned long long)st->cache_hits);
+        pr_counter(&o, "kvseek_prefix_cache_misses_total", "Requests that looked for a cached prefix and found none.",
+                   (unsigned long long)st->cache_misses);
+        pr_counter(&o, "kvseek_prefix_cache_hit_tokens_total", "Prompt tokens taken from the cache, not prefilled.",
+                   (unsigned long long)st->cache_hit_tokens);
+        pr_counter(&o, "kvseek_prefix_cache_evictions_total", "Cached prefixes dropped to make room.",
+                   (unsigned long long)st->cache_evictions);
+        pr_gauge(&o, "kvseek_prefix_cache_entries", "Cached prompt prefixes.", st->cache_entries);
+        pr_gauge(&o, "kvseek_prefix_cache_tokens", "Tokens held by cached prefixes.", (double)st->cache_tokens);
+        pr_gauge(&o, "kvseek_kv_budget_bytes", "Host memory budget of KV caches and indexes (kv_cache_gb).",
+                 (double)st->mem_budget);
+        pr_head(&o, "kvseek_kv_bytes", "gauge", "Host memory held by KV caches and indexes, by kind.");
+        pr(&o, "kvseek_kv_bytes{kind=\"running\"} %zu\n", st->mem_running);
+        pr(&o, "kvseek_kv_bytes{kind=\"cached\"} %zu\n", st->mem_cached);
+        pr(&o, "kvseek_kv_bytes{kind=\"contexts\"} %zu\n", st->mem_pinned);
+        pr_gauge(&o, "kvseek_waiting_for_memory", "1 while the queue's first request waits for KV memory.",
+                 st->waiting_for_memory);
         pr_head(&o, "kvseek_generations_finished_total", "counter", "Generations ended, by reason.");
         for (int f = ENG_FINISH_LENGTH; f <= ENG_FINISH_ERROR; f++)
             pr(&o, "kvseek_generations_finished_total{reason=\"%s\"} %llu\n", eng_finish_name(f),

@@ -27,7 +27,10 @@ typedef struct {
     int port;               /* 0: any free port (the chosen one is logged) */
     char model[1024];
     char model_alias[256];  /* the model id in /v1/models and responses; default: file name */
-    int ctx_size;           /* tokens per sequence */
+    int ctx_size;           /* tokens per sequence; 0: the model's training context */
+    double kv_cache_gb;     /* memory budget of KV caches, cached prompts and contexts; 0: half
+                             * the machine's memory (resolved at start) */
+    bool prefix_cache;      /* keep prompts' KV for requests that start with them */
     int parallel;           /* sequences decoded together */
     int threads;            /* 0: OpenMP default */
     char device[8];         /* "cpu" or "cuda" (the CPU when no GPU is usable) */

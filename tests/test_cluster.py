@@ -1,6 +1,7 @@
 """A loopback cluster (scripts/cluster.sh: nginx + 2 replicas sharing a context store) on a tiny
 model: a context registered through the proxy answers through the proxy; requests on one context
-all land on one replica (its metrics say so); plain requests are spread over both; a stream
+all land on one replica (its metrics say so), and so do a conversation's turns (one
+X-Session-Id); plain requests are spread over both; a stream
 through nginx arrives token by token (not buffered to the end); when the context's replica is
 killed, the next request on it is answered by the other replica from the shared store, with the
 same text. Also checks the Kubernetes manifests parse and hold what the README promises.
@@ -95,7 +96,9 @@ try:
     check(any(v.get("persistentVolumeClaim") for v in pod.get("spec", {}).get("volumes", [])),
           "the context store is a PersistentVolumeClaim")
     cm = [d for d in docs if d["kind"] == "ConfigMap" and "kvseek.conf" in d.get("data", {})]
-    check(cm and "hash $kvseek_ctx consistent" in cm[0]["data"]["kvseek.conf"], "the nginx ConfigMap hashes on the context")
+    check(cm and "hash $kvseek_key consistent" in cm[0]["data"]["kvseek.conf"] and
+          "$http_x_session_id" in cm[0]["data"]["kvseek.conf"],
+          "the nginx ConfigMap hashes on the context, else the conversation's X-Session-Id")
 except ImportError:
     check(False, "PyYAML is missing (scripts/setup.sh installs the test tooling)")
 
@@ -151,6 +154,16 @@ try:
     time.sleep(0.2)
     spread = [metric(p, route) - x for p, x in zip(replicas, before)]
     check(sum(spread) == 10 and min(spread) >= 3, f"plain requests are spread over both replicas ({spread})")
+
+    # a conversation's turns (one X-Session-Id) all reach one replica, where its prompt is cached
+    for sid in ("chat-1", "chat-2"):
+        before = [metric(p, route) for p in replicas]
+        for i in range(6):
+            request(proxy, "POST", "/v1/completions", {"prompt": A[:100 + 10 * i], "max_tokens": 2},
+                    headers={"X-Session-Id": sid})
+        time.sleep(0.2)
+        got = [metric(p, route) - x for p, x in zip(replicas, before)]
+        check(sorted(got) == [0, 6], f"a conversation's 6 turns ({sid}) land on one replica (per replica: {got})")
 
     # streaming through nginx: tokens arrive as they are generated. A buffering proxy would hand
     # them over at once; 192 tokens keep the spread well above 0.02 s even at the tiny model's

@@ -118,7 +118,7 @@ int main(void) {
     }
 
     eng_sched *s = NULL;
-    eng_sched_params sp = {2, 256, 1, 16, 0, 0};
+    eng_sched_params sp = {.n_parallel = 2, .n_ctx = 256, .queue_cap = 1, .batch_rows = 16};
     CHECK(eng_sched_create(m, &sp, &s, err, sizeof err) == 0, "%s", err);
     if (!s) return check_summary("test_scheduler");
 
