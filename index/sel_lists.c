@@ -70,9 +70,6 @@ typedef struct {
     float *qmean;            /* (d) */
     float *cell_score;       /* (n_q, kl.n) then (n_q, qc.n) */
     int64_t cell_score_cap;
-    uint32_t *cell_mark;     /* probed for this query */
-    uint32_t cell_epoch;
-    int64_t cell_cap;
     float *krow;             /* (d) a key as f32 */
 } lists_st;
 
@@ -197,7 +194,7 @@ static void lists_free(void *st) {
     if (!s) return;
     lists_clear(s);
     free(s->st); free(s->scores); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->sort_tmp); free(s->kbuf);
-    free(s->qmean); free(s->cell_score); free(s->cell_mark); free(s->krow);
+    free(s->qmean); free(s->cell_score); free(s->krow);
     free(s);
 }
 
@@ -493,22 +490,17 @@ static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_sto
 
 /* ---- select --------------------------------------------------------------------------- */
 
-/* Advances an epoch; on wrap-around clears the stamps so no old stamp can match. */
-static uint32_t next_epoch(uint32_t *epoch, uint32_t *stamps, int64_t n) {
-    if (++*epoch == 0) {
-        memset(stamps, 0, sizeof(uint32_t) * n);
-        *epoch = 1;
-    }
-    return *epoch;
-}
-
 /* The keys of ids[0..n) that query g has not yet taken (at most `room` of them) join its
  * share of the scan: their place in the call's union of keys goes to g's list (qsel), and a key
  * no query of the group took before joins the union (read once, scored once for the whole
  * group). Returns the keys taken, or -1 out of memory. */
 static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, int64_t room) {
     int64_t taken = 0;
+    /* a list's keys sit anywhere among the candidates: their stamps are requested ahead */
+    enum { PF = 16 };
+    for (int64_t j = 0; j < n && j < PF; j++) __builtin_prefetch(&s->st[ids[j] - lo], 1, 3);
     for (int64_t j = 0; j < n && taken < room; j++) {
+        if (j + PF < n) __builtin_prefetch(&s->st[ids[j + PF] - lo], 1, 3);
         const int64_t r = ids[j] - lo;
         key_stamp *t = &s->st[r];
         if (t->mark == s->mark_epoch) continue;
@@ -527,14 +519,21 @@ static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, 
 
 enum { TOP_CELLS = 8 };
 
-/* The min(n, TOP_CELLS) largest of cs[0..n) in descending order, the lower index first among
- * equals (the order of repeated selection); their count. */
-static int top_cells(const float *cs, int n, int *top) {
+/* Whether cell a comes before cell b: the larger score, the lower index among equals (the
+ * order of repeated selection of the best). */
+static inline int cell_before(const float *cs, int a, int b) {
+    return cs[a] > cs[b] || (cs[a] == cs[b] && a < b);
+}
+
+/* The next (up to) TOP_CELLS cells of cs[0..n) in that order after cell `after` (-1: from the
+ * first), in one pass; their count. */
+static int top_cells(const float *cs, int n, int after, int *top) {
     int m = 0;
     for (int c = 0; c < n; c++) {
-        if (m == TOP_CELLS && !(cs[c] > cs[top[m - 1]])) continue;
+        if (after >= 0 && !cell_before(cs, after, c)) continue;
+        if (m == TOP_CELLS && !cell_before(cs, c, top[m - 1])) continue;
         int i = m < TOP_CELLS ? m++ : m - 1;
-        while (i > 0 && cs[c] > cs[top[i - 1]]) { top[i] = top[i - 1]; i--; }
+        while (i > 0 && cell_before(cs, c, top[i - 1])) { top[i] = top[i - 1]; i--; }
         top[i] = c;
     }
     return m;
@@ -545,23 +544,17 @@ static int top_cells(const float *cs, int n, int *top) {
  * may be read in part). Returns the keys taken, or -1 out of memory. */
 static int64_t probe_lists(lists_st *s, int64_t lo, const list_set *ls, const float *cs, int nprobe,
                            int64_t target) {
-    const uint32_t ep = next_epoch(&s->cell_epoch, s->cell_mark, s->cell_cap);
-    /* the first TOP_CELLS lists in one pass (a few of up to a thousand are probed), any further
-     * one by a scan over those not yet probed */
-    int top[TOP_CELLS];
-    const int n_top = top_cells(cs, ls->n, top);
+    /* the lists in batches of TOP_CELLS, each batch one pass (a few of up to a thousand are
+     * probed) */
+    int top[TOP_CELLS], n_top = 0, next = 0;
     int64_t taken = 0;
     for (int probed = 0; probed < ls->n; probed++) {
         if (target > 0 ? taken >= target : probed >= nprobe) break;
-        int best = -1;
-        if (probed < n_top) {
-            best = top[probed];
-        } else {
-            for (int c = 0; c < ls->n; c++)
-                if (s->cell_mark[c] != ep && (best < 0 || cs[c] > cs[best])) best = c;
+        if (next == n_top) {
+            n_top = top_cells(cs, ls->n, n_top ? top[n_top - 1] : -1, top);
+            next = 0;
         }
-        s->cell_mark[best] = ep;
-        const id_list *l = &ls->lists[best];
+        const id_list *l = &ls->lists[top[next++]];
         const int64_t t = take_ids(s, lo, l->ids, l->n, target > 0 ? target - taken : INT64_MAX);
         if (t < 0) return -1;
         taken += t;
@@ -587,13 +580,6 @@ static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
         /* fresh stamps must not match a live epoch */
         memset(s->st + cap, 0, sizeof(key_stamp) * (c1 - cap));
         s->stamp_cap = c1;
-    }
-    const int64_t cells = s->qc.n > s->kl.n ? s->qc.n : s->kl.n;
-    if (cells > s->cell_cap) {
-        int64_t c2 = s->cell_cap;
-        if (grow(&s->cell_mark, &c2, cells, sizeof(uint32_t))) return -1;
-        memset(s->cell_mark + s->cell_cap, 0, sizeof(uint32_t) * (c2 - s->cell_cap));
-        s->cell_cap = c2;
     }
     if (grow(&s->cell_score, &s->cell_score_cap, (int64_t)n_q * (s->qc.n + s->kl.n), sizeof(float)) ||
         grow(&s->qoff, &s->qoff_cap, n_q + 1, sizeof(int64_t)) ||
