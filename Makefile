@@ -14,7 +14,7 @@ endif
 OPT     ?= -O3
 CFLAGS  ?= $(OPT) $(ARCHFLAGS) -g $(SAN)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -MMD -MP \
-           -Iengine -Ikernels -Ikvcache -Iindex -Iserver
+           -Iengine -Ikernels -Ikvcache -Iindex -Iserver -Igrammar
 LDLIBS  += $(SAN) -fopenmp -lmicrohttpd -lcjson -lpthread -lfaiss -lopenblas -lstdc++ -lm
 MODEL   ?= models/gemma-3-270m-q4_k_m.gguf
 PYTHON  ?= python3
@@ -28,9 +28,9 @@ endif
 # sm_80 (A100) and sm_90 (H100/H200) machine code, plus compute_90 PTX for newer GPUs
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode 'arch=compute_90,code=[sm_90,compute_90]'
 NVCCFLAGS ?= -O3 -lineinfo $(CUDA_ARCH)
-NVCCFLAGS += -std=c++17 -Xcompiler -fopenmp -Xcompiler -Wall -Iengine -Ikernels -Ikvcache -Iindex -Iserver
+NVCCFLAGS += -std=c++17 -Xcompiler -fopenmp -Xcompiler -Wall -Iengine -Ikernels -Ikvcache -Iindex -Iserver -Igrammar
 
-LIB_SRC := $(wildcard engine/*.c kernels/*.c kvcache/*.c index/*.c)
+LIB_SRC := $(wildcard engine/*.c kernels/*.c kvcache/*.c index/*.c grammar/*.c)
 CU_SRC  :=
 ifeq ($(CUDA),1)
 ifeq ($(NVCC),)
@@ -161,7 +161,7 @@ asan:
 # the committed seeds. The gcc build links each target with tests/fuzz/replay.c into
 # build/tests/test_fuzz_replay_<t> (part of `make all`), which `make test` runs over the seeds
 # and tests/fuzz/regress/fuzz_<t>/. tests/fuzz/README.md has the details.
-FUZZ_TARGETS := gguf tok ctxfile chat api
+FUZZ_TARGETS := gguf tok ctxfile chat api grammar
 FUZZ_TIME ?= 60
 FUZZ_CC   ?= clang
 FUZZ_CXX  ?= clang++
@@ -169,7 +169,7 @@ FUZZ_OUT  := build/fuzz
 FUZZ_SAN  := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_CFLAGS = -O1 -g $(ARCHFLAGS) $(FUZZ_SAN) $(FUZZ_COV) -std=c11 -D_GNU_SOURCE -Wall \
            -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -Wno-unknown-attributes -MMD -MP \
-           -Iengine -Ikernels -Ikvcache -Iindex -Iserver -Itests/fuzz
+           -Iengine -Ikernels -Ikvcache -Iindex -Iserver -Igrammar -Itests/fuzz
 # coverage feedback everywhere but the numeric kernels (their branches are loop bounds; the
 # sanitizers stay on): the model's forward pass in fuzz_ctxfile runs 5x faster
 FUZZ_COV  = -fsanitize=fuzzer-no-link
