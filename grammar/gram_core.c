@@ -549,7 +549,7 @@ static int cmp_u32(const void *a, const void *b) {
 
 /* The set made of tmp[0..n) with flags: its index, or -1 when out of memory. */
 static int set_intern(gram_state *s, int n, uint32_t flags) {
-    qsort(s->tmp, (size_t)n, sizeof *s->tmp, cmp_u32);
+    if (n > 1) qsort(s->tmp, (size_t)n, sizeof *s->tmp, cmp_u32);
     uint32_t h = flags * 0x85ebca6bu;
     for (int i = 0; i < n; i++) h = (h ^ s->tmp[i]) * 0x9e3779b1u;
     if ((uint32_t)(s->n_sets + 1) * 2 > s->set_htcap) {
@@ -569,11 +569,11 @@ static int set_intern(gram_state *s, int n, uint32_t flags) {
     for (uint32_t i; (i = s->set_ht[k]); k = (k + 1) & (s->set_htcap - 1)) {
         const gset *t = &s->sets[i - 1];
         if (t->hash == h && t->flags == flags && t->n == (uint32_t)n &&
-            !memcmp(s->pool + t->off, s->tmp, (size_t)n * sizeof *s->tmp))
+            (!n || !memcmp(s->pool + t->off, s->tmp, (size_t)n * sizeof *s->tmp)))
             return (int)i - 1;
     }
     uint32_t *p = grow(s->pool, &s->cap_pool, s->n_pool + n, sizeof *p);
-    if (!p) return -1;
+    if (!p && n) return -1;
     s->pool = p;
     gset *ss = grow(s->sets, &s->cap_sets, s->n_sets + 1, sizeof *ss);
     if (!ss) return -1;
@@ -585,7 +585,7 @@ static int set_intern(gram_state *s, int n, uint32_t flags) {
     uint32_t **mk = realloc(s->mask, (size_t)cap * sizeof *mk);
     if (!mk) return -1;
     s->mask = mk;
-    memcpy(s->pool + s->n_pool, s->tmp, (size_t)n * sizeof *s->tmp);
+    if (n) memcpy(s->pool + s->n_pool, s->tmp, (size_t)n * sizeof *s->tmp);
     s->sets[s->n_sets] = (gset){(uint32_t)s->n_pool, (uint32_t)n, flags, h};
     s->trans[s->n_sets] = NULL;
     s->mask[s->n_sets] = NULL;

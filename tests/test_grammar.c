@@ -88,6 +88,7 @@ static void test_schemas(void) {
 static void test_regex(void) {
     static const struct { const char *re, *good[6], *bad[6]; } rc[] = {
         {"abc", {"abc"}, {"ab", "abcd", ""}},
+        {"", {""}, {"a"}},
         {"a|bc|", {"a", "bc", ""}, {"b", "abc"}},
         {"[a-c]+x?", {"a", "abcx", "cccc"}, {"x", "ad", ""}},
         {"\\d{2,3}", {"12", "123"}, {"1", "1234", "ab"}},
@@ -143,16 +144,16 @@ static void make_vocab(void) {
     const int na = sizeof atoms / sizeof atoms[0];
     for (int b = 0; b < 256; b++) pieces[b][0] = (char)b, piece_len[b] = 1;
     for (int i = 256; i < 256 + N_RAND; i++) {
-        int len = 0;
+        size_t len = 0;
         do {
             const char *a = atoms[rng_int(na)];
-            int l = (int)strlen(a);
+            size_t l = strlen(a);
             if (len + l > 11) break;
-            memcpy(pieces[i] + len, a, (size_t)l);
+            memcpy(pieces[i] + len, a, l);
             len += l;
         } while (rng_int(3));
         if (!len) pieces[i][0] = 'a', len = 1;
-        piece_len[i] = len;
+        piece_len[i] = (int)len;
     }
 }
 
