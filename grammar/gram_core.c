@@ -425,7 +425,9 @@ nomem:
 /* A stack frame: the element to match next and the frame below (0: the bottom). */
 typedef struct { uint32_t pos, parent; } gnode;
 enum { SET_ACC = 1 }; /* the set's closure reached the bottom: the text can end here */
-enum { MASK_CACHE_BYTES = 64 << 20, DFA_MAX_SETS = 1 << 16 };
+/* Per state: masks cached up to 32 MiB (1,000 configurations of a 262K vocabulary); transition
+ * rows (1 KiB each) kept for the first 8,192 sets, later ones recomputed on each use. */
+enum { MASK_CACHE_BYTES = 32 << 20, DFA_MAX_SETS = 1 << 13 };
 
 typedef struct { uint32_t off, n, flags; uint32_t hash; } gset;
 

@@ -289,6 +289,37 @@ static void test_walks(const gram_vocab *v) {
     free(m);
 }
 
+static void test_api(const gram_vocab *v) {
+    char err[128];
+    gram *g = gram_from_regex("ab|abc", 6, err, sizeof err);
+    gram_state *s = gram_state_new(g, v);
+    CHECK(!gram_state_can_end(s) && !gram_state_must_end(s), "start");
+    CHECK(gram_state_accept_token(s, EOG_ID) == GRAM_ERR_REJECT, "EOG before the end");
+    CHECK(gram_state_accept(s, "a", 1) == GRAM_OK, "a");
+    CHECK(gram_state_accept(s, "x", 1) == GRAM_ERR_REJECT, "x");
+    CHECK(gram_state_accept(s, "bx", 2) == GRAM_ERR_REJECT, "a rejected run leaves the state unchanged");
+    gram_state *c = gram_state_clone(s);
+    CHECK(gram_state_accept(c, "b", 1) == GRAM_OK && gram_state_can_end(c) && !gram_state_must_end(c), "ab");
+    CHECK(!gram_state_can_end(s), "the original is independent of its clone");
+    CHECK(gram_state_accept(c, "c", 1) == GRAM_OK && gram_state_must_end(c), "abc");
+    uint32_t *m = calloc(gram_mask_words(v), 4);
+    CHECK(gram_state_mask(c, m) == GRAM_OK, "mask");
+    int n = 0;
+    for (int i = 0; i < N_VOCAB; i++) n += gram_mask_test(m, i);
+    CHECK(n == 1 && gram_mask_test(m, EOG_ID), "only EOG after a must-end (%d allowed)", n);
+    CHECK(gram_state_accept_token(c, EOG_ID) == GRAM_OK && gram_state_ended(c), "end");
+    CHECK(gram_state_mask(c, m) == GRAM_OK, "mask after the end");
+    n = 0;
+    for (int i = 0; i < N_VOCAB; i++) n += gram_mask_test(m, i);
+    CHECK(n == 0, "nothing after the end (%d)", n);
+    CHECK(gram_state_accept_token(s, N_VOCAB - 2) == GRAM_ERR_REJECT, "a control token");
+    CHECK(gram_state_accept_token(s, N_VOCAB) == GRAM_ERR_ARG, "out of range");
+    free(m);
+    gram_state_free(c);
+    gram_state_free(s);
+    gram_free(g);
+}
+
 int main(void) {
     test_schemas();
     test_regex();
@@ -297,6 +328,7 @@ int main(void) {
     char err[128];
     gram_vocab *v = gram_vocab_create(N_VOCAB, piece_fn, NULL, &eog, 1, err, sizeof err);
     CHECK(v != NULL, "vocab: %s", err);
+    if (v) test_api(v);
     if (v) test_walks(v);
     gram_vocab_free(v);
     return check_summary("test_grammar");

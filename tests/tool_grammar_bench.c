@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "clock.h"
 #include "gguf.h"
@@ -126,6 +127,9 @@ int main(int argc, char **argv) {
     gram *x = gram_from_regex(re, strlen(re), err, sizeof err);
     if (x) run("regex", x, gv, steps);
     gram_free(x);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("{\"bench\":\"memory\",\"max_rss_mb\":%.1f}\n", ru.ru_maxrss / 1024.0);
     gram_vocab_free(gv);
     free(eog);
     tok_free(v);
