@@ -2,7 +2,10 @@
  * schema, and the token mask time per step over random valid generations (JSON schema, JSON
  * mode, regex). One JSON line per figure on stdout.
  *
- *   tool_grammar_bench MODEL.gguf [steps] [seed] */
+ *   tool_grammar_bench MODEL.gguf [steps] [seed] [--check]
+ *
+ * --check: at a few steps, compare the mask with each token's bytes accepted on a copy of a
+ * state replayed from the start (slow; prints a "check" line with the differences). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +29,7 @@ static const char *piece(void *ud, int32_t id, int *len) {
     return pbuf;
 }
 
+static int check;
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 
@@ -39,8 +43,9 @@ static void run(const char *name, const gram *g, const gram_vocab *v, int steps)
     int32_t *ids = malloc((size_t)nv * sizeof *ids);
     double *t = malloc((size_t)steps * sizeof *t), tot = 0;
     gram_state *s = gram_state_new(g, v);
-    int n = 0, ended = 0, total_allowed = 0;
+    int n = 0, ended = 0, total_allowed = 0, diffs = 0, checks = 0;
     size_t out = 0;
+    char *text = malloc(1 << 20);
     for (; n < steps; n++) {
         double t0 = krn_now_s();
         if (gram_state_mask(s, m) != GRAM_OK) { fprintf(stderr, "mask failed\n"); break; }
@@ -49,6 +54,24 @@ static void run(const char *name, const gram *g, const gram_vocab *v, int steps)
         int k = 0;
         for (int i = 0; i < nv; i++) if (gram_mask_test(m, i)) ids[k++] = i;
         total_allowed += k;
+        if (check && (n == 0 || n == 5 || n == 40 || n == 150 || n == 300)) {
+            gram_state *base = gram_state_new(g, v);
+            gram_state_accept(base, text, out);
+            for (int i = 0; i < nv; i++) {
+                bool ok;
+                int l = piece(NULL, i, &(int){0}) ? tok_piece(tv, i, false, pbuf, sizeof pbuf) : -1;
+                if (tok_is_eog(tv, i)) ok = gram_state_can_end(base);
+                else if (l <= 0) ok = false;
+                else {
+                    gram_state *c = gram_state_clone(base);
+                    ok = gram_state_accept(c, pbuf, (size_t)l) == GRAM_OK;
+                    gram_state_free(c);
+                }
+                diffs += ok != gram_mask_test(m, i);
+            }
+            gram_state_free(base);
+            checks++;
+        }
         if (!k) { fprintf(stderr, "%s: dead end\n", name); break; }
         int id = ids[rnd() % (unsigned)k];
         if (n > steps / 2) {
@@ -61,7 +84,9 @@ static void run(const char *name, const gram *g, const gram_vocab *v, int steps)
             if (best >= 0 && rnd() % 4) id = best;
         }
         if (gram_state_accept_token(s, id) != GRAM_OK) { fprintf(stderr, "%s: accept failed\n", name); break; }
-        out += (size_t)tok_piece(tv, id, false, pbuf, sizeof pbuf);
+        int pl = tok_piece(tv, id, false, pbuf, sizeof pbuf);
+        if (pl > 0 && out + (size_t)pl < (1 << 20)) memcpy(text + out, pbuf, (size_t)pl);
+        out += (size_t)(pl > 0 ? pl : 0);
         if (gram_state_ended(s)) { ended = 1; n++; break; }
     }
     qsort(t, (size_t)n, sizeof *t, cmp_d);
@@ -69,13 +94,16 @@ static void run(const char *name, const gram *g, const gram_vocab *v, int steps)
            "\"mean_ms\":%.3f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"max_ms\":%.3f,\"mean_allowed\":%d}\n",
            name, nv, n, ended, out, n ? tot / n : 0, n ? t[n / 2] : 0, n ? t[n * 9 / 10] : 0, n ? t[n - 1] : 0,
            n ? total_allowed / n : 0);
+    if (check) printf("{\"check\":\"%s\",\"steps_checked\":%d,\"tokens_differing\":%d}\n", name, checks, diffs);
     fflush(stdout);
+    free(text);
     gram_state_free(s);
     free(m); free(ids); free(t);
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: %s MODEL.gguf [steps] [seed]\n", argv[0]); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: %s MODEL.gguf [steps] [seed] [--check]\n", argv[0]); return 2; }
+    if (!strcmp(argv[argc - 1], "--check")) check = 1, argc--;
     int steps = argc > 2 ? atoi(argv[2]) : 400;
     if (argc > 3) rs ^= (uint64_t)atoll(argv[3]) * 0x9e3779b97f4a7c15ull;
     char err[256];
