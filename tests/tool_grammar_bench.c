@@ -30,8 +30,37 @@ static const char *piece(void *ud, int32_t id, int *len) {
 }
 
 static int check;
+static int cmp_d_fwd(const void *a, const void *b);
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
+
+/* The masks along a given text, tokenized by the model's tokenizer as a model would write it. */
+static void replay(const char *name, const gram *g, const gram_vocab *v, const char *text) {
+    int32_t ids[16384];
+    int64_t n = tok_encode(tv, text, strlen(text), false, false, ids, 16384);
+    if (n < 0 || n > 16384) { fprintf(stderr, "tokenize failed\n"); return; }
+    uint32_t *m = malloc(gram_mask_words(v) * 4);
+    double *t = malloc((size_t)n * sizeof *t), tot = 0, first = 0;
+    gram_state *s = gram_state_new(g, v);
+    int k = 0, rejected = 0;
+    for (; k < n; k++) {
+        double t0 = krn_now_s();
+        gram_state_mask(s, m);
+        t[k] = (krn_now_s() - t0) * 1e3;
+        tot += t[k];
+        if (!k) first = t[k];
+        if (!gram_mask_test(m, ids[k]) || gram_state_accept_token(s, ids[k]) != GRAM_OK) { rejected = 1; break; }
+    }
+    int ok_end = !rejected && gram_state_can_end(s);
+    int nt = k;
+    qsort(t, (size_t)nt, sizeof *t, cmp_d_fwd);
+    printf("{\"bench\":\"mask_replay\",\"grammar\":\"%s\",\"n_vocab\":%d,\"tokens\":%d,\"accepted\":%d,"
+           "\"mean_ms\":%.3f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"max_ms\":%.3f,\"first_ms\":%.3f}\n",
+           name, gram_vocab_n(v), nt, ok_end, nt ? tot / nt : 0, nt ? t[nt / 2] : 0, nt ? t[nt * 9 / 10] : 0,
+           nt ? t[nt - 1] : 0, first);
+    gram_state_free(s);
+    free(m); free(t);
+}
 
 static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
 
@@ -101,6 +130,8 @@ static void run(const char *name, const gram *g, const gram_vocab *v, int steps)
     free(m); free(ids); free(t);
 }
 
+static int cmp_d_fwd(const void *a, const void *b) { return cmp_d(a, b); }
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: %s MODEL.gguf [steps] [seed] [--check]\n", argv[0]); return 2; }
     if (!strcmp(argv[argc - 1], "--check")) check = 1, argc--;
@@ -146,9 +177,21 @@ int main(int argc, char **argv) {
     }
     printf("{\"bench\":\"compile\",\"schema\":\"50 properties\",\"schema_bytes\":%zu,\"compile_ms\":%.3f}\n", o,
            (krn_now_s() - t0) * 1e3 / reps);
+    /* a document of the schema, written indented as models usually do */
+    static char doc[65536];
+    static const char *vals[] = {"\"a value with a few words, number %d\"", "%d2345", "true", "[1.5, 2, -3e2]", "\"green\"",
+                                 "\"2024-05-17\"", "null"};
+    size_t d = (size_t)snprintf(doc, sizeof doc, "{\n");
+    for (int i = 0; i < 50; i++) {
+        d += (size_t)snprintf(doc + d, sizeof doc - d, "  \"field_%02d\": ", i);
+        d += (size_t)snprintf(doc + d, sizeof doc - d, vals[i % 7], i + 1);
+        d += (size_t)snprintf(doc + d, sizeof doc - d, i < 49 ? ",\n" : "\n}");
+    }
+    replay("schema-50-properties", g, gv, doc);
     run("schema-50-properties", g, gv, steps);
     gram_free(g);
     gram *j = gram_json_object();
+    replay("json_object", j, gv, doc);
     run("json_object", j, gv, steps);
     gram_free(j);
     const char *re = "[A-Z][a-z]{2,12}( [A-Z][a-z]{2,12}){0,3}, [0-9]{1,5} [a-z ]{3,40}\\.";
