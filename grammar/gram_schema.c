@@ -3,6 +3,7 @@
  * schemas stay finite; object properties follow the schema's order, the optional ones each
  * skippable (two rules per property: before and after the first one written). */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,19 @@ static void json_number(gbuild *b, gseq *s, bool integer) {
 }
 
 static void json_value(gbuild *b, gseq *s);
+
+typedef struct { gseq *v; int n, cap; } alts_t_;
+static void int_alt_push(gbuild *b, alts_t_ *a, gseq s) {
+    if (a->n == a->cap) {
+        int c = a->cap ? a->cap * 2 : 8;
+        gseq *v = realloc(a->v, (size_t)c * sizeof *v);
+        if (!v) { gb_fail(b, "out of memory"); sq_free(&s); return; }
+        a->v = v;
+        a->cap = c;
+    }
+    a->v[a->n++] = s;
+}
+static void int_alts_free(alts_t_ *a) { for (int i = 0; i < a->n; i++) sq_free(&a->v[i]); free(a->v); }
 
 /* { ws (string ws : ws value (ws , ws string ws : ws value)*)? ws } with any values */
 static void json_object(gbuild *b, gseq *s) {
@@ -387,12 +401,114 @@ static void sch_string(sch *c, const cJSON *s, const char *path, gseq *out) {
     json_string(b, out, min, max);
 }
 
+/* ---- integers in a range: decimal strings without leading zeros, as digit-set sequences ---- */
+
+enum { INT_DIGITS = 16 };
+#define INT_LIMIT 9999999999999999LL /* the largest INT_DIGITS-digit value */
+
+/* Same-length digit strings a <= b from digit i on, after the fixed prefix pre. */
+static void int_same_len(gbuild *b, alts_t_ *out, const gseq *pre, const char *a, const char *z, int i, int L) {
+    if (b->failed) return;
+    gseq p = {0};
+    sq_cat(b, &p, pre);
+    while (i < L && a[i] == z[i]) sq_byte(b, &p, a[i++]);
+    if (i == L) { int_alt_push(b, out, p); return; }
+    bool lo0 = true, hi9 = true;
+    for (int k = i + 1; k < L; k++) lo0 &= a[k] == '0', hi9 &= z[k] == '9';
+    if (lo0 && hi9) {
+        gram_cs c = {{0}};
+        cs_range(&c, a[i], z[i]);
+        sq_cs(b, &p, &c);
+        digits(b, &p, '0', L - i - 1, L - i - 1);
+        int_alt_push(b, out, p);
+        return;
+    }
+    char nines[INT_DIGITS + 1], zeros[INT_DIGITS + 1];
+    memset(nines, '9', sizeof nines); memset(zeros, '0', sizeof zeros);
+    gseq q = {0};
+    /* low: a[i] then a[i+1..] .. 99..9 */
+    sq_cat(b, &q, &p); sq_byte(b, &q, a[i]);
+    int_same_len(b, out, &q, a, nines, i + 1, L);
+    /* middle digits take any tail */
+    if (z[i] - a[i] > 1) {
+        q.n = 0;
+        sq_cat(b, &q, &p);
+        gram_cs c = {{0}};
+        cs_range(&c, a[i] + 1, z[i] - 1);
+        sq_cs(b, &q, &c);
+        digits(b, &q, '0', L - i - 1, L - i - 1);
+        int_alt_push(b, out, q);
+        q = (gseq){0};
+    }
+    /* high: z[i] then 00..0 .. z[i+1..] */
+    q.n = 0;
+    sq_cat(b, &q, &p); sq_byte(b, &q, z[i]);
+    int_same_len(b, out, &q, zeros, z, i + 1, L);
+    sq_free(&q);
+    sq_free(&p);
+}
+
+/* Non-negative [lo, hi] (hi <= INT_LIMIT). */
+static void int_range(gbuild *b, alts_t_ *out, long long lo, long long hi) {
+    long long start = 1;
+    for (int L = 1; L <= INT_DIGITS && lo <= hi; L++, start *= 10) {
+        long long first = L == 1 ? 0 : start, last = start * 10 - 1;
+        if (hi < first || lo > last) continue;
+        long long x = lo > first ? lo : first, y = hi < last ? hi : last;
+        char a[24], z[24];
+        snprintf(a, sizeof a, "%0*lld", L, x);
+        snprintf(z, sizeof z, "%0*lld", L, y);
+        gseq pre = {0};
+        int_same_len(b, out, &pre, a, z, 0, L);
+    }
+}
+
+static bool bound(sch *c, const cJSON *s, const char *key, const char *path, double *v) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(s, key);
+    if (!x) return false;
+    if (!cJSON_IsNumber(x)) { gb_fail(c->b, "json_schema: '%s' must be a number at %s", key, path[0] ? path : "/"); return false; }
+    *v = x->valuedouble;
+    return true;
+}
+
+/* An integer, within minimum/maximum (exclusive ones too) when given. */
+static void sch_integer(sch *c, const cJSON *s, const char *path, gseq *out) {
+    gbuild *b = c->b;
+    double v;
+    long long lo = -INT_LIMIT, hi = INT_LIMIT;
+    bool ranged = false;
+    if (bound(c, s, "minimum", path, &v)) ranged = true, lo = v > -INT_LIMIT ? (long long)ceil(v) : -INT_LIMIT;
+    if (bound(c, s, "exclusiveMinimum", path, &v)) { ranged = true; long long e = v > -INT_LIMIT ? (long long)floor(v) + 1 : -INT_LIMIT; if (e > lo) lo = e; }
+    if (bound(c, s, "maximum", path, &v)) ranged = true, hi = v < INT_LIMIT ? (long long)floor(v) : INT_LIMIT;
+    if (bound(c, s, "exclusiveMaximum", path, &v)) { ranged = true; long long e = v < INT_LIMIT ? (long long)ceil(v) - 1 : INT_LIMIT; if (e < hi) hi = e; }
+    if (b->failed) return;
+    if (!ranged) { json_number(b, out, true); return; }
+    if (lo > INT_LIMIT) lo = INT_LIMIT + 1;
+    if (hi < -INT_LIMIT) hi = -INT_LIMIT - 1;
+    if (lo > hi) { gb_fail(b, "json_schema: empty integer range at %s", path[0] ? path : "/"); return; }
+    alts_t_ alts = {0};
+    if (lo < 0) { /* -x for x in [max(1, -hi), -lo] */
+        alts_t_ neg = {0};
+        int_range(b, &neg, hi < 0 ? -hi : 1, -lo);
+        for (int i = 0; i < neg.n; i++) {
+            gseq q = {0};
+            sq_byte(b, &q, '-');
+            sq_cat(b, &q, &neg.v[i]);
+            int_alt_push(b, &alts, q);
+        }
+        int_alts_free(&neg);
+    }
+    if (hi >= 0) int_range(b, &alts, lo > 0 ? lo : 0, hi);
+    if (!b->failed) sq_alts(b, out, alts.v, alts.n);
+    int_alts_free(&alts);
+}
+
 static bool known_key(const char *k) {
     static const char *const keys[] = {
         "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "oneOf",
         "allOf", "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "$ref", "$defs",
         "definitions", "title", "description", "default", "examples", "$schema", "$id", "$comment",
-        "deprecated", "readOnly", "writeOnly"};
+        "deprecated", "readOnly", "writeOnly", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) if (!strcmp(k, keys[i])) return true;
     return false;
 }
@@ -422,8 +538,15 @@ static void sch_typed(sch *c, const cJSON *s, const char *type, const char *path
         json_array_of(b, out, &ref, min, max);
         sq_free(&it); sq_free(&ref);
     } else if (!strcmp(type, "string")) sch_string(c, s, path, out);
-    else if (!strcmp(type, "number")) json_number(b, out, false);
-    else if (!strcmp(type, "integer")) json_number(b, out, true);
+    else if (!strcmp(type, "number")) {
+        for (const char *const *k = (const char *const[]){"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", NULL}; *k; k++)
+            if (cJSON_GetObjectItemCaseSensitive(s, *k)) {
+                gb_fail(b, "json_schema: unsupported keyword '%s' on a number (integers only) at %s", *k, path[0] ? path : "/");
+                return;
+            }
+        json_number(b, out, false);
+    }
+    else if (!strcmp(type, "integer")) sch_integer(c, s, path, out);
     else if (!strcmp(type, "boolean")) {
         gseq a[2] = {{0}, {0}};
         sq_lit(b, &a[0], "true", 4); sq_lit(b, &a[1], "false", 5);

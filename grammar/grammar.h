@@ -34,7 +34,8 @@ const char *gram_strerror(int rc);
 /* A JSON schema (draft 2020-12 subset). Keywords: type (string or array), properties, required,
  * additionalProperties (false, true or a schema; absent means false when properties is given and
  * any key otherwise), items, enum, const, anyOf, oneOf (as anyOf), allOf with one schema,
- * minItems, maxItems, minLength, maxLength, pattern (a full match; see gram_from_regex),
+ * minItems, maxItems, minLength, maxLength, minimum/maximum/exclusiveMinimum/exclusiveMaximum
+ * (integers only, within +-(10^16 - 1)), pattern (a full match; see gram_from_regex),
  * format (date, time, date-time, uuid), $ref to "#", "#/$defs/..." or "#/definitions/..."
  * (recursion allowed as long as each cycle writes something). Ignored: title, description,
  * default, examples, $schema, $id, $comment, deprecated, readOnly, writeOnly. Any other keyword

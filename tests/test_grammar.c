@@ -47,7 +47,9 @@ static const schema_case cases[] = {
 
 static const struct { const char *schema, *err; } bad_schemas[] = {
     {"{\"type\":\"object\",\"properties\":{\"a\":{\"patternProperties\":{}}}}", "unsupported keyword 'patternProperties' at /properties/a"},
-    {"{\"type\":\"integer\",\"minimum\":0}", "'minimum'"},
+    {"{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", "empty integer range"},
+    {"{\"type\":\"number\",\"multipleOf\":2}", "'multipleOf'"},
+    {"{\"type\":\"number\",\"minimum\":2}", "'minimum' on a number"},
     {"{\"type\":\"string\",\"format\":\"email\"}", "format 'email'"},
     {"{\"$ref\":\"#\"}", "matches nothing"},
     {"{\"$ref\":\"#/$defs/none\"}", "not found"},
@@ -83,6 +85,32 @@ static void test_schemas(void) {
     for (int k = 0; k < 4; k++) CHECK(matches(j, jg[k]) == 1, "json object should accept %s", jg[k]);
     for (int k = 0; k < 8; k++) CHECK(matches(j, jb[k]) == 0, "json object should reject %s", jb[k]);
     gram_free(j);
+}
+
+/* Integer ranges against every value in a window. */
+static void test_int_ranges(void) {
+    static const struct { const char *bounds; long lo, hi; } rc[] = {
+        {"\"minimum\":-37,\"maximum\":1050", -37, 1050}, {"\"minimum\":7,\"maximum\":7", 7, 7},
+        {"\"minimum\":100,\"maximum\":999", 100, 999}, {"\"minimum\":0,\"maximum\":0", 0, 0},
+        {"\"minimum\":-1000,\"maximum\":-10", -1000, -10}, {"\"minimum\":15", 15, 1L << 40},
+        {"\"exclusiveMinimum\":0.5,\"exclusiveMaximum\":20", 1, 19}, {"\"maximum\":-3", -(1L << 40), -3},
+        {"\"minimum\":1.5,\"maximum\":209.9", 2, 209},
+    };
+    char schema[256], err[256], num[32];
+    for (size_t i = 0; i < sizeof rc / sizeof rc[0]; i++) {
+        snprintf(schema, sizeof schema, "{\"type\":\"integer\",%s}", rc[i].bounds);
+        gram *g = gram_from_json_schema(schema, strlen(schema), err, sizeof err);
+        CHECK(g != NULL, "%s: %s", schema, err);
+        if (!g) continue;
+        int bad = 0;
+        for (long x = -1200; x <= 1200; x++) {
+            snprintf(num, sizeof num, "%ld", x);
+            bad += matches(g, num) != (x >= rc[i].lo && x <= rc[i].hi);
+        }
+        CHECK(bad == 0, "%s: %d values misjudged", schema, bad);
+        CHECK(matches(g, "007") == 0 && matches(g, "-0") == 0 && matches(g, "1.0") == 0, "%s: forms", schema);
+        gram_free(g);
+    }
 }
 
 static void test_regex(void) {
@@ -322,6 +350,7 @@ static void test_api(const gram_vocab *v) {
 
 int main(void) {
     test_schemas();
+    test_int_ranges();
     test_regex();
     make_vocab();
     int32_t eog = EOG_ID;
