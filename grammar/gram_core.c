@@ -197,7 +197,8 @@ static bool cs_empty(const gram_cs *c) { return !(c->w[0] | c->w[1] | c->w[2] | 
 gram *gb_finish(gbuild *b, int root) {
     gram *g = NULL;
     char *nullable = NULL, *prod = NULL, *color = NULL;
-    int *stack = NULL, *it = NULL;
+    int *stack = NULL;
+    int64_t *it = NULL; /* per rule on the DFS stack: alternative << 32 | element */
     if (b->failed) goto done;
     if (root < 0 || root >= b->n_rules) { gb_fail(b, "no grammar"); goto done; }
     const int nr = b->n_rules;
@@ -236,17 +237,17 @@ gram *gb_finish(gbuild *b, int root) {
         it[r0] = 0;
         while (sp) {
             int r = stack[sp - 1], next = -1;
-            /* it[r] enumerates (alt, elem) pairs as alt * 65536 + elem is too tight; walk flat */
             while (next < 0) {
-                int a = it[r] >> 16, i = it[r] & 0xffff;
+                int a = (int)(it[r] >> 32), i = (int)(it[r] & 0xffffffff);
                 if (a >= b->rules[r].n) break;
                 const gseq *s = &b->rules[r].alts[a];
-                if (i >= s->n || i >= 0xffff) { it[r] = (a + 1) << 16; continue; }
+                const int64_t next_alt = (int64_t)(a + 1) << 32;
+                if (i >= s->n) { it[r] = next_alt; continue; }
                 uint32_t e = s->v[i];
-                if (EL_KIND(e) == EL_CS) { it[r] = (a + 1) << 16; continue; }
+                if (EL_KIND(e) == EL_CS) { it[r] = next_alt; continue; }
                 it[r]++;
                 int t = (int)EL_ARG(e);
-                if (!nullable[t]) it[r] = (a + 1) << 16;
+                if (!nullable[t]) it[r] = next_alt;
                 if (color[t] == 1) { gb_fail(b, "a rule can repeat or recurse without writing anything (e.g. (a*)* or a $ref cycle)"); goto done; }
                 if (!color[t]) next = t;
             }
