@@ -32,9 +32,21 @@ int eng_pcache_insert(eng_pcache *c, eng_seq *seq, const int32_t *tokens, int n)
 eng_seq *eng_pcache_lookup(eng_pcache *c, const int32_t *tokens, int n, int max_reuse, bool whole,
                            idx_kind kind, int *reuse);
 
-/* Drops the least recently used entry (never `keep`). 1 when one was dropped, 0 when none is
- * left. Its pages are freed once no running sequence borrows them. */
+/* Drops the least recently used entry held in memory (never `keep`), spilling it to the disk
+ * tier when there is one. 1 when one was dropped, 0 when none is left. Its pages are freed once
+ * no running sequence borrows them. */
 int eng_pcache_evict(eng_pcache *c, const eng_seq *keep);
+
+/* The disk tier: evicted entries are written under dir (created), one context file each
+ * (engine/context.c: written under a temporary name, fsynced, renamed; checksummed), and stay
+ * entries as mappings of their files, which the memory budget does not count; past disk_budget
+ * bytes the least recently used files are deleted. Entries already in dir (a restart) are mapped
+ * now; a file that is truncated, corrupted or of another model is removed with one log line, as
+ * is a write cut short. proto: a sequence of the scheduler's (model, capacity, storage). A
+ * mapped entry is dense: a selector that learns from queries starts from it only by prefilling.
+ * 0, or -1 with a reason. */
+int eng_pcache_set_dir(eng_pcache *c, const char *dir, size_t disk_budget, eng_seq *proto, char *err,
+                       size_t errlen);
 
 typedef struct {
     int entries;
@@ -42,7 +54,10 @@ typedef struct {
     size_t own_bytes;     /* memory the entries' sequences hold themselves (indexes, partial
                            * pages): the pages they borrow are counted by their stores */
     size_t index_bytes;   /* ... of which their selectors' state (in no KV store) */
-    uint64_t evictions;
+    uint64_t evictions;   /* entries dropped from memory (spilled or not) */
+    uint64_t spills;      /* ... written to the disk tier */
+    int disk_entries;     /* entries mapped from files */
+    size_t disk_bytes;
 } eng_pcache_stats;
 void eng_pcache_get_stats(const eng_pcache *c, eng_pcache_stats *st);
 

@@ -104,6 +104,7 @@ struct eng_sched {
     size_t mem_used, mem_running, mem_cached; /* under mu: the engine's last measure */
     int cache_entries;
     size_t cache_tokens;
+    eng_pcache_stats ps;   /* under mu: the engine's last copy */
     eng_attn_params attn_default; /* the model's, for requests that give none */
 };
 
@@ -790,6 +791,7 @@ static void update_mem_stats(eng_sched *s);
 static void *engine_main(void *arg) {
     eng_sched *s = arg;
     if (s->p.n_threads > 0) omp_set_num_threads(s->p.n_threads);
+    double t_stats = 0;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->stopping && s->n_active == 0 && !s->q_head) pthread_cond_wait(&s->cv, &s->mu);
@@ -805,7 +807,16 @@ static void *engine_main(void *arg) {
             cancelled = next;
         }
         step(s);
-        update_mem_stats(s);
+        /* measuring walks every index's lists: a few times a second is enough for /metrics,
+         * and always once the engine goes idle */
+        const double now = krn_now_s();
+        pthread_mutex_lock(&s->mu);
+        const bool idle = s->n_active == 0 && !s->q_head;
+        pthread_mutex_unlock(&s->mu);
+        if (now - t_stats >= 0.1 || idle) {
+            update_mem_stats(s);
+            t_stats = now;
+        }
     }
     /* shutdown: everything still queued or running ends as cancelled */
     for (int i = 0; i < s->p.n_parallel; i++)
@@ -846,6 +857,9 @@ void eng_sched_get_stats(eng_sched *s, eng_sched_stats *st) {
     st->mem_cached = s->mem_cached;
     st->cache_entries = s->cache_entries;
     st->cache_tokens = s->cache_tokens;
+    st->cache_spills = s->ps.spills;
+    st->cache_disk_entries = s->ps.disk_entries;
+    st->cache_disk_bytes = s->ps.disk_bytes;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -867,6 +881,7 @@ static void update_mem_stats(eng_sched *s) {
         eng_pcache_get_stats(s->pc, &ps);
         s->cache_entries = ps.entries;
         s->cache_tokens = ps.tokens;
+        s->ps = ps;
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -924,6 +939,18 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
         eng_sched_free(s);
         return ENG_SCHED_ENOMEM;
     }
+    if (s->pc && p->prefix_dir && p->prefix_dir[0]) {
+        if (!strcmp(eng_model_device(m), "cuda")) {
+            fprintf(stderr, "kvseek: prefix cache: no disk tier on the GPU backend (%s ignored)\n", p->prefix_dir);
+        } else if (eng_pcache_set_dir(s->pc, p->prefix_dir,
+                                      p->prefix_disk_budget ? p->prefix_disk_budget : (size_t)10 << 30,
+                                      s->slots[0].seq, err, errlen)) {
+            eng_sched_free(s);
+            return ENG_SCHED_EARG;
+        }
+    }
+    s->p.prefix_dir = NULL; /* the caller's string is not kept */
+    update_mem_stats(s);    /* the mapped prompts show before the first request */
     if (pthread_create(&s->th, NULL, engine_main, s)) {
         eng_set_err(err, errlen, "cannot start the engine thread");
         eng_sched_free(s);

@@ -51,6 +51,9 @@ typedef struct {
                      * make room; otherwise it waits in the queue */
     bool prefix_cache; /* keep prompts' KV for later requests that start with them */
     int prefix_min;    /* shortest prefix worth caching or reusing, in tokens (0: 64) */
+    const char *prefix_dir; /* cached prompts evicted from memory spill here (eng_pcache_set_dir);
+                     * NULL or "": none. Not on a GPU (the device cannot read a file mapping) */
+    size_t prefix_disk_budget; /* bytes of spilled prompts kept; 0: 10 GiB */
 } eng_sched_params;
 
 typedef struct eng_sched eng_sched;
@@ -169,6 +172,9 @@ typedef struct {
     uint64_t cache_evictions;
     int cache_entries;
     size_t cache_tokens;
+    uint64_t cache_spills;     /* cached prompts written to the disk tier */
+    int cache_disk_entries;    /* ... and mapped from it now */
+    size_t cache_disk_bytes;
     size_t mem_budget;         /* 0: none */
     size_t mem_used;           /* KV and indexes held now: running, cached and pinned */
     size_t mem_running;        /* ... by the sequences of running requests */

@@ -352,9 +352,10 @@ int eng_seq_continue(eng_seq *s, eng_seq *src, int n, char *err, size_t errlen) 
         eng_set_err(err, errlen, "cannot continue a failed sequence (%s)", src->failed);
         return -1;
     }
-    if (src->owner && src->release != share_unref) {
+    if (src->fixed) {
         /* a context-bound source: its fixed range and bindings are the context's; the new
-         * sequence would need them too (attach the context to it instead) */
+         * sequence would need them too (attach the context to it instead). A source that
+         * merely borrows its pages (a fork, a mapped prefix) is fine */
         eng_set_err(err, errlen, "a sequence on a registered context cannot be continued");
         return -1;
     }
@@ -409,7 +410,7 @@ eng_seq *eng_seq_fork(eng_seq *parent, const eng_attn_params *attn, char *err, s
         eng_set_err(err, errlen, "cannot fork a failed sequence (%s)", parent->failed);
         return NULL;
     }
-    if (parent->owner && parent->release != share_unref) {
+    if (parent->fixed) {
         eng_set_err(err, errlen, "a sequence on a registered context cannot be forked");
         return NULL;
     }

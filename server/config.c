@@ -35,6 +35,9 @@ void srv_config_usage(FILE *f) {
         "                            half the machine's memory)\n"
         "  --prefix-cache on|off     keep prompts' KV so that requests starting with them prefill\n"
         "                            only what is new (default on; per request: cache_prompt)\n"
+        "  --prefix-cache-dir DIR    cached prompts evicted from memory spill here and survive a\n"
+        "                            restart (default: none)\n"
+        "  --prefix-cache-disk-gb G  disk the spilled prompts may take (default 10)\n"
         "  --batch-size N            rows per forward pass: decode rows, then prompt chunks (default 128)\n"
         "  --queue-size N            requests that may wait for a sequence before 429 (default 64)\n"
         "  --api-key KEY             require 'Authorization: Bearer KEY' (also $KVSEEK_API_KEY)\n"
@@ -67,6 +70,7 @@ static void defaults(srv_config *c) {
     c->ctx_size = 0; /* the model's training context */
     c->kv_cache_gb = 0; /* half the machine's memory */
     c->prefix_cache = true;
+    c->prefix_cache_disk_gb = 10;
     c->parallel = 8;
     c->threads = 0;
     snprintf(c->device, sizeof c->device, "cpu");
@@ -247,6 +251,7 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             {"chat_template", c->chat_template, sizeof c->chat_template},
             {"cors_origin", c->cors_origin, sizeof c->cors_origin},
             {"device", c->device, sizeof c->device},
+            {"prefix_cache_dir", c->prefix_cache_dir, sizeof c->prefix_cache_dir},
         };
         bool known = false;
         for (size_t i = 0; i < sizeof ints / sizeof ints[0] && !known; i++) {
@@ -290,13 +295,13 @@ static int load_file(srv_config *c, const char *path, char *err, size_t errlen) 
             } else {
                 *(gpu ? &c->gpu_mem_gb : &c->shutdown_timeout_s) = v;
             }
-        } else if (!strcmp(k, "kv_cache_gb")) {
+        } else if (!strcmp(k, "kv_cache_gb") || !strcmp(k, "prefix_cache_disk_gb")) {
             double v = cJSON_GetNumberValue(it);
             if (!cJSON_IsNumber(it) || !(v >= 0 && v <= 1e6)) {
-                set_err(err, errlen, "config %s: \"kv_cache_gb\" must be a number of GB >= 0", path);
+                set_err(err, errlen, "config %s: \"%s\" must be a number of GB >= 0", path, k);
                 rc = -1;
             } else {
-                c->kv_cache_gb = v;
+                *(!strcmp(k, "kv_cache_gb") ? &c->kv_cache_gb : &c->prefix_cache_disk_gb) = v;
             }
         } else if (!strcmp(k, "prefix_cache")) {
             if (!cJSON_IsBool(it)) {
@@ -367,6 +372,7 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             {"--api-key", NULL, c->api_key, sizeof c->api_key},
             {"--chat-template", NULL, c->chat_template, sizeof c->chat_template},
             {"--device", NULL, c->device, sizeof c->device},
+            {"--prefix-cache-dir", NULL, c->prefix_cache_dir, sizeof c->prefix_cache_dir},
         };
         bool done = false;
         if (IS("-c") || IS("--config")) {
@@ -415,7 +421,7 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
             }
             c->prefix_cache = !strcmp(v, "on");
             i++;
-        } else if (IS("--kv-cache-gb")) {
+        } else if (IS("--kv-cache-gb") || IS("--prefix-cache-disk-gb")) {
             if (!v) goto need_value;
             char *end;
             double d = strtod(v, &end);
@@ -423,7 +429,7 @@ int srv_config_load(int argc, char **argv, srv_config *c, char *err, size_t errl
                 set_err(err, errlen, "%s: '%s' is not a number of GB >= 0", o, v);
                 return -1;
             }
-            c->kv_cache_gb = d;
+            *(IS("--kv-cache-gb") ? &c->kv_cache_gb : &c->prefix_cache_disk_gb) = d;
             i++;
         } else if (IS("--gpu-mem-gb") || IS("--shutdown-timeout")) {
             if (!v) goto need_value;
@@ -483,7 +489,8 @@ static const struct {
     CFG_FIELD(threads, 'i'), CFG_FIELD(device, 's'), CFG_FIELD(gpu_mem_gb, 'd'), CFG_FIELD(queue_size, 'i'),
     CFG_FIELD(batch_size, 'i'), CFG_FIELD(max_body_bytes, 'z'), CFG_FIELD(connection_limit, 'i'),
     CFG_FIELD(timeout_s, 'i'), CFG_FIELD(request_timeout_s, 'i'), CFG_FIELD(cors_origin, 's'),
-    CFG_FIELD(shutdown_timeout_s, 'd'), CFG_FIELD(kv_cache_gb, 'd'),
+    CFG_FIELD(shutdown_timeout_s, 'd'), CFG_FIELD(kv_cache_gb, 'd'), CFG_FIELD(prefix_cache_dir, 's'),
+    CFG_FIELD(prefix_cache_disk_gb, 'd'),
 };
 #undef CFG_FIELD
 

@@ -432,7 +432,8 @@ int srv_serve_main(int argc, char **argv) {
                            .batch_rows = s.cfg.batch_size, .n_threads = s.cfg.threads,
                            .ctx_max_tokens = s.cfg.data_dir[0] ? s.cfg.context_max_tokens : 0,
                            .mem_budget = (size_t)(s.cfg.kv_cache_gb * (double)(1 << 30)),
-                           .prefix_cache = s.cfg.prefix_cache};
+                           .prefix_cache = s.cfg.prefix_cache, .prefix_dir = s.cfg.prefix_cache_dir,
+                           .prefix_disk_budget = (size_t)(s.cfg.prefix_cache_disk_gb * (double)(1 << 30))};
     if (eng_sched_create(s.model, &sp, &s.sched, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         exit_code = 1;

@@ -170,6 +170,11 @@ char *srv_metrics_render(srv_metrics *m, const eng_sched_stats *st, bool ready) 
         pr_counter(&o, "kvseek_prefix_cache_evictions_total", "Cached prefixes dropped to make room.",
                    (unsigned long long)st->cache_evictions);
         pr_gauge(&o, "kvseek_prefix_cache_entries", "Cached prompt prefixes.", st->cache_entries);
+        pr_counter(&o, "kvseek_prefix_cache_spills_total", "Cached prefixes written to the disk tier.",
+                   (unsigned long long)st->cache_spills);
+        pr_gauge(&o, "kvseek_prefix_cache_disk_entries", "Cached prefixes mapped from the disk tier.",
+                 st->cache_disk_entries);
+        pr_gauge(&o, "kvseek_prefix_cache_disk_bytes", "Bytes of the disk tier's files.", (double)st->cache_disk_bytes);
         pr_gauge(&o, "kvseek_prefix_cache_tokens", "Tokens held by cached prefixes.", (double)st->cache_tokens);
         pr_gauge(&o, "kvseek_kv_budget_bytes", "Host memory budget of KV caches and indexes (kv_cache_gb).",
                  (double)st->mem_budget);

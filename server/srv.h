@@ -31,6 +31,8 @@ typedef struct {
     double kv_cache_gb;     /* memory budget of KV caches, cached prompts and contexts; 0: half
                              * the machine's memory (resolved at start) */
     bool prefix_cache;      /* keep prompts' KV for requests that start with them */
+    char prefix_cache_dir[1024]; /* evicted cached prompts spill here; empty: none */
+    double prefix_cache_disk_gb; /* disk the spilled prompts may take */
     int parallel;           /* sequences decoded together */
     int threads;            /* 0: OpenMP default */
     char device[8];         /* "cpu" or "cuda" (the CPU when no GPU is usable) */

@@ -45,7 +45,7 @@ def toks(seed, n):
 
 def complete(s, prompt, **extra):
     body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True, "logprobs": 2, **extra}
-    st, _, b = s.request("POST", "/v1/completions", body)
+    st, _, b = s.request("POST", "/v1/completions", body, timeout=600)
     if st != 200:
         return st, None, None, b
     c = b["choices"][0]
@@ -158,6 +158,73 @@ with Server(BUILD, QWEN, "--parallel", "2", "--ctx-size", "2048", "--kv-cache-gb
           f"a request that could never fit the budget: 400 naming it ({st} {msg})")
     st, _, _, _ = complete(s, toks(6, 100), max_tokens=4)
     check(st == 200, "a request that fits is served after it")
+
+# the disk tier: prompts evicted from memory spill to --prefix-cache-dir, come back on a hit,
+# and survive a restart; a corrupted file or a write cut short is removed, never half-read
+import glob  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+disk = tempfile.mkdtemp(prefix="kvseek-pfx-")
+dargs = ("--parallel", "1", "--ctx-size", "2048", "--kv-cache-gb", "0.007", "--prefix-cache-dir", disk)
+A, B = toks(40, 1200), toks(41, 1200)
+try:
+    with Server(BUILD, QWEN, *dargs) as s:
+        st, cold_a, _, _ = complete(s, A, cache_prompt=False)
+        complete(s, A)                      # cached in memory
+        complete(s, B, max_tokens=400)      # needs the room: A spills to disk
+        m = metrics(s)
+        check(m.get("kvseek_prefix_cache_spills_total", 0) >= 1 and m.get("kvseek_prefix_cache_disk_entries", 0) >= 1
+              and len(glob.glob(disk + "/pfx_*/context.kvctx")) >= 1,
+              f"an evicted prompt is written to the disk tier ({m.get('kvseek_prefix_cache_spills_total')} spills)")
+        st, hot_a, c, _ = complete(s, A)
+        check(st == 200 and c == len(A) - 2 and hot_a == cold_a,
+              f"a hit on the spilled prompt: cached_tokens {c}, the same tokens and log-probabilities")
+    files = sorted(glob.glob(disk + "/pfx_*/context.kvctx"))
+    with Server(BUILD, QWEN, *dargs) as s:
+        m = metrics(s)
+        check(m.get("kvseek_prefix_cache_disk_entries", 0) == len(files) >= 1,
+              f"after a restart the spilled prompts are mapped again ({len(files)} files)")
+        st, again, c, _ = complete(s, A)
+        check(st == 200 and c == len(A) - 2 and again == cold_a, f"... and served: cached_tokens {c}, same answer")
+    # a corrupted file and a write cut short (kill -9 before the rename) are removed with a log line
+    with open(files[0], "r+b") as f:
+        f.seek(os.path.getsize(files[0]) // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.makedirs(disk + "/.tmp-pfx_0123456789abcdef-99999", exist_ok=True)
+    with open(disk + "/.tmp-pfx_0123456789abcdef-99999/context.kvctx", "wb") as f:
+        f.write(b"KVSKCTX1" + b"\0" * 100)
+    with Server(BUILD, QWEN, *dargs) as s:
+        log = s.read_log()
+        check("checksum mismatch" in log and not os.path.exists(files[0]),
+              "a corrupted spilled prompt is refused with a log line and removed")
+        check(not glob.glob(disk + "/.tmp-*"), "a write cut short is removed at start, never read")
+        st, again, c, _ = complete(s, A)
+        check(st == 200 and again == cold_a, f"the server serves on, with the same answer (cached_tokens {c})")
+    # a real kill -9 while prompts are being spilled: after the restart every file is whole
+    with Server(BUILD, QWEN, *dargs) as s:
+        for i in range(3):
+            complete(s, toks(60 + i, 1200), max_tokens=2)
+        def long_request():
+            try:
+                complete(s, toks(70, 1200), max_tokens=400)
+            except OSError:
+                pass  # the server is killed under it
+        th = threading.Thread(target=long_request)
+        th.start()
+        time.sleep(0.15)
+        s.proc.kill()
+        th.join()
+    with Server(BUILD, QWEN, *dargs) as s:
+        log = s.read_log()
+        n_files = len(glob.glob(disk + "/pfx_*/context.kvctx"))
+        m = metrics(s)
+        check(m.get("kvseek_prefix_cache_disk_entries", -1) == n_files and not glob.glob(disk + "/.tmp-*"),
+              f"after kill -9: every spilled prompt left is mapped ({n_files}), nothing half-written remains")
+finally:
+    shutil.rmtree(disk, ignore_errors=True)
 
 # long context by default: the default model's training context, a 20K-token prompt admitted
 # (its stream opens; the client then hangs up, which cancels it before much prefill is spent)
