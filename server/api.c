@@ -1051,6 +1051,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         }
         gp.context = ctx;
     }
+    if (s->contexts) eng_sched_set_pinned(s->sched, srv_ctx_bytes(s->contexts)); /* the budget's share */
     rc = eng_sched_submit(s->sched, &gp, &G->req);
     eng_ctx_unref(ctx); /* the scheduler holds its own reference */
     if (rc) {

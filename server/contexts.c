@@ -52,6 +52,19 @@ struct srv_ctx_reg {
     int count;
 };
 
+size_t srv_ctx_bytes(srv_ctx_reg *r) {
+    size_t n = 0;
+    pthread_mutex_lock(&r->mu);
+    for (entry *e = r->head; e; e = e->next)
+        if (e->status == CTX_READY && e->ctx) {
+            eng_ctx_info info;
+            eng_ctx_get_info(e->ctx, &info);
+            n += info.file_bytes;
+        }
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
 static void entry_free(entry *e) {
     eng_ctx_unref(e->ctx);
     free(e->tokens);

@@ -193,6 +193,8 @@ void srv_ctx_close(srv_ctx_reg *r);
 bool srv_ctx_id_valid(const char *id);
 /* A reference to a ready context (the caller unrefs), or NULL with *status 404 (unknown),
  * 409 (still building) or 410 (its build failed). */
+/* Bytes of the ready contexts' files (mapped; they count against the KV memory budget). */
+size_t srv_ctx_bytes(srv_ctx_reg *r);
 eng_ctx *srv_ctx_acquire(srv_ctx_reg *r, const char *id, int *status);
 /* /v1/contexts (GET list, POST register) and /v1/contexts/{id} (GET, DELETE); id NULL for the
  * collection. */
