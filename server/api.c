@@ -1106,6 +1106,29 @@ enum MHD_Result srv_api_models(srv_conn *c) {
     return srv_respond_json(c, 200, o);
 }
 
+enum MHD_Result srv_api_info(srv_conn *c) {
+    srv *s = c->s;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model_id", s->cfg.model_alias);
+    cJSON_AddNullToObject(o, "model_sha");
+    cJSON_AddStringToObject(o, "model_dtype", "gguf");
+    cJSON_AddStringToObject(o, "model_device_type", eng_model_device(s->model));
+    cJSON_AddNullToObject(o, "model_pipeline_tag");
+    cJSON_AddNumberToObject(o, "max_concurrent_requests", s->cfg.parallel + s->cfg.queue_size);
+    cJSON_AddNumberToObject(o, "max_best_of", 1);
+    cJSON_AddNumberToObject(o, "max_stop_sequences", ENG_MAX_STOP);
+    cJSON_AddNumberToObject(o, "max_input_tokens", s->n_ctx - 1);
+    cJSON_AddNumberToObject(o, "max_total_tokens", s->n_ctx);
+    cJSON_AddNumberToObject(o, "max_batch_total_tokens", (double)s->n_ctx * s->cfg.parallel);
+    cJSON_AddNumberToObject(o, "max_client_batch_size", 1);
+    cJSON_AddNumberToObject(o, "validation_workers", 1);
+    cJSON_AddStringToObject(o, "router", "kvseek");
+    cJSON_AddStringToObject(o, "version", SRV_VERSION);
+    cJSON_AddNullToObject(o, "sha");
+    cJSON_AddNullToObject(o, "docker_label");
+    return srv_respond_json(c, 200, o);
+}
+
 static cJSON *parse_body(srv_conn *c, enum MHD_Result *r) {
     cJSON *root = cJSON_ParseWithLength(c->body ? c->body : "", c->body_len);
     if (!root) {

@@ -46,6 +46,10 @@ static const struct {
     {"/generate_stream", "POST", SRV_ROUTE_GENERATE_STREAM, SRV_SHAPE_TGI, false},
     {"/v1/completions", "POST", SRV_ROUTE_COMPLETIONS, SRV_SHAPE_OPENAI, false},
     {"/v1/chat/completions", "POST", SRV_ROUTE_CHAT, SRV_SHAPE_OPENAI, false},
+    /* TGI's clients (huggingface_hub, text-generation) POST to the root URL: /generate, which
+     * streams when the body says "stream": true, as TGI's compat route does */
+    {"/", "POST", SRV_ROUTE_GENERATE, SRV_SHAPE_TGI, false},
+    {"/info", "GET", SRV_ROUTE_INFO, SRV_SHAPE_TGI, false},
 };
 
 /* Constant-time in the key's length: every byte is compared whatever the first mismatch. */
@@ -108,6 +112,7 @@ static enum MHD_Result dispatch(srv_conn *c) {
     if (st == SRV_DRAINING) return srv_respond_error(c, 503, NULL, NULL, "the server is shutting down");
     switch (c->route) {
     case SRV_ROUTE_MODELS: return srv_api_models(c);
+    case SRV_ROUTE_INFO: return srv_api_info(c);
     case SRV_ROUTE_TOKENIZE: return srv_api_tokenize(c);
     case SRV_ROUTE_DETOKENIZE: return srv_api_detokenize(c);
     case SRV_ROUTE_CONTEXTS: return srv_api_contexts(c, c->method, c->ctx_id[0] ? c->ctx_id : NULL);

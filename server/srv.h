@@ -20,6 +20,8 @@
 #include "server.h"
 #include "tok.h"
 
+#define SRV_VERSION "0.1.0" /* as `kvseek --version` says */
+
 /* ---- configuration (config.c) ---- */
 
 typedef struct {
@@ -93,7 +95,7 @@ char *srv_chat_render(srv_chat_fmt f, const srv_chat_msg *msgs, int n, char *err
 typedef enum {
     SRV_ROUTE_HEALTH, SRV_ROUTE_METRICS, SRV_ROUTE_MODELS, SRV_ROUTE_TOKENIZE, SRV_ROUTE_DETOKENIZE,
     SRV_ROUTE_GENERATE, SRV_ROUTE_GENERATE_STREAM, SRV_ROUTE_COMPLETIONS, SRV_ROUTE_CHAT,
-    SRV_ROUTE_CONTEXTS, SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
+    SRV_ROUTE_INFO, SRV_ROUTE_CONTEXTS, SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
 } srv_route;
 
 typedef struct srv_metrics srv_metrics;
@@ -173,6 +175,8 @@ enum MHD_Result srv_respond_stream(srv_conn *c, MHD_ContentReaderCallback cb, vo
 /* ---- endpoints (api.c) ---- */
 
 enum MHD_Result srv_api_models(srv_conn *c);
+/* TGI's GET /info: the model, its limits and the server's version, as TGI names them. */
+enum MHD_Result srv_api_info(srv_conn *c);
 enum MHD_Result srv_api_tokenize(srv_conn *c);
 enum MHD_Result srv_api_detokenize(srv_conn *c);
 enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->route */

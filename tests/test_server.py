@@ -589,6 +589,33 @@ with tempfile.TemporaryDirectory() as d:
     finally:
         s.__exit__()
 
+# ----------------------------------------------------------------------------------------------
+# F: TGI's root route and /info, which TGI's own clients use
+# ----------------------------------------------------------------------------------------------
+with Server(BUILD, GEMMA) as s:
+    st, _, info = s.request("GET", "/info")
+    check(st == 200 and info.get("model_id") == "tiny-gemma3.gguf" and info.get("max_total_tokens") == 2048
+          and info.get("max_input_tokens") == 2047 and isinstance(info.get("version"), str),
+          "GET /info: model_id, max_input_tokens, max_total_tokens, version as TGI names them")
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "details": True}}
+    st, _, g = s.request("POST", "/generate", body)
+    st2, _, r = s.request("POST", "/", body)
+    check(st == st2 == 200 and r["generated_text"] == g["generated_text"] and r["details"]["finish_reason"] == "length",
+          "POST / answers as /generate")
+    ev = collect(s.stream("/", {**body, "stream": True}))
+    check(len(ev) == 4 and ev[-1]["generated_text"] == g["generated_text"], "POST / with stream: true streams")
+    try:
+        from huggingface_hub import InferenceClient
+    except ImportError:
+        print("skipped: huggingface_hub is not installed (scripts/setup.sh installs the test tooling)")
+    else:
+        hc = InferenceClient(model=f"http://127.0.0.1:{s.port}")
+        text = hc.text_generation("Hello", max_new_tokens=4)
+        parts = list(hc.text_generation("Hello", max_new_tokens=4, stream=True))
+        det = hc.text_generation("Hello", max_new_tokens=4, details=True)
+        check(text == g["generated_text"] and "".join(parts) == text and det.details.finish_reason == "length",
+              "huggingface_hub's InferenceClient, unmodified: text_generation plain, streamed, with details")
+
 print(f"{time.time() - T0:.1f} s", flush=True)
 print("all passed" if failures == 0 else f"{failures} failed")
 sys.exit(1 if failures else 0)
