@@ -22,7 +22,8 @@ struct eng_sampler {
 };
 
 eng_sampler_params eng_sampler_default(void) {
-    eng_sampler_params p = {0.8f, 40, 0.95f, 0.05f, 1.0f, 64, 0.0f, 0.0f, 0};
+    eng_sampler_params p = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .min_p = 0.05f,
+                            .repeat_penalty = 1.0f, .repeat_last_n = 64};
     return p;
 }
 
@@ -157,6 +158,8 @@ int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history
         const float mx = max_of(logits, n);
         log_z = mx + logf(exp_sum(logits, s->probs, n, mx, 1.0f));
     }
+    for (int i = 0; i < p->n_bias && i < ENG_MAX_LOGIT_BIAS; i++)
+        if (p->bias_id[i] >= 0 && p->bias_id[i] < n) logits[p->bias_id[i]] += p->bias[i];
     apply_penalties(s, logits, history, n_hist);
     int32_t chosen;
     if (p->temperature <= 0.0f) {

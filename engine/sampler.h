@@ -6,6 +6,8 @@
 
 #include <stdint.h>
 
+#define ENG_MAX_LOGIT_BIAS 300 /* OpenAI's limit */
+
 typedef struct {
     float temperature;      /* <= 0: greedy (argmax) */
     int top_k;              /* <= 0: off */
@@ -16,6 +18,11 @@ typedef struct {
     float presence_penalty; /* OpenAI-style, subtracted once per distinct recent token */
     float frequency_penalty;/* OpenAI-style, subtracted per occurrence */
     uint64_t seed;
+    /* OpenAI's logit_bias: added to these tokens' logits before the penalties and sampling (the
+     * reported logprobs stay the model's); ids past the vocabulary are ignored */
+    int n_bias;
+    int32_t bias_id[ENG_MAX_LOGIT_BIAS];
+    float bias[ENG_MAX_LOGIT_BIAS];
 } eng_sampler_params;
 
 /* Defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalties, seed 0. */

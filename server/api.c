@@ -125,7 +125,7 @@ static void gen_req_free(gen_req *g) {
 
 /* The OpenAI default sampling: temperature 1, nothing cut. */
 static eng_sampler_params sampling_none(void) {
-    eng_sampler_params p = {1.0f, 0, 1.0f, 0.0f, 1.0f, 64, 0.0f, 0.0f, 0};
+    eng_sampler_params p = {.temperature = 1.0f, .top_p = 1.0f, .repeat_penalty = 1.0f, .repeat_last_n = 64};
     return p;
 }
 
@@ -257,10 +257,25 @@ static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_re
         return -1;
     if (parse_attention(cJSON_GetObjectItemCaseSensitive(root, "attention"), g, e)) return -1;
     if (parse_context(cJSON_GetObjectItemCaseSensitive(root, "context"), g, e)) return -1;
-    /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
     const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
-    if (!absent(lb) && (!cJSON_IsObject(lb) || cJSON_GetArraySize(lb) > 0))
-        return fail(e, "logit_bias", "'logit_bias' is not supported");
+    if (!absent(lb)) {
+        if (!cJSON_IsObject(lb)) return fail(e, "logit_bias", "'logit_bias' must be an object of token ids to numbers");
+        if (cJSON_GetArraySize(lb) > ENG_MAX_LOGIT_BIAS)
+            return fail(e, "logit_bias", "'logit_bias' takes at most %d tokens", ENG_MAX_LOGIT_BIAS);
+        const cJSON *it;
+        cJSON_ArrayForEach(it, lb) {
+            char *end;
+            long id = strtol(it->string, &end, 10);
+            if (!it->string[0] || *end || id < 0 || id >= (1L << 30))
+                return fail(e, "logit_bias", "'logit_bias' key '%.20s' is not a token id", it->string);
+            double v = cJSON_GetNumberValue(it);
+            if (!cJSON_IsNumber(it) || !(v >= -100 && v <= 100))
+                return fail(e, "logit_bias", "'logit_bias' values must be numbers in [-100, 100]");
+            g->sp.bias_id[g->sp.n_bias] = (int32_t)id;
+            g->sp.bias[g->sp.n_bias++] = (float)v;
+        }
+    }
+    /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
     const char *unsupported[] = {"tools", "functions"};
     for (int i = 0; i < 2; i++) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, unsupported[i]);
@@ -477,6 +492,9 @@ static int parse_gen_body(const char *body, size_t len, srv_chat_fmt fmt, int n_
     else rc = parse_chat(root, g, fmt, e);
     cJSON_Delete(root);
     if (g->route == SRV_ROUTE_GENERATE_STREAM) g->stream = true;
+    for (int i = 0; rc == 0 && i < g->sp.n_bias; i++)
+        if (g->sp.bias_id[i] >= n_vocab)
+            rc = fail(e, "logit_bias", "'logit_bias' token id %d is out of range [0, %d)", g->sp.bias_id[i], n_vocab);
     return rc;
 }
 

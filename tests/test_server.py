@@ -246,7 +246,8 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
         ({"prompt": "x", "seed": "s"}, "seed"), ({"prompt": "x", "presence_penalty": 5}, "presence_penalty"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": [1, 99999]}, "prompt"), ({"prompt": "x", "user": 5}, "user"),
-        ({"prompt": "x", "logit_bias": {"5": 100}}, "logit_bias"), ({"prompt": "x", "tools": [{"type": "function"}]}, "tools"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"), ({"prompt": "x", "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"99999": 1}}, "logit_bias"), ({"prompt": "x", "tools": [{"type": "function"}]}, "tools"),
         ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
     ]
     for body, param in bad:
@@ -588,6 +589,25 @@ with tempfile.TemporaryDirectory() as d:
         check(rc == 1 and "error:" in s.read_log(), "a model that fails to load: exit 1 with an error line")
     finally:
         s.__exit__()
+
+# ----------------------------------------------------------------------------------------------
+# E: logit_bias on both OpenAI routes: +100 forces a token, -100 bans the greedy one
+# ----------------------------------------------------------------------------------------------
+with Server(BUILD, GEMMA) as s:
+    base = {"prompt": "Hello", "max_tokens": 6, "temperature": 0, "ignore_eos": True, "logprobs": 1}
+    st, _, b0 = s.request("POST", "/v1/completions", base)
+    st1, _, b1 = s.request("POST", "/v1/completions", {**base, "logit_bias": {"300": 100}})
+    toks1 = b1["choices"][0]["logprobs"]["tokens"] if st1 == 200 else []
+    piece = s.request("POST", "/detokenize", {"tokens": [300]})[2]["content"]
+    check(st1 == 200 and toks1 == [piece] * 6, f"logit_bias +100 forces token 300 every step ({toks1})")
+    first = s.request("POST", "/tokenize", {"content": b0["choices"][0]["logprobs"]["tokens"][0],
+                                            "add_special": False})[2]["tokens"]
+    st2, _, b2 = s.request("POST", "/v1/completions", {**base, "logit_bias": {str(first[0]): -100}})
+    check(st2 == 200 and len(first) == 1 and b2["choices"][0]["logprobs"]["tokens"][0] != b0["choices"][0]["logprobs"]["tokens"][0],
+          "logit_bias -100 bans the greedy first token")
+    st3, _, b3 = s.request("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+                                                            "temperature": 0, "logit_bias": {"300": 100}})
+    check(st3 == 200 and b3["choices"][0]["message"]["content"] == piece * 3, "logit_bias on chat completions")
 
 # ----------------------------------------------------------------------------------------------
 # F: TGI's root route and /info, which TGI's own clients use

@@ -527,8 +527,9 @@ static int cmd_generate(const args *a) {
         fprintf(stderr, "error: %s\n", err);
         goto done;
     }
-    eng_sampler_params sp = {a->temp, a->top_k, a->top_p, a->min_p, a->repeat_penalty,
-                             a->repeat_last_n, 0.0f, 0.0f, a->seed};
+    eng_sampler_params sp = {.temperature = a->temp, .top_k = a->top_k, .top_p = a->top_p, .min_p = a->min_p,
+                             .repeat_penalty = a->repeat_penalty, .repeat_last_n = a->repeat_last_n,
+                             .seed = a->seed};
     if (!a->seed_set) sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     smp = eng_sampler_create(&sp, hp->n_vocab);
     logits = malloc(sizeof(float) * hp->n_vocab);
