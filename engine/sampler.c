@@ -140,15 +140,38 @@ static int pick_sorted(eng_sampler *s, const cand *c, int m, float t) {
     double tot = 0.0;
     for (int i = 0; i < m; i++) tot += exp(((double)c[i].logit - c[0].logit) / t);
     double u = (double)(next_u64(s->rng) >> 11) * 0x1.0p-53 * tot, acc = 0.0;
+    int last = 0; /* rounding fallback: the last candidate with weight (never an excluded one) */
     for (int i = 0; i < m; i++) {
-        acc += exp(((double)c[i].logit - c[0].logit) / t);
+        const double w = exp(((double)c[i].logit - c[0].logit) / t);
+        if (w > 0) last = i;
+        acc += w;
         if (u < acc) return i;
     }
-    return m - 1;
+    return last;
+}
+
+/* Sets the logits of the tokens allow excludes to -inf; 0 when it excludes all. A -inf logit
+ * drops out of every later stage: argmax, exp, the sorts and cut-offs. */
+static int apply_allow(float *logits, int n, const uint32_t *allow) {
+    int any = 0;
+    for (int w = 0; w < (n + 31) / 32; w++) {
+        const uint32_t m = allow[w];
+        if (m == 0xffffffffu && (w + 1) * 32 <= n) { any = 1; continue; }
+        for (int b = 0; b < 32 && w * 32 + b < n; b++) {
+            if (m >> b & 1) any = 1;
+            else logits[w * 32 + b] = -INFINITY;
+        }
+    }
+    return any;
 }
 
 int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history, int n_hist,
                            float *logprob) {
+    return eng_sampler_sample_allowed(s, logits, NULL, history, n_hist, logprob);
+}
+
+int32_t eng_sampler_sample_allowed(eng_sampler *s, float *logits, const uint32_t *allow,
+                                   const int32_t *history, int n_hist, float *logprob) {
     const int n = s->n_vocab;
     const eng_sampler_params *p = &s->p;
     float log_z = 0.0f;
@@ -158,6 +181,7 @@ int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history
         const float mx = max_of(logits, n);
         log_z = mx + logf(exp_sum(logits, s->probs, n, mx, 1.0f));
     }
+    if (allow && !apply_allow(logits, n, allow)) return -1;
     for (int i = 0; i < p->n_bias && i < ENG_MAX_LOGIT_BIAS; i++)
         if (p->bias_id[i] >= 0 && p->bias_id[i] < n) logits[p->bias_id[i]] += p->bias[i];
     apply_penalties(s, logits, history, n_hist);
@@ -171,11 +195,14 @@ int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history
         const float tot = exp_sum(logits, s->probs, n, mx, 1.0f / p->temperature);
         const float u = (float)((next_u64(s->rng) >> 11) * 0x1.0p-53) * tot;
         float acc = 0.0f;
-        chosen = n - 1;
+        chosen = -1;
+        int last = 0;
         for (int i = 0; i < n; i++) {
+            if (s->probs[i] > 0) last = i;
             acc += s->probs[i];
             if (u < acc) { chosen = i; break; }
         }
+        if (chosen < 0) chosen = last; /* rounding: never an excluded token */
     } else {
         cand *c = s->c;
         int m;

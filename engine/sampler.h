@@ -38,5 +38,10 @@ void eng_sampler_free(eng_sampler *s); /* accepts NULL */
  * token's log-probability under the model's unmodified distribution. */
 int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history, int n_hist,
                            float *logprob);
+/* As eng_sampler_sample, choosing only among the tokens whose bit is set in allow (a bitset of
+ * (n_vocab + 31) / 32 words, bit id & 31 of word id >> 5; NULL: every token), as constrained
+ * decoding needs. The reported logprob stays the model's. Returns -1 when allow admits none. */
+int32_t eng_sampler_sample_allowed(eng_sampler *s, float *logits, const uint32_t *allow,
+                                   const int32_t *history, int n_hist, float *logprob);
 
 #endif

@@ -23,6 +23,7 @@
 
 #include "clock.h"
 #include "context.h"
+#include "grammar.h"
 #include "kvcache.h"
 #include "pcache.h"
 #include "tok.h"
@@ -54,6 +55,7 @@ struct eng_req {
     bool build;              /* a context build job: prefill only, hand the sequence over */
     bool no_cache;           /* the request opted out of the prefix cache */
     int obs_tokens;
+    gram *grammar;           /* owned; NULL: unconstrained */
     atomic_int fed;          /* n_fed, readable by other threads (progress) */
     double t_submit;
 
@@ -65,6 +67,7 @@ struct eng_req {
     int n_cached;            /* prompt tokens taken from the prefix cache */
     bool cached;             /* its prompt went into the prefix cache (or will not) */
     eng_sampler *smp;
+    gram_state *gs;          /* the grammar's state, created with smp */
     char *out;               /* generated text; out[0 .. sent) has been released */
     size_t out_len, out_cap, sent;
     uint64_t admit_seq;
@@ -75,6 +78,7 @@ typedef struct {
     eng_seq *seq;
     eng_req *req;            /* NULL when free; written under the scheduler's mutex */
     float *logits;           /* n_vocab */
+    uint32_t *allow;         /* the grammar's token mask this step (gram_mask_words) */
     int row;                 /* the row of this step that produced logits, or -1 */
     int32_t tok;             /* token sampled this step */
     float lp;
@@ -106,6 +110,9 @@ struct eng_sched {
     size_t cache_tokens;
     eng_pcache_stats ps;   /* under mu: the engine's last copy */
     eng_attn_params attn_default; /* the model's, for requests that give none */
+    gram_vocab *gv;          /* the vocabulary's byte trie, built at the first grammar request
+                              * (engine thread only) */
+    char gv_err[160];        /* why it could not be built */
 };
 
 const char *eng_sched_strerror(int code) {
@@ -138,6 +145,8 @@ static void req_free(eng_req *r) {
     free(r->hist);
     free(r->out);
     eng_sampler_free(r->smp);
+    gram_state_free(r->gs);
+    gram_free(r->grammar);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -298,6 +307,8 @@ static bool fits_budget(eng_sched *s, eng_req *r) {
 /* ---- submit ---- */
 
 static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out);
+static int submit_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
+                          bool *taken);
 
 int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
     return submit(s, p, false, 0, out);
@@ -317,6 +328,14 @@ double eng_req_progress(const eng_req *r) {
 
 static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out) {
     *out = NULL;
+    bool taken = false; /* the grammar belongs to the request (freed with it) */
+    int rc = submit_checked(s, p, build, obs_tokens, out, &taken);
+    if (rc && !taken) gram_free(p->grammar);
+    return rc;
+}
+
+static int submit_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
+                          bool *taken) {
     if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 ||
         p->n_stop > ENG_MAX_STOP || p->top_logprobs < 0 || p->top_logprobs > ENG_MAX_TOP_LOGPROBS)
         return ENG_SCHED_EARG;
@@ -331,6 +350,8 @@ static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tok
 
     eng_req *r = calloc(1, sizeof *r);
     if (!r) return ENG_SCHED_ENOMEM;
+    r->grammar = build ? NULL : p->grammar;
+    *taken = r->grammar != NULL;
     pthread_mutex_init(&r->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -342,7 +363,7 @@ static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tok
     r->max_tokens = p->max_tokens;
     r->sp = p->sampling;
     r->stop_inclusive = p->stop_inclusive;
-    r->ignore_eos = p->ignore_eos;
+    r->ignore_eos = p->ignore_eos && !p->grammar; /* the grammar decides where the text ends */
     r->top_logprobs = p->top_logprobs;
     if (p->attn) {
         r->attn = *p->attn;
@@ -440,6 +461,8 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
     r->state = REQ_DONE;
     eng_sampler_free(r->smp);
     r->smp = NULL;
+    gram_state_free(r->gs);
+    r->gs = NULL;
     req_push(r, &ev);
     if (sl) { /* the slot's memory goes back (what a cached prompt shares stays with it) */
         eng_seq_reset(sl->seq);
@@ -656,6 +679,47 @@ static void cache_prompt(eng_sched *s, slot *sl, eng_req *r) {
     pthread_mutex_unlock(&s->mu);
 }
 
+typedef struct {
+    const tok_vocab *v;
+    char buf[512];
+} piece_ud;
+
+/* A token's bytes for the grammar's trie; NULL for control and unused tokens, which constrained
+ * output never contains (end-of-generation tokens are passed apart). */
+static const char *grammar_piece(void *ud, int32_t id, int *len) {
+    piece_ud *u = ud;
+    const tok_type t = tok_get_type(u->v, id);
+    if (t == TOK_TYPE_CONTROL || t == TOK_TYPE_UNUSED || t == TOK_TYPE_UNDEFINED) return NULL;
+    int n = tok_piece(u->v, id, false, u->buf, sizeof u->buf);
+    if (n <= 0 || n > (int)sizeof u->buf) return NULL;
+    *len = n;
+    return u->buf;
+}
+
+/* The vocabulary's byte trie, built once on the first request with a grammar. */
+static bool grammar_vocab(eng_sched *s) {
+    if (s->gv) return true;
+    if (s->gv_err[0]) return false;
+    int32_t *eog = malloc(sizeof(int32_t) * s->n_vocab);
+    if (!eog) {
+        snprintf(s->gv_err, sizeof s->gv_err, "out of memory");
+        return false;
+    }
+    int n_eog = 0;
+    for (int32_t i = 0; i < s->n_vocab; i++)
+        if (tok_is_eog(s->vocab, i)) eog[n_eog++] = i;
+    piece_ud *u = malloc(sizeof *u);
+    char err[160] = "out of memory";
+    if (u) {
+        u->v = s->vocab;
+        s->gv = gram_vocab_create(s->n_vocab, grammar_piece, u, eog, n_eog, err, sizeof err);
+    }
+    free(u);
+    free(eog);
+    if (!s->gv) snprintf(s->gv_err, sizeof s->gv_err, "constrained decoding: %s", err);
+    return s->gv != NULL;
+}
+
 /* Runs one step over the active slots. */
 static void step(eng_sched *s) {
     char err[256];
@@ -686,7 +750,15 @@ static void step(eng_sched *s) {
                 continue;
             }
             r->smp = eng_sampler_create(&r->sp, s->n_vocab);
-            if (!r->smp) finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, "out of memory");
+            if (!r->smp) {
+                finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, "out of memory");
+                continue;
+            }
+            if (r->grammar) {
+                const char *why = grammar_vocab(s) ? NULL : s->gv_err;
+                if (!why && !(r->gs = gram_state_new(r->grammar, s->gv))) why = "out of memory";
+                if (why) finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, why);
+            }
         }
     }
     /* one decode row per running sequence */
@@ -769,11 +841,23 @@ static void step(eng_sched *s) {
         slot *sl = &s->slots[idx[j]];
         eng_req *r = sl->req;
         if (r->top_logprobs > 0) top_logprobs(sl->logits, s->n_vocab, r->top_logprobs, &evs[j]);
-        evs[j].id = eng_sampler_sample(r->smp, sl->logits, r->hist, r->n_hist, &evs[j].logprob);
+        const uint32_t *allow = NULL;
+        if (r->gs) {
+            gram_state_mask(r->gs, sl->allow);
+            allow = sl->allow;
+        }
+        evs[j].id = eng_sampler_sample_allowed(r->smp, sl->logits, allow, r->hist, r->n_hist, &evs[j].logprob);
+        if (r->gs && evs[j].id >= 0 && gram_state_accept_token(r->gs, evs[j].id) != GRAM_OK)
+            evs[j].id = -1; /* cannot happen: the mask admitted it */
     }
     double t1 = krn_now_s() * 1e3;
     for (int j = 0; j < n_s; j++) {
         slot *sl = &s->slots[idx[j]];
+        if (evs[j].id < 0) {
+            finish_req(s, sl, sl->req, ENG_FINISH_ERROR, NULL,
+                       "the response format allows no token of the vocabulary here");
+            continue;
+        }
         evs[j].has_token = true;
         evs[j].t_ms = t1;
         take_token(s, sl, sl->req, &evs[j]);
@@ -925,7 +1009,8 @@ int eng_sched_create(eng_model *m, const eng_sched_params *p, eng_sched **out, c
     for (int i = 0; i < p->n_parallel; i++) {
         s->slots[i].seq = eng_seq_create(m, p->n_ctx + p->ctx_max_tokens, err, errlen);
         s->slots[i].logits = malloc(sizeof(float) * s->n_vocab);
-        if (!s->slots[i].seq || !s->slots[i].logits) {
+        s->slots[i].allow = malloc(sizeof(uint32_t) * (((size_t)s->n_vocab + 31) / 32));
+        if (!s->slots[i].seq || !s->slots[i].logits || !s->slots[i].allow) {
             if (s->slots[i].seq) eng_set_err(err, errlen, "out of memory");
             eng_sched_free(s);
             return ENG_SCHED_ENOMEM;
@@ -974,9 +1059,11 @@ void eng_sched_free(eng_sched *s) {
         for (int i = 0; i < s->p.n_parallel; i++) {
             eng_seq_free(s->slots[i].seq);
             free(s->slots[i].logits);
+            free(s->slots[i].allow);
         }
     }
     eng_pcache_free(s->pc); /* after the slots: entries' pages outlive their borrowers anyway */
+    gram_vocab_free(s->gv);  /* every grammar state went with its request */
     free(s->slots);
     free(s->rows);
     pthread_mutex_destroy(&s->mu);

@@ -84,6 +84,10 @@ typedef struct {
     struct eng_ctx *context; /* a registered context the prompt continues (the scheduler holds a
                             * reference until the request ends); NULL: none */
     bool no_cache;         /* neither start from a cached prefix nor cache this prompt */
+    struct gram *grammar;  /* constrained decoding (grammar.h): only tokens that continue it are
+                            * sampled, end-of-generation only where it may end (ignore_eos is then
+                            * moot). Taken, not copied: the scheduler frees it when the request
+                            * ends, and eng_sched_submit frees it when it fails. NULL: none */
 } eng_gen_params;
 
 typedef enum {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "grammar.h"
 #include "srv.h"
 
 /* Adds a string of n bytes (any bytes) to obj as key, cleaned to valid UTF-8. */
@@ -115,9 +116,11 @@ typedef struct {
     bool cache_prompt;     /* start from / keep in the prefix cache (default true) */
     eng_attn_params attn;  /* the server's default, then the request's "attention" */
     char context[48];      /* a registered context the prompt continues ("context"), or empty */
+    gram *grammar;         /* response_format / TGI grammar, compiled; handed to the scheduler */
 } gen_req;
 
 static void gen_req_free(gen_req *g) {
+    gram_free(g->grammar);
     free(g->prompt);
     free(g->ids);
     for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
@@ -197,6 +200,81 @@ static int parse_context(const cJSON *it, gen_req *g, perr *e) {
         return fail(e, "context", "'context' must be the id of a registered context (ctx_...)");
     snprintf(g->context, sizeof g->context, "%s", it->valuestring);
     return 0;
+}
+
+/* A JSON schema (an object, or a string holding one) compiled into g->grammar. */
+static int set_schema(const cJSON *schema, const char *param, gen_req *g, perr *e) {
+    char *text = cJSON_IsString(schema) ? strdup(schema->valuestring)
+               : cJSON_IsObject(schema) || cJSON_IsBool(schema) ? cJSON_PrintUnformatted(schema) : NULL;
+    if (!cJSON_IsString(schema) && !cJSON_IsObject(schema) && !cJSON_IsBool(schema))
+        return fail(e, param, "'%s' must be a JSON schema object", param);
+    if (!text) return fail(e, param, "out of memory");
+    char err[200];
+    gram_free(g->grammar);
+    g->grammar = gram_from_json_schema(text, strlen(text), err, sizeof err);
+    free(text);
+    if (!g->grammar) return fail(e, param, "invalid or unsupported schema: %s", err);
+    return 0;
+}
+
+static int set_regex(const cJSON *re, const char *param, gen_req *g, perr *e) {
+    if (!cJSON_IsString(re)) return fail(e, param, "'%s' must be a regular expression string", param);
+    char err[200];
+    gram_free(g->grammar);
+    g->grammar = gram_from_regex(re->valuestring, strlen(re->valuestring), err, sizeof err);
+    if (!g->grammar) return fail(e, param, "the regular expression does not compile: %s", err);
+    return 0;
+}
+
+/* TGI's grammar {"type": "json" | "json_object" | "regex", "value": ...}, also accepted as
+ * OpenAI chat's response_format (huggingface_hub's chat_completion sends it so). */
+static int parse_tgi_grammar(const cJSON *gr, const char *param, gen_req *g, perr *e) {
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(gr, "type");
+    const cJSON *value = cJSON_GetObjectItemCaseSensitive(gr, "value");
+    char vparam[64];
+    snprintf(vparam, sizeof vparam, "%s.value", param);
+    if (!strcmp(type->valuestring, "regex")) return set_regex(value, vparam, g, e);
+    if (absent(value) || !strcmp(type->valuestring, "json_object")) {
+        gram_free(g->grammar);
+        return (g->grammar = gram_json_object()) ? 0 : fail(e, param, "out of memory");
+    }
+    return set_schema(value, vparam, g, e);
+}
+
+/* OpenAI's response_format: text, json_object, json_schema {name, schema, strict}; and TGI's
+ * forms (json, regex). */
+static int parse_response_format(const cJSON *rf, gen_req *g, perr *e) {
+    if (absent(rf)) return 0;
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    if (!cJSON_IsObject(rf) || !cJSON_IsString(type))
+        return fail(e, "response_format", "'response_format' must be an object with a string 'type'");
+    const char *t = type->valuestring;
+    if (!strcmp(t, "text")) return 0;
+    if (!strcmp(t, "json_object")) {
+        gram_free(g->grammar);
+        return (g->grammar = gram_json_object()) ? 0 : fail(e, "response_format", "out of memory");
+    }
+    if (!strcmp(t, "json_schema")) {
+        const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+        if (!cJSON_IsObject(js))
+            return fail(e, "response_format.json_schema", "'response_format.json_schema' must be an object "
+                        "with a 'schema'");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(js, "name");
+        if (!absent(name) && !cJSON_IsString(name))
+            return fail(e, "response_format.json_schema.name", "'response_format.json_schema.name' must be a string");
+        const cJSON *strict = cJSON_GetObjectItemCaseSensitive(js, "strict");
+        if (!absent(strict) && !cJSON_IsBool(strict))
+            return fail(e, "response_format.json_schema.strict", "'response_format.json_schema.strict' must be a boolean");
+        const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+        if (absent(schema)) {
+            gram_free(g->grammar);
+            return (g->grammar = gram_json_object()) ? 0 : fail(e, "response_format", "out of memory");
+        }
+        return set_schema(schema, "response_format.json_schema.schema", g, e);
+    }
+    if (!strcmp(t, "json") || !strcmp(t, "regex")) return parse_tgi_grammar(rf, "response_format", g, e);
+    return fail(e, "response_format.type", "'response_format.type' must be one of text, json_object, "
+                "json_schema (or TGI's json, regex); got '%.40s'", t);
 }
 
 /* Sampling fields shared by the OpenAI routes (plus the usual extensions: top_k, min_p,
@@ -282,12 +360,7 @@ static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_re
         if (!absent(t) && (!cJSON_IsArray(t) || cJSON_GetArraySize(t) > 0))
             return fail(e, unsupported[i], "'%s' (tool calling) is not supported", unsupported[i]);
     }
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
-    if (!absent(rf)) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
-        if (!cJSON_IsObject(rf) || !cJSON_IsString(type) || strcmp(type->valuestring, "text"))
-            return fail(e, "response_format", "only 'response_format': {\"type\": \"text\"} is supported");
-    }
+    if (parse_response_format(cJSON_GetObjectItemCaseSensitive(root, "response_format"), g, e)) return -1;
     const cJSON *user = cJSON_GetObjectItemCaseSensitive(root, "user");
     if (!absent(user) && !cJSON_IsString(user)) return fail(e, "user", "'user' must be a string");
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -469,6 +542,15 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
     if (parse_attention(F("attention"), g, e)) return -1;
     if (parse_context(F("context"), g, e)) return -1;
+    const cJSON *gr = F("grammar");
+    if (!absent(gr)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(gr, "type");
+        if (!cJSON_IsObject(gr) || !cJSON_IsString(type) ||
+            (strcmp(type->valuestring, "json") && strcmp(type->valuestring, "regex") &&
+             strcmp(type->valuestring, "json_object")))
+            return fail(e, "grammar", "'grammar' must be {\"type\": \"json\" | \"regex\", \"value\": ...}");
+        if (parse_tgi_grammar(gr, "grammar", g, e)) return -1;
+    }
 #undef F
     g->logprobs = -1;
     /* TGI samples when asked to, or when a sampling parameter says so; else greedy */
@@ -1070,6 +1152,8 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         gp.context = ctx;
     }
     if (s->contexts) eng_sched_set_pinned(s->sched, srv_ctx_bytes(s->contexts)); /* the budget's share */
+    gp.grammar = g->grammar;
+    g->grammar = NULL; /* the scheduler's now, whatever submit answers */
     rc = eng_sched_submit(s->sched, &gp, &G->req);
     eng_ctx_unref(ctx); /* the scheduler holds its own reference */
     if (rc) {

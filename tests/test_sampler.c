@@ -135,6 +135,48 @@ int main(void) {
         CHECK(ok && beyond && nucleus > 64, "top-p 0.5 over %d tokens stays in the %d-token nucleus", BV, nucleus);
         eng_sampler_free(t);
     }
+    {   /* an allow mask (constrained decoding): every chain picks only allowed tokens, the
+         * logprob stays the model's, and a mask that admits nothing is refused */
+        uint32_t allow[(V + 31) / 32];
+        memset(allow, 0, sizeof allow);
+        const int ok_ids[] = {3, 77, 640, 999};
+        for (int i = 0; i < 4; i++) allow[ok_ids[i] >> 5] |= 1u << (ok_ids[i] & 31);
+        const float temps[] = {0.0f, 1.0f, 1.0f, 1.0f};
+        const int topks[] = {0, 0, 40, 0};
+        const float topps[] = {1.0f, 1.0f, 0.95f, 0.9f};
+        int bad = 0, seen[4] = {0};
+        float lp_greedy = 0, ref_lp = 0;
+        for (int c = 0; c < 4; c++) {
+            eng_sampler_params q = eng_sampler_default();
+            q.temperature = temps[c]; q.top_k = topks[c]; q.top_p = topps[c]; q.min_p = 0.0f; q.seed = 11 + c;
+            eng_sampler *t = eng_sampler_create(&q, V);
+            for (int i = 0; i < 400; i++) {
+                fill(l);
+                float lpi = 0;
+                int k = eng_sampler_sample_allowed(t, l, allow, NULL, 0, &lpi);
+                int in = k == 3 || k == 77 || k == 640 || k == 999;
+                bad += !in;
+                for (int j = 0; j < 4 && in; j++) seen[j] |= k == ok_ids[j];
+                if (c == 0 && i == 0) lp_greedy = lpi;
+            }
+            eng_sampler_free(t);
+        }
+        /* the model's logprob of token 3 under the full softmax */
+        fill(l);
+        double z = 0;
+        for (int i = 0; i < V; i++) z += exp((double)l[i]);
+        ref_lp = (float)(l[3] - log(z));
+        CHECK(bad == 0, "samples outside the allow mask: %d of 1600", bad);
+        CHECK(seen[0] && seen[1], "sampling reaches several allowed tokens");
+        CHECK(fabsf(lp_greedy - ref_lp) < 1e-4f, "greedy under a mask picks the best allowed token with the "
+              "model's logprob (%f vs %f)", lp_greedy, ref_lp);
+        memset(allow, 0, sizeof allow);
+        eng_sampler_params q = eng_sampler_default();
+        eng_sampler *t = eng_sampler_create(&q, V);
+        fill(l);
+        CHECK(eng_sampler_sample_allowed(t, l, allow, NULL, 0, NULL) == -1, "an empty mask is refused");
+        eng_sampler_free(t);
+    }
     eng_sampler_free(NULL);
     return check_summary("test_sampler");
 }
