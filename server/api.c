@@ -6,6 +6,7 @@
  * Validation follows the APIs: unknown fields are ignored, wrong types and out-of-range values
  * are errors naming the field (OpenAI 400 with "param"; TGI 422). A null value means "default",
  * as the OpenAI clients send it. */
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -117,10 +118,17 @@ typedef struct {
     eng_attn_params attn;  /* the server's default, then the request's "attention" */
     char context[48];      /* a registered context the prompt continues ("context"), or empty */
     gram *grammar;         /* response_format / TGI grammar, compiled; handed to the scheduler */
+    cJSON *tools;          /* chat: the validated tools (owned), NULL: none */
+    int tool_mode;         /* TOOLS_OFF, TOOLS_AUTO (the answer may call), TOOLS_FORCED (it calls:
+                            * the prompt ends with the format's call opener, the JSON constrained) */
+    srv_chat_fmt fmt;
 } gen_req;
+
+enum { TOOLS_OFF = 0, TOOLS_AUTO, TOOLS_FORCED };
 
 static void gen_req_free(gen_req *g) {
     gram_free(g->grammar);
+    cJSON_Delete(g->tools);
     free(g->prompt);
     free(g->ids);
     for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
@@ -354,8 +362,8 @@ static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_re
         }
     }
     /* known fields whose meaning kvseek cannot honour: refused, not silently dropped */
-    const char *unsupported[] = {"tools", "functions"};
-    for (int i = 0; i < 2; i++) {
+    const char *unsupported[] = {"functions", "tools"}; /* legacy functions; tools outside chat */
+    for (int i = 0; i < (strcmp(prompt_key, "messages") ? 2 : 1); i++) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, unsupported[i]);
         if (!absent(t) && (!cJSON_IsArray(t) || cJSON_GetArraySize(t) > 0))
             return fail(e, unsupported[i], "'%s' (tool calling) is not supported", unsupported[i]);
@@ -428,7 +436,140 @@ static int content_text(const cJSON *c, int i, char **out, perr *e) {
     return 0;
 }
 
+/* An assistant message's tool_calls: [{"id", "type": "function", "function": {"name",
+ * "arguments": JSON text}}]. */
+static int check_tool_calls(const cJSON *calls, int i, perr *e) {
+    char *pname = e->param_buf;
+    snprintf(pname, sizeof e->param_buf, "messages[%d].tool_calls", i);
+    if (!cJSON_IsArray(calls)) return fail(e, pname, "'%s' must be an array", pname);
+    int k = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, calls) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(c, "type");
+        snprintf(pname, sizeof e->param_buf, "messages[%d].tool_calls[%d]", i, k++);
+        if (!cJSON_IsObject(c) || !cJSON_IsObject(fn) ||
+            (!absent(type) && (!cJSON_IsString(type) || strcmp(type->valuestring, "function"))))
+            return fail(e, pname, "'%s' must be {\"type\": \"function\", \"function\": {\"name\", \"arguments\"}}", pname);
+        if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "name")) ||
+            !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(fn, "arguments")))
+            return fail(e, pname, "'%s.function' needs string 'name' and 'arguments'", pname);
+    }
+    return 0;
+}
+
+static bool tool_name_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 64) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) return false;
+    return true;
+}
+
+/* {"type": "object", "properties": {"name": {"const": name}, ARGS: parameters}, "required": [...]} */
+static cJSON *call_schema(const cJSON *fn, const char *args_key) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", "object");
+    cJSON *props = cJSON_AddObjectToObject(o, "properties");
+    cJSON *name = cJSON_AddObjectToObject(props, "name");
+    cJSON_AddStringToObject(name, "const", cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring);
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+    if (cJSON_IsObject(params)) {
+        cJSON_AddItemToObject(props, args_key, cJSON_Duplicate(params, true));
+    } else {
+        cJSON *any = cJSON_AddObjectToObject(props, args_key);
+        cJSON_AddStringToObject(any, "type", "object");
+    }
+    cJSON *req = cJSON_AddArrayToObject(o, "required");
+    cJSON_AddItemToArray(req, cJSON_CreateString("name"));
+    cJSON_AddItemToArray(req, cJSON_CreateString(args_key));
+    return o;
+}
+
+/* tools and tool_choice: validated, kept in g->tools, and for a forced call (required, or a
+ * named function) the grammar of the call's JSON. */
+static int parse_tools(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) {
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    const cJSON *par = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
+    if (!absent(par) && !cJSON_IsBool(par)) return fail(e, "parallel_tool_calls", "'parallel_tool_calls' must be a boolean");
+    bool have = !absent(tools);
+    if (have && !cJSON_IsArray(tools)) return fail(e, "tools", "'tools' must be an array of functions");
+    have = have && cJSON_GetArraySize(tools) > 0;
+    char *pname = e->param_buf;
+    int k = 0;
+    const cJSON *t;
+    if (have) {
+        if (cJSON_GetArraySize(tools) > 128) return fail(e, "tools", "'tools' takes at most 128 functions");
+        cJSON_ArrayForEach(t, tools) {
+            snprintf(pname, sizeof e->param_buf, "tools[%d]", k++);
+            const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
+            const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+            if (!cJSON_IsObject(t) || (!absent(type) && (!cJSON_IsString(type) || strcmp(type->valuestring, "function"))))
+                return fail(e, pname, "'%s' must be {\"type\": \"function\", \"function\": {...}}", pname);
+            if (!cJSON_IsObject(fn)) return fail(e, pname, "'%s.function' must be an object", pname);
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+            if (!cJSON_IsString(name) || !tool_name_ok(name->valuestring))
+                return fail(e, pname, "'%s.function.name' must be 1 to 64 letters, digits, '_', '-' or '.'", pname);
+            const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+            if (!absent(params) && !cJSON_IsObject(params))
+                return fail(e, pname, "'%s.function.parameters' must be a JSON schema object", pname);
+            const cJSON *desc = cJSON_GetObjectItemCaseSensitive(fn, "description");
+            if (!absent(desc) && !cJSON_IsString(desc))
+                return fail(e, pname, "'%s.function.description' must be a string", pname);
+        }
+    }
+    const cJSON *forced_fn = NULL;
+    bool required = false;
+    if (absent(choice) || (cJSON_IsString(choice) && !strcmp(choice->valuestring, "auto"))) {
+        g->tool_mode = have ? TOOLS_AUTO : TOOLS_OFF;
+    } else if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "none")) {
+        g->tool_mode = TOOLS_OFF;
+    } else if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "required")) {
+        required = true;
+    } else if (cJSON_IsObject(choice)) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(choice, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        if (!cJSON_IsString(name))
+            return fail(e, "tool_choice", "'tool_choice' must be none, auto, required, or "
+                        "{\"type\": \"function\", \"function\": {\"name\": ...}}");
+        if (have) {
+            cJSON_ArrayForEach(t, tools) {
+                const cJSON *f = cJSON_GetObjectItemCaseSensitive(t, "function");
+                if (!strcmp(cJSON_GetObjectItemCaseSensitive(f, "name")->valuestring, name->valuestring)) forced_fn = f;
+            }
+        }
+        if (!forced_fn) return fail(e, "tool_choice", "'tool_choice' names '%.64s', which is not in 'tools'", name->valuestring);
+    } else {
+        return fail(e, "tool_choice", "'tool_choice' must be none, auto, required, or a named function");
+    }
+    if ((required || forced_fn) && !have) return fail(e, "tool_choice", "'tool_choice' needs 'tools'");
+    if (!have) return 0;
+    if (!(g->tools = cJSON_Duplicate(tools, true))) return fail(e, "tools", "out of memory");
+    if (!required && !forced_fn) return 0;
+    if (g->grammar) return fail(e, "response_format", "'response_format' cannot be combined with a forced 'tool_choice'");
+    g->tool_mode = TOOLS_FORCED;
+    const char *args_key = srv_chat_tool_args_key(fmt);
+    cJSON *schema;
+    if (forced_fn) {
+        schema = call_schema(forced_fn, args_key);
+    } else {
+        schema = cJSON_CreateObject();
+        cJSON *any = cJSON_AddArrayToObject(schema, "anyOf");
+        cJSON_ArrayForEach(t, tools) cJSON_AddItemToArray(any, call_schema(cJSON_GetObjectItemCaseSensitive(t, "function"), args_key));
+    }
+    char *text = schema ? cJSON_PrintUnformatted(schema) : NULL;
+    cJSON_Delete(schema);
+    if (!text) return fail(e, "tools", "out of memory");
+    char err[200];
+    g->grammar = gram_from_json_schema(text, strlen(text), err, sizeof err);
+    free(text);
+    if (!g->grammar) return fail(e, "tools", "a function's parameters cannot constrain the call: %s", err);
+    return 0;
+}
+
 static int parse_chat(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) {
+    g->fmt = fmt;
     const cJSON *msgs;
     if (parse_openai_common(root, "messages", g, &msgs, e)) return -1;
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
@@ -455,7 +596,23 @@ static int parse_chat(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) 
             break;
         }
         m[i].role = role->valuestring;
-        if (content_text(cJSON_GetObjectItemCaseSensitive(it, "content"), i, &m[i].content, e)) {
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(it, "content");
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(it, "tool_calls");
+        bool assistant = !strcmp(role->valuestring, "assistant");
+        if (!absent(calls)) {
+            if (!assistant || (ret = check_tool_calls(calls, i, e))) {
+                if (!ret) ret = fail(e, pname, "only an assistant message may carry 'tool_calls'");
+                break;
+            }
+            if (cJSON_GetArraySize(calls) > 0) m[i].tool_calls = calls;
+        }
+        if (absent(content) && !m[i].tool_calls) { /* as OpenAI: only a call may come without text */
+            snprintf(pname, sizeof e->param_buf, "messages[%d].content", i);
+            ret = fail(e, pname, "'%s' is required (only an assistant message with 'tool_calls' may omit it)",
+                       pname);
+            break;
+        }
+        if (content_text(content, i, &m[i].content, e)) {
             ret = -1;
             break;
         }
@@ -465,11 +622,23 @@ static int parse_chat(const cJSON *root, gen_req *g, srv_chat_fmt fmt, perr *e) 
         ret = fail(e, "messages", "this model has no chat template kvseek can render (supported: gemma, "
                    "chatml, llama3); start the server with --chat-template, or use /v1/completions");
     }
+    if (ret == 0) ret = parse_tools(root, g, fmt, e);
     if (ret == 0) {
         char err[200];
-        g->prompt = srv_chat_render(fmt, m, n, err, sizeof err);
+        g->prompt = srv_chat_render(fmt, m, n, g->tool_mode ? g->tools : NULL, err, sizeof err);
         if (!g->prompt) ret = fail(e, "messages", "%s", err);
         else g->prompt_len = strlen(g->prompt);
+    }
+    if (ret == 0 && g->tool_mode == TOOLS_FORCED) { /* the answer starts as the call's opener */
+        const char *open = srv_chat_tool_open(fmt);
+        char *np = realloc(g->prompt, g->prompt_len + strlen(open) + 1);
+        if (!np) {
+            ret = fail(e, "messages", "out of memory");
+        } else {
+            g->prompt = np;
+            strcpy(g->prompt + g->prompt_len, open);
+            g->prompt_len += strlen(open);
+        }
     }
     for (int k = 0; k < n; k++) free(m[k].content);
     free(m);
@@ -625,6 +794,8 @@ typedef struct {
     char *out;
     size_t out_len, out_off, out_cap;
     bool ended;            /* the stream's last bytes are in out */
+    size_t released;       /* chat with tools, streaming: text sent as content so far */
+    bool called;           /* the answer ended in tool calls (finish_reason "tool_calls") */
 } gen;
 
 static void gen_free(gen *G) {
@@ -852,6 +1023,143 @@ static void openai_text_chunk(gen *G, const char *text, size_t n, int a, int b, 
     sse(G, o);
 }
 
+/* OpenAI's tool_calls from the parsed calls [{name, arguments}]; ids derived from the answer's. */
+static cJSON *openai_calls(gen *G, const cJSON *calls) {
+    cJSON *arr = cJSON_CreateArray();
+    int i = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, calls) {
+        cJSON *o = cJSON_CreateObject();
+        char id[48];
+        snprintf(id, sizeof id, "call_%.16s%02d", G->id + strlen(G->id) - 16, i++);
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddStringToObject(o, "type", "function");
+        cJSON *fn = cJSON_AddObjectToObject(o, "function");
+        cJSON_AddStringToObject(fn, "name", cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring);
+        cJSON_AddStringToObject(fn, "arguments", cJSON_GetObjectItemCaseSensitive(c, "arguments")->valuestring);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+/* The calls in a finished chat answer with tools (NULL: none); *content_len: the text before. */
+static bool known_tool(const gen *G, const char *name) {
+    const cJSON *t;
+    cJSON_ArrayForEach(t, G->g.tools) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        if (!strcmp(cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring, name)) return true;
+    }
+    return false;
+}
+
+/* The text with an answer's surrounding whitespace and a Markdown code fence removed. */
+static const char *unfenced(const char *t, size_t n, size_t *len) {
+    while (n && isspace((unsigned char)*t)) { t++; n--; }
+    while (n && isspace((unsigned char)t[n - 1])) n--;
+    if (n >= 6 && !memcmp(t, "```", 3) && !memcmp(t + n - 3, "```", 3)) {
+        const char *nl = memchr(t, '\n', n - 3);
+        if (nl) {
+            n -= (size_t)(nl + 1 - t) + 3;
+            t = nl + 1;
+        }
+    }
+    *len = n;
+    return t;
+}
+
+static cJSON *answer_calls(gen *G, size_t *content_len) {
+    *content_len = G->text_len;
+    if (!G->g.tool_mode) return NULL;
+    const char *text = G->text ? G->text : "";
+    cJSON *calls = srv_chat_parse_tool_calls(G->g.fmt, text, G->text_len, G->g.tool_mode == TOOLS_FORCED,
+                                             content_len);
+    if (!calls && G->g.tool_mode == TOOLS_AUTO) {
+        /* small models often answer with the call's bare JSON, without the format's tags: taken
+         * as a call when it names one of the tools */
+        size_t n;
+        const char *t = unfenced(text, G->text_len, &n);
+        calls = srv_chat_parse_tool_calls(G->g.fmt, t, n, true, content_len);
+        if (calls) *content_len = 0;
+    }
+    const cJSON *c;
+    cJSON_ArrayForEach(c, calls) {
+        if (G->g.tool_mode == TOOLS_AUTO && !known_tool(G, cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring)) {
+            cJSON_Delete(calls);
+            *content_len = G->text_len;
+            return NULL;
+        }
+    }
+    return calls;
+}
+
+/* Longest suffix of s[0, n) that is a proper prefix of tag. */
+static size_t tag_holdback(const char *s, size_t n, const char *tag) {
+    size_t t = strlen(tag);
+    for (size_t L = t - 1 < n ? t - 1 : n; L > 0; L--)
+        if (!memcmp(s + n - L, tag, L)) return L;
+    return 0;
+}
+
+static void content_chunk(gen *G, size_t upto) {
+    if (upto <= G->released) return;
+    openai_text_chunk(G, G->text + G->released, upto - G->released, 0, 0, NULL);
+    G->released = upto;
+}
+
+/* Streaming a chat answer with tools: content flows until a call may begin (a forced call, or
+ * Llama 3's bare JSON, holds everything); at the end the calls go out as OpenAI streams them,
+ * a delta with the call's id and name, then one with its arguments. */
+static void tool_stream(gen *G, bool final_ok) {
+    if (!final_ok) {
+        if (G->g.tool_mode != TOOLS_AUTO || G->g.fmt == SRV_CHAT_LLAMA3 || !G->text) return;
+        size_t i = 0;
+        while (i < G->text_len && isspace((unsigned char)G->text[i])) i++;
+        if (i == G->text_len || G->text[i] == '{' || G->text[i] == '`') return; /* maybe a bare call */
+        const char *hit = memmem(G->text, G->text_len, "<tool_call>", 11);
+        content_chunk(G, hit ? (size_t)(hit - G->text) : G->text_len - tag_holdback(G->text, G->text_len, "<tool_call>"));
+        return;
+    }
+    size_t clen;
+    cJSON *calls = answer_calls(G, &clen);
+    if (!calls) {
+        content_chunk(G, G->text_len);
+        return;
+    }
+    content_chunk(G, clen);
+    cJSON *oc = openai_calls(G, calls);
+    int i = 0;
+    cJSON *c;
+    cJSON_ArrayForEach(c, oc) {
+        for (int part = 0; part < 2; part++) {
+            cJSON *choice;
+            cJSON *o = chunk(G, &choice);
+            cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
+            cJSON *arr = cJSON_AddArrayToObject(delta, "tool_calls");
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddNumberToObject(d, "index", i);
+            cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+            if (part == 0) {
+                cJSON_AddStringToObject(d, "id", cJSON_GetObjectItemCaseSensitive(c, "id")->valuestring);
+                cJSON_AddStringToObject(d, "type", "function");
+                cJSON *f = cJSON_AddObjectToObject(d, "function");
+                cJSON_AddStringToObject(f, "name", cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring);
+                cJSON_AddStringToObject(f, "arguments", "");
+            } else {
+                cJSON *f = cJSON_AddObjectToObject(d, "function");
+                cJSON_AddStringToObject(f, "arguments", cJSON_GetObjectItemCaseSensitive(fn, "arguments")->valuestring);
+            }
+            cJSON_AddItemToArray(arr, d);
+            cJSON_AddNullToObject(choice, "logprobs");
+            cJSON_AddNullToObject(choice, "finish_reason");
+            sse(G, o);
+        }
+        i++;
+    }
+    cJSON_Delete(oc);
+    cJSON_Delete(calls);
+    G->called = true;
+}
+
 /* The stream's opening bytes: the chat role, or the echoed prompt. */
 static void stream_open(gen *G) {
     if (G->g.route == SRV_ROUTE_CHAT) {
@@ -933,6 +1241,8 @@ static void consume(gen *G, eng_event *ev, bool stream) {
                 }
                 sse(G, o);
             }
+        } else if (G->g.tool_mode) {
+            tool_stream(G, final_ok);
         } else if (delta_len > 0 || (G->g.logprobs >= 0 && G->n_toks > first_tok)) {
             openai_text_chunk(G, delta, delta_len, first_tok, G->n_toks, NULL);
         }
@@ -943,7 +1253,7 @@ static void consume(gen *G, eng_event *ev, bool stream) {
                                                             : "the request was cancelled (server shutting down)");
             } else if (!tgi) {
                 openai_text_chunk(G, G->g.route == SRV_ROUTE_CHAT ? NULL : "", 0, 0, 0,
-                                  finish_openai(ev->finish));
+                                  G->called ? "tool_calls" : finish_openai(ev->finish));
                 if (G->g.include_usage) {
                     cJSON *o = chunk(G, NULL);
                     cJSON_ReplaceItemInObject(o, "usage", usage(G));
@@ -1031,7 +1341,15 @@ static enum MHD_Result respond_final(srv_conn *c, gen *G) {
     if (chat) {
         cJSON *msg = cJSON_AddObjectToObject(ch, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        add_str(msg, "content", G->text, G->text_len);
+        size_t clen;
+        cJSON *calls = answer_calls(G, &clen);
+        if (calls && clen == 0) cJSON_AddNullToObject(msg, "content");
+        else add_str(msg, "content", G->text, clen);
+        if (calls) {
+            cJSON_AddItemToObject(msg, "tool_calls", openai_calls(G, calls));
+            cJSON_Delete(calls);
+            G->called = true;
+        }
         if (G->g.logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_chat(G, 0, G->n_toks));
         else cJSON_AddNullToObject(ch, "logprobs");
     } else {
@@ -1039,7 +1357,7 @@ static enum MHD_Result respond_final(srv_conn *c, gen *G) {
         if (G->g.logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_completions(G, 0, G->n_toks));
         else cJSON_AddNullToObject(ch, "logprobs");
     }
-    cJSON_AddStringToObject(ch, "finish_reason", finish_openai(G->fin.finish));
+    cJSON_AddStringToObject(ch, "finish_reason", G->called ? "tool_calls" : finish_openai(G->fin.finish));
     cJSON_AddItemToObject(o, "usage", usage(G));
     cJSON_AddItemToObject(o, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
     return srv_respond_json(c, 200, o);

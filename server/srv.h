@@ -82,13 +82,33 @@ const char *srv_chat_name(srv_chat_fmt f);
 srv_chat_fmt srv_chat_detect(const char *name_or_jinja, size_t len);
 
 typedef struct {
-    const char *role;    /* system, developer, user, assistant */
+    const char *role;    /* system, developer, user, assistant, tool */
     char *content;       /* owned by the caller */
+    const cJSON *tool_calls; /* an assistant's OpenAI tool_calls (validated: each has
+                          * function.name and function.arguments strings), or NULL */
 } srv_chat_msg;
 
-/* Renders messages as a prompt ending with the assistant's turn opener. Returns a malloc'd
- * string (caller frees), or NULL with a reason in err (a role the format cannot place). */
-char *srv_chat_render(srv_chat_fmt f, const srv_chat_msg *msgs, int n, char *err, size_t errlen);
+/* Renders messages as a prompt ending with the assistant's turn opener. tools (an OpenAI tools
+ * array, validated: each {"type": "function", "function": {"name", ...}}) or NULL is offered in
+ * the model's own way: Qwen2.5's <tools> system block for chatml, Llama 3.1's function list in
+ * the first user turn, and for Gemma, which has no tool format, the chatml convention as
+ * instructions in its first user turn. Returns a malloc'd string (caller frees), or NULL with a
+ * reason in err (a role the format cannot place). */
+char *srv_chat_render(srv_chat_fmt f, const srv_chat_msg *msgs, int n, const cJSON *tools, char *err,
+                      size_t errlen);
+/* What opens a tool call in format f's answers ("<tool_call>\n"; "" for llama3, whose call is a
+ * bare JSON object), and the key of its arguments ("arguments"; "parameters" for llama3). A
+ * prompt that must call a tool ends with the opener, and the call's JSON is constrained. */
+const char *srv_chat_tool_open(srv_chat_fmt f);
+const char *srv_chat_tool_args_key(srv_chat_fmt f);
+/* The tool calls in a generated answer: a cJSON array of {"name": string, "arguments": JSON
+ * text string} (caller deletes), or NULL when the text holds none. *content_len: the length of
+ * the text before the first call (the answer's content). forced: the text is the call's JSON
+ * itself (the prompt ended with the opener). */
+cJSON *srv_chat_parse_tool_calls(srv_chat_fmt f, const char *text, size_t len, bool forced, size_t *content_len);
+/* JSON as Jinja's tojson writes it (", " and ": " separators), which is what models saw in
+ * training; malloc'd. */
+char *srv_json_spaced(const cJSON *j);
 
 /* ---- metrics (metrics.c) ---- */
 

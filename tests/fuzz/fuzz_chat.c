@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     for (srv_chat_fmt f = SRV_CHAT_NONE; f <= SRV_CHAT_LLAMA3; f++) {
         char err[200] = "";
-        char *out = srv_chat_render(f, msgs, n, err, sizeof err);
+        char *out = srv_chat_render(f, msgs, n, NULL, err, sizeof err);
         const bool want = all_ok && f != SRV_CHAT_NONE;
         FUZZ_CHECK(!out == !want, "%s: %s for %d messages (roles %s)", srv_chat_name(f), out ? "rendered" : err,
                    n, all_ok ? "valid" : "invalid");
