@@ -52,6 +52,9 @@ static const row rows[] = {
      .zero = "off: target"},
     {.o = {"expand", "--attn-expand", ENG_ATTN_INT, false}, .off = F(expand), .lo = 0, .hi = 64, .arg = "R",
      .help = "each selected key brings its neighbours within R positions", .zero = "none"},
+    {.o = {"tail", "--attn-tail", ENG_ATTN_FLOAT, false}, .off = F(tail), .lo = 0, .hi = 1, .arg = "F",
+     .help = "also a stratified sample of F of the offloaded keys the selector left, weighted to estimate "
+             "all of them", .zero = "off"},
     {.o = {"dense_below", "--attn-dense-below", ENG_ATTN_INT, false}, .off = F(dense_below), .lo = 0,
      .hi = 1 << 24, .arg = "N", .help = "decode attends densely while the sequence is shorter than N tokens",
      .zero = "off"},

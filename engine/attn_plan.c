@@ -26,6 +26,7 @@ void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_att
     const eng_hparams *hp = &s->m->hp;
     memset(pl, 0, sizeof *pl);
     pl->n_parts = 1;
+    pl->pos = p;
     if (eng_layer_is_local(s->m, layer)) {
         pl->part[PLAN_RECENT] = range_part(p - hp->sliding_window + 1, p + 1);
         return;
@@ -35,18 +36,20 @@ void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_att
         return;
     }
     const kv_ranges r = seq_ranges(s, layer, p + 1);
-    pl->n_parts = 3;
+    pl->n_parts = s->attn.tail > 0 ? 4 : 3;
     pl->part[PLAN_RECENT] = range_part(r.win_lo, p + 1);
     pl->part[PLAN_SINKS] = range_part(0, r.sink_hi);
     pl->part[PLAN_IDS] = range_part(0, 0);
+    pl->part[PLAN_TAIL] = range_part(0, 0);
     pl->sparse = r.off_hi > r.off_lo;
     pl->off_lo = r.off_lo;
     pl->off_hi = r.off_hi;
 }
 
-/* Whether the row has work for the selector: sparse, and a selector that picks ids. */
+/* Whether the row has work for the selector: sparse, and a selector that picks ids or a tail to
+ * sample (the window selector with a tail samples the whole offloaded range). */
 static int needs_select(const eng_seq *s, const eng_attn_plan *pl) {
-    return pl->sparse && !(s->caps & IDX_CAP_NONE);
+    return pl->sparse && (!(s->caps & IDX_CAP_NONE) || s->attn.tail > 0);
 }
 
 /* Log-sum-exp of each of the G queries' scaled logits over the plan's range parts (the static
@@ -79,10 +82,52 @@ int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t
     return o;
 }
 
-int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl) {
-    if (!needs_select(s, pl)) return 0;
+/* splitmix64's finaliser (Steele et al. 2014): a cheap hash whose consecutive inputs give
+ * unrelated outputs. */
+static uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+int64_t eng_plan_tail_sample(const int32_t *ids, int64_t n, int64_t lo, int64_t hi, double share, uint64_t seed,
+                             int32_t *out, int64_t cap, float *log_w) {
+    *log_w = 0;
+    const int64_t span = hi - lo;
+    if (span <= 0 || !(share > 0) || cap <= 0) return 0;
+    int64_t n_sel = 0; /* selected ids inside [lo, hi): only those leave the rest */
+    for (int64_t i = 0; i < n; i++) n_sel += ids[i] >= lo && ids[i] < hi;
+    const int64_t n_rest = span - n_sel;
+    if (n_rest <= 0) return 0;
+    int64_t strata = (int64_t)ceil(share * (double)span);
+    if (strata < 1) strata = 1;
+    if (strata > span) strata = span;
+    /* stratum j is [lo + j * span / strata, lo + (j + 1) * span / strata): equal within one key,
+     * so every key's chance of being drawn is 1/stride (stride = span / strata, give or take one)
+     * and the sample spreads over the whole range, as a sample of a text's attention should */
+    int64_t m = 0, i = 0;
+    for (int64_t j = 0; j < strata && m < cap; j++) {
+        const int64_t a = lo + j * span / strata, b = lo + (j + 1) * span / strata;
+        const int64_t p = a + (int64_t)(mix64(seed ^ mix64((uint64_t)j)) % (uint64_t)(b - a));
+        while (i < n && ids[i] < p) i++; /* both ascending: one merge walk */
+        if (i < n && ids[i] == p) continue; /* already attended exactly */
+        out[m++] = (int32_t)p;
+    }
+    if (m > 0) *log_w = (float)log((double)n_rest / (double)m);
+    return m;
+}
+
+/* The tail sample's seed: the row's position, layer and KV head, so a rerun (or another selector
+ * forked from the same prefill) samples the same keys at the same step, and the next step others. */
+static uint64_t tail_seed(int64_t pos, int layer, int kvh) {
+    return mix64((uint64_t)pos ^ ((uint64_t)layer << 40) ^ ((uint64_t)kvh << 52));
+}
+
+/* The selector's ids for the group's queries q into ids (the buffer of KV head kvh), widened by
+ * expand: their count, or -1 with the sequence marked failed. */
+static int64_t select_ids(eng_seq *s, int layer, int kvh, const float *q, const eng_attn_plan *pl, int32_t *ids) {
     const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
-    int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
     if (eng_fault_hit(ENG_FAULT_SELECT)) {
         eng_seq_fail(s, "selector failed at layer %d head %d (injected fault)", layer, kvh);
         return -1;
@@ -109,8 +154,24 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
                      idx_last_error(s->ix)[0] ? idx_last_error(s->ix) : idx_strerror((int)n));
         return -1;
     }
-    const int64_t ne = s->attn.expand > 0 ? eng_plan_expand_ids(ids, n, s->ids_cap, s->attn.expand, pl->off_lo, pl->off_hi) : n;
-    pl->part[PLAN_IDS] = (eng_attn_part){.ids = ids, .n_ids = ne};
+    return s->attn.expand > 0 ? eng_plan_expand_ids(ids, n, s->ids_cap, s->attn.expand, pl->off_lo, pl->off_hi) : n;
+}
+
+int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl) {
+    if (!needs_select(s, pl)) return 0;
+    int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
+    /* a selector that picks nothing (window) leaves the tail the whole offloaded range */
+    const int64_t n = s->caps & IDX_CAP_NONE ? 0 : select_ids(s, layer, kvh, q, pl, ids);
+    if (n < 0) return -1;
+    pl->part[PLAN_IDS] = (eng_attn_part){.ids = ids, .n_ids = n};
+    if (pl->n_parts > PLAN_TAIL) {
+        /* the sample goes after the ids in the same buffer: selected + sampled <= the offloaded
+         * range <= ids_cap */
+        float lw;
+        const int64_t nt = eng_plan_tail_sample(ids, n, pl->off_lo, pl->off_hi, s->attn.tail,
+                                                tail_seed(pl->pos, layer, kvh), ids + n, s->ids_cap - n, &lw);
+        pl->part[PLAN_TAIL] = (eng_attn_part){.ids = ids + n, .n_ids = nt, .lse_add = lw};
+    }
     return 0;
 }
 
@@ -134,16 +195,21 @@ void eng_plan_run(const eng_model *m, const attn_kv_view *view, const float *q, 
     const eng_attn_part *p0 = &pl->part[0];
     attn_range(view, q, G, p0->lo, p0->hi, m->hp.attn_scale, out, lse);
     float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
-    for (int i = 1; i < pl->n_parts; i++)
-        if (run_part(m, view, q, &pl->part[i], part, plse)) attn_merge(out, lse, part, plse, G, vd);
+    for (int i = 1; i < pl->n_parts; i++) {
+        if (!run_part(m, view, q, &pl->part[i], part, plse)) continue;
+        if (pl->part[i].lse_add != 0)
+            for (int g = 0; g < G; g++) plse[g] += pl->part[i].lse_add; /* -inf stays -inf */
+        attn_merge(out, lse, part, plse, G, vd);
+    }
 }
 
 void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p,
-                      const eng_attn_plan *pl, const float *lse) {
+                      const eng_attn_plan *pl, const float *out, const float *lse) {
     if (!pl->sparse) return;
     const eng_model *m = s->m;
     const int G = m->hp.n_head / m->hp.n_head_kv;
-    const int64_t n = pl->part[PLAN_IDS].ids ? pl->part[PLAN_IDS].n_ids : 0;
+    int64_t n = pl->part[PLAN_IDS].ids ? pl->part[PLAN_IDS].n_ids : 0;
+    if (pl->n_parts > PLAN_TAIL && pl->part[PLAN_TAIL].ids) n += pl->part[PLAN_TAIL].n_ids; /* read too */
     #pragma omp atomic
     s->st.sparse_rows++;
     #pragma omp atomic
@@ -151,20 +217,44 @@ void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int6
     #pragma omp atomic
     s->st.keys_read += n > 0 ? n : 0;
     if (!s->measure_recall) return;
-    /* the share of the full softmax mass the attended set covers, per query, vs dense */
-    float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
-    float mine[ATTN_MAX_GROUP];
-    if (!lse) { /* the GPU executor's rows: run the plan here (into part: G * vd <= its size,
-                 * checked at model load) for its log-sum-exp */
-        eng_plan_run(m, view, q, pl, part, mine);
-        lse = mine;
+    /* Buffers of G * vd floats: G * vd <= their size, checked at model load. */
+    enum { BUF = ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096 };
+    float mine_o[BUF], mine_l[ATTN_MAX_GROUP], dense_o[BUF], dense_l[ATTN_MAX_GROUP];
+    const int vd = m->hp.v_dim;
+    if (!out || !lse) { /* the GPU executor's rows: the plan run here (the CPU executor's result) */
+        eng_plan_run(m, view, q, pl, mine_o, mine_l);
+        out = mine_o;
+        lse = mine_l;
     }
-    attn_range(view, q, G, 0, p + 1, m->hp.attn_scale, part, plse);
+    attn_range(view, q, G, 0, p + 1, m->hp.attn_scale, dense_o, dense_l);
+    /* the output's error against dense, relative to dense's norm, per query */
+    double err = 0;
+    for (int g = 0; g < G; g++) {
+        double e = 0, r = 0;
+        for (int i = 0; i < vd; i++) {
+            const double a = out[(size_t)g * vd + i], b = dense_o[(size_t)g * vd + i];
+            e += (a - b) * (a - b);
+            r += b * b;
+        }
+        err += r > 0 ? sqrt(e / r) : 0;
+    }
+    /* the share of the full softmax mass the attended set covers, per query, vs dense: the keys
+     * read, each once (a tail sample counts its own keys' mass, not the weight that stands for
+     * the unselected keys: an estimate of the rest is no recall of it) */
+    int weighted = 0;
+    for (int i = 0; i < pl->n_parts; i++) weighted |= pl->part[i].lse_add != 0;
+    if (weighted) { /* the plan's log-sum-exp without the weights */
+        eng_attn_plan un = *pl;
+        for (int i = 0; i < un.n_parts; i++) un.part[i].lse_add = 0;
+        eng_plan_run(m, view, q, &un, mine_o, mine_l);
+        lse = mine_l;
+    }
     double rec = 0;
-    for (int g = 0; g < G; g++) rec += exp((double)lse[g] - plse[g]);
+    for (int g = 0; g < G; g++) rec += exp((double)lse[g] - dense_l[g]);
     #pragma omp critical(eng_recall)
     {
         s->st.mass_recall += rec / G;
+        s->st.out_err += err / G;
         s->st.recall_n++;
     }
 }

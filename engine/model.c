@@ -360,7 +360,7 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh) {
         return;
     }
     eng_plan_run(m, view, q, &pl, out, lse);
-    eng_plan_account(s, view, q, p, &pl, lse);
+    eng_plan_account(s, view, q, p, &pl, out, lse);
 }
 
 /* Rows x KV heads in parallel, always inside a parallel region, so a kernel never splits a

@@ -69,13 +69,16 @@ typedef struct {
                             * sparse attention does not pay); 0: never */
     int levels;            /* centroids on a context: 1 scores every fine centroid; 0: the
                             * context's levels (two when it has a coarse level) */
+    float tail;            /* an estimated tail: besides the selected ids, a stratified sample of
+                            * this share of the offloaded keys among those not selected, weighted
+                            * to stand for all of them (n_rest / n_sampled); 0: off (dropped) */
 } eng_attn_params;
 
 /* The options of eng_attn_params, one per field, in one table (engine/attn_opts.c) that holds
  * each field's name, kind, bounds and default; everything below is derived from it. Keys, in
- * table order: selector, top_k, scan, target, mass, expand, dense_below, gqa (union|mean), sink, window, measure_recall,
- * levels, and the storage keys page_size (a power of two), kv_f16, kv_mem_gb, which apply only
- * when a sequence is created (server-wide, refused per request). */
+ * table order: selector, top_k, scan, target, mass, expand, tail, dense_below, gqa (union|mean),
+ * sink, window, measure_recall, levels, and the storage keys page_size (a power of two), kv_f16,
+ * kv_mem_gb, which apply only when a sequence is created (server-wide, refused per request). */
 typedef enum {
     ENG_ATTN_INT,   /* an int field: an integer in the option's range */
     ENG_ATTN_FLOAT, /* a float field: a number in the option's range */
@@ -152,6 +155,8 @@ typedef struct {
     double build_s;         /* seconds building indexes after prefill */
     double attn_s;          /* seconds in attention (all layers, all rows) */
     double mass_recall;     /* mean attention-mass recall of sparse triples (measure_recall) */
+    double out_err;         /* mean relative L2 error of their attention output against dense
+                             * (measure_recall) */
     int64_t recall_n;       /* triples measured */
 } eng_attn_stats;
 

@@ -19,7 +19,8 @@
 
 enum {
     GPU_MAX_DEC = 64,  /* decode rows per attention launch; more run in several launches */
-    GPU_JOBS_PER_HEAD = 3, /* window (or the whole dense range), sinks, selected ids */
+    GPU_JOBS_PER_HEAD = 4, /* window (or the whole dense range), sinks, selected ids, tail sample */
+    GPU_PARTS = 3,     /* part slots per decode row merged into its output: sinks, ids, tail */
 };
 
 typedef struct {
@@ -35,7 +36,7 @@ struct eng_gpu {
     size_t weight_bytes;
     /* device workspace for m->chunk rows */
     float *x, *h, *q, *k, *v, *att, *lse, *o, *ff_g, *ff_u, *logits;
-    float *part_o, *part_l;        /* (2 * GPU_MAX_DEC, n_head, v_dim): sinks and ids parts */
+    float *part_o, *part_l;        /* (GPU_PARTS * GPU_MAX_DEC, n_head, v_dim): sinks, ids, tail */
     int32_t *tok, *pos;
     /* pinned host buffers */
     int32_t *h_tok, *h_pos;
@@ -64,10 +65,11 @@ struct eng_gpu {
     int prefill_mode;              /* KVSEEK_GPU_PREFILL: 0 auto, 1 tiled, 2 gemm */
 };
 
-/* One CPU selection of a decode launch: the row's sequence, KV head, its ids job and plan. */
+/* One CPU selection of a decode launch: the row's sequence, KV head, its ids job (and tail
+ * sample job, -1 without a tail) and plan. */
 struct sel_task {
     eng_seq *s;
-    int h, job;
+    int h, job, tail_job;
     size_t q0;                     /* the group's first query row in h_q */
     eng_attn_plan *plan;
     int64_t p;                     /* the row's position */
@@ -202,7 +204,7 @@ int eng_gpu_load(eng_model *m, char *err, size_t errlen) {
     DEV(g->att, T * nh * hp->v_dim); DEV(g->lse, T * nh);
     DEV(g->ff_g, T * hp->n_ff); DEV(g->ff_u, T * hp->n_ff);
     DEV(g->logits, (size_t)LOGIT_GROUP * hp->n_vocab);
-    DEV(g->part_o, 2 * GPU_MAX_DEC * nh * hp->v_dim); DEV(g->part_l, 2 * GPU_MAX_DEC * nh);
+    DEV(g->part_o, GPU_PARTS * GPU_MAX_DEC * nh * hp->v_dim); DEV(g->part_l, GPU_PARTS * GPU_MAX_DEC * nh);
     DEV(g->tok, T); DEV(g->pos, T);
     PIN(g->h_tok, T); PIN(g->h_pos, T);
     PIN(g->h_k, T * nk); PIN(g->h_v, T * nv); PIN(g->h_q, T * nq);
@@ -262,7 +264,8 @@ void eng_gpu_free(eng_model *m) {
 /* Decode rows [d0, d1) of `dec` (row indices of single-row sequences) on one layer: jobs for the
  * dense range or the static set, CPU selection of the offloaded ids (rows x KV heads in
  * parallel, as the CPU path), the jobs, page tables and ids copied to the device, one launch,
- * two merges per row (sinks, ids) into the rows' outputs. */
+ * two merges per row (sinks, ids) into the rows' outputs, three with a tail sample (whose job
+ * raises its log-sum-exp by the sample's weight). */
 static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1) {
     eng_gpu *g = m->gpu;
     const eng_hparams *hp = &m->hp;
@@ -270,7 +273,7 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
     gpu_attn_job *jobs = g->jobs + (size_t)layer * g->jobs_per_layer;
     int nj = 0, n_task = 0, n_merge = 0;
     int64_t max_keys = 1;
-    int merges[GPU_MAX_DEC];
+    int merges[GPU_MAX_DEC], merge_parts[GPU_MAX_DEC];
     size_t tbl_off[GPU_MAX_DEC], n_tbl = 0;
     const void *const *tbl[GPU_MAX_DEC];
     int64_t tbl_n[GPU_MAX_DEC];
@@ -295,7 +298,7 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
         const int t = dec[i], slot = i - d0;
         eng_seq *s = m->row_seq[t];
         const int64_t p = m->row_pos[t];
-        int sparse_row = 0;
+        int sparse_row = 0, row_parts = 2;
         for (int h = 0; h < nkv; h++) {
             eng_attn_plan *pl = &g->plans[slot * nkv + h];
             eng_plan_ranges(s, layer, p, 1, pl);
@@ -317,9 +320,9 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             }
             if (j->hi - j->lo > max_keys) max_keys = j->hi - j->lo;
             sparse_row = 1;
-            /* sinks and selected ids into this row's part slots (all heads, so one merge each;
-             * an empty part is an empty job, the merge's identity) */
-            const size_t ps = ((size_t)(2 * slot) * nh + (size_t)h * G);
+            /* sinks, selected ids (and the tail sample) into this row's part slots (all heads,
+             * so one merge each; an empty part is an empty job, the merge's identity) */
+            const size_t ps = ((size_t)(GPU_PARTS * slot) * nh + (size_t)h * G);
             gpu_attn_job *js = &jobs[nj++];
             *js = *j;
             js->out = g->part_o + ps * vd;
@@ -336,11 +339,23 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             tk->s = s;
             tk->h = h;
             tk->job = nj - 1;
+            tk->tail_job = -1;
+            if (pl->n_parts > PLAN_TAIL) { /* the sequence's setting: every head of the row */
+                gpu_attn_job *jt = &jobs[nj++];
+                *jt = *ji;
+                jt->out = g->part_o + (ps + 2 * (size_t)nh) * vd;
+                jt->lse = g->part_l + ps + 2 * nh;
+                tk->tail_job = nj - 1;
+                row_parts = 3;
+            }
             tk->q0 = q0;
             tk->plan = pl;
             tk->p = p;
         }
-        if (sparse_row) merges[n_merge++] = slot;
+        if (sparse_row) {
+            merges[n_merge] = slot;
+            merge_parts[n_merge++] = row_parts;
+        }
     }
 
     /* the selections: each KV head's index is its own, so heads and rows run in parallel */
@@ -354,6 +369,10 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
         for (int k = 0; k < n_task; k++) {
             const eng_attn_part *pi = &g->tasks[k].plan->part[PLAN_IDS];
             n_ids += pi->ids && pi->n_ids > 0 ? (size_t)pi->n_ids : 0;
+            if (g->tasks[k].tail_job >= 0) {
+                const eng_attn_part *pt = &g->tasks[k].plan->part[PLAN_TAIL];
+                n_ids += pt->ids && pt->n_ids > 0 ? (size_t)pt->n_ids : 0;
+            }
         }
         if (ensure_buf((void **)&g->h_ids, &g->h_ids_cap, (n_ids + 1) * sizeof(int32_t), 0) ||
             ensure_buf((void **)&g->d_ids, &g->d_ids_cap, (n_ids + 1) * sizeof(int32_t), 1))
@@ -370,9 +389,21 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
                 if (n > max_keys) max_keys = n;
                 off += (size_t)n;
             }
+            if (tk->tail_job >= 0) {
+                const eng_attn_part *pt = &tk->plan->part[PLAN_TAIL];
+                const int64_t nt = pt->ids && pt->n_ids > 0 ? pt->n_ids : 0;
+                if (nt > 0) {
+                    memcpy(g->h_ids + off, pt->ids, sizeof(int32_t) * (size_t)nt);
+                    jobs[tk->tail_job].ids = g->d_ids + off;
+                    jobs[tk->tail_job].n_ids = nt;
+                    jobs[tk->tail_job].lse_add = pt->lse_add;
+                    if (nt > max_keys) max_keys = nt;
+                    off += (size_t)nt;
+                }
+            }
             /* statistics (and recall, on the host copy of the pages) from the plan */
             eng_plan_account(tk->s, &tk->s->views[layer * nkv + tk->h], g->h_q + tk->q0 * hd, tk->p,
-                             tk->plan, NULL);
+                             tk->plan, NULL, NULL);
         }
         if (off && gpu_h2d(g->d_ids, g->h_ids, sizeof(int32_t) * off)) return -1;
     }
@@ -383,8 +414,8 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
     for (int k = 0; k < n_merge; k++) {
         const int slot = merges[k], t = dec[d0 + slot];
         float *o = g->att + (size_t)t * nh * vd, *l = g->lse + (size_t)t * nh;
-        for (int part = 0; part < 2; part++) {
-            const size_t ps = (size_t)(2 * slot + part) * nh;
+        for (int part = 0; part < merge_parts[k]; part++) {
+            const size_t ps = (size_t)(GPU_PARTS * slot + part) * nh;
             if (gpu_attn_merge(o, l, g->part_o + ps * vd, g->part_l + ps, nh, vd)) return -1;
         }
     }

@@ -123,13 +123,18 @@ static inline int eng_row_dead(const eng_model *m, int t) { return m->row_seq[t]
  * identity (the CPU executor skips it, the GPU one runs it as an empty job). A prefill row, a
  * local layer or a selector that reads everything (IDX_CAP_ALL) has one range; a decode row of
  * a global layer has the recent range, the sinks, and the ids the selector picks among the
- * offloaded range [off_lo, off_hi). */
-enum { PLAN_RECENT = 0, PLAN_SINKS = 1, PLAN_IDS = 2, PLAN_MAX_PARTS = 3 };
+ * offloaded range [off_lo, off_hi); with a tail share (eng_attn_params.tail) a fourth part, a
+ * stratified sample of the offloaded keys the selector left, stands for all of them: its
+ * log-sum-exp is raised by lse_add = log(n_rest / n_sampled) before it merges, so the softmax's
+ * numerator and denominator over the unselected keys are estimated instead of dropped. */
+enum { PLAN_RECENT = 0, PLAN_SINKS = 1, PLAN_IDS = 2, PLAN_TAIL = 3, PLAN_MAX_PARTS = 4 };
 
 typedef struct {
     int64_t lo, hi;      /* a range [lo, hi) when ids is NULL ... */
     const int32_t *ids;  /* ... else n_ids ascending positions */
     int64_t n_ids;
+    float lse_add;       /* added to the part's log-sum-exp before it merges (a sample's weight,
+                          * log of the keys it stands for per key read); 0: the keys themselves */
 } eng_attn_part;
 
 typedef struct {
@@ -138,12 +143,21 @@ typedef struct {
     int sparse;          /* the row reads its offloaded range through the selector (counted in
                           * the statistics), with ids still to pick when the selector picks */
     int64_t off_lo, off_hi;
+    int64_t pos;         /* the row's position: seeds the tail sample (the same keys on a rerun) */
 } eng_attn_plan;
 
 /* Widens n distinct ascending ids (in [lo, hi)) to every position within r of one of them,
  * clipped to [lo, hi), ascending, in the same buffer of cap >= n entries; the new count. A
  * radius above cap - (hi - lo) is reduced to it. */
 int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t lo, int64_t hi);
+/* The tail sample: about share * (hi - lo) positions of [lo, hi), one drawn uniformly in each of
+ * as many equal strata (at least one), those that are among the n ascending selected ids skipped,
+ * written ascending to out (room for cap). The draw within each stratum comes from a hash of
+ * seed and the stratum, so a seed gives the same sample on every run and successive seeds
+ * (positions) sample different keys. *log_w = log(n_rest / count), n_rest the positions of
+ * [lo, hi) not selected (0 when nothing is sampled). Returns the count. Allocates nothing. */
+int64_t eng_plan_tail_sample(const int32_t *ids, int64_t n, int64_t lo, int64_t hi, double share, uint64_t seed,
+                             int32_t *out, int64_t cap, float *log_w);
 /* Whether a sequence of n tokens attends densely by its dense_below setting. */
 static inline int eng_seq_dense_now(const eng_seq *s, int64_t n) {
     return s->attn.dense_below > 0 && n < s->attn.dense_below;
@@ -158,10 +172,11 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
 void eng_plan_run(const eng_model *m, const attn_kv_view *view, const float *q, const eng_attn_plan *pl,
                   float *out, float *lse);
 /* Statistics of an executed sparse plan, once per (row, layer, KV head) for both executors;
- * with measure_recall, the attended set's share of the dense softmax mass (lse: the plan's
- * log-sum-exp per query, NULL to compute it here). Thread-safe. */
+ * with measure_recall, the attended set's share of the dense softmax mass (the keys read, a
+ * weighted part's at weight 1) and the output's relative error against dense (out, lse: the
+ * plan's output and log-sum-exp per query, NULL to compute them here). Thread-safe. */
 void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p,
-                      const eng_attn_plan *pl, const float *lse);
+                      const eng_attn_plan *pl, const float *out, const float *lse);
 /* Fault injection (attn_plan.c): nonzero when this call of the point is to fail. */
 enum { ENG_FAULT_SELECT = 0, ENG_FAULT_KV_APPEND = 1 };
 int eng_fault_hit(int point);

@@ -283,7 +283,7 @@ void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out) {
     idx_stats_get(s->ix, &is);
     out->search_s += is.search_s;
     out->keys_scanned += is.scanned;
-    if (out->recall_n) out->mass_recall /= out->recall_n;
+    if (out->recall_n) out->mass_recall /= out->recall_n, out->out_err /= out->recall_n;
 }
 
 const eng_model *eng_seq_model(const eng_seq *s) { return s->m; }

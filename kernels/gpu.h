@@ -79,6 +79,7 @@ typedef struct {
     int64_t lo, hi;
     const int32_t *ids;
     int64_t n_ids;
+    float lse_add;       /* added to a non-empty job's lse (a sampled part's log weight); 0: none */
 } gpu_attn_job;
 
 /* Runs n_jobs jobs (the array itself in device-visible memory) in one launch, split-K across

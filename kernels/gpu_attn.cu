@@ -222,10 +222,11 @@ k_decode_merge(const gpu_attn_job *jobs, int g0, int ng, int n_split, const floa
     __shared__ float *lse_s;
     __shared__ int dk_s, dv_s;
     __shared__ float w[DEC_MAX_SPLIT];
-    __shared__ float lse_v;
+    __shared__ float lse_v, lse_add;
     const int tid = threadIdx.x, job = blockIdx.x, g = blockIdx.y;
     if (tid == 0) {
         const gpu_attn_job *jb = jobs + job;
+        lse_add = jb->lse_add;
         dk_s = jb->kv.dk;
         dv_s = jb->kv.dv;
         out_s = jb->out + (int64_t)(g0 + g) * jb->kv.dv;
@@ -253,7 +254,7 @@ k_decode_merge(const gpu_attn_job *jobs, int g0, int ng, int n_split, const floa
             lse_v = -INFINITY;
         } else {
             for (int s = 0; s < n_split; s++) w[s] /= L;
-            lse_v = M + logf(L);
+            lse_v = M + logf(L) + lse_add;
         }
     }
     __syncthreads();

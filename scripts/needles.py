@@ -7,7 +7,8 @@ question's phrasing, the code (digits, two words, letters and digits, a UUID fra
 number of keys (1 or 4). `kvseek eval` prefills each sample once and answers through every
 selector from forks; a selector agrees when the code it answers is dense's. Prints one JSON line
 per (sample, selector) with --rows, and one summary line per selector: agreement with dense,
-accuracy, mean keys read and mass recall.
+accuracy, mean keys read, mass recall and the attention output's relative error against dense
+(out_err, per sparse row, layer and KV head).
 
 Usage: python3 scripts/needles.py [--model M] [--length 8192] [--n 20] [--seed 7]
                                   [--selectors dense,retrieval,centroids] [--out FILE] [--rows] [--dump FILE]
@@ -173,8 +174,9 @@ def main():
             row = {"id": s["id"], "selector": sel, "filler": s["filler"], "code": s["code"], "keys": s["keys"],
                    "n_context": o.get("n_context"), "answer": s["answer"], "got": ans,
                    "correct": ans == s["answer"], "agrees": ans is not None and ans == ref,
-                   "keys_read": o.get("keys_read"), "mass_recall": o.get("mass_recall"), "error": o.get("error")}
-            st = stats.setdefault(sel, {"n": 0, "agree": 0, "correct": 0, "kr": [], "rec": [], "errors": 0})
+                   "keys_read": o.get("keys_read"), "mass_recall": o.get("mass_recall"), "out_err": o.get("out_err"),
+                   "error": o.get("error")}
+            st = stats.setdefault(sel, {"n": 0, "agree": 0, "correct": 0, "kr": [], "rec": [], "err": [], "errors": 0})
             st["n"] += 1
             st["agree"] += row["agrees"]
             st["correct"] += row["correct"]
@@ -183,6 +185,8 @@ def main():
                 st["kr"].append(o["keys_read"])
             if o.get("mass_recall") is not None:
                 st["rec"].append(o["mass_recall"])
+            if o.get("out_err") is not None:
+                st["err"].append(o["out_err"])
             if a.rows:
                 print(json.dumps(row))
             if out and a.rows:
@@ -192,7 +196,7 @@ def main():
         summ = {**meta, "selector": sel, "n": st["n"], "agree_with_dense": round(st["agree"] / st["n"], 3),
                 "accuracy": round(st["correct"] / st["n"], 3), "keys_read": mean(st["kr"]),
                 "mass_recall": mean(st["rec"]), "min_mass_recall": round(min(st["rec"]), 4) if st["rec"] else None,
-                "errors": st["errors"]}
+                "out_err": mean(st["err"]), "errors": st["errors"]}
         print(json.dumps(summ))
         if out:
             out.write(json.dumps(summ) + "\n")

@@ -56,7 +56,8 @@ static void usage(void) {
            "  --device cpu|cuda\n\n"
            "Prints one JSON line per (sample, spec): id, selector, text, n_context, n_question,\n"
            "n_gen, prefill_s, question_s, decode_s, keys_read (share of the offloaded keys read),\n"
-           "mass_recall (null when not measured), and error when that run failed.\n\n"
+           "mass_recall and out_err (the attention output's mean relative error against dense; null\n"
+           "when not measured), and error when that run failed.\n\n"
            "attention defaults for every spec:\n");
     eng_attn_usage(stdout, 22, NULL);
 }
@@ -283,6 +284,8 @@ static void print_row(const sample *s, const spec *sp, const tok_vocab *v, const
     else cJSON_AddNullToObject(o, "keys_read");
     if (st.recall_n > 0) cJSON_AddNumberToObject(o, "mass_recall", st.mass_recall);
     else cJSON_AddNullToObject(o, "mass_recall");
+    if (st.recall_n > 0) cJSON_AddNumberToObject(o, "out_err", st.out_err);
+    else cJSON_AddNullToObject(o, "out_err");
     cJSON_AddNumberToObject(o, "search_s", st.search_s);
     cJSON_AddNumberToObject(o, "build_s", st.build_s);
     char *js = cJSON_PrintUnformatted(o);
