@@ -1,7 +1,9 @@
 /* The engine's attention over the paged store with each selector: a selector that returns every
  * offloaded key (oracle or retrieval with top_k >= candidates) reproduces dense decode logits;
- * `window` attends only the static set and differs; statistics count what was read; a KV memory
- * limit is a clean error that leaves the sequence unchanged. */
+ * `window` attends only the static set and differs; an estimated tail of share 1 (every key the
+ * selector left, at weight 1) reproduces them with any selector, a smaller one reads its sample
+ * on top of the ids; statistics count what was read; a KV memory limit is a clean error that
+ * leaves the sequence unchanged. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,11 +76,30 @@ int main(void) {
               (long long)st.keys_read, (long long)st.offloaded_keys);
         CHECK(st.recall_n > 0 && st.mass_recall > 0.0 && st.mass_recall < 1.0 + 1e-6,
               "mass recall measured: %f", st.mass_recall);
+        const int64_t top5_read = st.keys_read;
+        a.tail = 0.2f;
+        CHECK(run(m, &a, got, &st) == 0, "oracle top-5 + tail 0.2 run");
+        CHECK(st.keys_read > top5_read && st.keys_read < st.offloaded_keys && st.recall_n > 0 &&
+              st.mass_recall < 1.0 + 1e-6 && st.out_err > 0, "a tail of 0.2 reads its sample too (%lld, top-5 "
+              "alone %lld, of %lld; recall %f, out_err %g)", (long long)st.keys_read, (long long)top5_read,
+              (long long)st.offloaded_keys, st.mass_recall, st.out_err);
         a.measure_recall = 0;
         a.selector = IDX_WINDOW;
+        a.tail = 0;
         CHECK(run(m, &a, got, &st) == 0, "window run");
         CHECK(st.keys_read == 0 && max_diff(dense, got, (size_t)N_DEC * V) > 1e-3f,
               "window reads nothing offloaded and differs from dense");
+        const char *tail_sel[] = {"window", "oracle", "retrieval", "centroids", "quest"};
+        for (int k = 0; k < 5; k++) { /* share 1: the sample is every unselected key, weight 1 */
+            CHECK(eng_attn_set(&a, "selector", tail_sel[k], err, sizeof err) == 0, "selector %s: %s", tail_sel[k], err);
+            a.top_k = 5;
+            a.tail = 1.0f;
+            CHECK(run(m, &a, got, &st) == 0, "%s + tail 1 run", tail_sel[k]);
+            float d = max_diff(dense, got, (size_t)N_DEC * V);
+            CHECK(d < 1e-4f && st.keys_read == st.offloaded_keys, "%s + tail 1 == dense (max diff %g, %lld of %lld "
+                  "keys read)", tail_sel[k], d, (long long)st.keys_read, (long long)st.offloaded_keys);
+        }
+        a.tail = 0;
 
         /* bad selector name and a memory limit too small for the prompt */
         a = eng_attn_default();
