@@ -494,6 +494,11 @@ static void decode_case(const store *s, int n_q, int use_ids) {
             attn_range(&s->hv, q[j], n_q, lo[j], hi[j], scale, ref_o[j], ref_l[j]);
             if (hi[j] - lo[j] > max_keys) max_keys = hi[j] - lo[j];
         }
+        if (j > 0) { /* a sampled part's weight raises a non-empty job's lse; an empty one stays -inf */
+            jb->lse_add = 0.75f;
+            for (int g = 0; g < n_q; g++)
+                if (isfinite(ref_l[j][g])) ref_l[j][g] += 0.75f;
+        }
     }
     must(gpu_attn_decode(jobs, NJ, n_q, scale, max_keys), "gpu_attn_decode");
     must(gpu_sync(), "gpu_sync");
