@@ -56,6 +56,8 @@ struct eng_req {
     bool no_cache;           /* the request opted out of the prefix cache */
     int obs_tokens;
     gram *grammar;           /* owned; NULL: unconstrained */
+    eng_req *leader;         /* n > 1: the group's first request (a reference), whose prompt this
+                              * one continues instead of prefilling it again; NULL: none */
     atomic_int fed;          /* n_fed, readable by other threads (progress) */
     double t_submit;
 
@@ -137,6 +139,8 @@ const char *eng_finish_name(eng_finish f) {
 
 /* ---- requests and their channels ---- */
 
+static void req_unref(eng_req *r);
+
 static void req_free(eng_req *r) {
     for (int i = r->head; i < r->head + r->count; i++) eng_event_clear(&r->evs[i]);
     eng_ctx_unref(r->ctx);
@@ -147,6 +151,7 @@ static void req_free(eng_req *r) {
     eng_sampler_free(r->smp);
     gram_state_free(r->gs);
     gram_free(r->grammar);
+    if (r->leader) req_unref(r->leader);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -307,8 +312,8 @@ static bool fits_budget(eng_sched *s, eng_req *r) {
 /* ---- submit ---- */
 
 static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out);
-static int submit_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
-                          bool *taken);
+static int make_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
+                        bool *taken);
 
 int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out) {
     return submit(s, p, false, 0, out);
@@ -326,16 +331,17 @@ double eng_req_progress(const eng_req *r) {
     return r->n_prompt > 0 ? (double)atomic_load(&((eng_req *)r)->fed) / r->n_prompt : 0.0;
 }
 
-static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out) {
+/* Builds a request (not queued). On failure the grammar is freed too. */
+static int make_req(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out) {
     *out = NULL;
     bool taken = false; /* the grammar belongs to the request (freed with it) */
-    int rc = submit_checked(s, p, build, obs_tokens, out, &taken);
+    int rc = make_checked(s, p, build, obs_tokens, out, &taken);
     if (rc && !taken) gram_free(p->grammar);
     return rc;
 }
 
-static int submit_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
-                          bool *taken) {
+static int make_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
+                        bool *taken) {
     if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 ||
         p->n_stop > ENG_MAX_STOP || p->top_logprobs < 0 || p->top_logprobs > ENG_MAX_TOP_LOGPROBS)
         return ENG_SCHED_EARG;
@@ -388,31 +394,79 @@ static int submit_checked(eng_sched *s, const eng_gen_params *p, bool build, int
         if (len > r->max_stop_len) r->max_stop_len = len;
     }
     r->t_submit = krn_now_s() * 1e3;
-
-    pthread_mutex_lock(&s->mu);
-    int free_slots = s->p.n_parallel - s->n_active;
-    int rc = 0;
-    if (s->stopping) rc = ENG_SCHED_ESTOPPED;
-    else if (!build && s->p.mem_budget && req_need(s, r, 0) + s->pinned > s->p.mem_budget) rc = ENG_SCHED_ENOSPACE;
-    else if (eng_model_failed(s->m)) rc = ENG_SCHED_EUNAVAIL;
-    else if (s->q_len >= s->p.queue_cap + (free_slots > 0 ? free_slots : 0)) rc = ENG_SCHED_EFULL;
-    if (rc == 0) {
-        if (s->q_tail) s->q_tail->next = r;
-        else s->q_head = r;
-        s->q_tail = r;
-        s->q_len++;
-        pthread_cond_signal(&s->cv);
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (rc) {
-        req_free(r);
-        return rc;
-    }
     *out = r;
     return 0;
 nomem:
     req_free(r);
     return ENG_SCHED_ENOMEM;
+}
+
+/* Queues the n requests together, or none of them (freed) with the reason. */
+static int enqueue(eng_sched *s, eng_req **rs, int n, bool build) {
+    pthread_mutex_lock(&s->mu);
+    int free_slots = s->p.n_parallel - s->n_active;
+    int rc = 0;
+    size_t need = 0;
+    for (int i = 0; i < n; i++) need += req_need(s, rs[i], rs[i]->leader ? rs[i]->n_prompt - 2 : 0);
+    if (s->stopping) rc = ENG_SCHED_ESTOPPED;
+    else if (!build && s->p.mem_budget && need + s->pinned > s->p.mem_budget) rc = ENG_SCHED_ENOSPACE;
+    else if (eng_model_failed(s->m)) rc = ENG_SCHED_EUNAVAIL;
+    else if (s->q_len + n - 1 >= s->p.queue_cap + (free_slots > 0 ? free_slots : 0)) rc = ENG_SCHED_EFULL;
+    if (rc == 0) {
+        for (int i = 0; i < n; i++) {
+            if (s->q_tail) s->q_tail->next = rs[i];
+            else s->q_head = rs[i];
+            s->q_tail = rs[i];
+            s->q_len++;
+        }
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc)
+        for (int i = n - 1; i >= 0; i--) req_free(rs[i]); /* followers first: they hold the leader */
+    return rc;
+}
+
+static int submit(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out) {
+    eng_req *r;
+    int rc = make_req(s, p, build, obs_tokens, &r);
+    if (rc) return rc;
+    rc = enqueue(s, &r, 1, build);
+    *out = rc ? NULL : r;
+    return rc;
+}
+
+int eng_sched_submit_group(eng_sched *s, const eng_gen_params *ps, int n, eng_req **out) {
+    for (int i = 0; i < n; i++) out[i] = NULL;
+    int rc = 0;
+    if (n < 1 || n > s->p.n_parallel) rc = ENG_SCHED_EARG;
+    for (int i = 1; i < n && !rc; i++)
+        if (ps[i].n_prompt != ps[0].n_prompt || ps[i].context != ps[0].context ||
+            (ps[0].n_prompt > 0 && memcmp(ps[i].prompt, ps[0].prompt, sizeof(int32_t) * ps[0].n_prompt)))
+            rc = ENG_SCHED_EARG;
+    int made = 0; /* requests made; the grammar of the one that failed is freed already */
+    for (int i = 0; i < n && !rc; i++, made++) {
+        if ((rc = make_req(s, &ps[i], false, 0, &out[i]))) {
+            made++;
+            break;
+        }
+        if (i > 0 && !ps[0].context) { /* continues the leader's prefill instead of its own */
+            out[i]->leader = out[0];
+            out[i]->no_cache = true;
+            pthread_mutex_lock(&out[0]->mu);
+            out[0]->refs++;
+            pthread_mutex_unlock(&out[0]->mu);
+        }
+    }
+    if (rc) {
+        for (int i = made; i < n; i++) gram_free(ps[i].grammar);
+        for (int i = n - 1; i >= 0; i--) if (out[i]) req_free(out[i]);
+        for (int i = 0; i < n; i++) out[i] = NULL;
+        return rc;
+    }
+    rc = enqueue(s, out, n, false);
+    if (rc) for (int i = 0; i < n; i++) out[i] = NULL;
+    return rc;
 }
 
 /* ---- engine side ---- */
@@ -720,6 +774,21 @@ static bool grammar_vocab(eng_sched *s) {
     return s->gv != NULL;
 }
 
+/* For a request of a group (n > 1): whether it may start, and in *ls the slot of the leader to
+ * continue from (NULL: it prefills on its own, the leader having ended or being too short).
+ * The leader runs first (queued first); its followers wait until its prompt, all but the last
+ * two tokens, has run. */
+static bool group_ready(eng_sched *s, eng_req *r, slot **ls) {
+    eng_req *L = r->leader;
+    *ls = NULL;
+    if (L->n_prompt < 4) return true;
+    for (int i = 0; i < s->p.n_parallel; i++)
+        if (s->slots[i].req == L) *ls = &s->slots[i];
+    if (!*ls || L->state == REQ_DONE) return true;
+    if (L->state == REQ_PREFILL && L->n_fed < L->n_prompt - 2) return false;
+    return true;
+}
+
 /* Runs one step over the active slots. */
 static void step(eng_sched *s) {
     char err[256];
@@ -735,6 +804,8 @@ static void step(eng_sched *s) {
             continue;
         }
         if (r->state == REQ_PREFILL && !r->smp) {
+            slot *ls = NULL;
+            if (r->leader && !group_ready(s, r, &ls)) continue; /* the leader's prompt is still running */
             r->t_admit = krn_now_s() * 1e3;
             eng_seq_reset(sl->seq);
             int bad = eng_seq_set_attn(sl->seq, r->has_attn ? &r->attn : &s->attn_default, err, sizeof err);
@@ -744,6 +815,14 @@ static void step(eng_sched *s) {
                 bad = eng_seq_capture_queries(sl->seq, from < 0 ? 0 : from, r->n_prompt, err, sizeof err);
             }
             if (!bad && !r->no_cache) start_from_cache(s, sl, r);
+            if (!bad && ls && eng_seq_continue(sl->seq, ls->seq, r->n_prompt - 2, err, sizeof err) == 0) {
+                r->n_fed = r->n_prompt - 2; /* the rest of its prompt: two rows, as after a cache hit */
+                atomic_store(&r->fed, r->n_fed);
+            }
+            if (r->leader) {
+                req_unref(r->leader);
+                r->leader = NULL;
+            }
             r->cached = r->no_cache || r->n_prompt - 2 < s->p.prefix_min || r->n_fed >= r->n_prompt - 2;
             if (bad) {
                 finish_req(s, sl, r, ENG_FINISH_ERROR, NULL, err);
@@ -777,7 +856,7 @@ static void step(eng_sched *s) {
         for (int i = 0; i < np; i++) {
             slot *sl = &s->slots[i];
             eng_req *r = sl->req;
-            if (!r || r->state != REQ_PREFILL || sl->row != -1 || r->n_fed >= r->n_prompt) continue;
+            if (!r || r->state != REQ_PREFILL || !r->smp || sl->row != -1 || r->n_fed >= r->n_prompt) continue;
             if (!pick || (pick->req->build && !r->build) ||
                 (pick->req->build == r->build && r->admit_seq < pick->req->admit_seq))
                 pick = sl;

@@ -136,6 +136,14 @@ typedef struct {
  * ENG_SCHED_EARG for bad parameters, ENG_SCHED_ESTOPPED after shutdown. */
 int eng_sched_submit(eng_sched *s, const eng_gen_params *p, eng_req **out);
 
+/* Queues n requests for one prompt (n <= n_parallel; every ps[i] has the same prompt and
+ * context, and its own sampling, seed and grammar), as OpenAI's n and best_of ask: the first
+ * prefills the prompt and the others continue from its sequence once that has run, sharing its
+ * pages read-only, so the prompt is prefilled once. out[i] receives request i's handle (release
+ * each). All are queued or none: the codes of eng_sched_submit (each ps[i].grammar is taken,
+ * freed on failure). */
+int eng_sched_submit_group(eng_sched *s, const eng_gen_params *ps, int n, eng_req **out);
+
 /* Queues a context build: the n tokens are prefilled densely like a prompt (after the prompts
  * of ordinary requests in each step, so builds never delay answers' first tokens), recording the
  * queries of the last p->obs_tokens positions; nothing is sampled. The final event (finish

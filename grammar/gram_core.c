@@ -4,6 +4,7 @@
  * sets reached are memoised as a lazy DFA: advancing by a byte is a table lookup once seen, and
  * the token mask of a set is computed once by one walk over the trie and then copied. */
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,10 +185,17 @@ struct gram {
     int *alt0;     /* rule r's alternatives are alt_start[alt0[r] .. alt0[r + 1]) */
     int *alt_start;
     int root;
+    atomic_int refs; /* gram_ref holders besides the creator */
 };
+
+gram *gram_ref(gram *g) {
+    if (g) atomic_fetch_add(&g->refs, 1);
+    return g;
+}
 
 void gram_free(gram *g) {
     if (!g) return;
+    if (atomic_fetch_sub(&g->refs, 1) > 0) return; /* others still hold it */
     free(g->el); free(g->cs); free(g->alt0); free(g->alt_start);
     free(g);
 }

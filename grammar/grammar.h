@@ -55,6 +55,9 @@ gram *gram_json_object(void);
  * that can match the empty string (e.g. (a*)*). Errors name the byte position. */
 gram *gram_from_regex(const char *re, size_t len, char *err, size_t errlen);
 
+/* Grammars are read-only, so several generations may share one: gram_ref adds a holder (n > 1
+ * choices each free theirs); gram_free drops one and frees with the last. Thread-safe. */
+gram *gram_ref(gram *g);
 void gram_free(gram *g);
 
 /* ---- vocabulary ---- */

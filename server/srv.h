@@ -75,7 +75,9 @@ void srv_config_log(const srv_config *c, FILE *f);
 
 /* ---- chat templates (chat.c) ---- */
 
-typedef enum { SRV_CHAT_NONE = 0, SRV_CHAT_GEMMA, SRV_CHAT_CHATML, SRV_CHAT_LLAMA3 } srv_chat_fmt;
+/* SRV_CHAT_QWEN2: chatml as Qwen2.5's template writes it (a default system message, its tool
+ * format); SRV_CHAT_CHATML: plain chatml, tools in Qwen's way */
+typedef enum { SRV_CHAT_NONE = 0, SRV_CHAT_GEMMA, SRV_CHAT_CHATML, SRV_CHAT_LLAMA3, SRV_CHAT_QWEN2 } srv_chat_fmt;
 const char *srv_chat_name(srv_chat_fmt f);
 /* A format by name ("gemma", "chatml", "llama3"), else by recognising a Jinja template's
  * markers; SRV_CHAT_NONE when neither. */

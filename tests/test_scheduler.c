@@ -148,6 +148,40 @@ int main(void) {
     CHECK(b1.n == 40 && !memcmp(b1.ids, ref, sizeof ref), "concurrent long-prompt request = alone");
     CHECK(b2.n == 40 && !memcmp(b2.ids, ref2, sizeof ref2), "concurrent short-prompt request = alone");
 
+    {   /* a group (OpenAI's n): the prompt runs once, every member decodes as if alone */
+        eng_sched_stats s0, s1;
+        eng_sched_get_stats(s, &s0);
+        eng_gen_params grp[2] = {greedy(prompt, 100, 40), greedy(prompt, 100, 40)};
+        eng_req *gr[3];
+        CHECK(eng_sched_submit_group(s, grp, 2, gr) == 0, "submit a group of 2");
+        result c0, c1;
+        drain(gr[1], &c1);
+        drain(gr[0], &c0);
+        eng_req_release(gr[0]);
+        eng_req_release(gr[1]);
+        eng_sched_get_stats(s, &s1);
+        CHECK(c0.n == 40 && !memcmp(c0.ids, ref, sizeof ref) && c1.n == 40 && !memcmp(c1.ids, ref, sizeof ref),
+              "greedy group members = the plain forward loop");
+        CHECK(s1.prompt_tokens - s0.prompt_tokens == 102, "the group's prompt ran once (%llu prompt rows for "
+              "2 x 100 tokens; the second member feeds its last 2)", (unsigned long long)(s1.prompt_tokens - s0.prompt_tokens));
+        eng_gen_params samp[2] = {greedy(prompt, 100, 20), greedy(prompt, 100, 20)};
+        for (int i = 0; i < 2; i++) {
+            samp[i].sampling.temperature = 1.5f;
+            samp[i].sampling.seed = 100 + i;
+        }
+        CHECK(eng_sched_submit_group(s, samp, 2, gr) == 0, "submit a sampled group");
+        drain(gr[0], &c0);
+        drain(gr[1], &c1);
+        eng_req_release(gr[0]);
+        eng_req_release(gr[1]);
+        CHECK(c0.n == 20 && c1.n == 20 && memcmp(c0.ids, c1.ids, sizeof(int32_t) * 20),
+              "members with their own seeds sample different texts");
+        eng_gen_params three[3] = {greedy(prompt, 100, 4), greedy(prompt, 100, 4), greedy(prompt, 100, 4)};
+        CHECK(eng_sched_submit_group(s, three, 3, gr) == ENG_SCHED_EARG, "a group larger than n_parallel is refused");
+        eng_gen_params mixed[2] = {greedy(prompt, 100, 4), greedy(prompt2, 7, 4)};
+        CHECK(eng_sched_submit_group(s, mixed, 2, gr) == ENG_SCHED_EARG, "a group of different prompts is refused");
+    }
+
     /* stop strings: a 3-byte window of the greedy text */
     int at = -1;
     for (int i = 4; i + 3 <= a.text_len && at < 0; i++) {

@@ -31,6 +31,9 @@ failures = 0
 T0 = time.time()
 
 
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
 def check(cond, what):
     global failures
     print(("ok   " if cond else "FAIL ") + what, flush=True)
@@ -241,14 +244,18 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
         ({"prompt": "x", "temperature": "hot"}, "temperature"), ({"prompt": "x", "max_tokens": "5"}, "max_tokens"),
         ({"prompt": "x", "max_tokens": 1.5}, "max_tokens"), ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "stream": "yes"}, "stream"), ({"max_tokens": 3}, "prompt"), ({"prompt": 5}, "prompt"),
-        ({"prompt": "x", "n": 2}, "n"), ({"prompt": "x", "stop": 5}, "stop"), ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "n": 0}, "n"), ({"prompt": "x", "n": 64}, "n"),
+        ({"prompt": "x", "n": 2, "best_of": 1}, "best_of"), ({"prompt": "x", "best_of": 2, "stream": True}, "best_of"), ({"prompt": "x", "stop": 5}, "stop"), ({"prompt": "x", "top_p": 0}, "top_p"),
         ({"prompt": "x", "temperature": 3}, "temperature"), ({"prompt": "x", "logprobs": 99}, "logprobs"),
         ({"prompt": "x", "seed": "s"}, "seed"), ({"prompt": "x", "presence_penalty": 5}, "presence_penalty"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": [1, 99999]}, "prompt"), ({"prompt": "x", "user": 5}, "user"),
         ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias"), ({"prompt": "x", "logit_bias": {"x": 1}}, "logit_bias"),
         ({"prompt": "x", "logit_bias": {"99999": 1}}, "logit_bias"), ({"prompt": "x", "tools": [{"type": "function"}]}, "tools"),
-        ({"prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
+        ({"prompt": "x", "response_format": {"type": "xml"}}, "response_format.type"),
+        ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object",
+          "patternProperties": {}}}}}, "response_format.json_schema.schema"),
+        ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": 5}}, "response_format.json_schema"),
     ]
     for body, param in bad:
         st, _, b = s.request("POST", "/v1/completions", body)
@@ -260,6 +267,24 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": "x"}], "logprobs": "yes"}, "logprobs"),
         ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+        # as OpenAI: only an assistant message with tool_calls may come without content
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "system", "content": None}, {"role": "user", "content": "x"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}, {"role": "tool"}]},
+         "messages[2].content"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}, "messages[1].content"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"type": "function"}]}]},
+         "messages[1].tool_calls[0]"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": TOOLS,
+          "tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
+        ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "a b"}}]},
+         "tools[0]"),
+        ({"messages": [{"role": "user", "content": "x"}], "tools": "f"}, "tools"),
+        ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+          "json_schema": {"schema": {"type": "object", "properties": {"a": {"not": {}}}}}}},
+         "response_format.json_schema.schema"),
+        ({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}, "functions"),
     ]
     for body, param in bad_chat:
         st, _, b = s.request("POST", "/v1/chat/completions", body)
@@ -267,7 +292,11 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
     bad_tgi = [{"parameters": {"max_new_tokens": 3}}, {"inputs": 5}, {"inputs": "x", "parameters": {"max_new_tokens": -1}},
                {"inputs": "x", "parameters": {"top_p": 1.5}}, {"inputs": "x", "parameters": {"temperature": "x"}},
                {"inputs": "x", "parameters": {"stop": [1]}}, {"inputs": "x", "parameters": []},
-               {"inputs": "x", "parameters": {"repetition_penalty": 0}}, {"inputs": "x", "parameters": {"details": 1}}]
+               {"inputs": "x", "parameters": {"repetition_penalty": 0}}, {"inputs": "x", "parameters": {"details": 1}},
+               {"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "(a"}}},
+               {"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {"type": "object", "if": {}}}}},
+               {"inputs": "x", "parameters": {"grammar": {"type": "lark", "value": "x"}}},
+               {"inputs": "x", "parameters": {"best_of": 2}}]
     for body in bad_tgi:
         st, _, b = s.request("POST", "/generate", body)
         st2, _, b2 = s.request("POST", "/generate_stream", body)
