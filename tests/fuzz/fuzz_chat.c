@@ -19,7 +19,8 @@ enum { MAX_MSGS = 64 };
 static const char *opener(srv_chat_fmt f) {
     switch (f) {
     case SRV_CHAT_GEMMA: return "<start_of_turn>model\n";
-    case SRV_CHAT_CHATML: return "<|im_start|>assistant\n";
+    case SRV_CHAT_CHATML:
+    case SRV_CHAT_QWEN2: return "<|im_start|>assistant\n";
     case SRV_CHAT_LLAMA3: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
     default: return NULL;
     }
@@ -40,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     copy[size] = 0;
     (void)srv_chat_detect(copy, size);
 
-    srv_chat_msg msgs[MAX_MSGS];
+    srv_chat_msg msgs[MAX_MSGS] = {0};
     int n = 0;
     bool all_ok = true;
     for (size_t i = 0; i < size && n < MAX_MSGS;) {
@@ -63,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         i = end + 1;
     }
 
-    for (srv_chat_fmt f = SRV_CHAT_NONE; f <= SRV_CHAT_LLAMA3; f++) {
+    for (srv_chat_fmt f = SRV_CHAT_NONE; f <= SRV_CHAT_QWEN2; f++) {
         char err[200] = "";
         char *out = srv_chat_render(f, msgs, n, NULL, err, sizeof err);
         const bool want = all_ok && f != SRV_CHAT_NONE;
