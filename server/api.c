@@ -112,6 +112,7 @@ typedef struct {
     bool details;          /* TGI: token list in details */
     bool full_text;        /* TGI return_full_text, OpenAI echo */
     int logprobs;          /* -1: none; else alternatives per token (0..20) */
+    int top_n;             /* TGI top_n_tokens: alternatives per token in top_tokens (0: none) */
     bool include_usage;
     bool ignore_eos;
     bool cache_prompt;     /* start from / keep in the prefix cache (default true) */
@@ -716,6 +717,11 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (opt_bool(F("cache_prompt"), "cache_prompt", &g->cache_prompt, e) < 0) return -1;
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
+    if (rc) g->top_n = (int)ll;
+    bool wm = false;
+    if (opt_bool(F("watermark"), "watermark", &wm, e) < 0) return -1;
+    if (wm) return fail(e, "watermark", "'watermark' is not supported");
+    if (!absent(F("adapter_id"))) return fail(e, "adapter_id", "'adapter_id' is not supported (no LoRA adapters)");
     if ((rc = opt_int(F("best_of"), "best_of", 1, 128, &ll, e)) < 0) return -1;
     if (rc && ll > 1) {
         if (g->stream || g->route == SRV_ROUTE_GENERATE_STREAM)
@@ -890,6 +896,23 @@ static cJSON *tgi_token(gen *G, const tok_rec *t) {
     return o;
 }
 
+/* TGI's top_tokens of one token: its alternatives, most likely first. */
+static cJSON *tgi_top(gen *G, const tok_rec *t) {
+    cJSON *a = cJSON_CreateArray();
+    char buf[512];
+    for (int k = 0; k < t->n_top; k++) {
+        cJSON *o = cJSON_CreateObject();
+        int n = piece(G->s->vocab, t->top_id[k], buf, sizeof buf);
+        cJSON_AddNumberToObject(o, "id", t->top_id[k]);
+        add_str(o, "text", buf, n);
+        cJSON_AddNumberToObject(o, "logprob", t->top_lp[k]);
+        cJSON_AddBoolToObject(o, "special", tok_is_eog(G->s->vocab, t->top_id[k]) ||
+                                                tok_get_type(G->s->vocab, t->top_id[k]) == TOK_TYPE_CONTROL);
+        cJSON_AddItemToArray(a, o);
+    }
+    return a;
+}
+
 static cJSON *tgi_details(gen *G, bool with_tokens) {
     cJSON *d = cJSON_CreateObject();
     cJSON_AddStringToObject(d, "finish_reason", finish_tgi(G->fin.finish));
@@ -903,6 +926,10 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
         cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
         cJSON *arr = cJSON_AddArrayToObject(d, "tokens");
         for (int i = 0; i < G->n_toks; i++) cJSON_AddItemToArray(arr, tgi_token(G, &G->toks[i]));
+        if (G->g->top_n > 0) {
+            cJSON *tt = cJSON_AddArrayToObject(d, "top_tokens");
+            for (int i = 0; i < G->n_toks; i++) cJSON_AddItemToArray(tt, tgi_top(G, &G->toks[i]));
+        }
     }
     return d;
 }
@@ -1233,7 +1260,7 @@ static void consume(gen *G, eng_event *ev, bool stream) {
         G->t_prev = ev->t_ms;
         G->n_events++;
         G->lp_sum += ev->logprob;
-        bool keep = G->g->details || G->g->logprobs >= 0 || stream;
+        bool keep = G->g->details || G->g->logprobs >= 0 || G->g->top_n > 0 || stream;
         if (keep && G->n_toks == G->cap_toks) {
             int nc = G->cap_toks ? 2 * G->cap_toks : 64;
             tok_rec *nt = realloc(G->toks, sizeof(tok_rec) * nc);
@@ -1272,7 +1299,8 @@ static void consume(gen *G, eng_event *ev, bool stream) {
                 cJSON *o = cJSON_CreateObject();
                 cJSON_AddNumberToObject(o, "index", G->n_toks - 1);
                 cJSON_AddItemToObject(o, "token", tgi_token(G, &G->toks[G->n_toks - 1]));
-                cJSON_AddNullToObject(o, "top_tokens");
+                if (G->g->top_n > 0) cJSON_AddItemToObject(o, "top_tokens", tgi_top(G, &G->toks[G->n_toks - 1]));
+                else cJSON_AddNullToObject(o, "top_tokens");
                 if (final_ok) {
                     cJSON_AddItemToObject(o, "generated_text", full_text(G));
                     cJSON_AddItemToObject(o, "details", tgi_details(G, false));
@@ -1561,7 +1589,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         .prompt = g->ids, .n_prompt = g->n_ids, .max_tokens = (int)g->max_tokens, .sampling = g->sp,
         .stop = (const char *const *)g->stop, .n_stop = g->n_stop,
         .stop_inclusive = c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM,
-        .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : 0,
+        .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : g->top_n,
         .attn = &g->attn, .no_cache = !g->cache_prompt,
     };
     eng_ctx *ctx = NULL;

@@ -296,7 +296,17 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
                {"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "(a"}}},
                {"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {"type": "object", "if": {}}}}},
                {"inputs": "x", "parameters": {"grammar": {"type": "lark", "value": "x"}}},
-               {"inputs": "x", "parameters": {"best_of": 2}}]
+               {"inputs": "x", "parameters": {"best_of": 2}}, {"inputs": "x", "parameters": {"watermark": True}},
+               {"inputs": "x", "parameters": {"adapter_id": "lora-1"}}, {"inputs": "x", "parameters": {"top_n_tokens": 99}}]
+    # TGI top_n_tokens: the alternatives of each token, most likely first, the chosen one among them (greedy)
+    st, _, b = s.request("POST", "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 3, "details": True,
+                                                                                 "top_n_tokens": 3}})
+    tt = b.get("details", {}).get("top_tokens", []) if st == 200 else []
+    toks = b.get("details", {}).get("tokens", []) if st == 200 else []
+    check(len(tt) == 3 and all(len(x) == 3 and x[0]["id"] == t["id"] and x[0]["logprob"] >= x[1]["logprob"] >= x[2]["logprob"]
+                               for x, t in zip(tt, toks)), "TGI top_n_tokens fills details.top_tokens")
+    ev = list(s.stream("/generate_stream", {"inputs": "Hello", "parameters": {"max_new_tokens": 2, "top_n_tokens": 2}}))
+    check(len(ev) == 2 and all(len(e["top_tokens"]) == 2 for e in ev), "TGI top_n_tokens in each streamed token")
     for body in bad_tgi:
         st, _, b = s.request("POST", "/generate", body)
         st2, _, b2 = s.request("POST", "/generate_stream", body)
