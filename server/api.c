@@ -213,6 +213,12 @@ static int parse_context(const cJSON *it, gen_req *g, perr *e) {
     return 0;
 }
 
+/* g->grammar: any JSON object (JSON mode). */
+static int set_json_object(const char *param, gen_req *g, perr *e) {
+    gram_free(g->grammar);
+    return (g->grammar = gram_json_object()) ? 0 : fail(e, param, "out of memory");
+}
+
 /* A JSON schema (an object, or a string holding one) compiled into g->grammar. */
 static int set_schema(const cJSON *schema, const char *param, gen_req *g, perr *e) {
     char *text = cJSON_IsString(schema) ? strdup(schema->valuestring)
@@ -245,10 +251,7 @@ static int parse_tgi_grammar(const cJSON *gr, const char *param, gen_req *g, per
     char vparam[64];
     snprintf(vparam, sizeof vparam, "%s.value", param);
     if (!strcmp(type->valuestring, "regex")) return set_regex(value, vparam, g, e);
-    if (absent(value) || !strcmp(type->valuestring, "json_object")) {
-        gram_free(g->grammar);
-        return (g->grammar = gram_json_object()) ? 0 : fail(e, param, "out of memory");
-    }
+    if (absent(value) || !strcmp(type->valuestring, "json_object")) return set_json_object(param, g, e);
     return set_schema(value, vparam, g, e);
 }
 
@@ -261,10 +264,7 @@ static int parse_response_format(const cJSON *rf, gen_req *g, perr *e) {
         return fail(e, "response_format", "'response_format' must be an object with a string 'type'");
     const char *t = type->valuestring;
     if (!strcmp(t, "text")) return 0;
-    if (!strcmp(t, "json_object")) {
-        gram_free(g->grammar);
-        return (g->grammar = gram_json_object()) ? 0 : fail(e, "response_format", "out of memory");
-    }
+    if (!strcmp(t, "json_object")) return set_json_object("response_format", g, e);
     if (!strcmp(t, "json_schema")) {
         const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
         if (!cJSON_IsObject(js))
@@ -277,10 +277,7 @@ static int parse_response_format(const cJSON *rf, gen_req *g, perr *e) {
         if (!absent(strict) && !cJSON_IsBool(strict))
             return fail(e, "response_format.json_schema.strict", "'response_format.json_schema.strict' must be a boolean");
         const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
-        if (absent(schema)) {
-            gram_free(g->grammar);
-            return (g->grammar = gram_json_object()) ? 0 : fail(e, "response_format", "out of memory");
-        }
+        if (absent(schema)) return set_json_object("response_format", g, e);
         return set_schema(schema, "response_format.json_schema.schema", g, e);
     }
     if (!strcmp(t, "json") || !strcmp(t, "regex")) return parse_tgi_grammar(rf, "response_format", g, e);
@@ -1173,7 +1170,8 @@ static void tool_stream(gen *G, bool final_ok) {
         size_t i = 0;
         while (i < G->text_len && isspace((unsigned char)G->text[i])) i++;
         if (i == G->text_len || G->text[i] == '{' || G->text[i] == '`') return; /* maybe a bare call */
-        const char *hit = memmem(G->text, G->text_len, "<tool_call>", 11);
+        /* a tag can only start in what is not released yet: the scan stays linear */
+        const char *hit = memmem(G->text + G->released, G->text_len - G->released, "<tool_call>", 11);
         content_chunk(G, hit ? (size_t)(hit - G->text) : G->text_len - tag_holdback(G->text, G->text_len, "<tool_call>"));
         return;
     }
@@ -1746,18 +1744,15 @@ enum MHD_Result srv_api_tokenize(srv_conn *c) {
     gen_req chat = {.route = SRV_ROUTE_CHAT, .max_tokens = -1, .logprobs = -1, .n_choices = 1, .best_of = 1};
     cJSON *rendered = NULL;
     if (!absent(cJSON_GetObjectItemCaseSensitive(root, "messages"))) {
-        if (parse_chat(root, &chat, s->chat_fmt, &e) == 0) {
-            rendered = cJSON_CreateString(chat.prompt);
-            cJSON_DeleteItemFromObjectCaseSensitive(root, "content");
-            cJSON_AddItemToObject(root, "content", cJSON_CreateString(chat.prompt));
-        }
+        if (parse_chat(root, &chat, s->chat_fmt, &e) == 0 && !(rendered = cJSON_CreateString(chat.prompt)))
+            fail(&e, "messages", "out of memory");
         gen_req_free(&chat);
         if (e.msg[0]) {
             cJSON_Delete(root);
             return srv_respond_error(c, 400, NULL, e.param, "%s", e.msg);
         }
     }
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "content");
+    const cJSON *t = rendered ? rendered : cJSON_GetObjectItemCaseSensitive(root, "content");
     const char *pname = "content";
     if (absent(t)) {
         t = cJSON_GetObjectItemCaseSensitive(root, "prompt");
