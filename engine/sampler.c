@@ -3,6 +3,7 @@
 #include "sampler.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@ struct eng_sampler {
     int n_vocab;
     uint64_t rng[4];
     cand *c;
+    cand *d;         /* typical sampling's candidates ranked by distance to the entropy */
     float *raw;      /* the logits before penalties, for the reported logprob */
     float *probs;    /* exp of the logits, scratch */
     int32_t *counts; /* per-token occurrence counts in the penalty window */
@@ -50,10 +52,11 @@ eng_sampler *eng_sampler_create(const eng_sampler_params *p, int n_vocab) {
     s->p = *p;
     s->n_vocab = n_vocab;
     s->c = malloc(sizeof(cand) * n_vocab);
+    s->d = malloc(sizeof(cand) * n_vocab);
     s->counts = calloc(n_vocab, sizeof(int32_t));
     s->raw = malloc(sizeof(float) * n_vocab);
     s->probs = malloc(sizeof(float) * n_vocab);
-    if (!s->c || !s->counts || !s->raw || !s->probs) {
+    if (!s->c || !s->d || !s->counts || !s->raw || !s->probs) {
         eng_sampler_free(s);
         return NULL;
     }
@@ -65,6 +68,7 @@ eng_sampler *eng_sampler_create(const eng_sampler_params *p, int n_vocab) {
 void eng_sampler_free(eng_sampler *s) {
     if (!s) return;
     free(s->c);
+    free(s->d);
     free(s->counts);
     free(s->raw);
     free(s->probs);
@@ -165,6 +169,50 @@ static int apply_allow(float *logits, int n, const uint32_t *allow) {
     return any;
 }
 
+/* Locally typical sampling over c[0..m): keeps the candidates whose surprisal -log p is nearest
+ * the distribution's entropy until they hold typical_p of the mass, then sorts them by logit
+ * (descending) for the stages after. Ranking grows a head by partial selection, as top-p does,
+ * since the mass is usually reached long before the whole vocabulary. Returns the new m. */
+static int typical(eng_sampler *s, cand *c, int m, float typical_p) {
+    float mx = -INFINITY;
+    for (int i = 0; i < m; i++) mx = c[i].logit > mx ? c[i].logit : mx;
+    double z = 0.0;
+    for (int i = 0; i < m; i++) z += exp((double)c[i].logit - mx);
+    const double log_z = mx + log(z);
+    double h = 0.0; /* entropy */
+    for (int i = 0; i < m; i++) {
+        const double lp = c[i].logit - log_z;
+        if (isfinite(lp)) h -= exp(lp) * lp;
+    }
+    cand *d = s->d;
+    int keep = m;
+    for (int k = 64;; k *= 4) {
+        if (k >= m) k = m;
+        for (int i = 0; i < m; i++) {
+            const double lp = c[i].logit - log_z;
+            d[i].id = i; /* index into c */
+            d[i].logit = isfinite(lp) ? -(float)fabs(-lp - h) : -INFINITY; /* nearest first */
+        }
+        if (k < m) select_top_k(d, m, k);
+        qsort(d, k, sizeof(cand), cmp_desc);
+        double acc = 0.0;
+        int got = 0;
+        for (int i = 0; i < k; i++) {
+            acc += exp((double)c[d[i].id].logit - log_z);
+            if (acc >= typical_p) { keep = i + 1; got = 1; break; }
+        }
+        if (got || k == m) {
+            if (!got) keep = m;
+            break;
+        }
+    }
+    /* gather the kept candidates into the front of c, by logit */
+    for (int i = 0; i < keep; i++) d[i] = c[d[i].id];
+    memcpy(c, d, sizeof(cand) * keep);
+    qsort(c, keep, sizeof(cand), cmp_desc);
+    return keep;
+}
+
 int32_t eng_sampler_sample(eng_sampler *s, float *logits, const int32_t *history, int n_hist,
                            float *logprob) {
     return eng_sampler_sample_allowed(s, logits, NULL, history, n_hist, logprob);
@@ -185,11 +233,13 @@ int32_t eng_sampler_sample_allowed(eng_sampler *s, float *logits, const uint32_t
     for (int i = 0; i < p->n_bias && i < ENG_MAX_LOGIT_BIAS; i++)
         if (p->bias_id[i] >= 0 && p->bias_id[i] < n) logits[p->bias_id[i]] += p->bias[i];
     apply_penalties(s, logits, history, n_hist);
+    const bool use_typical = p->typical_p > 0.0f && p->typical_p < 1.0f;
+    bool cut = false; /* c[0..m) is all that is left: later stages normalise over it alone */
     int32_t chosen;
     if (p->temperature <= 0.0f) {
         chosen = 0;
         for (int i = 1; i < n; i++) if (logits[i] > logits[chosen]) chosen = i;
-    } else if ((p->top_k <= 0 || p->top_k >= n) && p->top_p >= 1.0f && p->min_p <= 0.0f) {
+    } else if ((p->top_k <= 0 || p->top_k >= n) && p->top_p >= 1.0f && p->min_p <= 0.0f && !use_typical) {
         /* no truncation: sample the whole softmax directly, no sort */
         const float mx = max_of(logits, n);
         const float tot = exp_sum(logits, s->probs, n, mx, 1.0f / p->temperature);
@@ -211,6 +261,10 @@ int32_t eng_sampler_sample_allowed(eng_sampler *s, float *logits, const uint32_t
             select_top_k(c, n, p->top_k);
             m = p->top_k;
             qsort(c, m, sizeof(cand), cmp_desc);
+            cut = true;
+        } else if (use_typical) {
+            for (int i = 0; i < n; i++) { c[i].id = i; c[i].logit = logits[i]; }
+            m = n;
         } else {
             /* top-p/min-p over the whole vocabulary: sort only a growing head of it, until the
              * head holds the nucleus (top-p) and every token above the min-p floor */
@@ -232,10 +286,14 @@ int32_t eng_sampler_sample_allowed(eng_sampler *s, float *logits, const uint32_t
                 }
             }
         }
+        if (use_typical) {
+            m = typical(s, c, m, p->typical_p);
+            cut = true;
+        }
         /* probabilities at temperature 1 for top-p/min-p, as llama.cpp's chain does */
         if (p->top_p > 0.0f && p->top_p < 1.0f) {
             double sum = 0.0, acc = 0.0;
-            if (p->top_k > 0 && p->top_k < n) {
+            if (cut) {
                 for (int i = 0; i < m; i++) sum += exp((double)c[i].logit - c[0].logit);
             } else {
                 /* the head was cut from the whole vocabulary, whose max is c[0]: normalise by

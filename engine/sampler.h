@@ -1,6 +1,7 @@
 /* Token sampling from logits: repetition/presence/frequency penalties, top-k, top-p, min-p,
  * temperature, and a seeded generator so that the same seed gives the same text.
- * The order follows llama.cpp's default chain: penalties, top-k, top-p, min-p, temperature. */
+ * The order follows llama.cpp's default chain: penalties, top-k, typical, top-p, min-p,
+ * temperature. */
 #ifndef KVSEEK_SAMPLER_H
 #define KVSEEK_SAMPLER_H
 
@@ -12,6 +13,9 @@ typedef struct {
     float temperature;      /* <= 0: greedy (argmax) */
     int top_k;              /* <= 0: off */
     float top_p;            /* >= 1: off */
+    float typical_p;        /* locally typical sampling (Meister et al., 2022), after top-k:
+                             * keeps the tokens whose surprisal is nearest the entropy, up to this
+                             * much probability; <= 0 or >= 1: off */
     float min_p;            /* <= 0: off */
     float repeat_penalty;   /* 1: off; divides positive logits, multiplies negative ones */
     int repeat_last_n;      /* how many recent tokens the penalties look at; -1: all */

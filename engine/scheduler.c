@@ -56,6 +56,8 @@ struct eng_req {
     bool no_cache;           /* the request opted out of the prefix cache */
     int obs_tokens;
     gram *grammar;           /* owned; NULL: unconstrained */
+    eng_prompt_lp *plp;      /* prompt_logprobs: n_prompt entries filled as the prefill runs,
+                              * handed to the first token event; NULL: not asked for */
     eng_req *leader;         /* n > 1: the group's first request (a reference), whose prompt this
                               * one continues instead of prefilling it again; NULL: none */
     atomic_int fed;          /* n_fed, readable by other threads (progress) */
@@ -82,6 +84,9 @@ typedef struct {
     float *logits;           /* n_vocab */
     uint32_t *allow;         /* the grammar's token mask this step (gram_mask_words) */
     int row;                 /* the row of this step that produced logits, or -1 */
+    float *plog;             /* ENG_PROMPT_LOGPROB_ROWS rows of logits for prompt logprobs,
+                              * allocated at the first request that asks for them */
+    int plp_from, plp_n;     /* this step: prompt positions plp_from.. fed with logits in plog */
     int32_t tok;             /* token sampled this step */
     float lp;
 } slot;
@@ -147,6 +152,7 @@ static void req_free(eng_req *r) {
     free(r->evs);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->hist);
+    free(r->plp);
     free(r->out);
     eng_sampler_free(r->smp);
     gram_state_free(r->gs);
@@ -232,6 +238,8 @@ void eng_event_clear(eng_event *ev) {
     free(ev->text);
     ev->text = NULL;
     ev->text_len = 0;
+    free(ev->prompt_lp);
+    ev->prompt_lp = NULL;
 }
 
 void eng_req_cancel(eng_req *r) { atomic_store(&r->cancel, true); }
@@ -376,7 +384,11 @@ static int make_checked(eng_sched *s, const eng_gen_params *p, bool build, int o
         r->has_attn = true;
     }
     r->build = build;
-    r->no_cache = p->no_cache || build || p->context || !s->pc;
+    r->no_cache = p->no_cache || build || p->context || !s->pc || p->prompt_logprobs;
+    if (p->prompt_logprobs && !build) {
+        if (!(r->plp = calloc(p->n_prompt, sizeof *r->plp))) goto nomem;
+        r->plp[0] = (eng_prompt_lp){NAN, -1, NAN};
+    }
     r->obs_tokens = obs_tokens > 0 ? obs_tokens : 1;
     if (p->context) {
         eng_ctx_ref(p->context);
@@ -586,6 +598,10 @@ static void top_logprobs(const float *logits, int n_vocab, int k, eng_event *ev)
 static void take_token(eng_sched *s, slot *sl, eng_req *r, eng_event *ev) {
     const int32_t tok = ev->id;
     const double t = ev->t_ms;
+    if (r->n_gen == 0 && r->plp) {
+        ev->prompt_lp = r->plp;
+        r->plp = NULL;
+    }
     if (r->t_first == 0) r->t_first = t;
     r->t_last = t;
     r->hist[r->n_hist++] = tok;
@@ -798,6 +814,7 @@ static void step(eng_sched *s) {
         slot *sl = &s->slots[i];
         eng_req *r = sl->req;
         sl->row = -1;
+        sl->plp_n = 0;
         if (!r) continue;
         if (atomic_load(&r->cancel)) {
             finish_req(s, sl, r, ENG_FINISH_CANCELLED, NULL, NULL);
@@ -818,6 +835,8 @@ static void step(eng_sched *s) {
             if (!bad && ls && eng_seq_continue(sl->seq, ls->seq, r->n_prompt - 2, err, sizeof err) == 0) {
                 r->n_fed = r->n_prompt - 2; /* the rest of its prompt: two rows, as after a cache hit */
                 atomic_store(&r->fed, r->n_fed);
+                free(r->plp); /* the leader reports the prompt's logprobs */
+                r->plp = NULL;
             }
             if (r->leader) {
                 req_unref(r->leader);
@@ -871,14 +890,27 @@ static void step(eng_sched *s) {
             if (r->n_fed == r->n_prompt - 2) cache_prompt(s, pick, r);
             else if (k > left - 2) k = left - 2;
         }
+        if (r->plp) {
+            /* every row's logits are kept for the next prompt token's logprob */
+            if (!pick->plog && !(pick->plog = malloc(sizeof(float) * s->n_vocab * ENG_PROMPT_LOGPROB_ROWS))) {
+                finish_req(s, pick, r, ENG_FINISH_ERROR, NULL, "out of memory (prompt logprobs)");
+                continue;
+            }
+            if (k > ENG_PROMPT_LOGPROB_ROWS) k = ENG_PROMPT_LOGPROB_ROWS;
+        }
         /* the last slice keeps two rows at least (see start_from_cache) */
         if (left - k == 1) {
             if (k < 2) break;
             k--;
         }
+        if (r->plp) {
+            pick->plp_from = r->n_fed;
+            pick->plp_n = k;
+        }
         for (int j = 0; j < k; j++) {
             bool last = r->n_fed + j == r->n_prompt - 1;
-            s->rows[n + j] = (eng_batch_row){pick->seq, r->hist[r->n_fed + j], last ? pick->logits : NULL};
+            float *lg = last ? pick->logits : r->plp ? pick->plog + (size_t)j * s->n_vocab : NULL;
+            s->rows[n + j] = (eng_batch_row){pick->seq, r->hist[r->n_fed + j], lg};
             if (last) pick->row = n + j;
         }
         if (pick->row < 0) pick->row = -2; /* fed this step, no logits yet */
@@ -904,6 +936,24 @@ static void step(eng_sched *s) {
             }
         }
         if (frc != ENG_FORWARD_SEQ_FAILED) return;
+    }
+    /* prompt logprobs: row j of a slice predicts prompt token plp_from + j + 1 */
+    for (int i = 0; i < np; i++) {
+        slot *sl = &s->slots[i];
+        eng_req *r = sl->req;
+        if (!r || !r->plp || sl->plp_n <= 0 || sl->row == -1) continue;
+        for (int j = 0; j < sl->plp_n; j++) {
+            const int pos = sl->plp_from + j + 1;
+            if (pos >= r->n_prompt) break;
+            const float *lg = sl->plog + (size_t)j * s->n_vocab;
+            int best = 0;
+            for (int v = 1; v < s->n_vocab; v++) best = lg[v] > lg[best] ? v : best;
+            const double mx = lg[best];
+            double z = 0.0;
+            for (int v = 0; v < s->n_vocab; v++) z += exp((double)lg[v] - mx);
+            const double log_z = mx + log(z);
+            r->plp[pos] = (eng_prompt_lp){(float)(lg[r->hist[pos]] - log_z), best, (float)(mx - log_z)};
+        }
     }
     /* sample every row with logits: samplers are independent, so in parallel */
     int idx[np], n_s = 0;
@@ -1138,6 +1188,7 @@ void eng_sched_free(eng_sched *s) {
         for (int i = 0; i < s->p.n_parallel; i++) {
             eng_seq_free(s->slots[i].seq);
             free(s->slots[i].logits);
+            free(s->slots[i].plog);
             free(s->slots[i].allow);
         }
     }

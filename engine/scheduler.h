@@ -88,7 +88,22 @@ typedef struct {
                             * sampled, end-of-generation only where it may end (ignore_eos is then
                             * moot). Taken, not copied: the scheduler frees it when the request
                             * ends, and eng_sched_submit frees it when it fails. NULL: none */
+    bool prompt_logprobs;  /* report each prompt token's log-probability given the tokens before
+                            * it (TGI's decoder_input_details) in the first token event. The whole
+                            * prompt is then prefilled (no prefix cache: a cached prefix has no
+                            * logits), in slices of at most ENG_PROMPT_LOGPROB_ROWS rows a step. In a group
+                            * (eng_sched_submit_group) only the first request reports them */
 } eng_gen_params;
+
+#define ENG_PROMPT_LOGPROB_ROWS 16
+
+/* One prompt token's log-probability given the tokens before it, and the most likely token there
+ * (whether the prompt is what greedy decoding would have written, as evaluation harnesses ask). */
+typedef struct {
+    float logprob;
+    int32_t top_id;
+    float top_logprob;
+} eng_prompt_lp;
 
 typedef enum {
     ENG_FINISH_NONE = 0,  /* not finished: more events follow */
@@ -126,6 +141,9 @@ typedef struct {
     char error[160];
     struct eng_seq *seq;  /* a build job's final event: the prefilled sequence, now the reader's
                            * (eng_ctx_create takes it; eng_event_clear frees it otherwise) */
+    eng_prompt_lp *prompt_lp; /* the first token event of a request with prompt_logprobs: n_prompt
+                           * entries (owned by the event), the first NaN (nothing precedes it);
+                           * NULL otherwise */
     char selector[16];    /* the attention selector the request ran with */
     eng_attn_stats attn;  /* its attention statistics (global layers) */
 } eng_event;

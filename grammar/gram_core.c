@@ -35,7 +35,7 @@ void gb_init(gbuild *b, char *err, size_t errlen) {
     memset(b, 0, sizeof *b);
     b->err = err;
     b->errlen = errlen;
-    b->r_value = b->r_object = b->r_string = b->r_char = b->r_ws = -1;
+    b->r_value = b->r_object = b->r_string = b->r_char = b->r_ws = b->r_wsi = -1;
     if (err && errlen) err[0] = 0;
 }
 

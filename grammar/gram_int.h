@@ -38,7 +38,7 @@ typedef struct {
     struct gb_rule { gseq *alts; int n, cap; } *rules;
     int n_rules, cap_rules;
     long n_elems;
-    int r_value, r_object, r_string, r_char, r_ws; /* shared JSON rules, -1 until made */
+    int r_value, r_object, r_string, r_char, r_ws, r_wsi; /* shared JSON rules, -1 until made */
     bool failed;
     char *err;
     size_t errlen;

@@ -32,6 +32,21 @@ static void json_ws(gbuild *b, gseq *s) {
     sq_ref(b, s, b->r_ws);
 }
 
+/* Nothing or one space: around ':' and before ','. JSON allows any whitespace there, but no
+ * formatter writes a line break there, and a small model that starts to ramble in whitespace
+ * at those places rarely finds its way back before max_tokens. */
+static void json_ws_inline(gbuild *b, gseq *s) {
+    if (b->r_wsi < 0 && !b->failed) {
+        int r = gb_rule(b);
+        b->r_wsi = r;
+        gseq e = {0}, sp = {0};
+        sq_byte(b, &sp, ' ');
+        gb_add_alt(b, r, &e); gb_add_alt(b, r, &sp);
+        sq_free(&sp);
+    }
+    sq_ref(b, s, b->r_wsi);
+}
+
 /* One character of a JSON string's content, as written. */
 static int json_char_rule(gbuild *b) {
     if (b->r_char >= 0 || b->failed) return b->r_char;
@@ -145,9 +160,9 @@ static void json_object(gbuild *b, gseq *s) {
         int r = b->r_object = gb_rule(b);
         gseq a = {0}, kv = {0}, more = {0}, list = {0};
         json_string(b, &kv, 0, -1);
-        json_ws(b, &kv); sq_byte(b, &kv, ':'); json_ws(b, &kv);
+        json_ws_inline(b, &kv); sq_byte(b, &kv, ':'); json_ws_inline(b, &kv);
         json_value(b, &kv);
-        json_ws(b, &more); sq_byte(b, &more, ','); json_ws(b, &more);
+        json_ws_inline(b, &more); sq_byte(b, &more, ','); json_ws(b, &more);
         sq_cat(b, &more, &kv);
         sq_cat(b, &list, &kv);
         sq_rep(b, &list, &more, 0, -1);
@@ -167,7 +182,7 @@ static void json_array_of(gbuild *b, gseq *s, const gseq *item, int min, int max
     json_ws(b, s);
     if (max != 0) {
         gseq list = {0}, more = {0};
-        json_ws(b, &more); sq_byte(b, &more, ','); json_ws(b, &more);
+        json_ws_inline(b, &more); sq_byte(b, &more, ','); json_ws(b, &more);
         sq_cat(b, &more, item);
         sq_cat(b, &list, item);
         sq_rep(b, &list, &more, min > 0 ? min - 1 : 0, max < 0 ? -1 : max - 1);
@@ -318,7 +333,7 @@ static void sch_object(sch *c, const cJSON *s, const char *path, int depth, gseq
         if (!key) { gb_fail(b, "out of memory"); break; }
         sq_lit(b, &kv, key, strlen(key));
         free(key);
-        json_ws(b, &kv); sq_byte(b, &kv, ':'); json_ws(b, &kv);
+        json_ws_inline(b, &kv); sq_byte(b, &kv, ':'); json_ws_inline(b, &kv);
         path_join(p2, sizeof p2, path, "properties", names[i]);
         if (schemas[i]) sch_value(c, schemas[i], p2, depth + 1, &kv);
         else json_value(b, &kv);
@@ -327,10 +342,10 @@ static void sch_object(sch *c, const cJSON *s, const char *path, int depth, gseq
     }
     /* A_i: properties i.. with none written yet; B_i: after one was written */
     gseq kvx = {0}, sep = {0}, a = {0};
-    json_ws(b, &sep); sq_byte(b, &sep, ','); json_ws(b, &sep);
+    json_ws_inline(b, &sep); sq_byte(b, &sep, ','); json_ws(b, &sep);
     if (any_addl) {
         json_string(b, &kvx, 0, -1);
-        json_ws(b, &kvx); sq_byte(b, &kvx, ':'); json_ws(b, &kvx);
+        json_ws_inline(b, &kvx); sq_byte(b, &kvx, ':'); json_ws_inline(b, &kvx);
         path_join(p2, sizeof p2, path, "additionalProperties", NULL);
         if (addl_schema) sch_value(c, addl_schema, p2, depth + 1, &kvx);
         else json_value(b, &kvx);

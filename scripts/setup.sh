@@ -17,8 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 py=${PYTHON:-python3}
-if ! "$py" -c 'import numpy, gguf, tokenizers, openai, yaml, huggingface_hub, jinja2, jsonschema' 2>/dev/null; then
+if ! LITELLM_LOCAL_MODEL_COST_MAP=True "$py" -c 'import numpy, gguf, tokenizers, openai, yaml, huggingface_hub, jinja2, jsonschema, litellm, text_generation' 2>/dev/null; then
   echo "setup: installing Python test tooling (tests/requirements.txt)" >&2
   "$py" -m pip install -q -r tests/requirements.txt 2>/dev/null \
     || "$py" -m pip install -q --break-system-packages -r tests/requirements.txt
+  "$py" -m pip install -q --no-deps -r tests/requirements-nodeps.txt 2>/dev/null \
+    || "$py" -m pip install -q --no-deps --break-system-packages -r tests/requirements-nodeps.txt
 fi

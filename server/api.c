@@ -110,6 +110,9 @@ typedef struct {
     char *stop[ENG_MAX_STOP];
     int n_stop;
     bool details;          /* TGI: token list in details */
+    bool input_details;    /* TGI decoder_input_details: the prompt's tokens and logprobs in
+                            * details.prefill */
+    long long truncate;    /* TGI truncate: keep only the prompt's last this many tokens (0: all) */
     bool full_text;        /* TGI return_full_text, OpenAI echo */
     int logprobs;          /* -1: none; else alternatives per token (0..20) */
     int top_n;             /* TGI top_n_tokens: alternatives per token in top_tokens (0: none) */
@@ -402,6 +405,8 @@ static int parse_completions(const cJSON *root, gen_req *g, int n_vocab, perr *e
     if (rc < 0) return -1;
     g->logprobs = rc ? (int)lp : -1;
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "echo"), "echo", &g->full_text, e) < 0) return -1;
+    /* echo with logprobs: the prompt's tokens get theirs too (not streamed) */
+    g->input_details = g->full_text && g->logprobs >= 0 && !g->stream;
     if (!absent(cJSON_GetObjectItemCaseSensitive(root, "suffix")) &&
         !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(root, "suffix")))
         return fail(e, "suffix", "'suffix' must be a string");
@@ -715,6 +720,17 @@ static int parse_tgi(const cJSON *root, gen_req *g, perr *e) {
     if (opt_bool(cJSON_GetObjectItemCaseSensitive(root, "stream"), "stream", &g->stream, e) < 0) return -1;
     if ((rc = opt_int(F("top_n_tokens"), "top_n_tokens", 0, ENG_MAX_TOP_LOGPROBS, &ll, e)) < 0) return -1;
     if (rc) g->top_n = (int)ll;
+    if ((rc = opt_num(F("typical_p"), "typical_p", 0, 1, &d, e)) < 0) return -1;
+    if (rc) {
+        if (d <= 0 || d >= 1) return fail(e, "typical_p", "'typical_p' must be > 0 and < 1");
+        g->sp.typical_p = (float)d;
+        sampling = true;
+    }
+    if ((rc = opt_int(F("truncate"), "truncate", 1, 1 << 30, &ll, e)) < 0) return -1;
+    if (rc) g->truncate = ll;
+    if (opt_bool(F("decoder_input_details"), "decoder_input_details", &g->input_details, e) < 0) return -1;
+    if (g->input_details && (g->stream || g->route == SRV_ROUTE_GENERATE_STREAM))
+        return fail(e, "decoder_input_details", "'decoder_input_details' is not supported when streaming tokens");
     bool wm = false;
     if (opt_bool(F("watermark"), "watermark", &wm, e) < 0) return -1;
     if (wm) return fail(e, "watermark", "'watermark' is not supported");
@@ -813,6 +829,9 @@ struct gen {
     char *text;
     size_t text_len, text_cap;
     tok_rec *toks;         /* kept for details / logprobs */
+    eng_prompt_lp *prompt_lp; /* decoder_input_details, echo with logprobs: the prompt tokens'
+                            * logprobs (from the
+                            * first event), NULL until then */
     int n_toks, cap_toks;
     int n_events;
     double t_prev;         /* last token's time, for the inter-token latency */
@@ -841,6 +860,7 @@ static void gen_free(gen *G) {
     if (G->top == G) gen_req_free(G->g);
     free(G->text);
     free(G->toks);
+    free(G->prompt_lp);
     free(G->out);
     free(G);
 }
@@ -914,13 +934,32 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
     cJSON *d = cJSON_CreateObject();
     cJSON_AddStringToObject(d, "finish_reason", finish_tgi(G->fin.finish));
     cJSON_AddNumberToObject(d, "generated_tokens", G->fin.n_gen);
-    if (G->g->sp.temperature > 0) cJSON_AddNumberToObject(d, "seed", (double)(G->g->sp.seed + (uint64_t)G->index));
+    if (G->g->sp.temperature > 0) { /* a u64: written exactly, not through a double */
+        char num[24];
+        snprintf(num, sizeof num, "%llu", (unsigned long long)(G->g->sp.seed + (uint64_t)G->index));
+        cJSON_AddRawToObject(d, "seed", num);
+    }
     else cJSON_AddNullToObject(d, "seed");
     cJSON_AddNumberToObject(d, "input_length", G->fin.n_prompt);
     cJSON_AddNumberToObject(d, "cached_tokens", G->fin.n_cached); /* kvseek's: prompt tokens not prefilled */
     cJSON_AddItemToObject(d, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
     if (with_tokens) {
-        cJSON_AddItemToObject(d, "prefill", cJSON_CreateArray());
+        cJSON *pre = cJSON_AddArrayToObject(d, "prefill");
+        if (G->g->input_details) {
+            /* every prompt token with its logprob given those before it (TGI: the first's null) */
+            const eng_prompt_lp *lp = G->prompt_lp ? G->prompt_lp : G->top->prompt_lp;
+            char buf[512];
+            for (int i = 0; i < G->g->n_ids; i++) {
+                cJSON *o = cJSON_CreateObject();
+                int n = piece(G->s->vocab, G->g->ids[i], buf, sizeof buf);
+                cJSON_AddNumberToObject(o, "id", G->g->ids[i]);
+                add_str(o, "text", buf, n);
+                if (i == 0 || !lp || !isfinite(lp[i].logprob)) cJSON_AddNullToObject(o, "logprob");
+                else cJSON_AddNumberToObject(o, "logprob", lp[i].logprob);
+                cJSON_AddBoolToObject(o, "special", tok_get_type(G->s->vocab, G->g->ids[i]) == TOK_TYPE_CONTROL);
+                cJSON_AddItemToArray(pre, o);
+            }
+        }
         cJSON *arr = cJSON_AddArrayToObject(d, "tokens");
         for (int i = 0; i < G->n_toks; i++) cJSON_AddItemToArray(arr, tgi_token(G, &G->toks[i]));
         if (G->g->top_n > 0) {
@@ -943,8 +982,10 @@ static cJSON *full_text(gen *G) {
     return it;
 }
 
-/* OpenAI completions logprobs for tokens [a, b). */
-static cJSON *logprobs_completions(gen *G, int a, int b) {
+/* OpenAI completions logprobs for tokens [a, b), after the prompt's own when echo asked for them
+ * (as OpenAI's legacy API and vLLM answer echo with logprobs: the first token's logprob and
+ * alternatives null, each other's alternatives the most likely token there and itself). */
+static cJSON *logprobs_completions(gen *G, int a, int b, bool with_prompt) {
     cJSON *o = cJSON_CreateObject();
     cJSON *toks = cJSON_AddArrayToObject(o, "tokens");
     cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
@@ -952,6 +993,33 @@ static cJSON *logprobs_completions(gen *G, int a, int b) {
     cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
     char buf[512];
     size_t base = G->g->full_text ? G->g->prompt_len : 0;
+    const eng_prompt_lp *plp = G->prompt_lp ? G->prompt_lp : G->top->prompt_lp;
+    if (with_prompt && plp) {
+        size_t off = 0;
+        for (int i = 0; i < G->g->n_ids; i++) {
+            const int32_t id = G->g->ids[i];
+            int n = piece(G->s->vocab, id, buf, sizeof buf);
+            cJSON_AddItemToArray(toks, mk_str(buf, n));
+            cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+            off += n > 0 && n <= (int)sizeof buf ? (size_t)n : 0;
+            if (i == 0 || !isfinite(plp[i].logprob)) {
+                cJSON_AddItemToArray(lps, cJSON_CreateNull());
+                cJSON_AddItemToArray(tops, cJSON_CreateNull());
+                continue;
+            }
+            cJSON_AddItemToArray(lps, cJSON_CreateNumber(plp[i].logprob));
+            cJSON *top = cJSON_CreateObject();
+            for (int k = 0; k < 2; k++) {
+                const int32_t t = k ? id : plp[i].top_id;
+                n = piece(G->s->vocab, t, buf, sizeof buf);
+                char *c = tok_utf8_clean(buf, n);
+                if (c && !cJSON_GetObjectItemCaseSensitive(top, c))
+                    cJSON_AddNumberToObject(top, c, k ? plp[i].logprob : plp[i].top_logprob);
+                free(c);
+            }
+            cJSON_AddItemToArray(tops, top);
+        }
+    }
     for (int i = a; i < b; i++) {
         const tok_rec *t = &G->toks[i];
         int n = piece(G->s->vocab, t->id, buf, sizeof buf);
@@ -1066,7 +1134,7 @@ static void openai_text_chunk(gen *G, const char *text, size_t n, int a, int b, 
         else cJSON_AddNullToObject(choice, "logprobs");
     } else {
         add_str(choice, "text", text ? text : "", text ? n : 0);
-        if (G->g->logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_completions(G, a, b));
+        if (G->g->logprobs >= 0 && b > a) cJSON_AddItemToObject(choice, "logprobs", logprobs_completions(G, a, b, false));
         else cJSON_AddNullToObject(choice, "logprobs");
     }
     if (finish) {
@@ -1258,6 +1326,10 @@ static void consume(gen *G, eng_event *ev, bool stream) {
         G->t_prev = ev->t_ms;
         G->n_events++;
         G->lp_sum += ev->logprob;
+        if (ev->prompt_lp && !G->prompt_lp) {
+            G->prompt_lp = ev->prompt_lp; /* taken from the event */
+            ev->prompt_lp = NULL;
+        }
         bool keep = G->g->details || G->g->logprobs >= 0 || G->g->top_n > 0 || stream;
         if (keep && G->n_toks == G->cap_toks) {
             int nc = G->cap_toks ? 2 * G->cap_toks : 64;
@@ -1445,7 +1517,8 @@ static cJSON *openai_choice(gen *G, int index, bool chat) {
         else cJSON_AddNullToObject(ch, "logprobs");
     } else {
         cJSON_AddItemToObject(ch, "text", full_text(G));
-        if (G->g->logprobs >= 0) cJSON_AddItemToObject(ch, "logprobs", logprobs_completions(G, 0, G->n_toks));
+        if (G->g->logprobs >= 0)
+            cJSON_AddItemToObject(ch, "logprobs", logprobs_completions(G, 0, G->n_toks, G->g->input_details));
         else cJSON_AddNullToObject(ch, "logprobs");
     }
     cJSON_AddStringToObject(ch, "finish_reason", G->called ? "tool_calls" : finish_openai(G->fin.finish));
@@ -1470,13 +1543,18 @@ static enum MHD_Result respond_final(srv_conn *c, gen *T) {
         cJSON *d = tgi_details(order[0], T->g->details);
         if (T->n_kids > 1) {
             cJSON *bs = cJSON_AddArrayToObject(d, "best_of_sequences");
-            for (int i = 1; i < n; i++) {
+            for (int i = 1; i < T->n_kids; i++) { /* every other sequence, ranked */
                 cJSON *x = tgi_details(order[i], T->g->details);
                 cJSON_AddItemToObject(x, "generated_text", full_text(order[i]));
                 cJSON_AddItemToArray(bs, x);
             }
         }
         cJSON_AddItemToObject(o, "details", d);
+        if (c->tgi_root) {
+            cJSON *arr = cJSON_CreateArray();
+            cJSON_AddItemToArray(arr, o);
+            o = arr;
+        }
         return srv_respond_json(c, 200, o);
     }
     bool chat = T->g->route == SRV_ROUTE_CHAT;
@@ -1504,6 +1582,10 @@ static int tokenize(srv *s, gen_req *g, perr *e) {
     }
     if (n < 0) return fail(e, g->prompt_param, "cannot tokenize the prompt: %s", tok_strerror(n));
     if (n > INT32_MAX / 2) return fail(e, g->prompt_param, "the prompt is too long");
+    if (g->truncate > 0 && n > g->truncate) { /* TGI keeps the end of the prompt */
+        memmove(g->ids, g->ids + (n - g->truncate), sizeof(int32_t) * g->truncate);
+        n = g->truncate;
+    }
     g->n_ids = (int)n;
     return 0;
 }
@@ -1588,7 +1670,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         .stop = (const char *const *)g->stop, .n_stop = g->n_stop,
         .stop_inclusive = c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM,
         .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : g->top_n,
-        .attn = &g->attn, .no_cache = !g->cache_prompt,
+        .attn = &g->attn, .no_cache = !g->cache_prompt, .prompt_logprobs = g->input_details,
     };
     eng_ctx *ctx = NULL;
     if (g->context[0]) {

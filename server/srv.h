@@ -171,6 +171,8 @@ typedef struct {
     bool processed;
     char method[8];         /* contexts: GET, POST or DELETE */
     char ctx_id[48];        /* contexts: the {id} of /v1/contexts/{id}, or empty */
+    bool tgi_root;          /* POST /, TGI's compat route: a non-streamed answer is a one-element
+                             * array, as TGI's (the text-generation client reads element 0) */
 } srv_conn;
 
 /* ---- responses and connection helpers (respond.c) ---- */

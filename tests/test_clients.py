@@ -1,7 +1,9 @@
 """Structured output, tool calls and n on the default model (Qwen2.5-Coder-0.5B-Instruct), through
 unmodified clients: the openai package (chat, JSON mode, json_schema, tools with a named
-tool_choice, n=2, streaming) and huggingface_hub (chat_completion streaming, text_generation with
-a grammar). Also checks the chat prompt against the model's own Jinja template (jinja2, with
+tool_choice, n=2, streaming), huggingface_hub (chat_completion streaming, text_generation with
+a grammar and with decoder_input_details), Hugging Face's text-generation package (generate,
+generate_stream, top_n_tokens, decoder_input_details, best_of, typical_p, truncate) and litellm
+against the OpenAI routes. Also checks the chat prompt against the model's own Jinja template (jinja2, with
 tojson as transformers defines it), so "rendered in the model's own format" is tested, not
 assumed.
 
@@ -38,6 +40,10 @@ import jsonschema  # noqa: E402
 from gguf import GGUFReader  # noqa: E402
 from huggingface_hub import InferenceClient  # noqa: E402
 from openai import OpenAI  # noqa: E402
+from text_generation import Client as TGIClient  # noqa: E402
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no download at import
+import litellm  # noqa: E402
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -113,9 +119,9 @@ with Server(BUILD, QWEN, "--parallel", "4", "--ctx-size", "4096") as s:
             ok += isinstance(json.loads(rsp.choices[0].message.content), dict)
         except ValueError:
             print("  not JSON:", rsp.choices[0].message.content[:200], rsp.choices[0].finish_reason)
-    # 19: one of these prompts makes the 0.5B model write an ever-growing object that max_tokens
-    # cuts ("length"); the grammar keeps every finished answer valid
-    check(ok >= 19, f"json_object: {ok}/20 answers parse as JSON objects")
+    # with other seeds the 0.5B model sometimes writes an ever-growing object (a list of chess
+    # pieces, a run-on key) that max_tokens cuts ("length"): 20, 20, 19, 19 of 20 at seeds 2-5
+    check(ok == 20, f"json_object: {ok}/20 answers parse as JSON objects")
 
     # ---- json_schema: nested objects, arrays, enums, integers; 20 validate ----
     schema = {"type": "object", "properties": {
@@ -196,6 +202,83 @@ with Server(BUILD, QWEN, "--parallel", "4", "--ctx-size", "4096") as s:
     out = hf.text_generation("The year the Eiffel Tower opened:", max_new_tokens=10,
                              grammar={"type": "regex", "value": " [0-9]{4}"})
     check(len(out) == 5 and out[1:].isdigit(), f"huggingface_hub text_generation with a regex grammar: {out!r}")
+
+
+    # ---- text-generation (TGI's own client, which POSTs to the root URL) ----
+    tg = TGIClient(base, timeout=300)
+    P = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    r1 = tg.generate(P, max_new_tokens=24, top_n_tokens=3)
+    toks = r1.details.tokens
+    check(len(toks) == 24 and all(len(t) == 3 for t in r1.details.top_tokens) and
+          all(tt[0].logprob >= t.logprob - 1e-3 for tt, t in zip(r1.details.top_tokens, toks)),
+          "text-generation generate: 24 tokens, 3 alternatives each, the best first")
+    streamed = list(tg.generate_stream(P, max_new_tokens=24, top_n_tokens=3))
+    check("".join(x.token.text for x in streamed) == r1.generated_text and
+          streamed[-1].details.finish_reason == "length" and all(len(x.top_tokens) == 3 for x in streamed),
+          "text-generation generate_stream: the same greedy text, token by token, with top_tokens")
+    # decoder_input_details: the prompt's logprobs, computed in the prefill, must equal the decode
+    # step's logprobs of the same tokens when the generated text is sent back as prompt
+    r2 = tg.generate(P + r1.generated_text, max_new_tokens=1, decoder_input_details=True)
+    pre = r2.details.prefill
+    tail = pre[len(pre) - len(toks):]
+    same_ids = [t.id for t in tail] == [t.id for t in toks]
+    diff = max(abs(a.logprob - b.logprob) for a, b in zip(tail, toks)) if same_ids else 1e9
+    check(pre[0].logprob is None and all(p.logprob is not None and p.logprob <= 0 for p in pre[1:]) and same_ids
+          and diff < 0.01, f"decoder_input_details: {len(pre)} prompt tokens; prefill logprobs = decode logprobs "
+          f"(max diff {diff:.2g}, tolerance 0.01)")
+    r3 = tg.generate(P, max_new_tokens=2, decoder_input_details=True, truncate=5)
+    check(r3.details.prefill and len(r3.details.prefill) == 5 and [p.id for p in r3.details.prefill] ==
+          [p.id for p in pre[len(pre) - len(toks) - 5:len(pre) - len(toks)]],
+          "truncate=5: the prompt's last 5 tokens are kept")
+    r4 = tg.generate(P, max_new_tokens=8, best_of=3, do_sample=True, typical_p=0.9)
+    seeds = [r4.details.seed] + [b.seed for b in r4.details.best_of_sequences or []]
+    check(len(seeds) == 3 and len(set(seeds)) == 3 and all(isinstance(x, int) for x in seeds),
+          f"best_of=3 with typical_p: the best and 2 other sequences, each its own seed {seeds}")
+    try:
+        tg.generate(P, max_new_tokens=2, typical_p=1.0)
+        check(False, "typical_p=1.0 is refused")
+    except Exception as e:  # the client's own validation or the server's 422
+        check("typical_p" in str(e), f"typical_p=1.0 is refused: {str(e)[:80]}")
+    # the OpenAI form of the same (echo with logprobs, as evaluation harnesses ask for it): the
+    # prompt's tokens with their logprobs, then the generated one's
+    ce = oa.completions.create(model="x", prompt=P + r1.generated_text, max_tokens=1, temperature=0, logprobs=1,
+                               echo=True)
+    lpo = ce.choices[0].logprobs
+    n_p = len(pre)
+    check(len(lpo.token_logprobs) == n_p + 1 and lpo.token_logprobs[0] is None and lpo.top_logprobs[0] is None and
+          all(abs(x - p.logprob) < 1e-4 for x, p in zip(lpo.token_logprobs[1:n_p], pre[1:])) and
+          all(max(t.values()) >= x - 1e-6 for x, t in zip(lpo.token_logprobs[1:n_p], lpo.top_logprobs[1:n_p])) and
+          "".join(lpo.tokens[:n_p]) == P + r1.generated_text,
+          "completions echo with logprobs: the prompt's tokens and logprobs (= decoder_input_details), "
+          "the most likely token beside each")
+    hd = hf.text_generation(P, max_new_tokens=2, details=True, decoder_input_details=True)
+    check([p.id for p in hd.details.prefill] == [p.id for p in pre[:len(hd.details.prefill)]] and
+          hd.details.prefill[1].logprob == pre[1].logprob,
+          "huggingface_hub text_generation with decoder_input_details: the same prefill")
+
+    # ---- litellm against the OpenAI routes ----
+    lk = {"model": "openai/kvseek", "api_base": base + "/v1", "api_key": "none", "temperature": 0}
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    lr = litellm.completion(messages=q, max_tokens=20, **lk)
+    check("Paris" in lr.choices[0].message.content and lr.usage.prompt_tokens > 0,
+          f"litellm completion: {lr.choices[0].message.content!r}")
+    ls = "".join(c.choices[0].delta.content or "" for c in litellm.completion(messages=q, max_tokens=20, stream=True, **lk))
+    check(ls == lr.choices[0].message.content, "litellm streamed: the same answer")
+    lt = litellm.text_completion(prompt="The capital of France is", max_tokens=4, **lk)
+    check("Paris" in lt.choices[0].text, f"litellm text_completion: {lt.choices[0].text!r}")
+    lj = litellm.completion(messages=[{"role": "user", "content": "Describe a cat as JSON."}], max_tokens=120,
+                            response_format={"type": "json_object"}, **lk)
+    try:
+        ok_j = isinstance(json.loads(lj.choices[0].message.content), dict)
+    except ValueError:
+        ok_j = False
+    check(ok_j, "litellm response_format json_object parses")
+    lc = litellm.completion(messages=[{"role": "user", "content": "Weather in Oslo?"}], max_tokens=60, tools=[WEATHER],
+                            tool_choice={"type": "function", "function": {"name": "get_weather"}}, **lk)
+    ltc = lc.choices[0].message.tool_calls
+    check(ltc and ltc[0].function.name == "get_weather" and
+          json.loads(ltc[0].function.arguments).get("city") == "Oslo" and lc.choices[0].finish_reason == "tool_calls",
+          "litellm tools with a named tool_choice: a call to get_weather for Oslo")
 
 print(f"{time.time() - T0:.1f} s")
 print(f"{failures} failed" if failures else "all passed")

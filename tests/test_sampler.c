@@ -83,6 +83,67 @@ int main(void) {
             }
         }
     }
+    /* typical sampling on .5 .3 .15 .05 (entropy 1.142 nats; surprisal distances .449 .062
+     * .755 1.854): typical_p 0.7 keeps .3 then .5 (mass .8), renormalised to .625/.375;
+     * typical_p 0.25 keeps .3 alone. With top-k 3 first, the same two stay. */
+    {
+        const double pr[4] = {0.5, 0.3, 0.15, 0.05};
+        for (int mode = 0; mode < 3; mode++) {
+            eng_sampler_params q = eng_sampler_default();
+            q.top_k = mode == 2 ? 3 : 0; q.top_p = 1.0f; q.min_p = 0.0f; q.temperature = 1.0f; q.seed = 9;
+            q.typical_p = mode == 1 ? 0.25f : 0.7f;
+            eng_sampler *t = eng_sampler_create(&q, 4);
+            int cnt[4] = {0};
+            const int N = 40000;
+            for (int i = 0; i < N; i++) {
+                float x[4];
+                for (int j = 0; j < 4; j++) x[j] = (float)log(pr[j]);
+                cnt[eng_sampler_sample(t, x, NULL, 0, NULL)]++;
+            }
+            eng_sampler_free(t);
+            if (mode != 1) CHECK(cnt[2] == 0 && cnt[3] == 0 && fabs(cnt[0] / (double)N - 0.625) < 0.02,
+                                 "typical 0.7 (top-k %d): %d %d %d %d", q.top_k, cnt[0], cnt[1], cnt[2], cnt[3]);
+            else CHECK(cnt[1] == N, "typical 0.25 keeps the most typical token: %d %d %d %d",
+                       cnt[0], cnt[1], cnt[2], cnt[3]);
+        }
+    }
+    /* typical sampling on a large vocabulary (the growing-head path): every pick lies in the set
+     * computed by brute force, and more than its single most typical token is used */
+    {
+        enum { BV = 5000 };
+        static float base[BV], x[BV];
+        for (int i = 0; i < BV; i++) base[i] = (float)(-0.003 * i) + (i % 5 == 0 ? 2.0f : 0.0f);
+        double mx = 2.0, z = 0, h = 0;
+        for (int i = 0; i < BV; i++) z += exp(base[i] - mx);
+        const double lz = mx + log(z);
+        for (int i = 0; i < BV; i++) h -= exp(base[i] - lz) * (base[i] - lz);
+        static double dist[BV];
+        int order[BV];
+        for (int i = 0; i < BV; i++) { order[i] = i; dist[i] = fabs(-(base[i] - lz) - h); }
+        for (int i = 1; i < BV; i++) { /* insertion sort by distance, ascending */
+            int v = order[i], j = i;
+            while (j > 0 && dist[order[j - 1]] > dist[v]) { order[j] = order[j - 1]; j--; }
+            order[j] = v;
+        }
+        static char in[BV];
+        double acc = 0;
+        int set = 0;
+        for (int i = 0; i < BV; i++) { in[order[i]] = 1; set++; acc += exp(base[order[i]] - lz); if (acc >= 0.3) break; }
+        eng_sampler_params q = eng_sampler_default();
+        q.top_k = 0; q.top_p = 1.0f; q.min_p = 0.0f; q.temperature = 1.0f; q.seed = 5; q.typical_p = 0.3f;
+        eng_sampler *t = eng_sampler_create(&q, BV);
+        int ok = 1, distinct = 0;
+        static char seen[BV];
+        for (int i = 0; i < 3000; i++) {
+            memcpy(x, base, sizeof x);
+            int k = eng_sampler_sample(t, x, NULL, 0, NULL);
+            ok &= k >= 0 && k < BV && in[k];
+            if (k >= 0 && k < BV && !seen[k]) { seen[k] = 1; distinct++; }
+        }
+        eng_sampler_free(t);
+        CHECK(ok && set > 64 && distinct > set / 2, "typical 0.3 over 5000 tokens stays in its set of %d (used %d)",
+              set, distinct);
+    }
     /* repetition penalty: a repeated argmax loses to the runner-up */
     {
         eng_sampler_params q = eng_sampler_default();

@@ -4,6 +4,7 @@
  * match; streamed text is cut at UTF-8 boundaries; cancel, release-without-reading and free with
  * requests in flight; every submit error (queue full, too long, bad ids, bad parameters).
  * Built into the asan target too, so the threading and ownership run under the sanitizers. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,58 @@ int main(void) {
     CHECK(a.n == 40 && !memcmp(a.ids, ref, sizeof ref), "scheduler greedy = plain forward loop");
     CHECK(a.finish == ENG_FINISH_LENGTH && a.n_gen == 40 && a.n_prompt == 100, "finish length, counts");
     CHECK(a.bad_utf8_cuts == 0, "no event ends inside a UTF-8 character");
+
+    /* prompt logprobs (TGI's decoder_input_details), with another request decoding beside it:
+     * equal the log-softmax of a plain forward pass's per-row logits, the first NaN; and its
+     * greedy output is unchanged by the 16-row slices */
+    {
+        float *all = malloc(sizeof(float) * (size_t)n_vocab * 100);
+        eng_seq *q = eng_seq_create(m, 256, err, sizeof err);
+        CHECK(all && q && eng_forward(m, q, prompt, 100, all, true, err, sizeof err) == 0, "%s", err);
+        double want[100], want_top[100];
+        for (int i = 1; i < 100; i++) {
+            const float *lg = all + (size_t)(i - 1) * n_vocab;
+            double mx = -1e30, z = 0;
+            for (int j = 0; j < n_vocab; j++) mx = lg[j] > mx ? lg[j] : mx;
+            for (int j = 0; j < n_vocab; j++) z += exp(lg[j] - mx);
+            want[i] = lg[prompt[i]] - mx - log(z);
+            want_top[i] = -log(z);
+        }
+        eng_seq_free(q);
+        free(all);
+        eng_gen_params other = greedy(prompt2, 7, 30), pl = greedy(prompt, 100, 40);
+        pl.prompt_logprobs = true;
+        eng_req *ro = NULL, *rp = NULL;
+        CHECK(eng_sched_submit(s, &other, &ro) == 0 && eng_sched_submit(s, &pl, &rp) == 0, "submit pair");
+        eng_prompt_lp *got = NULL;
+        int n_tok = 0, ok_ids = 1;
+        eng_event ev;
+        while (rp && eng_req_next(rp, &ev, 10000) == 1) {
+            if (ev.prompt_lp && !got) {
+                got = ev.prompt_lp;
+                ev.prompt_lp = NULL;
+            }
+            if (ev.has_token) ok_ids &= n_tok < 40 && ev.id == ref[n_tok++];
+            bool last = ev.finish != ENG_FINISH_NONE;
+            eng_event_clear(&ev);
+            if (last) break;
+        }
+        result o;
+        if (ro) drain(ro, &o);
+        double worst = 0;
+        int top_ok = 1;
+        for (int i = 1; got && i < 100; i++) {
+            worst = fmax(worst, fabs(got[i].logprob - want[i]));
+            top_ok &= got[i].top_logprob >= got[i].logprob - 1e-6f && (got[i].top_id != prompt[i] ||
+                      got[i].top_logprob == got[i].logprob) && fabs(got[i].top_logprob - want_top[i]) < 1e-3;
+        }
+        CHECK(top_ok, "each prompt position's most likely token and its logprob");
+        CHECK(got && isnan(got[0].logprob) && worst < 1e-3, "prompt logprobs = plain forward's log-softmax (max diff %.2g)", worst);
+        CHECK(ok_ids && n_tok == 40, "greedy output unchanged with prompt logprobs");
+        free(got);
+        eng_req_release(ro);
+        eng_req_release(rp);
+    }
     char full[8192];
     int64_t need = tok_decode(v, a.ids, a.n, false, full, sizeof full);
     CHECK(need == a.text_len && !memcmp(full, a.text, a.text_len), "the events' text is the decoded tokens");

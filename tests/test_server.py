@@ -297,7 +297,13 @@ with Server(BUILD, GEMMA, "--parallel", "4", "--ctx-size", "512", "--max-body", 
                {"inputs": "x", "parameters": {"grammar": {"type": "json", "value": {"type": "object", "if": {}}}}},
                {"inputs": "x", "parameters": {"grammar": {"type": "lark", "value": "x"}}},
                {"inputs": "x", "parameters": {"best_of": 2}}, {"inputs": "x", "parameters": {"watermark": True}},
-               {"inputs": "x", "parameters": {"adapter_id": "lora-1"}}, {"inputs": "x", "parameters": {"top_n_tokens": 99}}]
+               {"inputs": "x", "parameters": {"adapter_id": "lora-1"}}, {"inputs": "x", "parameters": {"top_n_tokens": 99}},
+               {"inputs": "x", "parameters": {"typical_p": 0}}, {"inputs": "x", "parameters": {"typical_p": 1.0}},
+               {"inputs": "x", "parameters": {"truncate": 0}}, {"inputs": "x", "parameters": {"truncate": "5"}},
+               {"inputs": "x", "parameters": {"decoder_input_details": "yes"}}]
+    st, _, b = s.request("POST", "/generate_stream", {"inputs": "x", "parameters": {"decoder_input_details": True}})
+    check(tgi_error(st, b, 422, "validation") and "decoder_input_details" in b.get("error", ""),
+          "/generate_stream with decoder_input_details: 422 naming it (TGI does not stream it)")
     # TGI top_n_tokens: the alternatives of each token, most likely first, the chosen one among them (greedy)
     st, _, b = s.request("POST", "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 3, "details": True,
                                                                                  "top_n_tokens": 3}})
@@ -659,8 +665,8 @@ with Server(BUILD, GEMMA) as s:
     body = {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "details": True}}
     st, _, g = s.request("POST", "/generate", body)
     st2, _, r = s.request("POST", "/", body)
-    check(st == st2 == 200 and r["generated_text"] == g["generated_text"] and r["details"]["finish_reason"] == "length",
-          "POST / answers as /generate")
+    check(st == st2 == 200 and isinstance(r, list) and len(r) == 1 and r[0]["generated_text"] == g["generated_text"]
+          and r[0]["details"]["finish_reason"] == "length", "POST / answers as /generate, in a one-element array as TGI")
     ev = collect(s.stream("/", {**body, "stream": True}))
     check(len(ev) == 4 and ev[-1]["generated_text"] == g["generated_text"], "POST / with stream: true streams")
     try:
