@@ -191,7 +191,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         c->route = routes[found].route;
         c->shape = routes[found].shape;
-        c->tgi_root = !strcmp(routes[found].path, "/");
+        c->tgi_root = !strcmp(url, "/");
         bool get = !strcmp(routes[found].method, "GET");
         if (!strcmp(method, "OPTIONS")) {
             set_early(c, 204, NULL, "");
