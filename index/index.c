@@ -2,7 +2,7 @@
  * method table (sel_impl.h). This file owns what every kind shares: argument checks, the
  * candidate range, the ring of observed prefill queries, binding a prebuilt centroid structure,
  * counters and timing. The kinds live in sel_basic.c (dense, window), sel_lists.c (oracle,
- * retrieval, ivf), sel_cent.c (centroids) and sel_quest.c (quest). */
+ * retrieval, ivf), sel_cent.c (centroids), sel_quest.c (quest) and sel_sparq.c (sparq). */
 #include "sel_impl.h"
 
 #include <math.h>
@@ -15,7 +15,7 @@
 
 static const idx_ops *const kind_ops[] = {&idx_ops_dense, &idx_ops_window, &idx_ops_oracle,
                                           &idx_ops_retrieval, &idx_ops_ivf, &idx_ops_centroids,
-                                          &idx_ops_quest};
+                                          &idx_ops_quest, &idx_ops_sparq};
 enum { N_KINDS = sizeof kind_ops / sizeof kind_ops[0] };
 
 /* ---- helpers the kinds share ------------------------------------------------------------ */
@@ -127,7 +127,7 @@ int idx_create(const idx_params *p, idx_set **out) {
         p->head_dim <= 0 || p->max_queries < 0 || p->n_cells < 0 || p->list_k < 0 ||
         p->kmeans_iter < 0 || p->nprobe < 0 || p->ivf_nlist < 0 || p->min_keys < 0 ||
         !(p->key_share >= 0.0f && p->key_share < 1.0f) || p->group_size < 0 || p->obs_tokens < 0 ||
-        p->quest_page < 0 || p->quest_page > 1 << 20 ||
+        p->quest_page < 0 || p->quest_page > 1 << 20 || p->sparq_r < 0 || p->sparq_r > p->head_dim ||
         !(p->attn_scale >= 0.0f && isfinite(p->attn_scale)) ||
         !(p->cent.fine_frac > 0.0f && p->cent.fine_frac <= 1.0f) ||
         !(p->cent.coarse_frac >= 0.0f && p->cent.coarse_frac <= 1.0f) || p->cent.kmeans_iter < 0)

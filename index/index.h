@@ -33,6 +33,11 @@
  *             many as cover the request's `target` share of the candidates (0.02 when unset).
  *             Built in one pass over the keys at any size (min_keys does not apply); idx_add
  *             widens the last page and opens new ones.
+ *   sparq     SparQ (Ribar et al., 2024): every candidate scored approximately from the r
+ *             components of the query with the largest magnitude (a channel-major f16 copy of
+ *             the keys: r/d of a scan's bytes), the request's `target` share with the highest
+ *             approximate probability (0.02 when unset; the best over a GQA group's queries)
+ *             read exactly. Builds in one pass at any size; nothing learnt from queries.
  * Every probe of oracle / retrieval / ivf scores keys exactly, so `scanned` (keys scored) is
  * the cost measure and lists may be read in part to hit a scan target exactly: comparisons run
  * at equal keys scanned. centroids scores no key: its `scanned` counts centroid scores (one
@@ -40,7 +45,8 @@
  * bound (a min and a max row).
  * Candidates are the positions [lo, hi) given to idx_build and extended by idx_add; the engine
  * keeps them equal to the offloaded range of kv_ranges_of(). */
-typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS, IDX_QUEST } idx_kind;
+typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS, IDX_QUEST,
+              IDX_SPARQ } idx_kind;
 
 /* What a kind can do, so that callers decide by capability, never by kind (each kind is a method
  * table in sel_impl.h; a new kind adds a table and its flags). */
@@ -243,6 +249,7 @@ typedef struct {
                             * idx_observe saw (default 100) */
     float attn_scale;      /* the model's attention scale; 0: 1/sqrt(head_dim) */
     /* quest */
+    int sparq_r;           /* sparq: query components used to score (0: head_dim / 4) */
     int quest_page;        /* keys per page, each summarised by its min and max (default 16,
                             * the paper's; 0: 16). Smaller pages bound tighter but cost more
                             * to score: n_pages x head_dim per query */

@@ -64,6 +64,7 @@ extern const idx_ops idx_ops_dense, idx_ops_window;      /* sel_basic.c */
 extern const idx_ops idx_ops_oracle, idx_ops_retrieval, idx_ops_ivf; /* sel_lists.c */
 extern const idx_ops idx_ops_centroids;                  /* sel_cent.c */
 extern const idx_ops idx_ops_quest;                      /* sel_quest.c */
+extern const idx_ops idx_ops_sparq;                      /* sel_sparq.c */
 
 /* sel_cent.c, for idx_bind_cent and idx_get_cent: binds a slot's (fresh) centroids state to a
  * structure it does not own, read at a fixed threshold and level count; its structure. */

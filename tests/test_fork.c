@@ -14,7 +14,7 @@
 enum { N_PROMPT = 1100, N_DEC = 8, N_CTX = N_PROMPT + N_DEC + 8 };
 
 static const idx_kind kinds[] = {IDX_DENSE, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS,
-                                 IDX_QUEST};
+                                 IDX_QUEST, IDX_SPARQ};
 enum { N_KINDS = sizeof kinds / sizeof kinds[0] };
 
 /* Greedy decode of N_DEC tokens from `first`, logits of each step into out (N_DEC x V). */

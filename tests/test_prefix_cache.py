@@ -64,7 +64,7 @@ def metrics(s):
     return out
 
 
-SELECTORS = ["dense", "window", "oracle", "retrieval", "centroids", "quest"]
+SELECTORS = ["dense", "window", "oracle", "retrieval", "centroids", "quest", "sparq"]
 
 # small static set so that sparse selectors choose among most of a 300-token prompt
 with Server(BUILD, GEMMA, "--parallel", "2", "--ctx-size", "1024", "--sink", "4", "--window", "16") as s:

@@ -1,0 +1,288 @@
+/* The `sparq` selector (SparQ Attention, Ribar et al., ICML 2024): every candidate key is scored
+ * approximately from the r components of the query with the largest magnitude, read from a
+ * channel-major f16 copy of the keys (r/d of a scan's bytes, contiguous), and the keys with the
+ * highest approximate attention, the request's target share, are attended exactly. No structure
+ * to build and nothing learnt from prefill queries: it cannot be out of distribution, which is
+ * where clustered and graph indexes lose recall; its cost is linear in the context at r/d of an
+ * exact scan. A GQA group shares the channels (largest summed magnitude) and keeps the keys
+ * whose approximate probability, the best over its queries, ranks highest. */
+#include "sel_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "quant.h"
+
+#define SPARQ_SHARE_DEFAULT 0.02f /* idx_request.target 0: share of the candidates read */
+#define SPARQ_MIN_KEYS 32         /* read at least this many (or every candidate) */
+#define SPARQ_BLOCK 512           /* keys per block: its r columns stay in cache across a group */
+
+typedef struct {
+    int64_t n, cap;          /* keys held, room per channel */
+    uint16_t *kc;            /* (d, cap): channel i of key j at kc[i * cap + j], f16 */
+    /* scratch, grown on demand */
+    float *best;             /* (cap) a key's best approximate logit over the group, max-shifted */
+    float *tmp;              /* (cap) a copy for the threshold search */
+    float *all;              /* (n_q, N) the group's approximate logits */
+    int64_t all_cap;
+    float *qmean, *row;      /* (d) */
+} sparq_st;
+
+static void sparq_free(void *st);
+
+static void *sparq_new(const idx_params *p) {
+    sparq_st *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->qmean = malloc(sizeof(float) * p->head_dim);
+    s->row = malloc(sizeof(float) * p->head_dim);
+    if (s->qmean && s->row) return s;
+    sparq_free(s);
+    return NULL;
+}
+
+static void sparq_clear(void *st) { ((sparq_st *)st)->n = 0; }
+
+static void sparq_free(void *st) {
+    sparq_st *s = st;
+    if (!s) return;
+    free(s->kc); free(s->best); free(s->tmp); free(s->all); free(s->qmean); free(s->row);
+    free(s);
+}
+
+/* Room for n keys per channel, the held ones moved to the new stride; 0 or -1. */
+static int reserve(sparq_st *s, int64_t n, int d) {
+    if (n <= s->cap) return 0;
+    int64_t c = s->cap ? s->cap : 1024;
+    while (c < n) c *= 2;
+    uint16_t *kc = malloc(sizeof(uint16_t) * (size_t)d * c);
+    float *b = malloc(sizeof(float) * c), *t = malloc(sizeof(float) * c);
+    if (!kc || !b || !t) {
+        free(kc); free(b); free(t);
+        return -1;
+    }
+    for (int i = 0; i < d && s->kc; i++) memcpy(kc + (size_t)i * c, s->kc + (size_t)i * s->cap, sizeof(uint16_t) * s->n);
+    free(s->kc); free(s->best); free(s->tmp);
+    s->kc = kc;
+    s->best = b;
+    s->tmp = t;
+    s->cap = c;
+    return 0;
+}
+
+/* Appends the keys [from, to) of (layer, head) as columns. */
+static int extend(idx_set *ix, sparq_st *s, int layer, int head, const kv_store *kv, int64_t from, int64_t to) {
+    const int d = ix->p.head_dim;
+    if (reserve(s, s->n + (to - from), d))
+        return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for %lld sparq keys", (long long)(s->n + to - from));
+    const int f16 = kv_get_params(kv)->dtype == KV_F16;
+    for (int64_t pos = from; pos < to; pos++) {
+        const void *src = kv_k_row(kv, layer, head, pos);
+        if (!src)
+            return idx_fail(ix, IDX_ERR_KV, "key %lld of layer %d head %d is not held", (long long)pos, layer, head);
+        const int64_t j = s->n + (pos - from);
+        if (f16) {
+            const uint16_t *h = src;
+            for (int i = 0; i < d; i++) s->kc[(size_t)i * s->cap + j] = h[i];
+        } else {
+            const float *k = src;
+            for (int i = 0; i < d; i++) s->kc[(size_t)i * s->cap + j] = krn_f32_to_f16(k[i]);
+        }
+    }
+    s->n += to - from;
+    return IDX_OK;
+}
+
+static int sparq_build(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
+                       const float *queries, int64_t n_queries) {
+    sparq_st *s = g->st;
+    s->n = 0;
+    return extend(ix, s, layer, head, kv, g->lo, g->hi);
+}
+
+static int sparq_has_structure(const void *st) { return ((const sparq_st *)st)->n > 0; }
+
+static int sparq_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv, int64_t hi) {
+    return extend(ix, g->st, layer, head, kv, g->hi, hi);
+}
+
+/* Keys read: the target share of the candidates (0.02 when unset), at least SPARQ_MIN_KEYS. */
+static int64_t budget(const idx_slot *g, const idx_request *req) {
+    const int64_t nc = g->hi - g->lo;
+    const double share = req->target > 0 ? req->target : SPARQ_SHARE_DEFAULT;
+    int64_t k = (int64_t)ceil(share * (double)nc);
+    if (k < SPARQ_MIN_KEYS) k = SPARQ_MIN_KEYS;
+    return k < nc ? k : nc;
+}
+
+static int64_t sparq_max_ids(const idx_set *ix, const idx_slot *g, int n_q, const idx_request *req) {
+    return budget(g, req);
+}
+
+/* Channels used: r of d (idx_params.sparq_r; 0: d / 4, at least 1). */
+static int channels(const idx_set *ix) {
+    const int d = ix->p.head_dim;
+    const int r = ix->p.sparq_r > 0 ? ix->p.sparq_r : d / 4;
+    return r < 1 ? 1 : r > d ? d : r;
+}
+
+/* acc[0..n) += w * the f16 values h[0..n) */
+static void axpy_f16(float *restrict acc, const uint16_t *restrict h, float w, int n) {
+    int j = 0;
+#if defined(__AVX512F__)
+    const __m512 vw = _mm512_set1_ps(w);
+    for (; j + 16 <= n; j += 16) {
+        const __m512 k = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + j)));
+        _mm512_storeu_ps(acc + j, _mm512_fmadd_ps(vw, k, _mm512_loadu_ps(acc + j)));
+    }
+#elif defined(__F16C__) && defined(__AVX2__)
+    const __m256 vw = _mm256_set1_ps(w);
+    for (; j + 8 <= n; j += 8) {
+        const __m256 k = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j)));
+        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(vw, k, _mm256_loadu_ps(acc + j)));
+    }
+#endif
+    for (; j < n; j++) acc[j] += w * krn_f16_to_f32(h[j]);
+}
+
+/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
+static float kth_largest(float *x, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        const float pivot = x[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] > pivot) i++;
+            while (x[j] < pivot) j--;
+            if (i <= j) {
+                const float t = x[i]; x[i] = x[j]; x[j] = t;
+                i++; j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return x[want];
+}
+
+static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
+                            const float *q, int n_q, const idx_request *req, int32_t *ids,
+                            int64_t max_ids, int64_t *scanned, int *n_queries) {
+    sparq_st *s = g->st;
+    const int d = ix->p.head_dim;
+    const int64_t N = g->hi - g->lo;
+    if (N == 0) return 0;
+    if (s->n != N) /* an idx_add whose lazy build failed */
+        return idx_fail(ix, IDX_ERR_STATE, "sparq keys do not cover layer %d head %d", layer, head);
+    for (int i = 0; i < n_q * d; i++)
+        if (!isfinite(q[i])) return idx_fail(ix, IDX_ERR_PARAM, "sparq select: non-finite query (layer %d head %d)", layer, head);
+    const int64_t k = budget(g, req) < max_ids ? budget(g, req) : max_ids;
+    if (k >= N) {
+        *scanned = 0;
+        *n_queries = 0;
+        return idx_all_candidates(g, ids);
+    }
+    if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
+        idx_mean_query(q, n_q, d, s->qmean);
+        q = s->qmean;
+        n_q = 1;
+    }
+    *n_queries = n_q;
+    /* the channels: largest summed |q| over the group (d is small: selection by repeated max) */
+    const int r = channels(ix);
+    int ch[512];
+    float w[512];
+    if (d > 512) return idx_fail(ix, IDX_ERR_PARAM, "sparq: head_dim %d above 512", d);
+    for (int i = 0; i < d; i++) {
+        float a = 0;
+        for (int gq = 0; gq < n_q; gq++) a += fabsf(q[(size_t)gq * d + i]);
+        w[i] = a;
+    }
+    for (int t = 0; t < r; t++) {
+        int b = -1;
+        for (int i = 0; i < d; i++)
+            if (w[i] >= 0 && (b < 0 || w[i] > w[b])) b = i;
+        ch[t] = b;
+        w[b] = -1.0f;
+    }
+    /* SparQ's temperature: the logit's scale over the share of |q|'s L1 mass the channels hold,
+     * so a query whose chosen channels carry little of it is not made to look sharper */
+    float coef[64];
+    if (n_q > 64) return idx_fail(ix, IDX_ERR_PARAM, "sparq: %d queries per group above 64", n_q);
+    const float scale = ix->p.attn_scale > 0 ? ix->p.attn_scale : 1.0f / sqrtf((float)d);
+    for (int gq = 0; gq < n_q; gq++) {
+        const float *qq = q + (size_t)gq * d;
+        float all = 0, part = 0;
+        for (int i = 0; i < d; i++) all += fabsf(qq[i]);
+        for (int t = 0; t < r; t++) part += fabsf(qq[ch[t]]);
+        coef[gq] = part > 0 && all > 0 ? scale / sqrtf(part / all) : scale;
+    }
+    /* approximate logits of every key for each query, block by block (the block's columns
+     * stay in cache across the group); then a key's score is its best over the group of
+     * (logit - that query's maximum): the log of an approximate probability, up to its sum */
+    if ((int64_t)n_q * s->cap > s->all_cap) {
+        float *a = realloc(s->all, sizeof(float) * (size_t)n_q * s->cap);
+        if (!a) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for sparq scratch");
+        s->all = a;
+        s->all_cap = (int64_t)n_q * s->cap;
+    }
+    for (int64_t b0 = 0; b0 < N; b0 += SPARQ_BLOCK) {
+        const int nb = (int)(N - b0 < SPARQ_BLOCK ? N - b0 : SPARQ_BLOCK);
+        for (int gq = 0; gq < n_q; gq++) memset(s->all + (size_t)gq * N + b0, 0, sizeof(float) * nb);
+        for (int t = 0; t < r; t++) {
+            const uint16_t *col = s->kc + (size_t)ch[t] * s->cap + b0;
+            for (int gq = 0; gq < n_q; gq++)
+                axpy_f16(s->all + (size_t)gq * N + b0, col, q[(size_t)gq * d + ch[t]] * coef[gq], nb);
+        }
+    }
+    for (int64_t j = 0; j < N; j++) s->best[j] = -INFINITY;
+    for (int gq = 0; gq < n_q; gq++) {
+        const float *a = s->all + (size_t)gq * N;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < N; j++) m = a[j] > m ? a[j] : m;
+        for (int64_t j = 0; j < N; j++) {
+            const float v = a[j] - m;
+            s->best[j] = v > s->best[j] ? v : s->best[j];
+        }
+    }
+    /* the k best keys, in ascending order; ties at the threshold fill up to k */
+    memcpy(s->tmp, s->best, sizeof(float) * N);
+    const float thr = kth_largest(s->tmp, N, k);
+    int64_t above = 0;
+    for (int64_t j = 0; j < N; j++) above += s->best[j] > thr;
+    int64_t n = 0, ties = k - above;
+    for (int64_t j = 0; j < N && n < k; j++) {
+        const float v = s->best[j];
+        if (v > thr || (v == thr && ties-- > 0)) ids[n++] = (int32_t)(g->lo + j);
+    }
+    /* the work of scoring keys: r of d components per key and query */
+    *scanned = (N * r * n_q + d - 1) / d;
+    return n;
+}
+
+static size_t sparq_bytes(const idx_set *ix, const void *st) {
+    const sparq_st *s = st;
+    return sizeof *s + (size_t)s->cap * (ix->p.head_dim * sizeof(uint16_t) + 2 * sizeof(float)) +
+           (size_t)s->all_cap * sizeof(float) + 2 * ix->p.head_dim * sizeof(float);
+}
+
+const idx_ops idx_ops_sparq = {
+    .kind = IDX_SPARQ,
+    .name = "sparq",
+    .caps = IDX_CAP_SHARED,
+    .any_size = 1,
+    .state_new = sparq_new,
+    .state_clear = sparq_clear,
+    .state_free = sparq_free,
+    .build = sparq_build,
+    .has_structure = sparq_has_structure,
+    .add = sparq_add,
+    .max_ids = sparq_max_ids,
+    .select = sparq_select,
+    .bytes = sparq_bytes,
+};
