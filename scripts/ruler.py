@@ -27,7 +27,7 @@ haystack (prefilled once), and `question`, the rest (question, end of the chat t
 prefix), fed through each selector token by token.
 
 Usage: python3 scripts/ruler.py [--model M] [--lengths 4096,8192] [--tasks niah_single_1,vt]
-                                [--n 10] [--selectors dense,window,quest,retrieval,centroids]
+                                [--n 10] [--selectors dense,window,quest,sparq,retrieval,centroids]
                                 [--seed 42] [--out results.jsonl] [--resume] [--table]
                                 [--plot out.png] [--chat auto|chatml|none] [--max-new N]
                                 [--samples FILE] [--generate-only] [--smoke]
@@ -94,7 +94,7 @@ TASKS = {
     "cwe": dict(kind="cwe", freq_cw=30, freq_ucw=3, num_cw=10, max_new=120),
     "fwe": dict(kind="fwe", alpha=2.0, max_new=50),
 }
-SELECTORS = "dense,window,quest,retrieval,centroids"
+SELECTORS = "dense,window,quest,sparq,retrieval,centroids"
 SMOKE_TASKS = "niah_single_1,niah_multikey_1"
 
 
