@@ -946,13 +946,10 @@ static void step(eng_sched *s) {
             const int pos = sl->plp_from + j + 1;
             if (pos >= r->n_prompt) break;
             const float *lg = sl->plog + (size_t)j * s->n_vocab;
-            int best = 0;
-            for (int v = 1; v < s->n_vocab; v++) best = lg[v] > lg[best] ? v : best;
-            const double mx = lg[best];
-            double z = 0.0;
-            for (int v = 0; v < s->n_vocab; v++) z += exp((double)lg[v] - mx);
-            const double log_z = mx + log(z);
-            r->plp[pos] = (eng_prompt_lp){(float)(lg[r->hist[pos]] - log_z), best, (float)(mx - log_z)};
+            eng_event top; /* the most likely token, and through it the normaliser */
+            top_logprobs(lg, s->n_vocab, 1, &top);
+            const float log_z = lg[top.top_id[0]] - top.top_logprob[0];
+            r->plp[pos] = (eng_prompt_lp){lg[r->hist[pos]] - log_z, top.top_id[0], top.top_logprob[0]};
         }
     }
     /* sample every row with logits: samplers are independent, so in parallel */

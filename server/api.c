@@ -68,8 +68,8 @@ struct gen {
     size_t text_len, text_cap;
     tok_rec *toks;         /* kept for details / logprobs */
     eng_prompt_lp *prompt_lp; /* decoder_input_details, echo with logprobs: the prompt tokens'
-                            * logprobs (from the
-                            * first event), NULL until then */
+                            * logprobs, on the top only (its request prefills the prompt), from
+                            * its first event; NULL until then */
     int n_toks, cap_toks;
     int n_events;
     double t_prev;         /* last token's time, for the inter-token latency */
@@ -185,7 +185,7 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
         cJSON *pre = cJSON_AddArrayToObject(d, "prefill");
         if (G->g->input_details) {
             /* every prompt token with its logprob given those before it (TGI: the first's null) */
-            const eng_prompt_lp *lp = G->prompt_lp ? G->prompt_lp : G->top->prompt_lp;
+            const eng_prompt_lp *lp = G->top->prompt_lp;
             char buf[512];
             for (int i = 0; i < G->g->n_ids; i++) {
                 cJSON *o = cJSON_CreateObject();
@@ -231,7 +231,7 @@ static cJSON *logprobs_completions(gen *G, int a, int b, bool with_prompt) {
     cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
     char buf[512];
     size_t base = G->g->full_text ? G->g->prompt_len : 0;
-    const eng_prompt_lp *plp = G->prompt_lp ? G->prompt_lp : G->top->prompt_lp;
+    const eng_prompt_lp *plp = G->top->prompt_lp;
     if (with_prompt && plp) {
         size_t off = 0;
         for (int i = 0; i < G->g->n_ids; i++) {
@@ -564,8 +564,8 @@ static void consume(gen *G, eng_event *ev, bool stream) {
         G->t_prev = ev->t_ms;
         G->n_events++;
         G->lp_sum += ev->logprob;
-        if (ev->prompt_lp && !G->prompt_lp) {
-            G->prompt_lp = ev->prompt_lp; /* taken from the event */
+        if (ev->prompt_lp && !G->top->prompt_lp) {
+            G->top->prompt_lp = ev->prompt_lp; /* taken from the event */
             ev->prompt_lp = NULL;
         }
         bool keep = G->g->details || G->g->logprobs >= 0 || G->g->top_n > 0 || stream;

@@ -15,6 +15,17 @@ static void fill(float *l) {
     l[500] = 3.0f;                                 /* a clear argmax in the middle */
 }
 
+/* N draws from the 4-token distribution pr under q, counted per token. */
+static void draw4(const eng_sampler_params *q, const double pr[4], int N, int cnt[4]) {
+    eng_sampler *t = eng_sampler_create(q, 4);
+    for (int i = 0; i < N; i++) {
+        float x[4];
+        for (int j = 0; j < 4; j++) x[j] = (float)log(pr[j]);
+        cnt[eng_sampler_sample(t, x, NULL, 0, NULL)]++;
+    }
+    eng_sampler_free(t);
+}
+
 int main(void) {
     float l[V];
     eng_sampler_params p = eng_sampler_default();
@@ -64,15 +75,9 @@ int main(void) {
             q.top_k = 0; q.top_p = 1.0f; q.min_p = 0.0f; q.temperature = 1.0f; q.seed = 7;
             if (mode == 0) q.top_p = 0.75f;  /* keeps .5 .3 */
             if (mode == 1) q.min_p = 0.25f;  /* keeps p >= .125: .5 .3 .15 */
-            eng_sampler *t = eng_sampler_create(&q, 4);
             int cnt[4] = {0};
             const int N = 40000;
-            for (int i = 0; i < N; i++) {
-                float x[4];
-                for (int j = 0; j < 4; j++) x[j] = (float)log(pr[j]);
-                cnt[eng_sampler_sample(t, x, NULL, 0, NULL)]++;
-            }
-            eng_sampler_free(t);
+            draw4(&q, pr, N, cnt);
             if (mode == 0) CHECK(cnt[2] == 0 && cnt[3] == 0 && fabs(cnt[0] / (double)N - 0.625) < 0.02,
                                  "top-p 0.75: %d %d %d %d", cnt[0], cnt[1], cnt[2], cnt[3]);
             if (mode == 1) CHECK(cnt[3] == 0 && cnt[2] > 0, "min-p 0.25: %d %d %d %d", cnt[0], cnt[1], cnt[2], cnt[3]);
@@ -92,15 +97,9 @@ int main(void) {
             eng_sampler_params q = eng_sampler_default();
             q.top_k = mode == 2 ? 3 : 0; q.top_p = 1.0f; q.min_p = 0.0f; q.temperature = 1.0f; q.seed = 9;
             q.typical_p = mode == 1 ? 0.25f : 0.7f;
-            eng_sampler *t = eng_sampler_create(&q, 4);
             int cnt[4] = {0};
             const int N = 40000;
-            for (int i = 0; i < N; i++) {
-                float x[4];
-                for (int j = 0; j < 4; j++) x[j] = (float)log(pr[j]);
-                cnt[eng_sampler_sample(t, x, NULL, 0, NULL)]++;
-            }
-            eng_sampler_free(t);
+            draw4(&q, pr, N, cnt);
             if (mode != 1) CHECK(cnt[2] == 0 && cnt[3] == 0 && fabs(cnt[0] / (double)N - 0.625) < 0.02,
                                  "typical 0.7 (top-k %d): %d %d %d %d", q.top_k, cnt[0], cnt[1], cnt[2], cnt[3]);
             else CHECK(cnt[1] == N, "typical 0.25 keeps the most typical token: %d %d %d %d",
