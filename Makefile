@@ -136,7 +136,7 @@ test-gpu: cuda-build tiny
 # The part of `make asan` that `make test` runs (kept to about a minute on 2 cores): the
 # parsers, the stores, the contexts and the fuzz regressions under ASan + UBSan on the tiny
 # models. `make asan` runs every C test.
-ASAN_QUICK = test_gguf test_kvcache test_context test_centroids test_tok test_sampler test_attn_sparse test_fault test_sparq \
+ASAN_QUICK = test_gguf test_kvcache test_context test_centroids test_tok test_sampler test_attn_sparse test_fault test_sparq test_estimate \
               test_ops $(FUZZ_TARGETS:%=test_fuzz_replay_%)
 .PHONY: asan-quick
 asan-quick: tiny

@@ -55,6 +55,8 @@ static const row rows[] = {
     {.o = {"tail", "--attn-tail", ENG_ATTN_FLOAT, false}, .off = F(tail), .lo = 0, .hi = 1, .arg = "F",
      .help = "also a stratified sample of F of the offloaded keys the selector left, weighted to estimate "
              "all of them", .zero = "off"},
+    {.o = {"estimate", "--attn-estimate", ENG_ATTN_BOOL, false}, .off = F(estimate), .lo = 0, .hi = 1,
+     .help = "sparq, centroids: estimate the keys the selector leaves and merge them in (CPU only)"},
     {.o = {"dense_below", "--attn-dense-below", ENG_ATTN_INT, false}, .off = F(dense_below), .lo = 0,
      .hi = 1 << 24, .arg = "N", .help = "decode attends densely while the sequence is shorter than N tokens",
      .zero = "off"},
@@ -275,6 +277,10 @@ int eng_attn_check(const eng_attn_params *a, char *err, size_t errlen) {
     for (int i = 0; i < N_ROWS; i++) {
         double v = get(a, &rows[i]);
         if (!valid(&rows[i], v)) return refuse_num(&rows[i], v, err, errlen);
+    }
+    if (a->estimate && a->tail > 0) {
+        eng_set_err(err, errlen, "estimate and tail both stand for the keys the selector leaves: set one");
+        return -1;
     }
     return 0;
 }

@@ -36,11 +36,12 @@ void eng_plan_ranges(const eng_seq *s, int layer, int64_t p, int decode, eng_att
         return;
     }
     const kv_ranges r = seq_ranges(s, layer, p + 1);
-    pl->n_parts = s->attn.tail > 0 ? 4 : 3;
+    pl->n_parts = s->attn.estimate && (s->caps & IDX_CAP_ESTIMATE) ? 5 : s->attn.tail > 0 ? 4 : 3;
     pl->part[PLAN_RECENT] = range_part(r.win_lo, p + 1);
     pl->part[PLAN_SINKS] = range_part(0, r.sink_hi);
     pl->part[PLAN_IDS] = range_part(0, 0);
     pl->part[PLAN_TAIL] = range_part(0, 0);
+    pl->part[PLAN_EST] = range_part(0, 0);
     pl->sparse = r.off_hi > r.off_lo;
     pl->off_lo = r.off_lo;
     pl->off_hi = r.off_hi;
@@ -126,7 +127,8 @@ static uint64_t tail_seed(int64_t pos, int layer, int kvh) {
 
 /* The selector's ids for the group's queries q into ids (the buffer of KV head kvh), widened by
  * expand: their count, or -1 with the sequence marked failed. */
-static int64_t select_ids(eng_seq *s, int layer, int kvh, const float *q, const eng_attn_plan *pl, int32_t *ids) {
+static int64_t select_ids(eng_seq *s, int layer, int kvh, const float *q, const eng_attn_plan *pl, int32_t *ids,
+                          idx_estimate *est) {
     const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
     if (eng_fault_hit(ENG_FAULT_SELECT)) {
         eng_seq_fail(s, "selector failed at layer %d head %d (injected fault)", layer, kvh);
@@ -148,7 +150,7 @@ static int64_t select_ids(eng_seq *s, int layer, int kvh, const float *q, const 
         static_lse(s, layer, kvh, q, pl, slse);
         req.static_lse = slse;
     }
-    const int64_t n = idx_select(s->ix, layer, kvh, s->kv, q, G, &req, ids, s->ids_cap);
+    const int64_t n = idx_select_est(s->ix, layer, kvh, s->kv, q, G, &req, ids, s->ids_cap, est);
     if (n < 0) {
         eng_seq_fail(s, "selector: layer %d head %d: %s", layer, kvh,
                      idx_last_error(s->ix)[0] ? idx_last_error(s->ix) : idx_strerror((int)n));
@@ -161,9 +163,13 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
     if (!needs_select(s, pl)) return 0;
     int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
     /* a selector that picks nothing (window) leaves the tail the whole offloaded range */
-    const int64_t n = s->caps & IDX_CAP_NONE ? 0 : select_ids(s, layer, kvh, q, pl, ids);
+    const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
+    idx_estimate est = {s->est_rel + (size_t)kvh * G, s->est_v + (size_t)kvh * G * s->m->hp.v_dim};
+    const int with_est = pl->n_parts > PLAN_EST;
+    const int64_t n = s->caps & IDX_CAP_NONE ? 0 : select_ids(s, layer, kvh, q, pl, ids, with_est ? &est : NULL);
     if (n < 0) return -1;
     pl->part[PLAN_IDS] = (eng_attn_part){.ids = ids, .n_ids = n};
+    if (with_est) pl->part[PLAN_EST] = (eng_attn_part){.est_o = est.v, .est_rel = est.rel};
     if (pl->n_parts > PLAN_TAIL) {
         /* the sample goes after the ids in the same buffer: selected + sampled <= the offloaded
          * range <= ids_cap */
@@ -175,10 +181,21 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
     return 0;
 }
 
-/* One part into out/lse (G queries); 0 when the part is empty. */
+/* One part into out/lse (G queries); 0 when the part is empty. ids_lse: the ids part's
+ * log-sum-exp, which an estimate part is relative to (NULL: the ids part was empty). */
 static int run_part(const eng_model *m, const attn_kv_view *view, const float *q, const eng_attn_part *pt,
-                    float *out, float *lse) {
+                    const float *ids_lse, float *out, float *lse) {
     const int G = m->hp.n_head / m->hp.n_head_kv;
+    if (pt->est_rel) {
+        if (!ids_lse) return 0;
+        int any = 0;
+        for (int g = 0; g < G; g++) {
+            lse[g] = ids_lse[g] + pt->est_rel[g]; /* -inf: nothing estimated */
+            any |= isfinite(lse[g]);
+        }
+        memcpy(out, pt->est_o, sizeof(float) * (size_t)G * m->hp.v_dim);
+        return any;
+    }
     if (pt->ids) {
         if (pt->n_ids <= 0) return 0;
         attn_ids(view, q, G, pt->ids, pt->n_ids, m->hp.attn_scale, out, lse);
@@ -195,8 +212,14 @@ void eng_plan_run(const eng_model *m, const attn_kv_view *view, const float *q, 
     const eng_attn_part *p0 = &pl->part[0];
     attn_range(view, q, G, p0->lo, p0->hi, m->hp.attn_scale, out, lse);
     float part[ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096], plse[ATTN_MAX_GROUP];
+    float ids_lse[ATTN_MAX_GROUP];
+    int have_ids = 0;
     for (int i = 1; i < pl->n_parts; i++) {
-        if (!run_part(m, view, q, &pl->part[i], part, plse)) continue;
+        if (!run_part(m, view, q, &pl->part[i], have_ids ? ids_lse : NULL, part, plse)) continue;
+        if (i == PLAN_IDS) {
+            memcpy(ids_lse, plse, sizeof(float) * G);
+            have_ids = 1;
+        }
         if (pl->part[i].lse_add != 0)
             for (int g = 0; g < G; g++) plse[g] += pl->part[i].lse_add; /* -inf stays -inf */
         attn_merge(out, lse, part, plse, G, vd);
@@ -241,10 +264,11 @@ void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int6
     /* the share of the full softmax mass the attended set covers, per query, vs dense: the keys
      * read, each once (a tail sample counts its own keys' mass, not the weight that stands for
      * the unselected keys: an estimate of the rest is no recall of it) */
-    int weighted = 0;
+    int weighted = pl->n_parts > PLAN_EST;
     for (int i = 0; i < pl->n_parts; i++) weighted |= pl->part[i].lse_add != 0;
-    if (weighted) { /* the plan's log-sum-exp without the weights */
+    if (weighted) { /* the plan's log-sum-exp without the weights and the estimate */
         eng_attn_plan un = *pl;
+        if (un.n_parts > PLAN_EST) un.n_parts = PLAN_EST;
         for (int i = 0; i < un.n_parts; i++) un.part[i].lse_add = 0;
         eng_plan_run(m, view, q, &un, mine_o, mine_l);
         lse = mine_l;

@@ -87,6 +87,8 @@ struct eng_seq {
     attn_kv_view *views;  /* (n_layer, n_head_kv) */
     int32_t *ids;         /* (n_head_kv, ids_cap) selector output per KV head */
     int64_t ids_cap;
+    float *est_v;         /* (n_head_kv, group, v_dim) the estimate of the keys left out ... */
+    float *est_rel;       /* (n_head_kv, group) ... and its log mass relative to the ids' */
     eng_attn_stats st;
     /* queries recorded for a context's calibration: positions [cap_from, cap_from + cap_n) of
      * every layer, rows of n_head * head_dim */
@@ -126,8 +128,11 @@ static inline int eng_row_dead(const eng_model *m, int t) { return m->row_seq[t]
  * offloaded range [off_lo, off_hi); with a tail share (eng_attn_params.tail) a fourth part, a
  * stratified sample of the offloaded keys the selector left, stands for all of them: its
  * log-sum-exp is raised by lse_add = log(n_rest / n_sampled) before it merges, so the softmax's
- * numerator and denominator over the unselected keys are estimated instead of dropped. */
-enum { PLAN_RECENT = 0, PLAN_SINKS = 1, PLAN_IDS = 2, PLAN_TAIL = 3, PLAN_MAX_PARTS = 4 };
+ * numerator and denominator over the unselected keys are estimated instead of dropped. With
+ * eng_attn_params.estimate instead, a fifth part is the selector's own estimate of the keys it
+ * left (idx_select_est): one value vector per query, whose log-sum-exp is the ids part's plus
+ * the estimate's relative log mass (the CPU executor only). */
+enum { PLAN_RECENT = 0, PLAN_SINKS = 1, PLAN_IDS = 2, PLAN_TAIL = 3, PLAN_EST = 4, PLAN_MAX_PARTS = 5 };
 
 typedef struct {
     int64_t lo, hi;      /* a range [lo, hi) when ids is NULL ... */
@@ -135,6 +140,8 @@ typedef struct {
     int64_t n_ids;
     float lse_add;       /* added to the part's log-sum-exp before it merges (a sample's weight,
                           * log of the keys it stands for per key read); 0: the keys themselves */
+    const float *est_o;  /* PLAN_EST: (G, v_dim) the estimate's output, and ... */
+    const float *est_rel;/* ... (G) its log-sum-exp less the ids part's; NULL: no estimate */
 } eng_attn_part;
 
 typedef struct {

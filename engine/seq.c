@@ -41,6 +41,15 @@ static int make_index(const eng_model *m, idx_kind kind, idx_set **out, char *er
     return 0;
 }
 
+/* What the model's executor cannot run: the estimate part is merged by the CPU executor only. */
+static int check_executor(const eng_model *m, const eng_attn_params *a, char *err, size_t errlen) {
+    if (a->estimate && m->gpu) {
+        eng_set_err(err, errlen, "attention estimate runs on the CPU only; this model runs on the GPU");
+        return -1;
+    }
+    return 0;
+}
+
 static void set_request(eng_seq *s, const eng_attn_params *a) {
     s->req = idx_request_default();
     s->req.top_k = a->top_k;
@@ -125,7 +134,7 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
         eng_set_err(err, errlen, "context size must be positive");
         return NULL;
     }
-    if (eng_attn_check(a, err, errlen)) return NULL;
+    if (eng_attn_check(a, err, errlen) || check_executor(m, a, err, errlen)) return NULL;
     eng_seq *s = calloc(1, sizeof *s);
     int *layer_window = calloc(hp->n_layer, sizeof(int));
     if (!s || !layer_window) {
@@ -170,7 +179,9 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
     s->ids_cap = n_ctx > 1 ? n_ctx : 1;
     s->ids = m->gpu ? gpu_host_alloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv)
                     : malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
-    if (!s->views || !s->ids) {
+    s->est_v = malloc(sizeof(float) * (size_t)hp->n_head * hp->v_dim);
+    s->est_rel = malloc(sizeof(float) * (size_t)hp->n_head);
+    if (!s->views || !s->ids || !s->est_v || !s->est_rel) {
         eng_set_err(err, errlen, "out of memory");
         goto fail;
     }
@@ -193,6 +204,8 @@ void eng_seq_free(eng_seq *s) {
     free(s->views);
     if (s->m->gpu) gpu_host_free(s->ids);
     else free(s->ids);
+    free(s->est_v);
+    free(s->est_rel);
     free(s);
 }
 
@@ -201,7 +214,7 @@ int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t err
         eng_set_err(err, errlen, "attention parameters change only on an empty sequence");
         return -1;
     }
-    if (eng_attn_check(a, err, errlen)) return -1;
+    if (eng_attn_check(a, err, errlen) || check_executor(s->m, a, err, errlen)) return -1;
     if (a->selector != s->attn.selector) {
         idx_set *ix = NULL;
         if (make_index(s->m, a->selector, &ix, err, errlen)) return -1;

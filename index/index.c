@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "quant.h"
 
 static const idx_ops *const kind_ops[] = {&idx_ops_dense, &idx_ops_window, &idx_ops_oracle,
                                           &idx_ops_retrieval, &idx_ops_ivf, &idx_ops_centroids,
@@ -53,6 +54,24 @@ float *idx_gather_keys(idx_set *ix, const idx_slot *s, int layer, int head, cons
         K = NULL;
     }
     return K;
+}
+
+int idx_value_add(idx_set *ix, const kv_store *kv, int layer, int head, int64_t pos, float w, float *acc) {
+    const void *src = kv_v_row(kv, layer, head, pos);
+    if (!src) return idx_fail(ix, IDX_ERR_KV, "value %lld of layer %d head %d is not held", (long long)pos, layer, head);
+    const kv_params *kp = kv_get_params(kv);
+    if (kp->dtype == KV_F16) {
+        const uint16_t *h = src;
+        for (int i = 0; i < kp->v_dim; i++) acc[i] += w * krn_f16_to_f32(h[i]);
+    } else {
+        const float *v = src;
+        for (int i = 0; i < kp->v_dim; i++) acc[i] += w * v[i];
+    }
+    return IDX_OK;
+}
+
+void idx_estimate_none(idx_estimate *est, int n_q) {
+    for (int g = 0; g < n_q; g++) est->rel[g] = -INFINITY;
 }
 
 int64_t idx_all_candidates(const idx_slot *s, int32_t *ids) {
@@ -387,6 +406,20 @@ int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const f
     s->st_counts.returned += n;
     s->st_counts.search_s += krn_now_s() - t0;
     return n;
+}
+
+int64_t idx_select_est(idx_set *ix, int layer, int head, const kv_store *kv, const float *q, int n_q,
+                       const idx_request *req, int32_t *ids, int64_t max_ids, idx_estimate *est) {
+    const int64_t n = idx_select(ix, layer, head, kv, q, n_q, req, ids, max_ids);
+    if (n < 0 || !est) return n;
+    if (!est->rel || !est->v) return idx_fail(ix, IDX_ERR_PARAM, "estimate without its buffers");
+    idx_slot *s = get_slot(ix, layer, head);
+    idx_estimate_none(est, n_q);
+    if (!ix->ops->estimate || n >= s->hi - s->lo || n == 0) return n;
+    const double t0 = krn_now_s();
+    const int rc = ix->ops->estimate(ix, s, layer, head, kv, q, n_q, ids, n, est);
+    s->st_counts.search_s += krn_now_s() - t0;
+    return rc < 0 ? rc : n;
 }
 
 /* ---- stats ---------------------------------------------------------------------------- */

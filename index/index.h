@@ -58,6 +58,7 @@ enum {
     IDX_CAP_BIND = 1u << 3,    /* can read a prebuilt centroid structure (idx_bind_cent) */
     IDX_CAP_SHARED = 1u << 4,  /* works on shared read-only pages (a registered context, a fork) */
     IDX_CAP_DEVICE = 1u << 5,  /* selects on the GPU (no kind yet) */
+    IDX_CAP_ESTIMATE = 1u << 6, /* estimates what it leaves out (idx_select_est) */
 };
 unsigned idx_kind_caps(idx_kind k);
 
@@ -385,6 +386,30 @@ int64_t idx_max_ids(const idx_set *ix, int layer, int head, int n_q, const idx_r
  * calls for the same one may not. */
 int64_t idx_select(idx_set *ix, int layer, int head, const kv_store *kv, const float *q, int n_q,
                    const idx_request *req, int32_t *ids, int64_t max_ids);
+
+/* An estimate of the candidates a select left out, per query g of the group (IDX_CAP_ESTIMATE):
+ * rel[g] = log(estimated softmax mass of the left-out keys / estimated mass of the ids returned),
+ * both estimated on the same scale, so that a bias common to both cancels and the caller anchors
+ * it to the exact log-sum-exp of the ids it attends (-inf: nothing left out, or nothing to
+ * anchor to); v[g * v_dim] (the store's v_dim), the left-out keys' estimated attention-weighted mean value.
+ *   sparq     the approximate logits weigh the keys; a key's value is the mean value of the
+ *             left-out keys of its block of IDX_EST_BLOCK positions (block sums kept as keys are
+ *             added: 1/IDX_EST_BLOCK of the values' size)
+ *   centroids each left-out cluster weighs n_j exp(s q.c_j) with its members' mean value
+ *             (RetroInfer's estimation zone); the exact tail counts exactly. The clusters'
+ *             mean values are computed at the first estimate of a slot (one pass over its
+ *             values, kept until the next build). */
+enum { IDX_EST_BLOCK = 64 };
+typedef struct {
+    float *rel; /* (n_q) */
+    float *v;   /* (n_q, v_dim) */
+} idx_estimate;
+
+/* idx_select, then (est not NULL, the kind with IDX_CAP_ESTIMATE, ids left out) the estimate of
+ * the rest for each of the n_q queries (the group's own queries, also under IDX_GQA_MEAN).
+ * Kinds without the capability, and a select that left nothing out, give rel[g] = -inf. */
+int64_t idx_select_est(idx_set *ix, int layer, int head, const kv_store *kv, const float *q, int n_q,
+                       const idx_request *req, int32_t *ids, int64_t max_ids, idx_estimate *est);
 
 void idx_stats_get(const idx_set *ix, idx_stats *out);
 void idx_stats_reset(idx_set *ix);

@@ -1,10 +1,16 @@
 /* The `centroids` selector (Squeezed Attention): per slot an idx_cent (centroids.c) over the
  * candidates, built from the observed queries of the last prefill tokens, or borrowed from a
  * registered context (idx_bind_cent) and read at the context's calibrated threshold. Keys added
- * after the build form an exact tail that every select returns in full. */
+ * after the build form an exact tail that every select returns in full. Its estimate of the
+ * clusters a select leaves (idx_select_est) is RetroInfer's estimation zone: each weighs
+ * n_j exp(s q.c_j) and brings its members' mean value. */
 #include "sel_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
 
 #define CENT_TARGET_DEFAULT 0.03f /* idx_request.target 0: share of the clustered keys read */
 
@@ -16,6 +22,12 @@ typedef struct {
     int64_t cent_hi;         /* the clustered keys are [lo, cent_hi); [cent_hi, hi) the tail */
     void *scratch;           /* idx_cent_scratch_bytes of the structure */
     float *qmean;            /* (d) */
+    /* estimate, made at the slot's first one: */
+    float *cv;               /* (n_fine, vd) each cluster's mean value */
+    int32_t *cluster_of;     /* (n_keys) the fine cluster of each clustered key */
+    float *x;                /* (n_fine) scratch: a query's scaled centroid logits */
+    uint8_t *mark;           /* (n_fine) scratch: the cluster has a returned key */
+    int vd;
 } cent_st;
 
 static const idx_cent *structure(const cent_st *c) { return c->cent ? c->cent : c->shared; }
@@ -35,6 +47,10 @@ static void cent_clear(void *st) {
     cent_st *c = st;
     idx_cent_free(c->cent);
     free(c->scratch);
+    free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
+    c->cv = c->x = NULL;
+    c->cluster_of = NULL;
+    c->mark = NULL;
     c->cent = NULL;
     c->shared = NULL;
     c->scratch = NULL;
@@ -133,18 +149,130 @@ static int64_t cent_select(idx_set *ix, idx_slot *s, int layer, int head, const 
     return n;
 }
 
+/* The clusters' mean values and each key's cluster, from the store: IDX_OK or a code. */
+static int est_prepare(idx_set *ix, cent_st *c, int layer, int head, const kv_store *kv) {
+    const idx_cent *ce = structure(c);
+    const int nf = idx_cent_n_fine(ce), vd = kv_get_params(kv)->v_dim;
+    const int64_t nk = idx_cent_n_keys(ce), pos0 = idx_cent_pos0(ce);
+    c->cv = calloc((size_t)nf * vd, sizeof(float));
+    c->cluster_of = malloc(sizeof(int32_t) * (nk > 0 ? nk : 1));
+    c->x = malloc(sizeof(float) * nf);
+    c->mark = calloc(nf, 1);
+    if (!c->cv || !c->cluster_of || !c->x || !c->mark) {
+        free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
+        c->cv = c->x = NULL;
+        c->cluster_of = NULL;
+        c->mark = NULL;
+        return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for the centroid estimate");
+    }
+    c->vd = vd;
+    for (int j = 0; j < nf; j++) {
+        int64_t nm;
+        const int32_t *mem = idx_cent_members(ce, j, &nm);
+        float *acc = c->cv + (size_t)j * vd;
+        for (int64_t i = 0; i < nm; i++) {
+            c->cluster_of[mem[i]] = j;
+            const int rc = idx_value_add(ix, kv, layer, head, pos0 + mem[i], 1.0f / (float)nm, acc);
+            if (rc) { /* leave no half-made estimate behind */
+                free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
+                c->cv = c->x = NULL;
+                c->cluster_of = NULL;
+                c->mark = NULL;
+                return rc;
+            }
+        }
+    }
+    return IDX_OK;
+}
+
+/* q.k for the stored key of pos (f32 or f16); NAN when the store does not hold it. */
+static float key_dot(const kv_store *kv, int layer, int head, int64_t pos, const float *q, int d) {
+    const void *src = kv_k_row(kv, layer, head, pos);
+    if (!src) return NAN;
+    float a = 0;
+    if (kv_get_params(kv)->dtype == KV_F16)
+        for (int i = 0; i < d; i++) a += q[i] * krn_f16_to_f32(((const uint16_t *)src)[i]);
+    else
+        for (int i = 0; i < d; i++) a += q[i] * ((const float *)src)[i];
+    return a;
+}
+
+static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv, const float *q,
+                         int n_q, const int32_t *ids, int64_t n, idx_estimate *est) {
+    cent_st *c = s->st;
+    const idx_cent *ce = c ? structure(c) : NULL;
+    if (!ce) return IDX_OK; /* below min_keys: everything was returned */
+    if (!c->cv) {
+        const int rc = est_prepare(ix, c, layer, head, kv);
+        if (rc) return rc;
+    }
+    const int d = ix->p.head_dim, vd = c->vd, nf = idx_cent_n_fine(ce);
+    const int64_t pos0 = idx_cent_pos0(ce);
+    const float scale = ix->p.attn_scale > 0 ? ix->p.attn_scale : 1.0f / sqrtf((float)d);
+    int64_t n_cl = 0; /* returned ids below cent_hi are clustered keys, ascending: the tail follows */
+    for (; n_cl < n && ids[n_cl] < c->cent_hi; n_cl++) c->mark[c->cluster_of[ids[n_cl] - pos0]] = 1;
+    for (int g = 0; g < n_q; g++) {
+        const float *qq = q + (size_t)g * d;
+        float m = -INFINITY;
+        for (int j = 0; j < nf; j++) {
+            const float *cj = idx_cent_centroid(ce, j);
+            float a = 0;
+            for (int i = 0; i < d; i++) a += qq[i] * cj[i];
+            c->x[j] = a * scale;
+            m = c->x[j] > m ? c->x[j] : m;
+        }
+        /* the tail's exact logits; they are few (keys added since the build) */
+        double w_sel = 0, w_rest = 0;
+        float mt = -INFINITY;
+        for (int64_t i = n_cl; i < n; i++) {
+            const float t = key_dot(kv, layer, head, ids[i], qq, d) * scale;
+            if (!isfinite(t)) {
+                memset(c->mark, 0, nf);
+                return idx_fail(ix, IDX_ERR_KV, "key %d of layer %d head %d is not held", ids[i], layer, head);
+            }
+            mt = t > mt ? t : mt;
+        }
+        if (mt > m) m = mt;
+        for (int64_t i = n_cl; i < n; i++) w_sel += exp(key_dot(kv, layer, head, ids[i], qq, d) * scale - m);
+        float *v = est->v + (size_t)g * vd;
+        memset(v, 0, sizeof(float) * vd);
+        for (int j = 0; j < nf; j++) {
+            int64_t nm;
+            idx_cent_members(ce, j, &nm);
+            const double w = (double)nm * exp((double)c->x[j] - m);
+            if (c->mark[j]) {
+                w_sel += w;
+                continue;
+            }
+            w_rest += w;
+            const float *cv = c->cv + (size_t)j * vd;
+            for (int i = 0; i < vd; i++) v[i] += (float)w * cv[i];
+        }
+        if (w_rest > 0 && w_sel > 0) {
+            const float inv = (float)(1.0 / w_rest);
+            for (int i = 0; i < vd; i++) v[i] *= inv;
+            est->rel[g] = (float)log(w_rest / w_sel);
+        }
+    }
+    memset(c->mark, 0, nf);
+    return IDX_OK;
+}
+
 static size_t cent_bytes(const idx_set *ix, const void *st) {
     const cent_st *c = st;
     const idx_cent *ce = structure(c);
     if (!ce) return sizeof *c;
     /* a borrowed structure is the context's memory, not the sequence's */
-    return sizeof *c + (c->cent ? idx_cent_blob_size(c->cent) : 0) + idx_cent_scratch_bytes(ce, ix->p.group_size);
+    return sizeof *c + (c->cent ? idx_cent_blob_size(c->cent) : 0) + idx_cent_scratch_bytes(ce, ix->p.group_size) +
+           (c->cv ? (size_t)idx_cent_n_fine(ce) * ((size_t)c->vd * sizeof(float) + sizeof(float) + 1) +
+                        (size_t)idx_cent_n_keys(ce) * sizeof(int32_t)
+                  : 0);
 }
 
 const idx_ops idx_ops_centroids = {
     .kind = IDX_CENTROIDS,
     .name = "centroids",
-    .caps = IDX_CAP_OBSERVE | IDX_CAP_BIND | IDX_CAP_SHARED,
+    .caps = IDX_CAP_OBSERVE | IDX_CAP_BIND | IDX_CAP_SHARED | IDX_CAP_ESTIMATE,
     .obs_rows = cent_obs_rows,
     .state_new = cent_new,
     .state_clear = cent_clear,
@@ -153,5 +281,6 @@ const idx_ops idx_ops_centroids = {
     .has_structure = cent_has_structure,
     .max_ids = cent_max_ids,
     .select = cent_select,
+    .estimate = cent_estimate,
     .bytes = cent_bytes,
 };

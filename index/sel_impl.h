@@ -57,6 +57,10 @@ typedef struct idx_ops {
     int64_t (*select)(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv,
                       const float *q, int n_q, const idx_request *req, int32_t *ids, int64_t max_ids,
                       int64_t *scanned, int *n_queries);
+    /* after select, for the same query rows: the estimate of the candidates not in ids[0..n)
+     * (idx_select_est); NULL: the kind has none */
+    int (*estimate)(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv, const float *q,
+                    int n_q, const int32_t *ids, int64_t n, idx_estimate *est);
     size_t (*bytes)(const idx_set *ix, const void *st);
 } idx_ops;
 
@@ -80,6 +84,11 @@ int idx_keys_held(const kv_store *kv, int layer, int head, int64_t lo, int64_t h
 /* The slot's candidate keys as f32 rows (malloc'd: the caller frees), or NULL with *rc set and
  * the set's message. */
 float *idx_gather_keys(idx_set *ix, const idx_slot *s, int layer, int head, const kv_store *kv, int *rc);
+/* acc += w * the value row of position pos (the store's v_dim, f32 or f16); IDX_OK, or
+ * IDX_ERR_KV with the set's message. */
+int idx_value_add(idx_set *ix, const kv_store *kv, int layer, int head, int64_t pos, float w, float *acc);
+/* rel = -inf for the n_q queries: nothing left out or nothing to estimate with. */
+void idx_estimate_none(idx_estimate *est, int n_q);
 /* Every candidate of the slot, in order: the dense answer (and a small slot's). */
 int64_t idx_all_candidates(const idx_slot *s, int32_t *ids);
 

@@ -267,10 +267,79 @@ static void test_tail_estimate(void) {
     CHECK(max_full <= 1, "share 1 equals dense within 1e-4 + 1e-4 |ref| (worst %.3g of the bound)", max_full);
 }
 
+/* The estimate part (PLAN_EST): given the left-out keys' exact relative log mass and weighted
+ * mean value, the plan is dense; with -inf it is the plan without it. Checks that the part is
+ * anchored to the ids part's log-sum-exp and merged in. */
+static void test_estimate_part(void) {
+    struct eng_model m;
+    memset(&m, 0, sizeof m);
+    m.hp.n_head = G;
+    m.hp.n_head_kv = 1;
+    m.hp.head_dim = m.hp.v_dim = DK;
+    m.hp.attn_scale = 1.0f / sqrtf((float)DK);
+    const int64_t off_lo = N_SINK, off_hi = N_KEYS - N_WIN;
+    int32_t *buf = malloc(sizeof(int32_t) * N_KEYS);
+    char *in = malloc(N_KEYS);
+    scene sc;
+    scene_make(&sc, 77);
+    double ref[G * DK], ref_lse[G];
+    for (int g = 0; g < G; g++) dense_ref(&sc, g, m.hp.attn_scale, ref + g * DK, &ref_lse[g]);
+    const int64_t n = top_ids(&sc, off_lo, off_hi, TOP_K, buf);
+    memset(in, 0, N_KEYS);
+    for (int64_t i = 0; i < n; i++) in[buf[i]] = 1;
+    float rel[G], ev[G * DK];
+    for (int g = 0; g < G; g++) { /* the exact left-out part, in double */
+        double l[N_KEYS], mx = -INFINITY, zs = 0, zr = 0, v[DK] = {0};
+        for (int64_t j = off_lo; j < off_hi; j++) {
+            double a = 0;
+            for (int d = 0; d < DK; d++) a += (double)sc.q[g * DK + d] * sc.k[j * DK + d];
+            l[j] = a * m.hp.attn_scale;
+            mx = l[j] > mx ? l[j] : mx;
+        }
+        for (int64_t j = off_lo; j < off_hi; j++) {
+            const double w = exp(l[j] - mx);
+            if (in[j]) {
+                zs += w;
+                continue;
+            }
+            zr += w;
+            for (int d = 0; d < DK; d++) v[d] += w * sc.v[j * DK + d];
+        }
+        rel[g] = (float)log(zr / zs);
+        for (int d = 0; d < DK; d++) ev[g * DK + d] = (float)(v[d] / zr);
+    }
+    eng_attn_plan pl;
+    memset(&pl, 0, sizeof pl);
+    pl.sparse = 1;
+    pl.off_lo = off_lo;
+    pl.off_hi = off_hi;
+    pl.n_parts = 5;
+    pl.part[PLAN_RECENT] = (eng_attn_part){.lo = off_hi, .hi = N_KEYS};
+    pl.part[PLAN_SINKS] = (eng_attn_part){.lo = 0, .hi = N_SINK};
+    pl.part[PLAN_IDS] = (eng_attn_part){.ids = buf, .n_ids = n};
+    pl.part[PLAN_EST] = (eng_attn_part){.est_o = ev, .est_rel = rel};
+    float out[G * DK], lse[G], out3[G * DK], lse3[G];
+    eng_plan_run(&m, &sc.view, sc.q, &pl, out, lse);
+    double e = 0, el = 0;
+    for (int i = 0; i < G * DK; i++) e = fmax(e, fabs((double)out[i] - ref[i]));
+    for (int g = 0; g < G; g++) el = fmax(el, fabs((double)lse[g] - ref_lse[g]));
+    CHECK(e < 1e-4 && el < 1e-4, "an exact estimate of the left-out keys makes the plan dense (output %.2g, "
+          "log-sum-exp %.2g)", e, el);
+    for (int g = 0; g < G; g++) rel[g] = -INFINITY;
+    eng_plan_run(&m, &sc.view, sc.q, &pl, out, lse);
+    pl.n_parts = 3;
+    eng_plan_run(&m, &sc.view, sc.q, &pl, out3, lse3);
+    CHECK(!memcmp(out, out3, sizeof out) && !memcmp(lse, lse3, sizeof lse), "an estimate of -inf changes nothing");
+    scene_free(&sc);
+    free(in);
+    free(buf);
+}
+
 int main(int argc, char **argv) {
     if (argc == 4) SQ = atof(argv[1]), HB = atof(argv[2]), VN = atof(argv[3]); /* exploring scenes */
     test_tail_sample();
     test_tail_estimate();
+    test_estimate_part();
     unsigned rng = 12345;
     for (int t = 0; t < 400; t++) {
         const int64_t lo = (rng = rng * 1103515245u + 12345u) % 50, len = 1 + (rng = rng * 1103515245u + 12345u) % 300;
