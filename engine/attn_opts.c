@@ -55,6 +55,9 @@ static const row rows[] = {
     {.o = {"tail", "--attn-tail", ENG_ATTN_FLOAT, false}, .off = F(tail), .lo = 0, .hi = 1, .arg = "F",
      .help = "also a stratified sample of F of the offloaded keys the selector left, weighted to estimate "
              "all of them", .zero = "off"},
+    {.o = {"refine", "--attn-refine", ENG_ATTN_FLOAT, false}, .off = F(refine), .lo = 0, .hi = 1000, .arg = "F",
+     .help = "centroids: candidates from the clusters for F x target, the target share of their keys "
+             "kept by exact score", .zero = "off"},
     {.o = {"estimate", "--attn-estimate", ENG_ATTN_BOOL, false}, .off = F(estimate), .lo = 0, .hi = 1,
      .help = "sparq, centroids: estimate the keys the selector leaves and merge them in (CPU only)"},
     {.o = {"dense_below", "--attn-dense-below", ENG_ATTN_INT, false}, .off = F(dense_below), .lo = 0,

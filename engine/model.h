@@ -72,6 +72,8 @@ typedef struct {
     float tail;            /* an estimated tail: besides the selected ids, a stratified sample of
                             * this share of the offloaded keys among those not selected, weighted
                             * to stand for all of them (n_rest / n_sampled); 0: off (dropped) */
+    float refine;          /* centroids: > 1 reads the clusters for refine x target as candidates,
+                            * scores their keys exactly and attends the target share's best; 0: off */
     int estimate;          /* sparq, centroids: the keys the selector leaves are estimated from what
                             * it knows of them (approximate logits, centroids) and merged as one
                             * more part; not with tail, and on the CPU executor only */
@@ -79,7 +81,7 @@ typedef struct {
 
 /* The options of eng_attn_params, one per field, in one table (engine/attn_opts.c) that holds
  * each field's name, kind, bounds and default; everything below is derived from it. Keys, in
- * table order: selector, top_k, scan, target, mass, expand, tail, estimate, dense_below, gqa (union|mean),
+ * table order: selector, top_k, scan, target, mass, expand, tail, refine, estimate, dense_below, gqa (union|mean),
  * sink, window, measure_recall, levels, and the storage keys page_size (a power of two), kv_f16,
  * kv_mem_gb, which apply only when a sequence is created (server-wide, refused per request). */
 typedef enum {

@@ -57,6 +57,7 @@ static void set_request(eng_seq *s, const eng_attn_params *a) {
     s->req.gqa = a->gqa_mean ? IDX_GQA_MEAN : IDX_GQA_UNION;
     if (a->target > 0) s->req.target = a->target;
     s->req.mass = a->mass;
+    s->req.refine = a->refine;
     s->measure_recall = a->measure_recall;
 }
 

@@ -266,6 +266,12 @@ typedef struct {
                             * least top_k keys, has been scored per query (overrides nprobe;
                             * the last query cell may be read in part: its list is ordered by
                             * importance). idx_request_default: 0.02 */
+    float refine;          /* centroids: > 1 keeps the clusters for refine * target, scores their
+                            * keys exactly and returns the target share of the clustered keys
+                            * with the best logits (the best over the group, each query's shifted
+                            * by its maximum): the centroids pick candidates, the keys decide.
+                            * A context's bound structure too (through its own curve, for
+                            * refine * target). 0 or 1: off */
     float mass;            /* centroids: > 0 replaces target by the adaptive rule of
                             * idx_cent_select_mass (the estimated attention share to cover) */
     const float *static_lse; /* with mass: per query of the group, the log-sum-exp of its scaled

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn_sparse.h"
 #include "quant.h"
 
 #define CENT_TARGET_DEFAULT 0.03f /* idx_request.target 0: share of the clustered keys read */
@@ -26,8 +27,13 @@ typedef struct {
     float *cv;               /* (n_fine, vd) each cluster's mean value */
     int32_t *cluster_of;     /* (n_keys) the fine cluster of each clustered key */
     float *x;                /* (n_fine) scratch: a query's scaled centroid logits */
-    uint8_t *mark;           /* (n_fine) scratch: the cluster has a returned key */
+    int32_t *mark;           /* (n_fine) scratch: the cluster's returned keys */
     int vd;
+    /* refine: the candidates' exact scores */
+    float *sc;               /* (n_q, sc_cap) */
+    float *best;             /* (sc_cap) twice: a key's best over the group, and a copy */
+    int64_t sc_cap;
+    int sc_nq;
 } cent_st;
 
 static const idx_cent *structure(const cent_st *c) { return c->cent ? c->cent : c->shared; }
@@ -61,6 +67,8 @@ static void cent_free(void *st) {
     if (!st) return;
     cent_clear(st);
     free(((cent_st *)st)->qmean);
+    free(((cent_st *)st)->sc);
+    free(((cent_st *)st)->best);
     free(st);
 }
 
@@ -120,6 +128,65 @@ static int64_t cent_max_ids(const idx_set *ix, const idx_slot *s, int n_q, const
     return s->hi - s->lo;
 }
 
+/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
+static float kth_largest(float *x, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        const float pivot = x[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] > pivot) i++;
+            while (x[j] < pivot) j--;
+            if (i <= j) {
+                const float t = x[i]; x[i] = x[j]; x[j] = t;
+                i++; j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return x[want];
+}
+
+/* Keeps the k of the n ascending candidate ids whose exact logit, the best over the group's
+ * queries each shifted by its maximum, ranks highest (ties at the threshold fill up to k),
+ * ascending, in place. The new count, or a code. */
+static int64_t refine_ids(idx_set *ix, cent_st *c, int layer, int head, const kv_store *kv, const float *q, int n_q,
+                          int32_t *ids, int64_t n, int64_t k) {
+    if (k >= n) return n;
+    if (n > c->sc_cap || n_q > c->sc_nq) {
+        const int64_t cap = n > c->sc_cap ? n * 2 : c->sc_cap;
+        const int nq = n_q > c->sc_nq ? n_q : c->sc_nq;
+        float *sc = realloc(c->sc, sizeof(float) * (size_t)nq * cap);
+        if (sc) c->sc = sc;
+        float *b = sc ? realloc(c->best, sizeof(float) * 2 * cap) : NULL;
+        if (b) c->best = b;
+        if (!sc || !b) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for centroid refinement");
+        c->sc_cap = cap;
+        c->sc_nq = nq;
+    }
+    attn_kv_view view;
+    kv_view(kv, layer, head, &view);
+    attn_scores_group_ids(&view, q, n_q, ids, n, c->sc, n);
+    float *best = c->best, *tmp = c->best + c->sc_cap;
+    for (int64_t j = 0; j < n; j++) best[j] = -INFINITY;
+    for (int g = 0; g < n_q; g++) {
+        const float *a = c->sc + (size_t)g * n;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < n; j++) m = a[j] > m ? a[j] : m;
+        for (int64_t j = 0; j < n; j++) best[j] = a[j] - m > best[j] ? a[j] - m : best[j];
+    }
+    memcpy(tmp, best, sizeof(float) * n);
+    const float thr = kth_largest(tmp, n, k);
+    int64_t above = 0;
+    for (int64_t j = 0; j < n; j++) above += best[j] > thr;
+    int64_t o = 0, ties = k - above;
+    for (int64_t j = 0; j < n && o < k; j++)
+        if (best[j] > thr || (best[j] == thr && ties-- > 0)) ids[o++] = ids[j];
+    return o;
+}
+
 static int64_t cent_select(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv,
                            const float *q, int n_q, const idx_request *req, int32_t *ids,
                            int64_t max_ids, int64_t *scanned, int *n_queries) {
@@ -135,7 +202,19 @@ static int64_t cent_select(idx_set *ix, idx_slot *s, int layer, int head, const 
     *n_queries = n_q;
     idx_cent_sel cs;
     int64_t n;
-    if (req->mass > 0)
+    const int refine = req->refine > 1 && !(req->mass > 0);
+    if (refine) { /* candidates: the clusters for refine x the share */
+        const float share = req->target > 0 ? req->target : CENT_TARGET_DEFAULT;
+        const float wide = share * req->refine < 1 ? share * req->refine : 1;
+        n = idx_cent_select(ce, q, n_q, idx_cent_threshold(ce, wide), c->scratch, ids, max_ids, &cs);
+        if (n > 0) {
+            const int64_t k = (int64_t)ceil((double)share * (double)idx_cent_n_keys(ce));
+            const int64_t nr = refine_ids(ix, c, layer, head, kv, q, n_q, ids, n, k < 1 ? 1 : k);
+            if (nr < 0) return nr;
+            cs.clusters_scored += n * n_q; /* keys scored, each the work of a centroid score */
+            n = nr;
+        }
+    } else if (req->mass > 0)
         n = idx_cent_select_mass(ce, q, n_q, req->mass, req->gqa == IDX_GQA_MEAN ? NULL : req->static_lse, c->scratch,
                                  ids, max_ids, &cs);
     else if (c->shared)
@@ -157,7 +236,7 @@ static int est_prepare(idx_set *ix, cent_st *c, int layer, int head, const kv_st
     c->cv = calloc((size_t)nf * vd, sizeof(float));
     c->cluster_of = malloc(sizeof(int32_t) * (nk > 0 ? nk : 1));
     c->x = malloc(sizeof(float) * nf);
-    c->mark = calloc(nf, 1);
+    c->mark = calloc(nf, sizeof(int32_t));
     if (!c->cv || !c->cluster_of || !c->x || !c->mark) {
         free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
         c->cv = c->x = NULL;
@@ -210,7 +289,7 @@ static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv
     const int64_t pos0 = idx_cent_pos0(ce);
     const float scale = ix->p.attn_scale > 0 ? ix->p.attn_scale : 1.0f / sqrtf((float)d);
     int64_t n_cl = 0; /* returned ids below cent_hi are clustered keys, ascending: the tail follows */
-    for (; n_cl < n && ids[n_cl] < c->cent_hi; n_cl++) c->mark[c->cluster_of[ids[n_cl] - pos0]] = 1;
+    for (; n_cl < n && ids[n_cl] < c->cent_hi; n_cl++) c->mark[c->cluster_of[ids[n_cl] - pos0]]++;
     for (int g = 0; g < n_q; g++) {
         const float *qq = q + (size_t)g * d;
         float m = -INFINITY;
@@ -227,7 +306,7 @@ static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv
         for (int64_t i = n_cl; i < n; i++) {
             const float t = key_dot(kv, layer, head, ids[i], qq, d) * scale;
             if (!isfinite(t)) {
-                memset(c->mark, 0, nf);
+                memset(c->mark, 0, sizeof(int32_t) * nf);
                 return idx_fail(ix, IDX_ERR_KV, "key %d of layer %d head %d is not held", ids[i], layer, head);
             }
             mt = t > mt ? t : mt;
@@ -239,11 +318,10 @@ static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv
         for (int j = 0; j < nf; j++) {
             int64_t nm;
             idx_cent_members(ce, j, &nm);
-            const double w = (double)nm * exp((double)c->x[j] - m);
-            if (c->mark[j]) {
-                w_sel += w;
-                continue;
-            }
+            /* a refined select may return part of a cluster: the rest of it is left out */
+            const double e = exp((double)c->x[j] - m), w = (double)(nm - c->mark[j]) * e;
+            w_sel += (double)c->mark[j] * e;
+            if (w <= 0) continue;
             w_rest += w;
             const float *cv = c->cv + (size_t)j * vd;
             for (int i = 0; i < vd; i++) v[i] += (float)w * cv[i];
@@ -254,7 +332,7 @@ static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv
             est->rel[g] = (float)log(w_rest / w_sel);
         }
     }
-    memset(c->mark, 0, nf);
+    memset(c->mark, 0, sizeof(int32_t) * nf);
     return IDX_OK;
 }
 
@@ -264,6 +342,7 @@ static size_t cent_bytes(const idx_set *ix, const void *st) {
     if (!ce) return sizeof *c;
     /* a borrowed structure is the context's memory, not the sequence's */
     return sizeof *c + (c->cent ? idx_cent_blob_size(c->cent) : 0) + idx_cent_scratch_bytes(ce, ix->p.group_size) +
+           (size_t)c->sc_cap * ((size_t)c->sc_nq + 2) * sizeof(float) +
            (c->cv ? (size_t)idx_cent_n_fine(ce) * ((size_t)c->vd * sizeof(float) + sizeof(float) + 1) +
                         (size_t)idx_cent_n_keys(ce) * sizeof(int32_t)
                   : 0);

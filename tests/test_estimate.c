@@ -206,6 +206,49 @@ int main(void) {
     }
     CHECK(erel < 0.02 && ev_max < 0.02, "centroids, tight clusters: relative log mass within 0.02 (%.3g), left-out "
           "mean value within 0.02 (%.3g)", erel, ev_max);
+    /* refine: the clusters for 4x the share as candidates, the share's best keys by exact score */
+    {
+        int32_t *wide = malloc(sizeof(int32_t) * MAXID);
+        idx_request rw = rq;
+        rw.target = 0.2f;
+        const int64_t nw = idx_select(ix, 1, 0, kv, q, G, &rw, wide, MAXID);
+        idx_request rf = rq;
+        rf.refine = 4;
+        n = idx_select_est(ix, 1, 0, kv, q, G, &rf, ids, MAXID, &est);
+        const int64_t want = (int64_t)ceil(0.05 * N);
+        /* every returned id is a candidate, and outranks every candidate left out */
+        static double best[N];
+        static char got[N];
+        memset(got, 0, sizeof got);
+        for (int j = 0; j < N; j++) best[j] = -INFINITY;
+        for (int g = 0; g < G; g++) {
+            double m = -INFINITY, l[N];
+            for (int64_t i = 0; i < nw; i++) {
+                double a = 0;
+                for (int c = 0; c < D; c++) a += (double)q[g * D + c] * K[(size_t)wide[i] * D + c];
+                l[wide[i]] = a;
+                m = a > m ? a : m;
+            }
+            for (int64_t i = 0; i < nw; i++) best[wide[i]] = fmax(best[wide[i]], l[wide[i]] - m);
+        }
+        int sub_ok = 1;
+        double lo_in = INFINITY, hi_out = -INFINITY;
+        for (int64_t i = 0; i < n; i++) {
+            got[ids[i]] = 1;
+            sub_ok &= isfinite(best[ids[i]]) && (i == 0 || ids[i] > ids[i - 1]);
+            lo_in = fmin(lo_in, best[ids[i]]);
+        }
+        for (int64_t i = 0; i < nw; i++)
+            if (!got[wide[i]]) hi_out = fmax(hi_out, best[wide[i]]);
+        CHECK(n == want && sub_ok && lo_in >= hi_out - 1e-3, "centroids refine 4: %lld ids (want %lld), ascending, "
+              "among the %lld candidates of the wide select, the best by exact score (%.4f >= %.4f)",
+              (long long)n, (long long)want, (long long)nw, lo_in, hi_out);
+        reference(K, V, q, ids, n, 0, r);
+        erel = 0;
+        for (int g = 0; g < G; g++) erel = fmax(erel, fabs(rel[g] - r->rel[g]));
+        CHECK(erel < 0.05, "centroids refine 4: the estimate counts the partly returned clusters' rest (%.3g)", erel);
+        free(wide);
+    }
     /* keys added after the build: an exact tail, counted exactly among the returned keys */
     kv_free(kv);
     idx_free(ix);
