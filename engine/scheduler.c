@@ -529,18 +529,20 @@ static void finish_req(eng_sched *s, slot *sl, eng_req *r, eng_finish why, eng_e
     r->smp = NULL;
     gram_state_free(r->gs);
     r->gs = NULL;
+    /* counted free and finished before the client hears of it, so that its next request is not
+     * refused for the slot this one held: admission runs on this thread, after the reset below */
+    pthread_mutex_lock(&s->mu);
+    if (sl) s->n_active--;
+    s->st.finished[why]++;
+    pthread_mutex_unlock(&s->mu);
     req_push(r, &ev);
     if (sl) { /* the slot's memory goes back (what a cached prompt shares stays with it) */
         eng_seq_reset(sl->seq);
         eng_seq_trim(sl->seq);
-    }
-    pthread_mutex_lock(&s->mu);
-    if (sl) {
+        pthread_mutex_lock(&s->mu);
         sl->req = NULL;
-        s->n_active--;
+        pthread_mutex_unlock(&s->mu);
     }
-    s->st.finished[why]++;
-    pthread_mutex_unlock(&s->mu);
     req_unref(r);
 }
 
