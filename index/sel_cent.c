@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "attn_sparse.h"
-#include "quant.h"
 
 #define CENT_TARGET_DEFAULT 0.03f /* idx_request.target 0: share of the clustered keys read */
 
@@ -27,7 +26,8 @@ typedef struct {
     float *cv;               /* (n_fine, vd) each cluster's mean value */
     int32_t *cluster_of;     /* (n_keys) the fine cluster of each clustered key */
     float *x;                /* (n_fine) scratch: a query's scaled centroid logits */
-    int32_t *mark;           /* (n_fine) scratch: the cluster's returned keys */
+    int32_t *mark;           /* (n_fine) scratch: the cluster's returned keys ... */
+    float *dv;               /* (n_fine, vd) ... and minus their values' sum */
     int vd;
     /* refine: the candidates' exact scores */
     float *sc;               /* (n_q, sc_cap) */
@@ -53,10 +53,11 @@ static void cent_clear(void *st) {
     cent_st *c = st;
     idx_cent_free(c->cent);
     free(c->scratch);
-    free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
+    free(c->cv); free(c->cluster_of); free(c->x); free(c->mark); free(c->dv);
     c->cv = c->x = NULL;
     c->cluster_of = NULL;
     c->mark = NULL;
+    c->dv = NULL;
     c->cent = NULL;
     c->shared = NULL;
     c->scratch = NULL;
@@ -149,23 +150,28 @@ static float kth_largest(float *x, int64_t n, int64_t k) {
     return x[want];
 }
 
+/* Scratch for the exact scores of n keys by n_q queries: IDX_OK or IDX_ERR_NOMEM. */
+static int ensure_scores(idx_set *ix, cent_st *c, int64_t n, int n_q) {
+    if (n <= c->sc_cap && n_q <= c->sc_nq) return IDX_OK;
+    const int64_t cap = n > c->sc_cap ? n * 2 : c->sc_cap;
+    const int nq = n_q > c->sc_nq ? n_q : c->sc_nq;
+    float *sc = realloc(c->sc, sizeof(float) * (size_t)nq * cap);
+    if (sc) c->sc = sc;
+    float *b = sc ? realloc(c->best, sizeof(float) * 2 * cap) : NULL;
+    if (b) c->best = b;
+    if (!sc || !b) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for centroid scores");
+    c->sc_cap = cap;
+    c->sc_nq = nq;
+    return IDX_OK;
+}
+
 /* Keeps the k of the n ascending candidate ids whose exact logit, the best over the group's
  * queries each shifted by its maximum, ranks highest (ties at the threshold fill up to k),
  * ascending, in place. The new count, or a code. */
 static int64_t refine_ids(idx_set *ix, cent_st *c, int layer, int head, const kv_store *kv, const float *q, int n_q,
                           int32_t *ids, int64_t n, int64_t k) {
     if (k >= n) return n;
-    if (n > c->sc_cap || n_q > c->sc_nq) {
-        const int64_t cap = n > c->sc_cap ? n * 2 : c->sc_cap;
-        const int nq = n_q > c->sc_nq ? n_q : c->sc_nq;
-        float *sc = realloc(c->sc, sizeof(float) * (size_t)nq * cap);
-        if (sc) c->sc = sc;
-        float *b = sc ? realloc(c->best, sizeof(float) * 2 * cap) : NULL;
-        if (b) c->best = b;
-        if (!sc || !b) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for centroid refinement");
-        c->sc_cap = cap;
-        c->sc_nq = nq;
-    }
+    if (ensure_scores(ix, c, n, n_q)) return IDX_ERR_NOMEM;
     attn_kv_view view;
     kv_view(kv, layer, head, &view);
     attn_scores_group_ids(&view, q, n_q, ids, n, c->sc, n);
@@ -237,11 +243,13 @@ static int est_prepare(idx_set *ix, cent_st *c, int layer, int head, const kv_st
     c->cluster_of = malloc(sizeof(int32_t) * (nk > 0 ? nk : 1));
     c->x = malloc(sizeof(float) * nf);
     c->mark = calloc(nf, sizeof(int32_t));
-    if (!c->cv || !c->cluster_of || !c->x || !c->mark) {
-        free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
+    c->dv = malloc(sizeof(float) * (size_t)nf * vd);
+    if (!c->cv || !c->cluster_of || !c->x || !c->mark || !c->dv) {
+        free(c->cv); free(c->cluster_of); free(c->x); free(c->mark); free(c->dv);
         c->cv = c->x = NULL;
         c->cluster_of = NULL;
         c->mark = NULL;
+        c->dv = NULL;
         return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for the centroid estimate");
     }
     c->vd = vd;
@@ -253,27 +261,16 @@ static int est_prepare(idx_set *ix, cent_st *c, int layer, int head, const kv_st
             c->cluster_of[mem[i]] = j;
             const int rc = idx_value_add(ix, kv, layer, head, pos0 + mem[i], 1.0f / (float)nm, acc);
             if (rc) { /* leave no half-made estimate behind */
-                free(c->cv); free(c->cluster_of); free(c->x); free(c->mark);
+                free(c->cv); free(c->cluster_of); free(c->x); free(c->mark); free(c->dv);
                 c->cv = c->x = NULL;
                 c->cluster_of = NULL;
                 c->mark = NULL;
+        c->dv = NULL;
                 return rc;
             }
         }
     }
     return IDX_OK;
-}
-
-/* q.k for the stored key of pos (f32 or f16); NAN when the store does not hold it. */
-static float key_dot(const kv_store *kv, int layer, int head, int64_t pos, const float *q, int d) {
-    const void *src = kv_k_row(kv, layer, head, pos);
-    if (!src) return NAN;
-    float a = 0;
-    if (kv_get_params(kv)->dtype == KV_F16)
-        for (int i = 0; i < d; i++) a += q[i] * krn_f16_to_f32(((const uint16_t *)src)[i]);
-    else
-        for (int i = 0; i < d; i++) a += q[i] * ((const float *)src)[i];
-    return a;
 }
 
 static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv_store *kv, const float *q,
@@ -288,10 +285,26 @@ static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv
     const int d = ix->p.head_dim, vd = c->vd, nf = idx_cent_n_fine(ce);
     const int64_t pos0 = idx_cent_pos0(ce);
     const float scale = ix->p.attn_scale > 0 ? ix->p.attn_scale : 1.0f / sqrtf((float)d);
-    int64_t n_cl = 0; /* returned ids below cent_hi are clustered keys, ascending: the tail follows */
-    for (; n_cl < n && ids[n_cl] < c->cent_hi; n_cl++) c->mark[c->cluster_of[ids[n_cl] - pos0]]++;
+    /* the returned keys: exact logits (the attention reads them anyway), and what they take
+     * out of their clusters (a refined select returns part of a cluster) */
+    if (ensure_scores(ix, c, n, n_q)) return IDX_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++)
+        if (!kv_k_row(kv, layer, head, ids[i]))
+            return idx_fail(ix, IDX_ERR_KV, "key %d of layer %d head %d is not held", ids[i], layer, head);
+    attn_kv_view view;
+    kv_view(kv, layer, head, &view);
+    attn_scores_group_ids(&view, q, n_q, ids, n, c->sc, n);
+    for (int64_t i = 0; i < n && ids[i] < c->cent_hi; i++) { /* clustered ids, ascending: the tail follows */
+        const int j = c->cluster_of[ids[i] - pos0];
+        if (c->mark[j]++ == 0) memset(c->dv + (size_t)j * vd, 0, sizeof(float) * vd);
+        const int rc = idx_value_add(ix, kv, layer, head, ids[i], -1.0f, c->dv + (size_t)j * vd);
+        if (rc) {
+            memset(c->mark, 0, sizeof(int32_t) * nf);
+            return rc;
+        }
+    }
     for (int g = 0; g < n_q; g++) {
-        const float *qq = q + (size_t)g * d;
+        const float *qq = q + (size_t)g * d, *sg = c->sc + (size_t)g * n;
         float m = -INFINITY;
         for (int j = 0; j < nf; j++) {
             const float *cj = idx_cent_centroid(ce, j);
@@ -300,31 +313,26 @@ static int cent_estimate(idx_set *ix, idx_slot *s, int layer, int head, const kv
             c->x[j] = a * scale;
             m = c->x[j] > m ? c->x[j] : m;
         }
-        /* the tail's exact logits; they are few (keys added since the build) */
+        for (int64_t i = 0; i < n; i++) m = sg[i] * scale > m ? sg[i] * scale : m;
         double w_sel = 0, w_rest = 0;
-        float mt = -INFINITY;
-        for (int64_t i = n_cl; i < n; i++) {
-            const float t = key_dot(kv, layer, head, ids[i], qq, d) * scale;
-            if (!isfinite(t)) {
-                memset(c->mark, 0, sizeof(int32_t) * nf);
-                return idx_fail(ix, IDX_ERR_KV, "key %d of layer %d head %d is not held", ids[i], layer, head);
-            }
-            mt = t > mt ? t : mt;
-        }
-        if (mt > m) m = mt;
-        for (int64_t i = n_cl; i < n; i++) w_sel += exp(key_dot(kv, layer, head, ids[i], qq, d) * scale - m);
+        for (int64_t i = 0; i < n; i++) w_sel += exp((double)sg[i] * scale - m);
         float *v = est->v + (size_t)g * vd;
         memset(v, 0, sizeof(float) * vd);
         for (int j = 0; j < nf; j++) {
             int64_t nm;
             idx_cent_members(ce, j, &nm);
-            /* a refined select may return part of a cluster: the rest of it is left out */
-            const double e = exp((double)c->x[j] - m), w = (double)(nm - c->mark[j]) * e;
-            w_sel += (double)c->mark[j] * e;
-            if (w <= 0) continue;
+            const int64_t left = nm - c->mark[j];
+            if (left <= 0) continue;
+            /* the left-out members weigh their centroid's logit each (Jensen: an underestimate
+             * for a spread cluster), with the mean value of the members left */
+            const double w = (double)left * exp((double)c->x[j] - m);
             w_rest += w;
-            const float *cv = c->cv + (size_t)j * vd;
-            for (int i = 0; i < vd; i++) v[i] += (float)w * cv[i];
+            const float *cv = c->cv + (size_t)j * vd, *dv = c->dv + (size_t)j * vd;
+            const float f = (float)(w / (double)left);
+            if (c->mark[j])
+                for (int i = 0; i < vd; i++) v[i] += f * ((float)nm * cv[i] + dv[i]);
+            else
+                for (int i = 0; i < vd; i++) v[i] += (float)w * cv[i];
         }
         if (w_rest > 0 && w_sel > 0) {
             const float inv = (float)(1.0 / w_rest);
@@ -343,7 +351,7 @@ static size_t cent_bytes(const idx_set *ix, const void *st) {
     /* a borrowed structure is the context's memory, not the sequence's */
     return sizeof *c + (c->cent ? idx_cent_blob_size(c->cent) : 0) + idx_cent_scratch_bytes(ce, ix->p.group_size) +
            (size_t)c->sc_cap * ((size_t)c->sc_nq + 2) * sizeof(float) +
-           (c->cv ? (size_t)idx_cent_n_fine(ce) * ((size_t)c->vd * sizeof(float) + sizeof(float) + 1) +
+           (c->cv ? (size_t)idx_cent_n_fine(ce) * (2 * (size_t)c->vd * sizeof(float) + 2 * sizeof(float)) +
                         (size_t)idx_cent_n_keys(ce) * sizeof(int32_t)
                   : 0);
 }
