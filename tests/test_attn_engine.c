@@ -2,7 +2,8 @@
  * offloaded key (oracle or retrieval with top_k >= candidates) reproduces dense decode logits;
  * `window` attends only the static set and differs; an estimated tail of share 1 (every key the
  * selector left, at weight 1) reproduces them with any selector, a smaller one reads its sample
- * on top of the ids; statistics count what was read; a KV memory limit is a clean error that
+ * on top of the ids; sparq's estimate of the keys it leaves brings the
+ * attention output nearer dense's; statistics count what was read; a KV memory limit is a clean error that
  * leaves the sequence unchanged. */
 #include <math.h>
 #include <stdlib.h>
@@ -100,6 +101,26 @@ int main(void) {
                   "keys read)", tail_sel[k], d, (long long)st.keys_read, (long long)st.offloaded_keys);
         }
         a.tail = 0;
+        /* the selector's estimate of what it left: merged in, the output nears dense's (sparq:
+         * centroids builds nothing below min_keys, far above these prompts; test_estimate has it) */
+        const char *est_sel[] = {"sparq"};
+        for (int k = 0; k < 1; k++) {
+            CHECK(eng_attn_set(&a, "selector", est_sel[k], err, sizeof err) == 0, "selector %s: %s", est_sel[k], err);
+            a.target = 0.1f;
+            a.measure_recall = 1;
+            a.estimate = 0;
+            eng_attn_stats plain, est;
+            CHECK(run(m, &a, got, &plain) == 0, "%s run", est_sel[k]);
+            a.estimate = 1;
+            CHECK(run(m, &a, got, &est) == 0, "%s + estimate run", est_sel[k]);
+            const double ep = plain.out_err, ee = est.out_err;
+            CHECK(plain.recall_n > 0 && est.recall_n > 0 && ee < 0.8 * ep && est.keys_read < est.offloaded_keys,
+                  "%s: the estimate cuts the attention output's error against dense (%.4f, without %.4f), reading "
+                  "%lld of %lld keys", est_sel[k], ee, ep, (long long)est.keys_read, (long long)est.offloaded_keys);
+            a.estimate = 0;
+            a.measure_recall = 0;
+            a.target = 0;
+        }
 
         /* bad selector name and a memory limit too small for the prompt */
         a = eng_attn_default();
