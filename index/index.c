@@ -70,6 +70,27 @@ int idx_value_add(idx_set *ix, const kv_store *kv, int layer, int head, int64_t 
     return IDX_OK;
 }
 
+/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
+float idx_kth_largest(float *x, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        const float pivot = x[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] > pivot) i++;
+            while (x[j] < pivot) j--;
+            if (i <= j) {
+                const float t = x[i]; x[i] = x[j]; x[j] = t;
+                i++; j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return x[want];
+}
+
 void idx_estimate_none(idx_estimate *est, int n_q) {
     for (int g = 0; g < n_q; g++) est->rel[g] = -INFINITY;
 }

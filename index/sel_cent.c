@@ -129,27 +129,6 @@ static int64_t cent_max_ids(const idx_set *ix, const idx_slot *s, int n_q, const
     return s->hi - s->lo;
 }
 
-/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
-static float kth_largest(float *x, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        const float pivot = x[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (x[i] > pivot) i++;
-            while (x[j] < pivot) j--;
-            if (i <= j) {
-                const float t = x[i]; x[i] = x[j]; x[j] = t;
-                i++; j--;
-            }
-        }
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else break;
-    }
-    return x[want];
-}
-
 /* Scratch for the exact scores of n keys by n_q queries: IDX_OK or IDX_ERR_NOMEM. */
 static int ensure_scores(idx_set *ix, cent_st *c, int64_t n, int n_q) {
     if (n <= c->sc_cap && n_q <= c->sc_nq) return IDX_OK;
@@ -184,7 +163,7 @@ static int64_t refine_ids(idx_set *ix, cent_st *c, int layer, int head, const kv
         for (int64_t j = 0; j < n; j++) best[j] = a[j] - m > best[j] ? a[j] - m : best[j];
     }
     memcpy(tmp, best, sizeof(float) * n);
-    const float thr = kth_largest(tmp, n, k);
+    const float thr = idx_kth_largest(tmp, n, k);
     int64_t above = 0;
     for (int64_t j = 0; j < n; j++) above += best[j] > thr;
     int64_t o = 0, ties = k - above;

@@ -179,27 +179,6 @@ static void axpy_f16(float *restrict acc, const uint16_t *restrict h, float w, i
     for (; j < n; j++) acc[j] += w * krn_f16_to_f32(h[j]);
 }
 
-/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
-static float kth_largest(float *x, int64_t n, int64_t k) {
-    int64_t lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        const float pivot = x[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (x[i] > pivot) i++;
-            while (x[j] < pivot) j--;
-            if (i <= j) {
-                const float t = x[i]; x[i] = x[j]; x[j] = t;
-                i++; j--;
-            }
-        }
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else break;
-    }
-    return x[want];
-}
-
 /* The approximate logits of the N keys for each of the n_q queries into s->all (n_q rows of N):
  * the group's r channels of largest summed |q|, and SparQ's temperature per query. IDX_OK or a
  * code with the set's message. */
@@ -293,7 +272,7 @@ static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const
     }
     /* the k best keys, in ascending order; ties at the threshold fill up to k */
     memcpy(s->tmp, s->best, sizeof(float) * N);
-    const float thr = kth_largest(s->tmp, N, k);
+    const float thr = idx_kth_largest(s->tmp, N, k);
     int64_t above = 0;
     for (int64_t j = 0; j < N; j++) above += s->best[j] > thr;
     int64_t n = 0, ties = k - above;
