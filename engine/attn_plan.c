@@ -283,6 +283,102 @@ void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int6
     }
 }
 
+/* ---- the attention trace ------------------------------------------------------------------ */
+
+enum { TRACE_CHUNK = 128 };
+
+/* Raw scores of keys [j0, j0 + n) of a part for queries q (ng rows): sc[g * TRACE_CHUNK + j]. */
+static void trace_scores(const attn_kv_view *view, const float *q, int ng, const eng_attn_part *pt, int64_t j0,
+                         int64_t n, float *sc) {
+    if (pt->ids) attn_scores_group_ids(view, q, ng, pt->ids + j0, n, sc, TRACE_CHUNK);
+    else attn_scores_group_range(view, q, ng, pt->lo + j0, pt->lo + j0 + n, sc, TRACE_CHUNK);
+}
+
+static int64_t part_len(const eng_attn_part *pt) {
+    if (pt->est_rel) return 0;
+    if (pt->ids) return pt->n_ids > 0 ? pt->n_ids : 0;
+    return pt->hi > pt->lo ? pt->hi - pt->lo : 0;
+}
+
+void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl) {
+    if (!eng_seq_traced(s, p)) return;
+    const eng_model *m = s->m;
+    const int G = m->hp.n_head / m->hp.n_head_kv, hd = m->hp.head_dim, nb = s->trace_nb;
+    const double scale = m->hp.attn_scale;
+    const int64_t B = s->trace_bucket;
+    float acc[ENG_TRACE_MAX_BUCKETS];
+    float sc[ATTN_MAX_GROUP * TRACE_CHUNK];
+    memset(acc, 0, sizeof(float) * nb);
+    for (int g0 = 0; g0 < G; g0 += ATTN_MAX_GROUP) {
+        const int ng = G - g0 < ATTN_MAX_GROUP ? G - g0 : ATTN_MAX_GROUP;
+        const float *qg = q + (size_t)g0 * hd;
+        /* pass 1: each part's log-sum-exp per query, its weight (lse_add) included */
+        double mx[PLAN_MAX_PARTS][ATTN_MAX_GROUP], sum[PLAN_MAX_PARTS][ATTN_MAX_GROUP];
+        double lse[ATTN_MAX_GROUP];
+        for (int i = 0; i < pl->n_parts; i++) {
+            const eng_attn_part *pt = &pl->part[i];
+            const int64_t n = part_len(pt);
+            for (int g = 0; g < ng; g++) mx[i][g] = -INFINITY, sum[i][g] = 0;
+            for (int64_t j0 = 0; j0 < n; j0 += TRACE_CHUNK) {
+                const int64_t c = n - j0 < TRACE_CHUNK ? n - j0 : TRACE_CHUNK;
+                trace_scores(view, qg, ng, pt, j0, c, sc);
+                for (int g = 0; g < ng; g++) {
+                    const float *r = sc + (size_t)g * TRACE_CHUNK;
+                    double cm = mx[i][g];
+                    for (int64_t j = 0; j < c; j++) cm = fmax(cm, scale * r[j]);
+                    double acc_s = sum[i][g] * exp(mx[i][g] - cm);
+                    if (!isfinite(mx[i][g])) acc_s = 0;
+                    for (int64_t j = 0; j < c; j++) acc_s += exp(scale * r[j] - cm);
+                    mx[i][g] = cm;
+                    sum[i][g] = acc_s;
+                }
+            }
+        }
+        /* the plan's log-sum-exp: every part's, the estimate's being the ids part's plus its
+         * relative log mass (as eng_plan_run merges it) */
+        for (int g = 0; g < ng; g++) {
+            double parts[PLAN_MAX_PARTS], top = -INFINITY;
+            double ids_lse = -INFINITY;
+            if (pl->n_parts > PLAN_IDS && sum[PLAN_IDS][g] > 0) ids_lse = mx[PLAN_IDS][g] + log(sum[PLAN_IDS][g]);
+            for (int i = 0; i < pl->n_parts; i++) {
+                const eng_attn_part *pt = &pl->part[i];
+                if (pt->est_rel) parts[i] = ids_lse + pt->est_rel[g0 + g];
+                else parts[i] = sum[i][g] > 0 ? mx[i][g] + log(sum[i][g]) + pt->lse_add : -INFINITY;
+                if (!isfinite(parts[i])) parts[i] = -INFINITY;
+                top = fmax(top, parts[i]);
+            }
+            double z = 0;
+            for (int i = 0; i < pl->n_parts; i++)
+                if (isfinite(parts[i])) z += exp(parts[i] - top);
+            lse[g] = z > 0 ? top + log(z) : INFINITY; /* nothing attended: no weight anywhere */
+        }
+        /* pass 2: each attended key's weight into its position's bucket */
+        for (int i = 0; i < pl->n_parts; i++) {
+            const eng_attn_part *pt = &pl->part[i];
+            const int64_t n = part_len(pt);
+            for (int64_t j0 = 0; j0 < n; j0 += TRACE_CHUNK) {
+                const int64_t c = n - j0 < TRACE_CHUNK ? n - j0 : TRACE_CHUNK;
+                trace_scores(view, qg, ng, pt, j0, c, sc);
+                for (int64_t j = 0; j < c; j++) {
+                    const int64_t pos = pt->ids ? pt->ids[j0 + j] : pt->lo + j0 + j;
+                    int64_t b = pos / B;
+                    if (b >= nb) b = nb - 1;
+                    double w = 0;
+                    for (int g = 0; g < ng; g++) w += exp(scale * sc[(size_t)g * TRACE_CHUNK + j] + pt->lse_add - lse[g]);
+                    acc[b] += (float)w;
+                }
+            }
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        if (acc[b] == 0) continue;
+        #pragma omp atomic
+        s->trace[b] += acc[b];
+    }
+    #pragma omp atomic
+    s->trace_n += G;
+}
+
 /* ---- fault injection (tests) ------------------------------------------------------------- */
 
 static _Atomic int64_t fault_nth[2], fault_calls[2];

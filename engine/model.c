@@ -361,6 +361,35 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh) {
     }
     eng_plan_run(m, view, q, &pl, out, lse);
     eng_plan_account(s, view, q, p, &pl, out, lse);
+    if (s->trace_nb && !eng_layer_is_local(m, layer)) eng_plan_trace(s, view, q, p, &pl);
+}
+
+/* The attention trace of the rows attend() ran outside attend_one (prefill tiles, decode rows
+ * split by keys or queries): their plan is one range, recomputed here once per (row, KV head). */
+static void trace_rest(eng_model *m, int layer, int nj) {
+    const eng_hparams *hp = &m->hp;
+    const int nkv = hp->n_head_kv, G = hp->n_head / nkv, hd = hp->head_dim, nh = hp->n_head;
+    int any = 0;
+    for (int i = 0; i < nj && !any; i++) {
+        const attn_job *j = &m->jobs[i];
+        for (int r = 0; r < j->rows && !any; r++)
+            any = !j->whole && eng_seq_traced(m->row_seq[j->t + r], m->row_pos[j->t + r]);
+    }
+    if (!any) return;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nj; i++) {
+        const attn_job *j = &m->jobs[i];
+        if (j->whole || eng_row_dead(m, j->t) || (j->rows == 1 && (j->g0 != 0 || j->slot >= 0))) continue;
+        for (int r = 0; r < j->rows; r++) {
+            const int t = j->t + r;
+            eng_seq *s = m->row_seq[t];
+            if (!eng_seq_traced(s, m->row_pos[t])) continue;
+            eng_attn_plan pl;
+            eng_plan_ranges(s, layer, m->row_pos[t], m->row_sparse[t], &pl);
+            eng_plan_trace(s, &s->views[layer * nkv + j->h], m->q + ((size_t)t * nh + (size_t)j->h * G) * hd,
+                           m->row_pos[t], &pl);
+        }
+    }
 }
 
 /* Rows x KV heads in parallel, always inside a parallel region, so a kernel never splits a
@@ -470,6 +499,7 @@ static int attend(eng_model *m, int layer, int T, char *err, size_t errlen) {
         attn_merge(m->att + q0 * vd, m->att_lse + q0, m->part_o + (size_t)j->slot * G * vd,
                    m->part_l + (size_t)j->slot * G, G, vd);
     }
+    if (!local) trace_rest(m, layer, nj);
     const double dt = krn_now_s() - t0;
     /* attribute the time to the sequences of the chunk, once each */
     for (int t = 0; t < T; t++)

@@ -195,6 +195,25 @@ int eng_seq_capacity(const eng_seq *s);
 void eng_seq_reset(eng_seq *s);         /* forget all tokens and statistics */
 size_t eng_seq_bytes(const eng_seq *s); /* KV (and index) memory held */
 
+/* The attention trace: which positions the rows that produce tokens read, and with what weight.
+ * While on, every row of the sequence at a position >= from adds, at each global layer and for
+ * each query head, the softmax weight of every key it attended (sinks, window, selected ids, a
+ * tail sample at its weight; an estimate of unselected keys has no positions and adds nothing)
+ * to the bucket pos / bucket_tokens of that key (the last bucket takes any position past the
+ * others). The weights are recomputed from the plan the row ran, so the trace observes the
+ * attention and never changes it; off, it costs one branch per (row, layer, KV head). Rows of
+ * the CPU executor are traced; on the GPU, only the decode rows of a sparse selector (whose
+ * queries come to the host for selection).
+ * n_buckets 1..ENG_TRACE_MAX_BUCKETS; 0 turns it off (as eng_seq_reset does). 0, or -1 with a
+ * reason. */
+#define ENG_TRACE_MAX_BUCKETS 1024
+int eng_seq_trace(eng_seq *s, int64_t from, int64_t bucket_tokens, int n_buckets, char *err, size_t errlen);
+/* The mass added since the last take, averaged over the (row, global layer, query head)
+ * triples traced (so it sums to at most 1 when one row was traced), into out[n_buckets]; the
+ * accumulators restart at zero. Returns the number of rows traced since the last take (0: out
+ * is all zero). */
+int eng_seq_trace_take(eng_seq *s, float *out);
+
 /* One row of a batch: the next token of a sequence. Rows of one sequence must be consecutive
  * and in order; each takes the sequence's next position, and sees the rows before it. */
 typedef struct {

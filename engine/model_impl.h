@@ -103,6 +103,12 @@ struct eng_seq {
                                  * 0: the store's moving ranges */
     int64_t fixed_lo, fixed_hi;
     struct seq_share *share;    /* this sequence's store as shared with its forks (seq.c) */
+    /* the attention trace (eng_seq_trace): rows at positions >= trace_from add their keys'
+     * weights to trace[pos / trace_bucket] (trace_nb buckets; 0: off); trace_n counts the
+     * (row, layer, query head) triples added since the last take */
+    float *trace;
+    int trace_nb;
+    int64_t trace_from, trace_bucket, trace_n;
     char failed[256];     /* non-empty: a step failed; unusable until eng_seq_reset */
 };
 
@@ -184,6 +190,12 @@ void eng_plan_run(const eng_model *m, const attn_kv_view *view, const float *q, 
  * plan's output and log-sum-exp per query, NULL to compute them here). Thread-safe. */
 void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p,
                       const eng_attn_plan *pl, const float *out, const float *lse);
+/* The attention trace of a row (s->trace_nb > 0, p >= s->trace_from): the softmax weights of
+ * the keys its plan attends, recomputed from the parts (two passes of raw scores: the plan's
+ * log-sum-exp, then the weights), added to the sequence's buckets. Thread-safe (atomic adds of
+ * a per-call buffer). */
+void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl);
+static inline int eng_seq_traced(const eng_seq *s, int64_t p) { return s->trace_nb > 0 && p >= s->trace_from; }
 /* Fault injection (attn_plan.c): nonzero when this call of the point is to fail. */
 enum { ENG_FAULT_SELECT = 0, ENG_FAULT_KV_APPEND = 1 };
 int eng_fault_hit(int point);

@@ -56,6 +56,8 @@ struct eng_req {
     bool no_cache;           /* the request opted out of the prefix cache */
     int obs_tokens;
     gram *grammar;           /* owned; NULL: unconstrained */
+    int trace_max;           /* trace_buckets asked for (0: no trace) ... */
+    int trace_nb, trace_bucket, trace_base; /* ... and as set up at admission */
     eng_prompt_lp *plp;      /* prompt_logprobs: n_prompt entries filled as the prefill runs,
                               * handed to the first token event; NULL: not asked for */
     eng_req *leader;         /* n > 1: the group's first request (a reference), whose prompt this
@@ -240,6 +242,8 @@ void eng_event_clear(eng_event *ev) {
     ev->text_len = 0;
     free(ev->prompt_lp);
     ev->prompt_lp = NULL;
+    free(ev->trace);
+    ev->trace = NULL;
 }
 
 void eng_req_cancel(eng_req *r) { atomic_store(&r->cancel, true); }
@@ -351,7 +355,8 @@ static int make_req(eng_sched *s, const eng_gen_params *p, bool build, int obs_t
 static int make_checked(eng_sched *s, const eng_gen_params *p, bool build, int obs_tokens, eng_req **out,
                         bool *taken) {
     if (!p->prompt || p->n_prompt < 1 || p->max_tokens < 1 || p->n_stop < 0 ||
-        p->n_stop > ENG_MAX_STOP || p->top_logprobs < 0 || p->top_logprobs > ENG_MAX_TOP_LOGPROBS)
+        p->n_stop > ENG_MAX_STOP || p->top_logprobs < 0 || p->top_logprobs > ENG_MAX_TOP_LOGPROBS ||
+        p->trace_buckets < 0 || p->trace_buckets > ENG_TRACE_MAX_BUCKETS)
         return ENG_SCHED_EARG;
     for (int i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= s->n_vocab) return ENG_SCHED_EARG;
@@ -379,6 +384,7 @@ static int make_checked(eng_sched *s, const eng_gen_params *p, bool build, int o
     r->stop_inclusive = p->stop_inclusive;
     r->ignore_eos = p->ignore_eos && !p->grammar; /* the grammar decides where the text ends */
     r->top_logprobs = p->top_logprobs;
+    r->trace_max = build ? 0 : p->trace_buckets;
     if (p->attn) {
         r->attn = *p->attn;
         r->has_attn = true;
@@ -829,6 +835,16 @@ static void step(eng_sched *s) {
             eng_seq_reset(sl->seq);
             int bad = eng_seq_set_attn(sl->seq, r->has_attn ? &r->attn : &s->attn_default, err, sizeof err);
             if (!bad && r->ctx) bad = eng_seq_attach_ctx(sl->seq, r->ctx, err, sizeof err);
+            if (!bad && r->trace_max > 0) {
+                /* buckets over every position the request may reach; the rows traced are the
+                 * prompt's last (the first token) and every decode row */
+                const int64_t base = eng_seq_pos(sl->seq), total = base + r->n_prompt + r->max_tokens;
+                const int64_t bucket = (total + r->trace_max - 1) / r->trace_max;
+                r->trace_base = (int)base;
+                r->trace_bucket = (int)bucket;
+                r->trace_nb = (int)((total + bucket - 1) / bucket);
+                bad = eng_seq_trace(sl->seq, base + r->n_prompt - 1, bucket, r->trace_nb, err, sizeof err);
+            }
             if (!bad && r->build) {
                 int64_t from = r->n_prompt - r->obs_tokens;
                 bad = eng_seq_capture_queries(sl->seq, from < 0 ? 0 : from, r->n_prompt, err, sizeof err);
@@ -988,7 +1004,14 @@ static void step(eng_sched *s) {
         }
         evs[j].has_token = true;
         evs[j].t_ms = t1;
-        take_token(s, sl, sl->req, &evs[j]);
+        eng_req *r = sl->req;
+        if (r->trace_nb > 0 && (evs[j].trace = malloc(sizeof(float) * (size_t)r->trace_nb))) {
+            eng_seq_trace_take(sl->seq, evs[j].trace);
+            evs[j].trace_n = r->trace_nb;
+            evs[j].trace_bucket = r->trace_bucket;
+            evs[j].trace_context = r->trace_base;
+        }
+        take_token(s, sl, r, &evs[j]);
     }
     pthread_mutex_lock(&s->mu);
     s->st.steps++;

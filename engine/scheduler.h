@@ -93,6 +93,10 @@ typedef struct {
                             * prompt is then prefilled (no prefix cache: a cached prefix has no
                             * logits), in slices of at most ENG_PROMPT_LOGPROB_ROWS rows a step. In a group
                             * (eng_sched_submit_group) only the first request reports them */
+    int trace_buckets;     /* the attention trace (eng_seq_trace): 0 off, else up to this many
+                            * buckets (ENG_TRACE_MAX_BUCKETS at most) over the positions the
+                            * request may reach (context + prompt + max_tokens); each token event
+                            * then carries the mass its row read per bucket */
 } eng_gen_params;
 
 #define ENG_PROMPT_LOGPROB_ROWS 16
@@ -144,6 +148,12 @@ typedef struct {
     eng_prompt_lp *prompt_lp; /* the first token event of a request with prompt_logprobs: n_prompt
                            * entries (owned by the event), the first NaN (nothing precedes it);
                            * NULL otherwise */
+    float *trace;         /* a traced request's token event: trace_n buckets of the attention
+                           * mass the row that produced the token read (eng_seq_trace_take;
+                           * owned by the event); NULL otherwise */
+    int trace_n;
+    int trace_bucket;     /* positions per bucket */
+    int trace_context;    /* positions of the registered context before the prompt */
     char selector[16];    /* the attention selector the request ran with */
     eng_attn_stats attn;  /* its attention statistics (global layers) */
 } eng_event;

@@ -207,6 +207,7 @@ void eng_seq_free(eng_seq *s) {
     else free(s->ids);
     free(s->est_v);
     free(s->est_rel);
+    free(s->trace);
     free(s);
 }
 
@@ -283,6 +284,43 @@ void eng_seq_reset(eng_seq *s) {
     if (s->keep_queries) idx_set_observe_all(s->ix, 0);
     s->keep_queries = 0;
     memset(&s->st, 0, sizeof s->st);
+    s->trace_nb = 0; /* the buffer stays for the next request that traces */
+}
+
+int eng_seq_trace(eng_seq *s, int64_t from, int64_t bucket_tokens, int n_buckets, char *err, size_t errlen) {
+    if (n_buckets == 0) {
+        s->trace_nb = 0;
+        return 0;
+    }
+    if (n_buckets < 0 || n_buckets > ENG_TRACE_MAX_BUCKETS || bucket_tokens < 1 || from < 0) {
+        eng_set_err(err, errlen, "attention trace: %d buckets of %lld tokens from %lld (buckets 1..%d)", n_buckets,
+                    (long long)bucket_tokens, (long long)from, ENG_TRACE_MAX_BUCKETS);
+        return -1;
+    }
+    if (!s->trace && !(s->trace = malloc(sizeof(float) * ENG_TRACE_MAX_BUCKETS))) {
+        eng_set_err(err, errlen, "out of memory for the attention trace");
+        return -1;
+    }
+    memset(s->trace, 0, sizeof(float) * ENG_TRACE_MAX_BUCKETS);
+    s->trace_nb = n_buckets;
+    s->trace_from = from;
+    s->trace_bucket = bucket_tokens;
+    s->trace_n = 0;
+    return 0;
+}
+
+int eng_seq_trace_take(eng_seq *s, float *out) {
+    if (s->trace_nb <= 0) return 0;
+    const double inv = s->trace_n > 0 ? 1.0 / (double)s->trace_n : 0.0;
+    for (int b = 0; b < s->trace_nb; b++) out[b] = (float)(s->trace[b] * inv);
+    memset(s->trace, 0, sizeof(float) * s->trace_nb);
+    /* every traced row adds one triple per global layer and query head */
+    const eng_hparams *hp = &s->m->hp;
+    int64_t per_row = 0;
+    for (int l = 0; l < hp->n_layer; l++) per_row += eng_layer_is_local(s->m, l) ? 0 : hp->n_head;
+    const int rows = per_row > 0 ? (int)((s->trace_n + per_row / 2) / per_row) : 0;
+    s->trace_n = 0;
+    return rows;
 }
 
 size_t eng_seq_bytes(const eng_seq *s) {

@@ -47,6 +47,15 @@ typedef struct {
     size_t offset;         /* where its text starts in the output */
 } tok_rec;
 
+/* The attention trace of a choice: the mass per bucket summed over its tokens, and each token's
+ * most-read buckets. */
+#define TRACE_TOP 8
+typedef struct {
+    uint16_t bucket[TRACE_TOP];
+    float mass[TRACE_TOP];
+    int n;
+} trace_rec;
+
 typedef struct gen gen;
 struct gen {
     srv *s;
@@ -83,7 +92,14 @@ struct gen {
     bool ended;            /* the stream's last bytes are in out */
     size_t released;       /* chat with tools, streaming: text sent as content so far */
     bool called;           /* the answer ended in tool calls (finish_reason "tool_calls") */
+    /* the attention trace ("attention": {"trace": ...}): bucket sums and per-token tops */
+    double *trace_sum;
+    int trace_n, trace_bucket, trace_context, trace_tokens;
+    trace_rec *trace_toks;
+    int trace_cap;
 };
+
+static cJSON *attn_json(gen *G);
 
 static void gen_free(gen *G) {
     if (!G) return;
@@ -100,6 +116,8 @@ static void gen_free(gen *G) {
     free(G->toks);
     free(G->prompt_lp);
     free(G->out);
+    free(G->trace_sum);
+    free(G->trace_toks);
     free(G);
 }
 
@@ -180,7 +198,7 @@ static cJSON *tgi_details(gen *G, bool with_tokens) {
     else cJSON_AddNullToObject(d, "seed");
     cJSON_AddNumberToObject(d, "input_length", G->fin.n_prompt);
     cJSON_AddNumberToObject(d, "cached_tokens", G->fin.n_cached); /* kvseek's: prompt tokens not prefilled */
-    cJSON_AddItemToObject(d, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
+    cJSON_AddItemToObject(d, "attention", attn_json(G));
     if (with_tokens) {
         cJSON *pre = cJSON_AddArrayToObject(d, "prefill");
         if (G->g->input_details) {
@@ -377,7 +395,7 @@ static void openai_text_chunk(gen *G, const char *text, size_t n, int a, int b, 
     }
     if (finish) {
         cJSON_AddStringToObject(choice, "finish_reason", finish);
-        cJSON_AddItemToObject(o, "attention", srv_attn_json(G->fin.selector, &G->fin.attn));
+        cJSON_AddItemToObject(o, "attention", attn_json(G));
     } else {
         cJSON_AddNullToObject(choice, "finish_reason");
     }
@@ -552,6 +570,73 @@ static void stream_error(gen *G, int status, const char *msg) {
 
 /* Takes one event: the text and token into the output, the metrics, and for a stream its SSE
  * bytes. Takes what ev owns. */
+/* One token's trace: summed into the choice's, its most-read buckets kept. */
+static void trace_add(gen *G, const eng_event *ev) {
+    if (!G->trace_sum) {
+        if (!(G->trace_sum = calloc((size_t)ev->trace_n, sizeof(double)))) return;
+        G->trace_n = ev->trace_n;
+        G->trace_bucket = ev->trace_bucket;
+        G->trace_context = ev->trace_context;
+    }
+    if (ev->trace_n != G->trace_n) return;
+    if (G->trace_tokens == G->trace_cap) {
+        int nc = G->trace_cap ? 2 * G->trace_cap : 64;
+        trace_rec *nt = realloc(G->trace_toks, sizeof(trace_rec) * nc);
+        if (!nt) return;
+        G->trace_toks = nt;
+        G->trace_cap = nc;
+    }
+    trace_rec *t = &G->trace_toks[G->trace_tokens++];
+    t->n = 0;
+    for (int b = 0; b < ev->trace_n; b++) {
+        const float w = ev->trace[b];
+        G->trace_sum[b] += w;
+        if (w <= 0 || (t->n == TRACE_TOP && w <= t->mass[TRACE_TOP - 1])) continue;
+        int j = t->n < TRACE_TOP ? t->n++ : TRACE_TOP - 1;
+        while (j > 0 && t->mass[j - 1] < w) {
+            t->mass[j] = t->mass[j - 1];
+            t->bucket[j] = t->bucket[j - 1];
+            j--;
+        }
+        t->mass[j] = w;
+        t->bucket[j] = (uint16_t)b;
+    }
+}
+
+/* Rounded for the wire: a trace is for looking at, and 4 digits keep it small. */
+static double round4(double x) { return round(x * 1e4) / 1e4; }
+
+/* The response's "attention" object, with the trace when the request asked for one. */
+static cJSON *attn_json(gen *G) {
+    cJSON *a = srv_attn_json(G->fin.selector, &G->fin.attn);
+    if (!G->g->trace_buckets) return a;
+    cJSON *t = cJSON_AddObjectToObject(a, "trace");
+    const eng_hparams *hp = eng_model_hparams(G->s->model);
+    int layers = 0;
+    for (int l = 0; l < hp->n_layer; l++) layers += !eng_layer_is_local(G->s->model, l);
+    cJSON_AddNumberToObject(t, "bucket_tokens", G->trace_bucket);
+    cJSON_AddNumberToObject(t, "n_buckets", G->trace_n);
+    cJSON_AddNumberToObject(t, "context_tokens", G->trace_context);
+    cJSON_AddNumberToObject(t, "prompt_tokens", G->fin.n_prompt);
+    cJSON_AddNumberToObject(t, "layers", layers);
+    cJSON_AddNumberToObject(t, "heads", hp->n_head);
+    cJSON *mass = cJSON_AddArrayToObject(t, "mass");
+    for (int b = 0; b < G->trace_n; b++)
+        cJSON_AddItemToArray(mass, cJSON_CreateNumber(G->trace_tokens ? round4(G->trace_sum[b] / G->trace_tokens) : 0));
+    cJSON *toks = cJSON_AddArrayToObject(t, "tokens");
+    for (int i = 0; i < G->trace_tokens; i++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int k = 0; k < G->trace_toks[i].n; k++) {
+            cJSON *pair = cJSON_CreateArray();
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(G->trace_toks[i].bucket[k]));
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(round4(G->trace_toks[i].mass[k])));
+            cJSON_AddItemToArray(row, pair);
+        }
+        cJSON_AddItemToArray(toks, row);
+    }
+    return a;
+}
+
 static void consume(gen *G, eng_event *ev, bool stream) {
     srv *s = G->s;
     int first_tok = G->n_toks;
@@ -568,6 +653,7 @@ static void consume(gen *G, eng_event *ev, bool stream) {
             G->top->prompt_lp = ev->prompt_lp; /* taken from the event */
             ev->prompt_lp = NULL;
         }
+        if (ev->trace && ev->trace_n > 0) trace_add(G, ev);
         bool keep = G->g->details || G->g->logprobs >= 0 || G->g->top_n > 0 || stream;
         if (keep && G->n_toks == G->cap_toks) {
             int nc = G->cap_toks ? 2 * G->cap_toks : 64;
@@ -800,7 +886,7 @@ static enum MHD_Result respond_final(srv_conn *c, gen *T) {
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     for (int i = 0; i < n; i++) cJSON_AddItemToArray(choices, openai_choice(order[i], i, chat));
     cJSON_AddItemToObject(o, "usage", usage(T));
-    cJSON_AddItemToObject(o, "attention", srv_attn_json(T->fin.selector, &T->fin.attn));
+    cJSON_AddItemToObject(o, "attention", attn_json(T));
     return srv_respond_json(c, 200, o);
 }
 
@@ -909,6 +995,7 @@ enum MHD_Result srv_api_generate(srv_conn *c) {
         .stop_inclusive = c->route == SRV_ROUTE_GENERATE || c->route == SRV_ROUTE_GENERATE_STREAM,
         .ignore_eos = g->ignore_eos, .top_logprobs = g->logprobs > 0 ? g->logprobs : g->top_n,
         .attn = &g->attn, .no_cache = !g->cache_prompt, .prompt_logprobs = g->input_details,
+        .trace_buckets = g->trace_buckets,
     };
     eng_ctx *ctx = NULL;
     if (g->context[0]) {
@@ -1031,6 +1118,10 @@ enum MHD_Result srv_api_info(srv_conn *c) {
     cJSON_AddNumberToObject(o, "max_client_batch_size", 1);
     cJSON_AddNumberToObject(o, "validation_workers", 1);
     cJSON_AddStringToObject(o, "router", "kvseek");
+    /* kvseek's: what a request's "attention" may name, and what it gets without one */
+    cJSON *sel = cJSON_AddArrayToObject(o, "attention_selectors");
+    for (idx_kind k = IDX_DENSE; k <= IDX_SPARQ; k++) cJSON_AddItemToArray(sel, cJSON_CreateString(idx_kind_name(k)));
+    cJSON_AddStringToObject(o, "default_attention", idx_kind_name(s->cfg.attn.selector));
     cJSON_AddStringToObject(o, "version", SRV_VERSION);
     cJSON_AddNullToObject(o, "sha");
     cJSON_AddNullToObject(o, "docker_label");

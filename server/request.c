@@ -116,20 +116,46 @@ static int set_ids(gen_req *g, const cJSON *arr, int n_vocab, perr *e) {
 
 /* "attention": a selector name or an object of knobs (selector, top_k, scan, target, gqa, sink,
  * window, measure_recall) over the server's default. */
+#define TRACE_DEFAULT_BUCKETS 128
+
+/* "trace" of the attention object: true (TRACE_DEFAULT_BUCKETS buckets), false, or a bucket
+ * count; taken out of the object before the attention knobs are read. */
+static int parse_trace(const cJSON *it, gen_req *g, perr *e) {
+    if (cJSON_IsBool(it)) {
+        g->trace_buckets = cJSON_IsTrue(it) ? TRACE_DEFAULT_BUCKETS : 0;
+        return 0;
+    }
+    double v = cJSON_GetNumberValue(it);
+    if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v > ENG_TRACE_MAX_BUCKETS)
+        return srv_req_fail(e, "attention.trace", "'attention.trace' must be true, false or a bucket count in [1, %d]",
+                            ENG_TRACE_MAX_BUCKETS);
+    g->trace_buckets = (int)v;
+    return 0;
+}
+
 static int parse_attention(const cJSON *it, gen_req *g, perr *e) {
     if (srv_req_absent(it)) return 0;
     char err[200];
     const char *key;
-    if (srv_attn_from_json(it, &g->attn, false, err, sizeof err, &key)) {
+    cJSON *copy = NULL;
+    const cJSON *tr = cJSON_IsObject(it) ? cJSON_GetObjectItemCaseSensitive(it, "trace") : NULL;
+    if (tr) {
+        if (parse_trace(tr, g, e)) return -1;
+        if (!(copy = cJSON_Duplicate(it, true))) return srv_req_fail(e, "attention", "out of memory");
+        cJSON_DeleteItemFromObjectCaseSensitive(copy, "trace");
+        it = copy;
+    }
+    int bad = srv_attn_from_json(it, &g->attn, false, err, sizeof err, &key);
+    if (bad) { /* the message names the key; the copy holds it */
         char param[64];
         snprintf(param, sizeof param, "attention%s%.40s", strcmp(key, "attention") ? "." : "",
                  strcmp(key, "attention") ? key : "");
         srv_req_fail(e, NULL, "%s", err);
         snprintf(e->param_buf, sizeof e->param_buf, "%s", param);
         e->param = e->param_buf;
-        return -1;
     }
-    return 0;
+    cJSON_Delete(copy);
+    return bad ? -1 : 0;
 }
 
 /* "context": the id of a registered context (checked against the registry later). */

@@ -44,6 +44,8 @@ typedef struct {
     bool ignore_eos;
     bool cache_prompt;     /* start from / keep in the prefix cache (default true) */
     eng_attn_params attn;  /* the server's default, then the request's "attention" */
+    int trace_buckets;     /* "attention": {"trace": true | N}: buckets of the attention trace
+                            * (0: none) */
     char context[48];      /* a registered context the prompt continues ("context"), or empty */
     gram *grammar;         /* response_format / TGI grammar, compiled; handed to the scheduler */
     cJSON *tools;          /* chat: the validated tools (owned), NULL: none */

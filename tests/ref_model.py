@@ -166,9 +166,10 @@ def rope(x, pos, n_rot, base, freq_scale, factors, neox):
     return out
 
 
-def attention(q, k, v, scale, window):
+def attention(q, k, v, scale, window, weights=None):
     """Causal multi-head attention with GQA. q: [T, H, d], k/v: [T, Hkv, d].
-    With a window w > 0, query p1 sees keys p0 <= p1 with p1 - p0 < w."""
+    With a window w > 0, query p1 sees keys p0 <= p1 with p1 - p0 < w.
+    weights: a list that receives the softmax weights [H, T, T] (the attention trace's reference)."""
     T, H, _ = q.shape
     group = H // k.shape[1]
     p1 = np.arange(T)[:, None]
@@ -185,14 +186,17 @@ def attention(q, k, v, scale, window):
         p = np.exp(s)
         p /= p.sum(axis=1, keepdims=True)
         out[:, h, :] = p @ v[:, kv, :]
+        if weights is not None:
+            weights.append(p)
     return out.reshape(T, -1)
 
 
 # --------------------------------------------------------------------------------------------
 # Forward pass
 
-def hidden(m, tokens):
-    """Final normed hidden states [n_tok, n_embd] (float64) for positions 0..n_tok-1."""
+def hidden(m, tokens, weights=None):
+    """Final normed hidden states [n_tok, n_embd] (float64) for positions 0..n_tok-1.
+    weights: a list that receives each global layer's softmax weights, [H, T, T] per layer."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.min() < 0 or tokens.max() >= m.n_vocab:
         raise ValueError("token id out of range")
@@ -222,7 +226,10 @@ def hidden(m, tokens):
             base, fscale = m.rope_base, m.freq_scale
         q = rope(q, pos, m.n_rot, base, fscale, m.rope_freqs, neox)
         k = rope(k, pos, m.n_rot, base, fscale, m.rope_freqs, neox)
-        a = attention(q, k, v, m.attn_scale, m.window if local else 0)
+        lw = [] if weights is not None and not local else None
+        a = attention(q, k, v, m.attn_scale, m.window if local else 0, lw)
+        if lw is not None:
+            weights.append(np.stack(lw))
         a = linear(a.reshape(T, -1), w[p + "attn_output"], w.get(p + "attn_output.bias"),
                    p + "attn_output" in m.q8)
         if gemma:
@@ -258,6 +265,14 @@ def project(m, h):
 def logits(m, tokens):
     """float32 [n_tok, n_vocab]: the logits at every position of a causal pass over tokens."""
     return project(m, hidden(m, tokens))
+
+
+def attention_weights(m, tokens):
+    """The softmax weights of the last position over every position, per global layer and
+    query head: float64 [n_global_layers, n_head, n_tok]."""
+    w = []
+    hidden(m, tokens, w)
+    return np.stack([lw[:, -1, :] for lw in w])
 
 
 def greedy(m, tokens, n):
