@@ -300,7 +300,8 @@ static int64_t part_len(const eng_attn_part *pt) {
     return pt->hi > pt->lo ? pt->hi - pt->lo : 0;
 }
 
-void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl) {
+void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl,
+                    const float *plan_lse) {
     if (!eng_seq_traced(s, p)) return;
     const eng_model *m = s->m;
     const int G = m->hp.n_head / m->hp.n_head_kv, hd = m->hp.head_dim, nb = s->trace_nb;
@@ -312,9 +313,14 @@ void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_
     for (int g0 = 0; g0 < G; g0 += ATTN_MAX_GROUP) {
         const int ng = G - g0 < ATTN_MAX_GROUP ? G - g0 : ATTN_MAX_GROUP;
         const float *qg = q + (size_t)g0 * hd;
-        /* pass 1: each part's log-sum-exp per query, its weight (lse_add) included */
+        /* pass 1 (when the executor's log-sum-exp is not at hand): each part's per query, its
+         * weight (lse_add) included */
         double mx[PLAN_MAX_PARTS][ATTN_MAX_GROUP], sum[PLAN_MAX_PARTS][ATTN_MAX_GROUP];
         double lse[ATTN_MAX_GROUP];
+        if (plan_lse) {
+            for (int g = 0; g < ng; g++) lse[g] = isfinite(plan_lse[g0 + g]) ? plan_lse[g0 + g] : INFINITY;
+            goto weights;
+        }
         for (int i = 0; i < pl->n_parts; i++) {
             const eng_attn_part *pt = &pl->part[i];
             const int64_t n = part_len(pt);
@@ -352,6 +358,7 @@ void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_
                 if (isfinite(parts[i])) z += exp(parts[i] - top);
             lse[g] = z > 0 ? top + log(z) : INFINITY; /* nothing attended: no weight anywhere */
         }
+    weights:
         /* pass 2: each attended key's weight into its position's bucket */
         for (int i = 0; i < pl->n_parts; i++) {
             const eng_attn_part *pt = &pl->part[i];

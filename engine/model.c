@@ -361,11 +361,12 @@ static void attend_one(const eng_model *m, int layer, int t, int kvh) {
     }
     eng_plan_run(m, view, q, &pl, out, lse);
     eng_plan_account(s, view, q, p, &pl, out, lse);
-    if (s->trace_nb && !eng_layer_is_local(m, layer)) eng_plan_trace(s, view, q, p, &pl);
+    if (s->trace_nb && !eng_layer_is_local(m, layer)) eng_plan_trace(s, view, q, p, &pl, lse);
 }
 
 /* The attention trace of the rows attend() ran outside attend_one (prefill tiles, decode rows
- * split by keys or queries): their plan is one range, recomputed here once per (row, KV head). */
+ * split by keys or queries): their plan is one range, recomputed here once per (row, KV head),
+ * and their log-sum-exp is in att_lse once the key parts have merged. */
 static void trace_rest(eng_model *m, int layer, int nj) {
     const eng_hparams *hp = &m->hp;
     const int nkv = hp->n_head_kv, G = hp->n_head / nkv, hd = hp->head_dim, nh = hp->n_head;
@@ -386,8 +387,8 @@ static void trace_rest(eng_model *m, int layer, int nj) {
             if (!eng_seq_traced(s, m->row_pos[t])) continue;
             eng_attn_plan pl;
             eng_plan_ranges(s, layer, m->row_pos[t], m->row_sparse[t], &pl);
-            eng_plan_trace(s, &s->views[layer * nkv + j->h], m->q + ((size_t)t * nh + (size_t)j->h * G) * hd,
-                           m->row_pos[t], &pl);
+            const size_t q0 = (size_t)t * nh + (size_t)j->h * G;
+            eng_plan_trace(s, &s->views[layer * nkv + j->h], m->q + q0 * hd, m->row_pos[t], &pl, m->att_lse + q0);
         }
     }
 }

@@ -405,7 +405,7 @@ static int attend_decode(eng_model *m, int layer, const int *dec, int d0, int d1
             eng_plan_account(tk->s, &tk->s->views[layer * nkv + tk->h], g->h_q + tk->q0 * hd, tk->p,
                              tk->plan, NULL, NULL);
             if (tk->s->trace_nb)
-                eng_plan_trace(tk->s, &tk->s->views[layer * nkv + tk->h], g->h_q + tk->q0 * hd, tk->p, tk->plan);
+                eng_plan_trace(tk->s, &tk->s->views[layer * nkv + tk->h], g->h_q + tk->q0 * hd, tk->p, tk->plan, NULL);
         }
         if (off && gpu_h2d(g->d_ids, g->h_ids, sizeof(int32_t) * off)) return -1;
     }

@@ -191,10 +191,11 @@ void eng_plan_run(const eng_model *m, const attn_kv_view *view, const float *q, 
 void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p,
                       const eng_attn_plan *pl, const float *out, const float *lse);
 /* The attention trace of a row (s->trace_nb > 0, p >= s->trace_from): the softmax weights of
- * the keys its plan attends, recomputed from the parts (two passes of raw scores: the plan's
- * log-sum-exp, then the weights), added to the sequence's buckets. Thread-safe (atomic adds of
- * a per-call buffer). */
-void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl);
+ * the keys its plan attends, recomputed from the parts' raw scores against the plan's
+ * log-sum-exp per query (lse: the executor's, G floats; NULL: computed here in a first pass),
+ * added to the sequence's buckets. Thread-safe (atomic adds of a per-call buffer). */
+void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl,
+                    const float *lse);
 static inline int eng_seq_traced(const eng_seq *s, int64_t p) { return s->trace_nb > 0 && p >= s->trace_from; }
 /* Fault injection (attn_plan.c): nonzero when this call of the point is to fail. */
 enum { ENG_FAULT_SELECT = 0, ENG_FAULT_KV_APPEND = 1 };
