@@ -53,7 +53,8 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard 
 # switching CUDA=0/1 in one folder re-archives the library (and relinks what uses it).
 CUDA_STAMP := $(BUILD)/.cuda-setting
 $(shell mkdir -p $(BUILD) && { [ "$$(cat $(CUDA_STAMP) 2>/dev/null)" = "$(CUDA)" ] || echo "$(CUDA)" > $(CUDA_STAMP); })
-SRV_OBJ := $(SRV_SRC:%.c=$(BUILD)/%.o)
+# the web UI (server/ui/index.html) goes into the binary as a C array (rule below)
+SRV_OBJ := $(SRV_SRC:%.c=$(BUILD)/%.o) $(BUILD)/gen/ui_page.o
 TOOLS_OBJ := $(TOOLS_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -75,6 +76,21 @@ $(BUILD)/%.o: %.cpp
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -MF $(@:.o=.d) -c $< -o $@
+
+# The page as bytes, with od and awk only (no xxd, no Python): srv_ui_page[] and its length, a
+# NUL after the last byte so that an empty page is still valid C. Written to a temporary file
+# first, so an interrupted build leaves no half array behind.
+$(BUILD)/gen/ui_page.c: server/ui/index.html
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from server/ui/index.html by the Makefile: do not edit */'; \
+	  echo '#include "srv.h"'; \
+	  echo 'const unsigned char srv_ui_page[] = {'; \
+	  od -An -v -tu1 $< | awk '{ for (i = 1; i <= NF; i++) printf "%s,", $$i; printf "\n" }'; \
+	  echo '0};'; \
+	  echo 'const size_t srv_ui_page_len = sizeof srv_ui_page - 1;'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen/ui_page.o: $(BUILD)/gen/ui_page.c
+	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/libkvseek.a: $(LIB_OBJ) $(CUDA_STAMP)
 	@rm -f $@

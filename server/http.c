@@ -49,6 +49,8 @@ static const struct {
     /* TGI's clients (huggingface_hub, text-generation) POST to the root URL: /generate, which
      * streams when the body says "stream": true, as TGI's compat route does */
     {"/", "POST", SRV_ROUTE_GENERATE, SRV_SHAPE_TGI, false},
+    /* the web UI (ui.c): open, so that a browser loads it; the API calls it makes carry the key */
+    {"/", "GET", SRV_ROUTE_UI, SRV_SHAPE_OPENAI, true},
     {"/info", "GET", SRV_ROUTE_INFO, SRV_SHAPE_TGI, false},
 };
 
@@ -107,6 +109,8 @@ static enum MHD_Result dispatch(srv_conn *c) {
         return srv_respond_error(c, c->early_status, c->early_code, NULL, "%s", c->early_msg);
     if (c->route == SRV_ROUTE_HEALTH) return respond_health(c);
     if (c->route == SRV_ROUTE_METRICS) return respond_metrics(c);
+    /* served while the model loads too: the page shows the server's state */
+    if (c->route == SRV_ROUTE_UI) return srv_ui_respond(c);
     int st = atomic_load(&s->state);
     if (st == SRV_LOADING) return srv_respond_error(c, 503, NULL, NULL, "the model is still loading");
     if (st == SRV_DRAINING) return srv_respond_error(c, 503, NULL, NULL, "the server is shutting down");
@@ -133,9 +137,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         c->route = SRV_ROUTE_OTHER;
         *con_cls = c;
         atomic_fetch_add(&s->inflight, 1);
+        /* a path may have a route per method (/: TGI's compat route on POST, the web UI on GET);
+         * another method gets 405 */
         int found = -1;
+        bool head = !strcmp(method, "HEAD");
         for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-            if (!strcmp(url, routes[i].path)) found = (int)i;
+            if (!strcmp(url, routes[i].path) &&
+                (found < 0 || !strcmp(method, routes[i].method) || (head && !strcmp(routes[i].method, "GET"))))
+                found = (int)i;
         /* the routable forms of a request on a context: the id in the URL, so that a proxy can
          * hash on it without reading the body */
         static const struct { const char *suffix; srv_route route; srv_shape shape; } on_ctx[] = {
@@ -191,12 +200,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         c->route = routes[found].route;
         c->shape = routes[found].shape;
-        c->tgi_root = !strcmp(url, "/");
+        c->tgi_root = !strcmp(url, "/") && c->route == SRV_ROUTE_GENERATE;
         bool get = !strcmp(routes[found].method, "GET");
         if (!strcmp(method, "OPTIONS")) {
             set_early(c, 204, NULL, "");
         } else if (strcmp(method, routes[found].method) && !(get && !strcmp(method, "HEAD"))) {
-            set_early(c, 405, NULL, get ? "this route takes GET" : "this route takes POST");
+            set_early(c, 405, NULL, !strcmp(url, "/") ? "this route takes GET or POST" :
+                                    get ? "this route takes GET" : "this route takes POST");
         } else if (!routes[found].open && !authorized(s, conn)) {
             set_early(c, 401, NULL, "missing or invalid API key (send 'Authorization: Bearer KEY')");
         } else {

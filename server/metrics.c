@@ -11,7 +11,7 @@
 
 static const char *route_names[SRV_ROUTE_COUNT] = {
     "/health", "/metrics", "/v1/models", "/tokenize", "/detokenize", "/generate",
-    "/generate_stream", "/v1/completions", "/v1/chat/completions", "/info", "/v1/contexts", "other",
+    "/generate_stream", "/v1/completions", "/v1/chat/completions", "/info", "/v1/contexts", "/", "other",
 };
 
 #define MAX_BUCKETS 16

@@ -39,8 +39,9 @@ enum MHD_Result srv_respond(srv_conn *c, int status, const char *content_type, c
     if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 405) {
-        /* every route takes one method */
+        /* every route takes one method; / takes two (the web UI and TGI's compat route) */
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
+                                c->tgi_root ? "GET, HEAD, POST, OPTIONS" :
                                 c->route == SRV_ROUTE_HEALTH || c->route == SRV_ROUTE_METRICS ||
                                 c->route == SRV_ROUTE_MODELS ? "GET, HEAD, OPTIONS" :
                                 c->route == SRV_ROUTE_CONTEXTS ? (c->ctx_id[0] ? "GET, HEAD, DELETE, OPTIONS"

@@ -117,7 +117,7 @@ char *srv_json_spaced(const cJSON *j);
 typedef enum {
     SRV_ROUTE_HEALTH, SRV_ROUTE_METRICS, SRV_ROUTE_MODELS, SRV_ROUTE_TOKENIZE, SRV_ROUTE_DETOKENIZE,
     SRV_ROUTE_GENERATE, SRV_ROUTE_GENERATE_STREAM, SRV_ROUTE_COMPLETIONS, SRV_ROUTE_CHAT,
-    SRV_ROUTE_INFO, SRV_ROUTE_CONTEXTS, SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
+    SRV_ROUTE_INFO, SRV_ROUTE_CONTEXTS, SRV_ROUTE_UI, SRV_ROUTE_OTHER, SRV_ROUTE_COUNT
 } srv_route;
 
 typedef struct srv_metrics srv_metrics;
@@ -210,6 +210,13 @@ enum MHD_Result srv_api_generate(srv_conn *c); /* every generating route, by c->
  * "param: message" of the 400 it would answer in err. For tests and fuzzing. */
 int srv_parse_request(srv_route route, const char *body, size_t len, srv_chat_fmt fmt, int n_vocab,
                       char *err, size_t errlen);
+
+/* ---- the web UI (ui.c) ---- */
+
+/* GET /: server/ui/index.html, which the Makefile compiles into the binary ($(BUILD)/gen/ui_page.c) */
+extern const unsigned char srv_ui_page[];
+extern const size_t srv_ui_page_len;
+enum MHD_Result srv_ui_respond(srv_conn *c);
 
 /* ---- registered contexts (contexts.c) ---- */
 /* Opens the registry over cfg.data_dir (created when missing): every persisted context that
