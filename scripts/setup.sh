@@ -3,8 +3,10 @@
 # the Debian -dev packages and the Python test tooling. Idempotent and quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# nginx: the load balancer of scripts/cluster.sh and tests/test_cluster.py (never started as a service)
-pkgs=(build-essential libmicrohttpd-dev libcjson-dev libfaiss-dev libopenblas-openmp-dev python3 python3-pip nginx curl)
+# nginx: the load balancer of scripts/cluster.sh and tests/test_cluster.py (never started as a service);
+# chromium, chromium-driver, python3-selenium: tests/test_ui.py drives the web UI in a headless browser
+pkgs=(build-essential libmicrohttpd-dev libcjson-dev libfaiss-dev libopenblas-openmp-dev python3 python3-pip nginx curl
+      chromium chromium-driver python3-selenium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
