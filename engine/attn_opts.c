@@ -29,6 +29,7 @@ typedef struct {
 } row;
 
 static const char *selector_name(int v) {
+    if (v == ENG_SELECTOR_AUTO) return "auto";
     idx_kind k;
     const char *s = idx_kind_name((idx_kind)v);
     return idx_kind_parse(s, &k) == IDX_OK ? s : NULL;

@@ -44,12 +44,22 @@ typedef struct {
 typedef struct eng_model eng_model;
 typedef struct eng_seq eng_seq;
 
+/* The selector "auto": not a kind of index but the engine's choice per model and executor,
+ * from the accuracy suite's evidence (README, "Why the default"): sparq with its estimate of
+ * the keys it leaves, dense below ENG_AUTO_DENSE_BELOW tokens (dense_below 0 becomes that), on
+ * the CPU for models without qk-norm; dense elsewhere (qk-norm spreads a query over all its
+ * components, which sparq's partial scores need concentrated; the GPU executor does not merge
+ * an estimate). A sequence resolves it when configured (eng_seq_get_attn says what it runs). */
+#define ENG_SELECTOR_AUTO IDX_KIND_COUNT
+#define ENG_AUTO_DENSE_BELOW 8192
+
 /* How a sequence stores its KV cache and which keys its decode steps attend (DESIGN.md).
  * Prefill rows always attend densely (causal); a decode row (a sequence advanced by one row)
  * of a global layer attends its static set (sinks + recent window) plus the ids its selector
  * picks among the offloaded tokens, merged exactly by log-sum-exp. */
 typedef struct {
-    idx_kind selector;     /* IDX_DENSE (default), _WINDOW, _ORACLE, _RETRIEVAL, _IVF, _CENTROIDS */
+    idx_kind selector;     /* IDX_DENSE (default), _WINDOW, _ORACLE, _RETRIEVAL, _IVF, _CENTROIDS,
+                            * _QUEST, _SPARQ, or ENG_SELECTOR_AUTO */
     int top_k;             /* ids per query the selector returns (default 100) */
     float scan;            /* retrieval/ivf: share of offloaded keys scored (default 0.02) */
     int gqa_mean;          /* 1: select with the group's mean query; 0: union of per-query top-k */
@@ -187,6 +197,8 @@ void eng_seq_attn_stats(const eng_seq *s, eng_attn_stats *out);
  * target, gqa, sinks, window and measure_recall from attn; its storage (page size, dtype,
  * memory limit) stays as created. 0, or -1 with a reason (bad parameters, not empty). */
 int eng_seq_set_attn(eng_seq *s, const eng_attn_params *attn, char *err, size_t errlen);
+/* attn with the selector "auto" resolved for model m (unchanged otherwise). */
+eng_attn_params eng_attn_resolve(const eng_model *m, const eng_attn_params *attn);
 /* The parameters the sequence now runs with. */
 void eng_seq_get_attn(const eng_seq *s, eng_attn_params *out);
 void eng_seq_free(eng_seq *s); /* accepts NULL */

@@ -294,7 +294,8 @@ static size_t mem_held(const eng_sched *s, size_t *growth, size_t *running) {
 
 /* The selector a request runs with, and whether it may start from a partly matched entry. */
 static idx_kind req_kind(const eng_sched *s, const eng_req *r, bool *whole) {
-    idx_kind k = r->has_attn ? r->attn.selector : s->attn_default.selector;
+    const eng_attn_params a = eng_attn_resolve(s->m, r->has_attn ? &r->attn : &s->attn_default);
+    const idx_kind k = a.selector;
     *whole = (idx_kind_caps(k) & IDX_CAP_OBSERVE) != 0;
     return k;
 }

@@ -50,6 +50,21 @@ static int check_executor(const eng_model *m, const eng_attn_params *a, char *er
     return 0;
 }
 
+eng_attn_params eng_attn_resolve(const eng_model *m, const eng_attn_params *a) {
+    eng_attn_params r = *a;
+    if (a->selector != ENG_SELECTOR_AUTO) return r;
+    int qk_norm = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) qk_norm |= m->layers[l].q_norm != NULL;
+    if (m->gpu || qk_norm) {
+        r.selector = IDX_DENSE;
+        return r;
+    }
+    r.selector = IDX_SPARQ;
+    if (r.tail == 0) r.estimate = 1; /* the two do not combine; an asked-for tail stays */
+    if (r.dense_below == 0) r.dense_below = ENG_AUTO_DENSE_BELOW;
+    return r;
+}
+
 static void set_request(eng_seq *s, const eng_attn_params *a) {
     s->req = idx_request_default();
     s->req.top_k = a->top_k;
@@ -128,9 +143,10 @@ eng_seq *eng_seq_create(const eng_model *m, int n_ctx, char *err, size_t errlen)
     return eng_seq_create_ex(m, n_ctx, &m->params.attn, err, errlen);
 }
 
-eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *a, char *err,
+eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params *asked, char *err,
                            size_t errlen) {
     const eng_hparams *hp = &m->hp;
+    const eng_attn_params resolved = eng_attn_resolve(m, asked), *a = &resolved;
     if (n_ctx <= 0) {
         eng_set_err(err, errlen, "context size must be positive");
         return NULL;
@@ -211,7 +227,8 @@ void eng_seq_free(eng_seq *s) {
     free(s);
 }
 
-int eng_seq_set_attn(eng_seq *s, const eng_attn_params *a, char *err, size_t errlen) {
+int eng_seq_set_attn(eng_seq *s, const eng_attn_params *asked, char *err, size_t errlen) {
+    const eng_attn_params resolved = eng_attn_resolve(s->m, asked), *a = &resolved;
     if (s->pos != 0) {
         eng_set_err(err, errlen, "attention parameters change only on an empty sequence");
         return -1;

@@ -18,6 +18,7 @@ static const idx_ops *const kind_ops[] = {&idx_ops_dense, &idx_ops_window, &idx_
                                           &idx_ops_retrieval, &idx_ops_ivf, &idx_ops_centroids,
                                           &idx_ops_quest, &idx_ops_sparq};
 enum { N_KINDS = sizeof kind_ops / sizeof kind_ops[0] };
+_Static_assert((int)N_KINDS == (int)IDX_KIND_COUNT, "one method table per idx_kind");
 
 /* ---- helpers the kinds share ------------------------------------------------------------ */
 

@@ -46,7 +46,7 @@
  * Candidates are the positions [lo, hi) given to idx_build and extended by idx_add; the engine
  * keeps them equal to the offloaded range of kv_ranges_of(). */
 typedef enum { IDX_DENSE = 0, IDX_WINDOW, IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF, IDX_CENTROIDS, IDX_QUEST,
-              IDX_SPARQ } idx_kind;
+              IDX_SPARQ, IDX_KIND_COUNT /* not a kind: the number of them */ } idx_kind;
 
 /* What a kind can do, so that callers decide by capability, never by kind (each kind is a method
  * table in sel_impl.h; a new kind adds a table and its flags). */

@@ -1120,8 +1120,10 @@ enum MHD_Result srv_api_info(srv_conn *c) {
     cJSON_AddStringToObject(o, "router", "kvseek");
     /* kvseek's: what a request's "attention" may name, and what it gets without one */
     cJSON *sel = cJSON_AddArrayToObject(o, "attention_selectors");
-    for (idx_kind k = IDX_DENSE; k <= IDX_SPARQ; k++) cJSON_AddItemToArray(sel, cJSON_CreateString(idx_kind_name(k)));
-    cJSON_AddStringToObject(o, "default_attention", idx_kind_name(s->cfg.attn.selector));
+    for (idx_kind k = IDX_DENSE; k < IDX_KIND_COUNT; k++) cJSON_AddItemToArray(sel, cJSON_CreateString(idx_kind_name(k)));
+    cJSON_AddItemToArray(sel, cJSON_CreateString("auto"));
+    const eng_attn_params ran = eng_attn_resolve(s->model, &s->cfg.attn);
+    cJSON_AddStringToObject(o, "default_attention", idx_kind_name(ran.selector));
     cJSON_AddStringToObject(o, "version", SRV_VERSION);
     cJSON_AddNullToObject(o, "sha");
     cJSON_AddNullToObject(o, "docker_label");

@@ -122,6 +122,30 @@ int main(void) {
             a.target = 0;
         }
 
+        /* "auto": sparq with its estimate past ENG_AUTO_DENSE_BELOW on a model without qk-norm
+         * (the llama), dense on gemma3 (qk-norm); the sequence reports what it runs */
+        {
+            eng_attn_params au = eng_attn_default(), ran;
+            CHECK(eng_attn_set(&au, "selector", "auto", err, sizeof err) == 0, "selector auto: %s", err);
+            eng_seq *sa = eng_seq_create_ex(m, 64, &au, err, sizeof err);
+            CHECK(sa != NULL, "a sequence with selector auto: %s", err);
+            if (sa) {
+                eng_seq_get_attn(sa, &ran);
+                const int qk = mi == 1;
+                CHECK(qk ? ran.selector == IDX_DENSE && !ran.estimate
+                         : ran.selector == IDX_SPARQ && ran.estimate && ran.dense_below == ENG_AUTO_DENSE_BELOW,
+                      "%s: auto runs %s (estimate %d, dense below %d)", TINY_MODELS[mi], idx_kind_name(ran.selector),
+                      ran.estimate, ran.dense_below);
+                au.tail = 0.1f; /* an asked-for tail stays, without the estimate */
+                au.dense_below = 100;
+                CHECK(eng_seq_set_attn(sa, &au, err, sizeof err) == 0, "auto with a tail: %s", err);
+                eng_seq_get_attn(sa, &ran);
+                CHECK(qk || (ran.selector == IDX_SPARQ && !ran.estimate && ran.tail > 0 && ran.dense_below == 100),
+                      "auto keeps a given tail and dense_below");
+                eng_seq_free(sa);
+            }
+        }
+
         /* bad selector name and a memory limit too small for the prompt */
         a = eng_attn_default();
         a.selector = (idx_kind)99;

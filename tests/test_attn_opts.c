@@ -153,7 +153,7 @@ static void test_bool_enum(void) {
               !strcmp(eng_attn_get(&a, eng_attn_opt_find("selector")).name, sel[i]), "selector %s parsed once", sel[i]);
     }
     CHECK(eng_attn_set(&a, "selector", "magic", err, sizeof err) &&
-          !strcmp(err, "unknown attention selector 'magic' (dense, window, oracle, retrieval, ivf, centroids, quest, sparq)"),
+          !strcmp(err, "unknown attention selector 'magic' (dense, window, oracle, retrieval, ivf, centroids, quest, sparq, auto)"),
           "unknown selector: %s", err);
     CHECK(eng_attn_set(&a, "gqa", "mean", err, sizeof err) == 0 && a.gqa_mean == 1, "gqa mean");
     CHECK(eng_attn_set(&a, "gqa", "max", err, sizeof err) && strstr(err, "(union, mean)"), "gqa max: %s", err);
@@ -215,7 +215,7 @@ static void test_cli(void) {
         CHECK(buf && (strstr(buf, flag) || !strncmp(buf, flag + 1, strlen(flag) - 1)), "--help shows %s", spec[i].flag);
     }
     CHECK(buf && strstr(buf, "(default 64; server-wide)") && strstr(buf, "(default 100)") &&
-          strstr(buf, "dense, window, oracle, retrieval, ivf, centroids, quest, sparq (default dense)"), "defaults in --help:\n%s", buf);
+          strstr(buf, "dense, window, oracle, retrieval, ivf, centroids, quest, sparq, auto (default dense)"), "defaults in --help:\n%s", buf);
     free(buf);
 }
 

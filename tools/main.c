@@ -611,7 +611,9 @@ static int cmd_generate(const args *a) {
         cJSON_AddNumberToObject(o, "seed", (double)sp.seed);
         eng_attn_stats st;
         eng_seq_attn_stats(s, &st);
-        cJSON *at = srv_attn_json(idx_kind_name(a->attn.selector), &st);
+        eng_attn_params ran;
+        eng_seq_get_attn(s, &ran); /* "auto" resolved */
+        cJSON *at = srv_attn_json(idx_kind_name(ran.selector), &st);
         cJSON_AddNumberToObject(at, "kv_bytes", (double)eng_seq_bytes(s));
         cJSON_AddItemToObject(o, "attn", at);
         char *js = cJSON_PrintUnformatted(o);
