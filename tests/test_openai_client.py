@@ -67,7 +67,9 @@ with Server(BUILD, MODEL, "--parallel", "2", "--api-key", "test-key") as s:
     check("".join(parts) == reply and roles == ["assistant"] and usage and usage.completion_tokens == 10,
           "chat.completions.create(stream=True) streams the same reply, with usage")
 
-    r = client.chat.completions.create(model="m", messages=msgs, max_tokens=4, logprobs=True, top_logprobs=3)
+    # seeded and past end-of-generation: an unseeded sample may end at once, with no tokens to list
+    r = client.chat.completions.create(model="m", messages=msgs, max_tokens=4, logprobs=True, top_logprobs=3,
+                                       seed=1, extra_body={"ignore_eos": True})
     lp = r.choices[0].logprobs.content
     check(len(lp) >= 1 and all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in lp), "chat logprobs parsed by the client")
 
