@@ -1,6 +1,7 @@
-/* Sparse/range attention for a GQA group: one online-softmax state (m, d, o) per query, each
- * K and V row loaded once per block of 4 queries; SIMD via a tiny vector layer (AVX-512,
- * AVX2+FMA+F16C, plain C); OpenMP only as split-K when the caller is serial. */
+/* Sparse/range attention for a GQA group: one online-softmax state (m, d, o) per query, keys
+ * scored in tiles of one query by VL keys (no horizontal sum per key), each query's output kept
+ * in registers across a block of keys; SIMD via a tiny vector layer (AVX-512, AVX2+FMA+F16C,
+ * plain C); OpenMP only as split-K when the caller is serial. */
 #include "attn_sparse.h"
 
 #include <math.h>
@@ -28,6 +29,7 @@ enum {
 typedef __m512 vf;
 static inline vf v_ldh(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
+static inline float v_hmax(vf a) { return _mm512_reduce_max_ps(a); }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define VL 8
 #define V_(op) _mm256_##op
@@ -37,6 +39,12 @@ static inline float v_sum(vf a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline float v_hmax(vf a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 #else
@@ -50,13 +58,49 @@ static inline vf v_ld(const float *p) { return V_(loadu_ps)(p); }
 static inline void v_st(float *p, vf a) { V_(storeu_ps)(p, a); }
 static inline vf v_fma(vf a, vf b, vf c) { return V_(fmadd_ps)(a, b, c); }
 static inline vf v_add(vf a, vf b) { return V_(add_ps)(a, b); }
+static inline vf v_mul(vf a, vf b) { return V_(mul_ps)(a, b); }
+#endif
+
+#if VL == 16
+static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf v_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf v_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf v_pow2i(vf n) { /* 2^n for integral n in [-126, 127] */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+}
+#elif VL == 8
+static inline vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf v_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf v_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf v_pow2i(vf n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+#endif
+#if VL
+/* e^x for x <= 0 (the softmax's shifted scores), within about 2 ulp of expf; below -87 (where
+ * e^x < 1.7e-38, nothing next to the block's largest term e^0 = 1) it returns e^-87. Cephes'
+ * single-precision scheme: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness),
+ * e^r by a degree-6 polynomial, times 2^n built in the exponent bits. */
+static inline vf v_exp(vf x) {
+    x = v_max(v_set1(-87.0f), x); /* max returns its second operand when one is NaN: NaN stays */
+    const vf n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+    vf r = v_fma(n, v_set1(-0.693359375f), x);
+    r = v_fma(n, v_set1(2.12194440e-4f), r);
+    vf y = v_set1(1.9875691500e-4f);
+    y = v_fma(y, r, v_set1(1.3981999507e-3f));
+    y = v_fma(y, r, v_set1(8.3334519073e-3f));
+    y = v_fma(y, r, v_set1(4.1665795894e-2f));
+    y = v_fma(y, r, v_set1(1.6666665459e-1f));
+    y = v_fma(y, r, v_set1(5.0000001201e-1f));
+    y = v_fma(y, v_mul(r, r), v_add(r, v_set1(1.0f)));
+    return v_mul(y, v_pow2i(n));
+}
 #endif
 
 /* ---- row primitives ------------------------------------------------------------------ */
 
-/* q . k for an f32 or f16 row of n elements: the same operations in the same order as one
- * query of dot4, so a query's score (and with it its whole attention result) does not depend on
- * how its group is split into calls (the engine splits a decode row's group across threads). */
+/* q . k for an f32 or f16 row of n elements (the selectors' raw scores; attention scores its
+ * keys in tiles, dots_tile). */
 static float dot1(const float *q, const void *k, int n, attn_dtype dt) {
     int i = 0;
     float s = 0.0f;
@@ -75,45 +119,61 @@ static float dot1(const float *q, const void *k, int n, attn_dtype dt) {
     return s;
 }
 
-/* s[g] = q[g * n] . k for the 4 queries g < 4 (rows n floats apart): the row is loaded and
- * converted once for all four. */
-static void dot4(const float *q, const void *k, int n, attn_dtype dt, float *s) {
-    const float *q0 = q, *q1 = q + n, *q2 = q + 2 * n, *q3 = q + 3 * n;
-    int i = 0;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#if VL
-    vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-    for (; i + VL <= n; i += VL) {
-        vf kv = dt == ATTN_F32 ? v_ld((const float *)k + i) : v_ldh((const uint16_t *)k + i);
-        a0 = v_fma(v_ld(q0 + i), kv, a0);
-        a1 = v_fma(v_ld(q1 + i), kv, a1);
-        a2 = v_fma(v_ld(q2 + i), kv, a2);
-        a3 = v_fma(v_ld(q3 + i), kv, a3);
+/* The scores of one query against VL key rows at once: one accumulator per key, then the VL
+ * accumulators summed lane-wise into one vector by a fixed tree of shuffles and adds (lane t =
+ * key t), instead of a horizontal sum per key. Every attention pass scores its keys through this
+ * tile, so a query's score does not depend on which other queries or keys share its call. */
+#if VL == 16
+static inline vf v_sum16(vf *a) {
+    vf t[8], u[4], x[2];
+    for (int m = 0; m < 8; m++)
+        t[m] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * m], a[2 * m + 1]), _mm512_unpackhi_ps(a[2 * m], a[2 * m + 1]));
+    for (int m = 0; m < 4; m++) {
+        const __m512d l = _mm512_castps_pd(t[2 * m]), h = _mm512_castps_pd(t[2 * m + 1]);
+        u[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(l, h)), _mm512_castpd_ps(_mm512_unpackhi_pd(l, h)));
     }
-    s0 = v_sum(a0); s1 = v_sum(a1); s2 = v_sum(a2); s3 = v_sum(a3);
-#endif
-    for (; i < n; i++) {
-        float x = dt == ATTN_F32 ? ((const float *)k)[i] : krn_f16_to_f32(((const uint16_t *)k)[i]);
-        s0 += q0[i] * x; s1 += q1[i] * x; s2 += q2[i] * x; s3 += q3[i] * x;
-    }
-    s[0] = s0; s[1] = s1; s[2] = s2; s[3] = s3;
+    /* 128-bit lane L of u[m] holds the sums over lane L of keys 4m..4m+3 */
+    for (int m = 0; m < 2; m++)
+        x[m] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
+#elif VL == 8
+static inline vf v_sum16(vf *a) { /* 8 keys: the same tree without its last level */
+    vf t[4], u[2];
+    for (int m = 0; m < 4; m++)
+        t[m] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * m], a[2 * m + 1]), _mm256_unpackhi_ps(a[2 * m], a[2 * m + 1]));
+    for (int m = 0; m < 2; m++) {
+        const __m256d l = _mm256_castps_pd(t[2 * m]), h = _mm256_castps_pd(t[2 * m + 1]);
+        u[m] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(l, h)), _mm256_castpd_ps(_mm256_unpackhi_pd(l, h)));
+    }
+    return _mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20), _mm256_permute2f128_ps(u[0], u[1], 0x31));
+}
+#endif
 
-/* out[g * n + i] += p[g] * v[i] for g < n_q: one load (and conversion) of v per chunk. */
-static void axpy_group(float *out, const float *p, int n_q, const void *v, int n, attn_dtype dt) {
+/* out[t] = q . k[t] for the VL rows k[t] (n elements each, f32 or f16). */
+static void dots_tile(const float *q, const void *const *k, int n, attn_dtype dt, float *out) {
     int i = 0;
 #if VL
+    vf acc[VL];
+    for (int t = 0; t < VL; t++) acc[t] = v_zero();
     for (; i + VL <= n; i += VL) {
-        vf x = dt == ATTN_F32 ? v_ld((const float *)v + i) : v_ldh((const uint16_t *)v + i);
-        for (int g = 0; g < n_q; g++) {
-            float *o = out + (size_t)g * n + i;
-            v_st(o, v_fma(v_set1(p[g]), x, v_ld(o)));
+        const vf qv = v_ld(q + i);
+        for (int t = 0; t < VL; t++) {
+            const vf kv = dt == ATTN_F32 ? v_ld((const float *)k[t] + i) : v_ldh((const uint16_t *)k[t] + i);
+            acc[t] = v_fma(qv, kv, acc[t]);
         }
     }
+    v_st(out, v_sum16(acc));
 #endif
-    for (; i < n; i++) {
-        float x = dt == ATTN_F32 ? ((const float *)v)[i] : krn_f16_to_f32(((const uint16_t *)v)[i]);
-        for (int g = 0; g < n_q; g++) out[(size_t)g * n + i] += p[g] * x;
+    for (int t = 0; t < (VL ? VL : 1); t++) {
+        float s = VL ? out[t] : 0.0f;
+        for (int j = i; j < n; j++) {
+            float x = dt == ATTN_F32 ? ((const float *)k[t])[j] : krn_f16_to_f32(((const uint16_t *)k[t])[j]);
+            s += q[j] * x;
+        }
+        out[t] = s;
     }
 }
 
@@ -164,49 +224,132 @@ static void soft_init(soft_state *st, const attn_kv_view *kv, const float *q, in
     memset(out, 0, sizeof(float) * n_q * kv->dv);
 }
 
-/* One block of nb <= BLK keys given by positions pos[j]. */
+#if VL
+/* The value rows vr[0..nb) weighted by the NG queries' weights w[g0 + q][j] into their outputs,
+ * four vectors of each output in registers at a time. */
+static inline __attribute__((always_inline)) void pv_rows(const soft_state *st, const int NG, int g0,
+                                                          float (*w)[BLK + (VL ? VL : 1)], const void *const *vr,
+                                                          int nb) {
+    const attn_kv_view *kv = st->kv;
+    const int dv = kv->dv;
+    const int f32 = kv->dtype == ATTN_F32;
+    int i = 0;
+    for (; i + 4 * VL <= dv; i += 4 * VL) {
+        vf a[4][4];
+        for (int q = 0; q < NG; q++)
+            for (int u = 0; u < 4; u++) a[q][u] = v_ld(st->out + (size_t)(g0 + q) * dv + i + u * VL);
+        for (int j = 0; j < nb; j++) {
+            vf x[4];
+            for (int u = 0; u < 4; u++)
+                x[u] = f32 ? v_ld((const float *)vr[j] + i + u * VL) : v_ldh((const uint16_t *)vr[j] + i + u * VL);
+            for (int q = 0; q < NG; q++) {
+                const vf p = v_set1(w[g0 + q][j]);
+                for (int u = 0; u < 4; u++) a[q][u] = v_fma(p, x[u], a[q][u]);
+            }
+        }
+        for (int q = 0; q < NG; q++)
+            for (int u = 0; u < 4; u++) v_st(st->out + (size_t)(g0 + q) * dv + i + u * VL, a[q][u]);
+    }
+    for (; i + VL <= dv; i += VL)
+        for (int q = 0; q < NG; q++) {
+            float *o = st->out + (size_t)(g0 + q) * dv;
+            vf acc = v_ld(o + i);
+            for (int j = 0; j < nb; j++) {
+                const vf x = f32 ? v_ld((const float *)vr[j] + i) : v_ldh((const uint16_t *)vr[j] + i);
+                acc = v_fma(v_set1(w[g0 + q][j]), x, acc);
+            }
+            v_st(o + i, acc);
+        }
+    for (; i < dv; i++)
+        for (int q = 0; q < NG; q++)
+            for (int j = 0; j < nb; j++) {
+                float x = f32 ? ((const float *)vr[j])[i] : krn_f16_to_f32(((const uint16_t *)vr[j])[i]);
+                st->out[(size_t)(g0 + q) * dv + i] += w[g0 + q][j] * x;
+            }
+}
+#endif
+
+/* One block of nb <= BLK keys given by positions pos[j]: the scores in tiles of TILE keys (the
+ * last tile padded with its last key, whose extra scores are dropped), then per query the
+ * rescale, the weights and the value rows, its output kept in registers across the block. */
+enum { TILE = VL ? VL : 1 };
 static void soft_block(soft_state *st, const int64_t *pos, int nb) {
     const attn_kv_view *kv = st->kv;
     const int n_q = st->n_q, dk = kv->dk, dv = kv->dv;
-    float s[ATTN_MAX_GROUP][BLK], p[ATTN_MAX_GROUP], tmp[4];
+    float s[ATTN_MAX_GROUP][BLK + TILE], tile[TILE];
+    const void *kr[BLK + TILE], *vr[BLK];
     /* scattered ids only: a range streams, and the hardware prefetcher follows it */
     const int scattered = nb > 1 && pos[nb - 1] - pos[0] != nb - 1;
     const size_t kb = (size_t)dk * elt_size(kv), vb = (size_t)dv * elt_size(kv);
-    for (int j = 0; scattered && j < nb && j < PF_ROWS; j++) prefetch_row(k_row(kv, pos[j]), kb);
     for (int j = 0; j < nb; j++) {
+        kr[j] = k_row(kv, pos[j]);
+        vr[j] = v_row(kv, pos[j]);
         if (scattered) {
-            if (j + PF_ROWS < nb) prefetch_row(k_row(kv, pos[j + PF_ROWS]), kb);
-            prefetch_row(v_row(kv, pos[j]), vb);   /* read after the block's softmax */
+            prefetch_row(kr[j], kb);
+            prefetch_row(vr[j], vb);   /* read after the block's softmax */
         }
-        const void *k = k_row(kv, pos[j]);
-        int g = 0;
-        for (; g + 4 <= n_q; g += 4) {
-            dot4(st->q + (size_t)g * dk, k, dk, kv->dtype, tmp);
-            for (int u = 0; u < 4; u++) s[g + u][j] = st->scale * tmp[u];
-        }
-        for (; g < n_q; g++) s[g][j] = st->scale * dot1(st->q + (size_t)g * dk, k, dk, kv->dtype);
     }
+    for (int j = nb; j < BLK + TILE; j++) kr[j] = kr[nb - 1];
+    for (int j0 = 0; j0 < nb; j0 += TILE) {
+        const int m = nb - j0 < TILE ? nb - j0 : TILE;
+        for (int g = 0; g < n_q; g++) {
+            dots_tile(st->q + (size_t)g * dk, kr + j0, dk, kv->dtype, tile);
+            for (int t = 0; t < m; t++) s[g][j0 + t] = st->scale * tile[t];
+        }
+    }
+#if VL
+    const int nv = (nb + VL - 1) / VL * VL; /* the scores VL at a time, the padding masked */
+#endif
     for (int g = 0; g < n_q; g++) {
         float bm = -INFINITY;
+#if VL
+        for (int j = nb; j < nv; j++) s[g][j] = -INFINITY;
+        vf mx = v_set1(-INFINITY);
+        for (int j = 0; j < nv; j += VL) mx = v_max(v_ld(&s[g][j]), mx); /* a NaN score is passed over */
+        bm = v_hmax(mx);
+#else
         for (int j = 0; j < nb; j++) bm = s[g][j] > bm ? s[g][j] : bm;
+#endif
+        float *o = st->out + (size_t)g * dv;
         if (bm > st->m[g]) {
             float c = expf(st->m[g] - bm); /* 0 on the first block (m = -inf) */
             st->d[g] *= c;
-            float *o = st->out + (size_t)g * dv;
             for (int i = 0; i < dv; i++) o[i] *= c;
             st->m[g] = bm;
         }
         float dsum = 0.0f;
+#if VL
+        /* the weights VL at a time; the padding's weights are zeroed before the sum */
+        const vf mv = v_set1(st->m[g]);
+        for (int j = 0; j < nv; j += VL) v_st(&s[g][j], v_exp(v_sub(v_ld(&s[g][j]), mv)));
+        for (int j = nb; j < nv; j++) s[g][j] = 0.0f;
+        vf ds = v_zero();
+        for (int j = 0; j < nv; j += VL) ds = v_add(ds, v_ld(&s[g][j]));
+        dsum = v_sum(ds);
+#else
         for (int j = 0; j < nb; j++) {
             s[g][j] = expf(s[g][j] - st->m[g]);
             dsum += s[g][j];
         }
+#endif
         st->d[g] += dsum;
     }
-    for (int j = 0; j < nb; j++) {
-        for (int g = 0; g < n_q; g++) p[g] = s[g][j];
-        axpy_group(st->out, p, n_q, v_row(kv, pos[j]), dv, kv->dtype);
+    /* o += sum_j p_j v_j, key after key (the order of each element's sum is the keys', whatever
+     * the grouping), for up to four queries at a time so that a value row is loaded once for them */
+    int g = 0;
+#if VL
+    for (; g + 4 <= n_q; g += 4) pv_rows(st, 4, g, s, vr, nb);
+    for (; g < n_q; g++) pv_rows(st, 1, g, s, vr, nb);
+#else
+    for (; g < n_q; g++) {
+        float *o = st->out + (size_t)g * dv;
+        for (int i = 0; i < dv; i++)
+            for (int j = 0; j < nb; j++) {
+                float x = kv->dtype == ATTN_F32 ? ((const float *)vr[j])[i] : krn_f16_to_f32(((const uint16_t *)vr[j])[i]);
+                o[i] += s[g][j] * x;
+            }
     }
+#endif
 }
 
 static void soft_finish(soft_state *st, float *lse) {
