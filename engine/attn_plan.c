@@ -307,59 +307,23 @@ void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_
     const int G = m->hp.n_head / m->hp.n_head_kv, hd = m->hp.head_dim, nb = s->trace_nb;
     const double scale = m->hp.attn_scale;
     const int64_t B = s->trace_bucket;
+    /* the plan's log-sum-exp per query: the executor's, or (the GPU executor's rows) the plan run
+     * here on the host copy, as eng_plan_account does for recall */
+    enum { BUF = ATTN_MAX_GROUP * 256 > 4096 ? ATTN_MAX_GROUP * 256 : 4096 };
+    float run_o[BUF], run_l[ATTN_MAX_GROUP];
+    if (!plan_lse) {
+        eng_plan_run(m, view, q, pl, run_o, run_l);
+        plan_lse = run_l;
+    }
     float acc[ENG_TRACE_MAX_BUCKETS];
     float sc[ATTN_MAX_GROUP * TRACE_CHUNK];
     memset(acc, 0, sizeof(float) * nb);
     for (int g0 = 0; g0 < G; g0 += ATTN_MAX_GROUP) {
         const int ng = G - g0 < ATTN_MAX_GROUP ? G - g0 : ATTN_MAX_GROUP;
         const float *qg = q + (size_t)g0 * hd;
-        /* pass 1 (when the executor's log-sum-exp is not at hand): each part's per query, its
-         * weight (lse_add) included */
-        double mx[PLAN_MAX_PARTS][ATTN_MAX_GROUP], sum[PLAN_MAX_PARTS][ATTN_MAX_GROUP];
         double lse[ATTN_MAX_GROUP];
-        if (plan_lse) {
-            for (int g = 0; g < ng; g++) lse[g] = isfinite(plan_lse[g0 + g]) ? plan_lse[g0 + g] : INFINITY;
-            goto weights;
-        }
-        for (int i = 0; i < pl->n_parts; i++) {
-            const eng_attn_part *pt = &pl->part[i];
-            const int64_t n = part_len(pt);
-            for (int g = 0; g < ng; g++) mx[i][g] = -INFINITY, sum[i][g] = 0;
-            for (int64_t j0 = 0; j0 < n; j0 += TRACE_CHUNK) {
-                const int64_t c = n - j0 < TRACE_CHUNK ? n - j0 : TRACE_CHUNK;
-                trace_scores(view, qg, ng, pt, j0, c, sc);
-                for (int g = 0; g < ng; g++) {
-                    const float *r = sc + (size_t)g * TRACE_CHUNK;
-                    double cm = mx[i][g];
-                    for (int64_t j = 0; j < c; j++) cm = fmax(cm, scale * r[j]);
-                    double acc_s = sum[i][g] * exp(mx[i][g] - cm);
-                    if (!isfinite(mx[i][g])) acc_s = 0;
-                    for (int64_t j = 0; j < c; j++) acc_s += exp(scale * r[j] - cm);
-                    mx[i][g] = cm;
-                    sum[i][g] = acc_s;
-                }
-            }
-        }
-        /* the plan's log-sum-exp: every part's, the estimate's being the ids part's plus its
-         * relative log mass (as eng_plan_run merges it) */
-        for (int g = 0; g < ng; g++) {
-            double parts[PLAN_MAX_PARTS], top = -INFINITY;
-            double ids_lse = -INFINITY;
-            if (pl->n_parts > PLAN_IDS && sum[PLAN_IDS][g] > 0) ids_lse = mx[PLAN_IDS][g] + log(sum[PLAN_IDS][g]);
-            for (int i = 0; i < pl->n_parts; i++) {
-                const eng_attn_part *pt = &pl->part[i];
-                if (pt->est_rel) parts[i] = ids_lse + pt->est_rel[g0 + g];
-                else parts[i] = sum[i][g] > 0 ? mx[i][g] + log(sum[i][g]) + pt->lse_add : -INFINITY;
-                if (!isfinite(parts[i])) parts[i] = -INFINITY;
-                top = fmax(top, parts[i]);
-            }
-            double z = 0;
-            for (int i = 0; i < pl->n_parts; i++)
-                if (isfinite(parts[i])) z += exp(parts[i] - top);
-            lse[g] = z > 0 ? top + log(z) : INFINITY; /* nothing attended: no weight anywhere */
-        }
-    weights:
-        /* pass 2: each attended key's weight into its position's bucket */
+        for (int g = 0; g < ng; g++) lse[g] = isfinite(plan_lse[g0 + g]) ? plan_lse[g0 + g] : INFINITY;
+        /* each attended key's weight into its position's bucket */
         for (int i = 0; i < pl->n_parts; i++) {
             const eng_attn_part *pt = &pl->part[i];
             const int64_t n = part_len(pt);

@@ -192,7 +192,7 @@ void eng_plan_account(eng_seq *s, const attn_kv_view *view, const float *q, int6
                       const eng_attn_plan *pl, const float *out, const float *lse);
 /* The attention trace of a row (s->trace_nb > 0, p >= s->trace_from): the softmax weights of
  * the keys its plan attends, recomputed from the parts' raw scores against the plan's
- * log-sum-exp per query (lse: the executor's, G floats; NULL: computed here in a first pass),
+ * log-sum-exp per query (lse: the executor's, G floats; NULL: the plan run here, eng_plan_run),
  * added to the sequence's buckets. Thread-safe (atomic adds of a per-call buffer). */
 void eng_plan_trace(eng_seq *s, const attn_kv_view *view, const float *q, int64_t p, const eng_attn_plan *pl,
                     const float *lse);
