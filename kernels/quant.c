@@ -1048,6 +1048,87 @@ i8_tile(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, in
         for (int t = 0; t < nt; t++) y[(int64_t)t * ldy + r] = vf_fold(acc[r][t]);
 }
 
+/* The matmul's weights unpacked once per group of KR rows and reused by every token of a block
+ * (i8_tile unpacks each pair again for every 4 tokens, which costs more than the products): per
+ * pair, per row, I8_PK bytes: u (64 unsigned bytes), sw (16 floats), mw (16 floats, Q4_K). */
+enum { I8_PK = 192 };
+
+static void i8_unpack(int kind, const uint8_t *w, size_t rb, int nr, int64_t n, uint8_t *pk) {
+    const int64_t nb = n / 32, npair = (nb + 1) / 2;
+    for (int r = 0; r < nr; r++) {
+        const uint8_t *row = w + (size_t)r * rb;
+        __m256 ksc = _mm256_setzero_ps(), kmn = _mm256_setzero_ps();
+        for (int64_t p = 0; p < npair; p++) {
+            uint8_t *d = pk + ((size_t)p * KR + (size_t)r) * I8_PK;
+            __m512i u;
+            __m512 sw, mw = _mm512_setzero_ps();
+            if (kind == I8_Q5_0) {
+                const uint8_t *b0 = row + (size_t)(2 * p) * 22;
+                pair_q5_0(b0, 2 * p + 1 < nb ? b0 + 22 : NULL, &u, &sw);
+            } else if (kind == I8_Q6_K) {
+                pair_q6_k(row + (size_t)(p >> 2) * 210, (int)(p & 3), &u, &sw);
+            } else {
+                const uint8_t *blk = row + (size_t)(p >> 2) * 144;
+                if ((p & 3) == 0) block_q4_k(blk, &ksc, &kmn);
+                pair_q4_k(blk, (int)(p & 3), ksc, kmn, &u, &sw, &mw);
+            }
+            _mm512_store_si512(d, u);
+            _mm512_store_ps(d + 64, sw);
+            _mm512_store_ps(d + 128, mw);
+        }
+    }
+}
+
+/* i8_tile over unpacked rows (i8_unpack): the same operations in the same order for every
+ * (row, token), so each result has i8_tile's bits (and krn_matvec's). */
+static inline __attribute__((always_inline)) void
+i8_tile_pk(int kind, const uint8_t *pk, int nr, const xq8 *xs, int nt, int64_t n, float *y, int64_t ldy) {
+    const int64_t npair = (n / 32 + 1) / 2;
+    __m512 acc[KR][4];
+    for (int r = 0; r < KR; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < npair; p++) {
+        for (int r = 0; r < KR; r++) {
+            if (r >= nr) break;
+            const uint8_t *d = pk + ((size_t)p * KR + (size_t)r) * I8_PK;
+            const __m512i u = _mm512_load_si512(d);
+            const __m512 sw = _mm512_load_ps(d + 64);
+            for (int t = 0; t < 4; t++) {
+                if (t >= nt) break;
+                const __m512 dx = _mm512_load_ps(xs[t].dx + 16 * p);
+                const __m512i q = _mm512_load_si512(xs[t].q + 64 * p);
+                const __m512i c = _mm512_load_si512(xs[t].c + 16 * p);
+                if (kind == I8_Q4_K) {
+                    const __m512 mw = _mm512_load_ps(d + 128);
+                    const __m512i si = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q);
+                    __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(sw, dx), acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_castsi512_ps(c), _mm512_mul_ps(mw, dx), a);
+                } else {
+                    const __m512i si = _mm512_dpbusd_epi32(c, u, q);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(sw, dx), acc[r][t]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) y[(int64_t)t * ldy + r] = vf_fold(acc[r][t]);
+}
+
+static void i8_tile_pk_any(int kind, const uint8_t *pk, int nr, const xq8 *xs, int nt, int64_t n,
+                           float *y, int64_t ldy) {
+#define I8_NT(K) \
+    switch (nt) { \
+    case 4: i8_tile_pk(K, pk, nr, xs, 4, n, y, ldy); break; \
+    case 3: i8_tile_pk(K, pk, nr, xs, 3, n, y, ldy); break; \
+    case 2: i8_tile_pk(K, pk, nr, xs, 2, n, y, ldy); break; \
+    default: i8_tile_pk(K, pk, nr, xs, 1, n, y, ldy); break; \
+    }
+    if (kind == I8_Q5_0) I8_NT(I8_Q5_0)
+    else if (kind == I8_Q6_K) I8_NT(I8_Q6_K)
+    else I8_NT(I8_Q4_K)
+#undef I8_NT
+}
+
 /* The tile with kind and token count as constants (so the accumulators stay in registers). */
 static void i8_tile_any(int kind, const uint8_t *w, size_t rb, int nr, const xq8 *xs, int nt, int64_t n,
                         size_t pf, float *y, int64_t ldy) {
@@ -1086,19 +1167,32 @@ static void i8_matmul(int kind, uint32_t type, const uint8_t *w, int64_t n_rows,
 #endif
     int64_t mr = (n_rows + 4 * nth - 1) / (4 * nth);
     mr = min64(128, (mr + KR - 1) / KR * KR);
-    enum { TB = 32 };
+    /* a block of tokens shares each group's unpacked rows; fewer than PK_MIN tokens unpack
+     * inline (the unpacking would not pay) */
+    enum { TB = 64, PK_MIN = 8 };
     const int64_t n_rt = (n_rows + mr - 1) / mr, n_tb = (n_tok + TB - 1) / TB;
+    const size_t pkb = (size_t)KR * (size_t)((n_cols / 32 + 1) / 2) * I8_PK;
+    uint8_t *pks = n_tok >= PK_MIN ? krn_scratch(KRN_SCR_PACK, pkb * (size_t)nth) : NULL;
     #pragma omp parallel for schedule(static)
     for (int64_t it = 0; it < n_rt * n_tb; it++) {
         const int64_t r0 = (it / n_tb) * mr, t0 = (it % n_tb) * TB;
         const int64_t r1 = min64(n_rows, r0 + mr), t1 = min64(n_tok, t0 + TB);
+        int th = 0;
+#ifdef _OPENMP
+        th = omp_get_thread_num();
+#endif
+        uint8_t *pk = pks && t1 - t0 >= PK_MIN && th < nth ? pks + (size_t)th * pkb : NULL;
         for (int64_t r = r0; r < r1; r += KR) {
             const int nr = (int)min64(KR, r1 - r);
+            if (pk) i8_unpack(kind, w + (size_t)r * rb, rb, nr, n_cols, pk);
             for (int64_t t = t0; t < t1; t += 4) {
                 xq8 xs[4];
                 const int nt = (int)min64(4, t1 - t);
                 for (int k = 0; k < nt; k++) xq8_at(buf + (size_t)(t + k) * xb, n_cols, &xs[k]);
-                i8_tile_any(kind, w + (size_t)r * rb, rb, nr, xs, nt, n_cols, 0, Y + t * n_rows + r, n_rows);
+                if (pk)
+                    i8_tile_pk_any(kind, pk, nr, xs, nt, n_cols, Y + t * n_rows + r, n_rows);
+                else
+                    i8_tile_any(kind, w + (size_t)r * rb, rb, nr, xs, nt, n_cols, 0, Y + t * n_rows + r, n_rows);
             }
         }
     }

@@ -10,6 +10,7 @@
 enum {
     KRN_SCR_TILES,   /* krn_matmul's decoded weight tiles (f32) */
     KRN_SCR_XQ8,     /* the activations rounded to 8 bits (quant.c) */
+    KRN_SCR_PACK,    /* the 8-bit types' weight rows unpacked for the matmul tile, per thread */
     KRN_SCR_COUNT
 };
 

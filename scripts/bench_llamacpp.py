@@ -8,12 +8,15 @@ does). Two modes:
            and per length a summary: the median of each tool's prefill and decode tok/s and the
            median over repeats of the paired kvseek/llama.cpp ratios. --long L adds a length
            where kvseek runs with each of --long-selectors (llama.cpp dense, once per repeat).
+           --flash-attn on|off|both (bare: on): llama.cpp with flash attention, without, or
+           both in turn (A B C A B C), a summary per mode. Every summary names the llama.cpp
+           build (scripts/llamacpp_venv.sh: native, avx512 or avx2) and its system info.
   run:     one llama.cpp run: prefill of the ids, then greedy decode of N tokens ignoring
            end-of-generation (the first from the prefill's logits, then N - 1 forwards, as kvseek
            counts), timed like kvseek's --json output.
 
 Usage: python bench_llamacpp.py compare [--model M] [--kvseek EXE] [--lengths 512,1024] [-n 64]
-           [-t THREADS] [--repeat 3] [--long 32768] [--long-selectors retrieval] [--flash-attn]
+           [-t THREADS] [--repeat 3] [--long 32768] [--long-selectors retrieval] [--flash-attn on|off|both]
            [--out FILE.jsonl] [-- extra kvseek generate options]
        python bench_llamacpp.py run MODEL IDS_FILE N THREADS [--flash-attn] [--n-batch B]
 IDS_FILE: comma-separated token ids, BOS included (what `kvseek tokenize` prints for the prompt).
@@ -85,9 +88,26 @@ def kvseek_run(a, prompt, length, sel):
     return r
 
 
-def llama_run(a, ids_file, length):
+def llama_build():
+    """The llama.cpp build this python runs: scripts/llamacpp_venv.sh's name for it, the version
+    and ggml's system info (the instruction sets it was compiled with)."""
+    info = {"build": "unknown"}
+    try:
+        info["build"] = open(os.path.join(sys.prefix, "kvseek-build")).read().split()[1]
+    except (OSError, IndexError):
+        pass
+    try:
+        import llama_cpp
+        info["version"] = llama_cpp.__version__
+        info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
+    except Exception as e:   # an older binding: the name alone
+        info["system_info"] = f"unavailable: {e}"
+    return info
+
+
+def llama_run(a, ids_file, length, fa):
     cmd = [sys.executable, os.path.abspath(__file__), "run", a.model, ids_file, str(a.n), str(a.threads)]
-    cmd += ["--flash-attn"] if a.flash_attn else []
+    cmd += ["--flash-attn"] if fa else []
     r = {"tool": "llama.cpp", "length": length, "selector": "dense", "load1": round(os.getloadavg()[0], 2)}
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
@@ -113,11 +133,16 @@ def compare(argv):
     ap.add_argument("--long-selectors", default="retrieval")
     ap.add_argument("--long-repeat", type=int, default=1,
                     help="repeats at --long (a 32K llama.cpp prefill alone takes minutes)")
-    ap.add_argument("--flash-attn", action="store_true", help="llama.cpp with flash attention")
+    ap.add_argument("--flash-attn", nargs="?", const="on", default="off", choices=["off", "on", "both"],
+                    help="llama.cpp with flash attention (on), without (off), or each in turn (both)")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--tmp", default=os.path.join("build", "bench"))
     a = ap.parse_args(argv)
     a.extra = extra
+    fa_modes = {"off": [False], "on": [True], "both": [False, True]}[a.flash_attn]
+    build = llama_build()
+    print(f"bench_llamacpp.py: llama.cpp {build.get('version', '?')}, {build['build']} build: "
+          f"{build.get('system_info', '')}", file=sys.stderr, flush=True)
     sys.path.insert(0, HERE)
     from bench_speed import make_prompt
 
@@ -136,7 +161,8 @@ def compare(argv):
                    capture_output=True)
     warm = os.path.join(a.tmp, "warm.txt")
     make_prompt(a.kvseek, a.model, 16, warm)
-    llama_run(a, warm + ".ids", 16)
+    for fa in fa_modes:
+        llama_run(a, warm + ".ids", 16, fa)
     plan = [(int(x), ["dense"]) for x in a.lengths.split(",") if x.strip()]
     if a.long:
         plan.append((a.long, a.long_selectors.split(",")))
@@ -145,16 +171,19 @@ def compare(argv):
         ids = make_prompt(a.kvseek, a.model, length, prompt)
         runs = []
         for rep in range(a.long_repeat if a.long and length == a.long else a.repeat):
-            for sel in sels:   # A B A B: kvseek, llama.cpp, kvseek, llama.cpp, ...
+            for sel in sels:   # A B A B: kvseek, llama.cpp, kvseek, llama.cpp, ... (A B C with both)
                 kv = kvseek_run(a, prompt, len(ids), sel)
                 kv["rep"] = rep
                 emit({k: v for k, v in kv.items() if k != "tokens"})
-                ll = llama_run(a, prompt + ".ids", len(ids))
-                ll["rep"] = rep
-                emit({k: v for k, v in ll.items() if k != "tokens"})
-                runs.append((sel, kv, ll))
-        for sel in sels:
-            ok = [(kv, ll) for s, kv, ll in runs if s == sel and "error" not in kv and "error" not in ll]
+                for fa in fa_modes:
+                    ll = llama_run(a, prompt + ".ids", len(ids), fa)
+                    ll["rep"] = rep
+                    ll["flash_attn"] = fa
+                    emit({k: v for k, v in ll.items() if k != "tokens"})
+                    runs.append((sel, fa, kv, ll))
+        for sel, fa in [(s, f) for s in sels for f in fa_modes]:
+            ok = [(kv, ll) for s, f, kv, ll in runs
+                  if s == sel and f == fa and "error" not in kv and "error" not in ll]
             if not ok:
                 continue
             same = 0
@@ -172,7 +201,8 @@ def compare(argv):
                   "same_greedy_tokens": same,
                   "load1_range": [min(min(kv["load1"], ll["load1"]) for kv, ll in ok),
                                   max(max(kv["load1"], ll["load1"]) for kv, ll in ok)],
-                  "flash_attn": a.flash_attn})
+                  "flash_attn": fa, "llamacpp_build": build["build"],
+                  "llamacpp_version": build.get("version"), "llamacpp_system_info": build.get("system_info")})
 
 
 def main():

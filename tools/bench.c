@@ -8,6 +8,8 @@
  *     weights), alternating with the plain sum over the same bytes: GB/s and the share of the
  *     read bandwidth it reaches;
  *   - the cost of one OpenMP fork/join (a decode step runs one per matvec);
+ *   - the prefill matmul (2048 rows x --cols, --tokens tokens) per type: GFLOP/s and the share of
+ *     the machine's measured peak (8-bit dot products or f32 FMA, whichever the type runs on);
  *   - attention (attn_range) over a long f32 / f16 KV range, on one thread (how a decode step of a
  *     one-KV-head model runs it) and split over the threads;
  *   - with a model (-m; the default model when present): bytes of weights read per decoded token
@@ -36,7 +38,7 @@
 #define DEFAULT_MODEL "models/gemma-3-270m-q4_k_m.gguf"
 
 typedef struct {
-    int threads, reps, json, cols;
+    int threads, reps, json, cols, prefill_tokens, matmul_only;
     size_t mb;
     const char *model;         /* NULL: no model section */
     int64_t ctx[8];
@@ -206,6 +208,100 @@ static void bench_types(const bench_opts *o, uint8_t *buf, size_t cap, float *x,
              bytes / 1048576.0, bytes / med / 1e9, bytes / best / 1e9, (double)rows * o->cols / med / 1e9,
              bytes / rmed / 1e9, 100.0 * rmed / med);
     }
+}
+
+/* ---- prefill matmul -------------------------------------------------------------------------- */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* The machine's arithmetic peak on the calling team, measured: every thread runs chains of
+ * independent multiply-adds in registers (8-bit dot products with AVX-512 VNNI, f32 FMA
+ * otherwise), GOP/s counting a multiply and an add as two. */
+static double peak_gops(int int8) {
+    double best = 0.0;
+    for (int r = 0; r < 3; r++) {
+        const long iters = 20000000;
+        double t0 = krn_now_s();
+        float out = 0.0f;
+        #pragma omp parallel reduction(+:out)
+        {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+            if (int8) {
+                __m512i a[8], u = _mm512_set1_epi8(3), q = _mm512_set1_epi8(-2);
+                for (int k = 0; k < 8; k++) a[k] = _mm512_set1_epi32(k);
+                for (long i = 0; i < iters / 8; i++)
+                    for (int k = 0; k < 8; k++) a[k] = _mm512_dpbusd_epi32(a[k], u, q);
+                for (int k = 0; k < 8; k++) out += (float)_mm512_reduce_add_epi32(a[k]);
+            } else
+#endif
+#if defined(__AVX512F__)
+            {
+                __m512 a[8], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
+                for (int k = 0; k < 8; k++) a[k] = _mm512_set1_ps((float)k);
+                for (long i = 0; i < iters / 8; i++)
+                    for (int k = 0; k < 8; k++) a[k] = _mm512_fmadd_ps(a[k], m, c);
+                for (int k = 0; k < 8; k++) out += _mm512_reduce_add_ps(a[k]);
+            }
+#else
+            {
+                float a[8] = {0};
+                for (long i = 0; i < iters / 8; i++)
+                    for (int k = 0; k < 8; k++) a[k] = a[k] * 0.999f + 1e-3f;
+                for (int k = 0; k < 8; k++) out += a[k];
+            }
+#endif
+        }
+        sink = out;
+        double dt = krn_now_s() - t0;
+        /* per iteration: 8 vectors of 64 byte products (int8) or 16 float FMAs, 2 ops each */
+#if defined(__AVX512F__)
+        const double per = int8 ? 8.0 * 64 * 2 : 8.0 * 16 * 2;
+#else
+        const double per = 8.0 * 2;
+#endif
+        const double g = (double)(iters / 8) * per * omp_get_max_threads() / dt / 1e9;
+        if (g > best) best = g;
+    }
+    return best;
+}
+
+/* The prefill product (krn_matmul: a block of tokens against a weight matrix) per type, at a
+ * model-like shape: GFLOP/s and its share of the measured peak of the arithmetic it runs on
+ * (8-bit dot products for the types krn_type_i8 names, f32 FMA otherwise). */
+static void bench_matmul(const bench_opts *o) {
+    static const uint32_t types[] = {KRN_TYPE_Q5_0, KRN_TYPE_Q4_K, KRN_TYPE_Q6_K, KRN_TYPE_Q8_0, KRN_TYPE_F16};
+    const double peak_i8 = peak_gops(1), peak_f32 = peak_gops(0);
+    emit(o, "peak", "threads=%d int8_gop_s=%.1f f32_gflop_s=%.1f", o->threads, peak_i8, peak_f32);
+    const int64_t rows = 2048, cols = o->cols, ntok = o->prefill_tokens;
+    float *X = malloc(sizeof(float) * (size_t)(cols * ntok)), *Y = malloc(sizeof(float) * (size_t)(rows * ntok));
+    uint8_t *w = aligned_alloc(64, krn_row_bytes(KRN_TYPE_F32, cols) * (size_t)rows);
+    if (!X || !Y || !w) {
+        fprintf(stderr, "error: cannot allocate the matmul buffers\n");
+        free(X); free(Y); free(w);
+        return;
+    }
+    for (int64_t i = 0; i < cols * ntok; i++) X[i] = frand();
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        const uint32_t type = types[i];
+        fill_type(type, w, krn_row_bytes(type, cols) * (size_t)rows);
+        krn_matmul(type, w, rows, cols, X, ntok, Y);   /* warm-up: scratch, threads */
+        double t[64];
+        int reps = o->reps > 64 ? 64 : o->reps;
+        for (int r = 0; r < reps; r++) {
+            double t0 = krn_now_s();
+            krn_matmul(type, w, rows, cols, X, ntok, Y);
+            t[r] = krn_now_s() - t0;
+        }
+        const double flop = 2.0 * rows * cols * ntok, med = median(t, reps);
+        const int i8 = krn_type_i8(type);
+        const double gf = flop / med / 1e9, peak = i8 ? peak_i8 : peak_f32;
+        emit(o, "matmul", "type=%s rows=%lld cols=%lld tokens=%lld ms=%.2f gflop_s=%.1f gflop_s_best=%.1f "
+             "arith=%s pct_of_peak=%.1f", krn_type_name(type), (long long)rows, (long long)cols, (long long)ntok,
+             med * 1e3, gf, flop / minimum(t, reps) / 1e9, i8 ? "int8" : "f32", 100.0 * gf / peak);
+    }
+    free(X); free(Y); free(w);
 }
 
 /* ---- attention ------------------------------------------------------------------------------ */
@@ -381,10 +477,12 @@ static int bench_model(const bench_opts *o, double copy_gbs, double read_gbs) {
 
 static void usage(void) {
     printf("usage: kvseek bench-kernels [-t N] [--json] [-m MODEL | -m none] [--mb N] [--reps N]\n"
-           "                            [--cols N] [--ctx L,L,...]\n\n"
+           "                            [--cols N] [--tokens N] [--ctx L,L,...]\n"
+           "                            [--matmul-only]\n\n"
            "Memory bandwidth (memcpy, streaming read), matvec GB/s of every weight type over a buffer\n"
            "larger than the caches, attention over a long KV range, and for a model the bytes read per\n"
-           "decoded token, a decode pass over its weights and the implied tok/s ceilings.\n\n"
+           "decoded token, a decode pass over its weights and the implied tok/s ceilings; the prefill\n"
+           "matmul per type in GFLOP/s against the measured int8 / f32 peak.\n\n"
            "  -t, --threads N   threads (default: OpenMP's, i.e. OMP_NUM_THREADS or the CPUs)\n"
            "  --json            one JSON object per line\n"
            "  -m, --model PATH  model for the per-token figures (default %s when present;\n"
@@ -392,6 +490,8 @@ static void usage(void) {
            "  --mb N            MiB of weights per type, and of each memcpy buffer (default 1024)\n"
            "  --reps N          repetitions per measurement (default 5; medians are reported)\n"
            "  --cols N          columns of the synthetic matrices, a multiple of 256 (default 4096)\n"
+           "  --tokens N        tokens per prefill matmul (2048 rows x --cols; default 512)\n"
+           "  --matmul-only     only the peak and the prefill matmul\n"
            "  --ctx LIST        context lengths for KV bytes per token (default 512,4096,16384,32768)\n",
            DEFAULT_MODEL);
 }
@@ -402,6 +502,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
     o->reps = 5;
     o->mb = 1024;
     o->cols = 4096;
+    o->prefill_tokens = 512;
     o->model = access(DEFAULT_MODEL, R_OK) == 0 ? DEFAULT_MODEL : NULL;
     const int64_t ctx_default[] = {512, 4096, 16384, 32768};
     memcpy(o->ctx, ctx_default, sizeof ctx_default);
@@ -411,7 +512,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
         long n = 0;
         char *end = NULL;
         int takes = !strcmp(a, "-t") || !strcmp(a, "--threads") || !strcmp(a, "--mb") || !strcmp(a, "--reps")
-                    || !strcmp(a, "--cols") || !strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--ctx");
+                    || !strcmp(a, "--cols") || !strcmp(a, "--tokens") || !strcmp(a, "-m") || !strcmp(a, "--model") || !strcmp(a, "--ctx");
         if (takes && !v) {
             fprintf(stderr, "error: %s needs a value\n", a);
             return -1;
@@ -425,8 +526,10 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 1; }
         else if (!strcmp(a, "--json")) o->json = 1;
+        else if (!strcmp(a, "--matmul-only")) o->matmul_only = 1;
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) o->threads = (int)n;
         else if (!strcmp(a, "--mb")) o->mb = (size_t)n;
+        else if (!strcmp(a, "--tokens")) o->prefill_tokens = (int)n;
         else if (!strcmp(a, "--reps")) o->reps = (int)n;
         else if (!strcmp(a, "--cols")) {
             if (n % 256) { fprintf(stderr, "error: --cols must be a multiple of 256\n"); return -1; }
@@ -486,6 +589,10 @@ int tool_bench_kernels_main(int argc, char **argv) {
         "generic";
 #endif
     emit(&o, "env", "threads=%d isa=%s llc=%s mib=%zu reps=%d", o.threads, isa, llc, o.mb, o.reps);
+    if (o.matmul_only) {
+        bench_matmul(&o);
+        return 0;
+    }
 
     size_t cap = o.mb << 20;
     uint8_t *a = aligned_alloc(64, cap), *b = aligned_alloc(64, cap);
@@ -547,6 +654,7 @@ int tool_bench_kernels_main(int argc, char **argv) {
 
     bench_types(&o, a, cap, x, y);
     free(a); free(b); free(x); free(y);
+    bench_matmul(&o);
 
     if (o.model) rc = bench_model(&o, copy_gbs, read_gbs);
     else bench_attn(&o, 32768, 256, 4);
