@@ -878,20 +878,28 @@ static void xq8_quantize(int kind, const float *x, int64_t n, const xq8 *o) {
                 continue;
             }
             const float *xb = x + 32 * (b0 + k);
-            float am = 0.0f;
-            int finite = 1;
-            for (int i = 0; i < 32; i++) {
-                am = fmaxf(am, fabsf(xb[i]));
-                finite &= isfinite(xb[i]) != 0;
-            }
-            if (!finite) {   /* a NaN or inf activation poisons every output, as in f32 */
+            /* |x| as bits: a max over the bits is the max over the values for finite x, and
+             * an exponent of all ones marks an inf or NaN */
+            const __m512i ab = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+            const __m512i a0 = _mm512_and_si512(_mm512_loadu_si512(xb), ab);
+            const __m512i a1 = _mm512_and_si512(_mm512_loadu_si512(xb + 16), ab);
+            if (_mm512_cmpge_epi32_mask(a0, inf) | _mm512_cmpge_epi32_mask(a1, inf)) {
+                /* a NaN or inf activation poisons every output, as in f32 */
                 memset(tq + 32 * k, 0, 32);
                 td[k] = NAN;
                 continue;
             }
+            const int32_t amb = _mm512_reduce_max_epi32(_mm512_max_epi32(a0, a1));
+            float am;
+            memcpy(&am, &amb, 4);
             const float d = am / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
             td[k] = d;
-            for (int i = 0; i < 32; i++) tq[32 * k + i] = (int8_t)nearbyintf(xb[i] * id);
+            const __m512 vid = _mm512_set1_ps(id);
+            for (int h = 0; h < 2; h++) {
+                const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * h), vid),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm_storeu_si128((__m128i *)(tq + 32 * k + 16 * h), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(r)));
+            }
         }
         int8_t *q = o->q + 32 * b0;
         if (kind == I8_Q5_0) {
