@@ -49,18 +49,21 @@ build() {   # build NAME: builds (or reuses) the venv of that build; 0 when it p
   local name=$1 venv="$cache/llamacpp-$1"
   if [ -f "$venv/kvseek-build" ] && "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
     grep -q '^ok' "$venv/kvseek-build" && return 0
-    return 1   # built before and failed its smoke test
+    echo "llamacpp_venv: the $name build failed its smoke test before: $(cat "$venv/kvseek-build")" >&2
+    return 1
   fi
   echo "llamacpp_venv: building llama-cpp-python $ver ($name: $(flags_of "$name")) into $venv (~10 minutes on 2 cores)" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   CMAKE_ARGS="$(flags_of "$name")" "$venv/bin/pip" install -q --no-cache-dir "llama-cpp-python==$ver" numpy >&2
-  if smoke "$venv"; then
+  local rc=0
+  smoke "$venv" || rc=$?
+  if [ "$rc" = 0 ]; then
     printf 'ok %s %s\n' "$name" "$(flags_of "$name")" > "$venv/kvseek-build"
     return 0
   fi
-  printf 'failed %s %s\n' "$name" "$(flags_of "$name")" > "$venv/kvseek-build"
-  echo "llamacpp_venv: the $name build failed its smoke test (crash or timeout)" >&2
+  printf 'failed %s %s (exit %s)\n' "$name" "$(flags_of "$name")" "$rc" > "$venv/kvseek-build"
+  echo "llamacpp_venv: the $name build failed its smoke test (exit $rc: 139 is a segfault, 124 a timeout)" >&2
   return 1
 }
 
