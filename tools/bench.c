@@ -222,7 +222,7 @@ static void bench_types(const bench_opts *o, uint8_t *buf, size_t cap, float *x,
 static double peak_gops(int int8) {
     double best = 0.0;
     for (int r = 0; r < 3; r++) {
-        const long iters = 20000000;
+        const long iters = 400000000;   /* about 0.1 s per thread: long enough to ignore scheduling */
         double t0 = krn_now_s();
         float out = 0.0f;
         #pragma omp parallel reduction(+:out)
