@@ -408,7 +408,7 @@ static int attend(eng_model *m, int layer, int T, char *err, size_t errlen) {
     if (nthr > m->job_threads) nthr = m->job_threads;
     const double t0 = krn_now_s();
     int nj = 0, n_slots = 0;
-    const int tile = ATTN_MAX_GROUP / G; /* prefill rows of a global layer per job */
+    const int tile = attn_causal_max_rows(G, hd, vd); /* prefill rows of a global layer per job */
     for (int t = 0; t < T; t++) {
         eng_seq *s = m->row_seq[t];
         const int64_t p = m->row_pos[t];
@@ -467,9 +467,9 @@ static int attend(eng_model *m, int layer, int T, char *err, size_t errlen) {
         const attn_job *j = &m->jobs[i];
         if (eng_row_dead(m, j->t)) continue; /* its output is never read */
         if (j->rows > 1) {
-            const float *qs[ATTN_MAX_GROUP];
-            float *os[ATTN_MAX_GROUP], *ls[ATTN_MAX_GROUP];
-            int64_t pos[ATTN_MAX_GROUP];
+            const float *qs[ATTN_MAX_ROWS];
+            float *os[ATTN_MAX_ROWS], *ls[ATTN_MAX_ROWS];
+            int64_t pos[ATTN_MAX_ROWS];
             for (int r = 0; r < j->rows; r++) {
                 const size_t q0 = (size_t)(j->t + r) * nh + (size_t)j->h * G;
                 qs[r] = m->q + q0 * hd;

@@ -211,10 +211,10 @@ static inline void prefetch_row(const void *p, size_t bytes) {
 typedef struct {
     const attn_kv_view *kv;
     const float *q;     /* (n_q, dk) */
-    int n_q;            /* <= ATTN_MAX_GROUP */
+    int n_q;            /* <= ATTN_MAX_ROWS */
     float scale;
     float *out;         /* (n_q, dv), unnormalised during the pass */
-    float m[ATTN_MAX_GROUP], d[ATTN_MAX_GROUP];
+    float m[ATTN_MAX_ROWS], d[ATTN_MAX_ROWS];
 } soft_state;
 
 static void soft_init(soft_state *st, const attn_kv_view *kv, const float *q, int n_q, float scale,
@@ -276,7 +276,7 @@ enum { TILE = VL ? VL : 1 };
 static void soft_block(soft_state *st, const int64_t *pos, int nb) {
     const attn_kv_view *kv = st->kv;
     const int n_q = st->n_q, dk = kv->dk, dv = kv->dv;
-    float s[ATTN_MAX_GROUP][BLK + TILE], tile[TILE];
+    float s[ATTN_MAX_ROWS][BLK + TILE], tile[TILE];
     const void *kr[BLK + TILE], *vr[BLK];
     /* scattered ids only: a range streams, and the hardware prefetcher follows it */
     const int scattered = nb > 1 && pos[nb - 1] - pos[0] != nb - 1;
@@ -413,12 +413,26 @@ static void attn_dispatch(const attn_kv_view *kv, const float *q, int n_q, const
 
 /* ---- causal rows sharing their keys ---------------------------------------------------- */
 
+enum { CAUSAL_BUF = ATTN_MAX_ROWS * 128 };   /* floats of gathered queries, and of outputs */
+/* Gathered queries and outputs of one call stay within L1 (2 x 4096 floats = 32 KiB): past that
+ * every key block re-reads them from L2, and Gemma 3's 256-wide heads got slower with more rows. */
+enum { CAUSAL_L1 = 4096 };
+
+int attn_causal_max_rows(int G, int dk, int dv) {
+    const int d = dk > dv ? dk : dv;
+    if (G < 1 || d < 1) return 1;
+    int q = CAUSAL_L1 / d;
+    if (q > ATTN_MAX_ROWS) q = ATTN_MAX_ROWS;
+    return q / G > 1 ? q / G : 1;
+}
+
 void attn_causal_rows(const attn_kv_view *kv, const float *const *q, int G, int R, const int64_t *pos,
                       float scale, float *const *out, float *const *lse) {
-    if (R < 1 || G < 1 || R * G > ATTN_MAX_GROUP) return;
+    if (R < 1 || G < 1 || G > ATTN_MAX_GROUP || R * G > ATTN_MAX_ROWS) return;
     const int dk = kv->dk, dv = kv->dv, nq = R * G;
-    float qs[ATTN_MAX_GROUP * 256], os[ATTN_MAX_GROUP * 256];
-    if (dk > 256 || dv > 256) {   /* no room to gather: row by row */
+    float qs[CAUSAL_BUF], os[CAUSAL_BUF];
+    if ((size_t)nq * dk > CAUSAL_BUF || (size_t)nq * dv > CAUSAL_BUF) {
+        /* no room to gather: row by row */
         for (int r = 0; r < R; r++) attn_serial(kv, q[r], G, NULL, 0, pos[r] + 1, scale, out[r], lse[r]);
         return;
     }

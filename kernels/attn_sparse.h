@@ -28,6 +28,8 @@ typedef struct {
 
 /* Queries of one group above this many run in chunks (K rows then stream once per chunk). */
 enum { ATTN_MAX_GROUP = 16 };
+/* Queries (rows x group) per attn_causal_rows call: prefill rows share each block of keys. */
+enum { ATTN_MAX_ROWS = 64 };
 
 /* Attention of the n_q queries q[g * dk] (g < n_q, all against the same KV head) over the
  * positions [lo, hi) of kv: out[g * dv] = sum_j softmax_j(scale * q_g.k_j) v_j and
@@ -48,12 +50,15 @@ void attn_ids(const attn_kv_view *kv, const float *q, int n_q, const int32_t *id
               float scale, float *out, float *lse);
 
 /* Causal attention of R rows of one sequence on one KV head, each row r's G queries q[r]
- * (G * dk floats) over positions [0, pos[r]] (R * G <= ATTN_MAX_GROUP): the same bits as
+ * (G * dk floats) over positions [0, pos[r]] (G <= ATTN_MAX_GROUP, R * G <= ATTN_MAX_ROWS): the same bits as
  * attn_range(kv, q[r], G, 0, pos[r] + 1, ...) called serially for each row, but the keys every
  * row attends are loaded once for all of them (prefill of long contexts is bound by reading
  * them). out[r] (G * dv) and lse[r] (G). Serial; allocates nothing. */
 void attn_causal_rows(const attn_kv_view *kv, const float *const *q, int G, int R, const int64_t *pos,
                       float scale, float *const *out, float *const *lse);
+/* The most rows R attn_causal_rows takes at once for groups of G queries with K and V rows of
+ * dk and dv floats (its gathered queries and outputs live on the stack); 1 when none share. */
+int attn_causal_max_rows(int G, int dk, int dv);
 
 /* (o_a, lse_a) += (o_b, lse_b) for n_q queries: exact merge of attention over disjoint key
  * sets (krn_attn_merge per query). */

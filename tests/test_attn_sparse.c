@@ -211,10 +211,11 @@ int main(void) {
          * block borders, odd group sizes) give the bits of attn_range row by row */
         {
             const int64_t bases[] = {0, 29, 31, 95, 4093, 30000};
-            const int shapes[][2] = {{1, 4}, {2, 7}, {4, 4}, {5, 3}, {16, 1}, {3, 5}}; /* R, G */
-            float *o1 = malloc(sizeof(float) * 16 * dv), *o2 = malloc(sizeof(float) * 16 * dv);
-            float l1[16], l2[16];
-            int bad = 0;
+            /* R, G: up to ATTN_MAX_ROWS queries (9 x 7 is qwen2's prefill tile) */
+            const int shapes[][2] = {{1, 4}, {2, 7}, {4, 4}, {5, 3}, {16, 1}, {3, 5}, {9, 7}, {16, 4}, {64, 1}};
+            float *o1 = malloc(sizeof(float) * ATTN_MAX_ROWS * dv), *o2 = malloc(sizeof(float) * ATTN_MAX_ROWS * dv);
+            float l1[ATTN_MAX_ROWS], l2[ATTN_MAX_ROWS];
+            int bad = 0, runs = 0;
             /* the reference is the serial pass (the engine calls both inside its parallel loop;
              * outside one, attn_range would split long ranges across threads) */
             const int saved_threads = omp_get_max_threads();
@@ -224,22 +225,27 @@ int main(void) {
                 for (size_t bi = 0; bi < sizeof bases / sizeof *bases; bi++)
                     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
                         const int R = shapes[si][0], G = shapes[si][1];
-                        const float *qp[16];
-                        float *op[16], *lp[16];
-                        int64_t pos[16];
+                        const float *qp[ATTN_MAX_ROWS];
+                        float *op[ATTN_MAX_ROWS], *lp[ATTN_MAX_ROWS];
+                        int64_t pos[ATTN_MAX_ROWS];
                         for (int r = 0; r < R; r++) {
                             pos[r] = bases[bi] + r + (r == R - 1 && R > 2 ? 40 : 0); /* one row a block further */
-                            qp[r] = q + (size_t)((r * G) % GMAX) * dk;
+                            qp[r] = q + (size_t)((r * G) % (GMAX - G + 1)) * dk; /* G queries within q */
                             op[r] = o2 + (size_t)r * G * dv;
                             lp[r] = l2 + r * G;
                             attn_range(v, qp[r], G, 0, pos[r] + 1, scale, o1 + (size_t)r * G * dv, l1 + r * G);
                         }
                         attn_causal_rows(v, qp, G, R, pos, scale, op, lp);
                         bad += memcmp(o1, o2, sizeof(float) * R * G * dv) != 0 || memcmp(l1, l2, sizeof(float) * R * G) != 0;
+                        runs++;
                     }
             }
             omp_set_num_threads(saved_threads);
-            CHECK(bad == 0, "attn_causal_rows == attn_range per row, bit for bit (dk %d dv %d): %d of 72 differ", dk, dv, bad);
+            CHECK(bad == 0, "attn_causal_rows == attn_range per row, bit for bit (dk %d dv %d): %d of %d differ", dk, dv,
+                  bad, runs);
+            CHECK(attn_causal_max_rows(7, 64, 64) == 9 && attn_causal_max_rows(4, 256, 256) == 4 &&
+                  attn_causal_max_rows(1, 64, 64) == ATTN_MAX_ROWS && attn_causal_max_rows(16, 1024, 1024) == 1,
+                  "rows per causal pass: 9 of groups of 7 at d 64, 4 of 4 at d 256 (L1), 1 where none share");
             free(o1); free(o2);
         }
         free(q); free(ref); free(got); free(part); free(ids);
