@@ -39,7 +39,7 @@ static const char *gqa_name(int v) { return v == IDX_GQA_UNION ? "union" : v == 
 
 #define F(field) offsetof(eng_attn_params, field)
 static const row rows[] = {
-    {.o = {"selector", "--attn", ENG_ATTN_ENUM, false}, .off = F(selector), .def = IDX_DENSE,
+    {.o = {"selector", "--attn", ENG_ATTN_ENUM, false}, .off = F(selector), .def = ENG_SELECTOR_AUTO,
      .names = selector_name, .arg = "S", .help = "selector"},
     {.o = {"top_k", "--attn-top-k", ENG_ATTN_INT, false}, .off = F(top_k), .lo = 1, .hi = 1 << 24, .def = 100,
      .arg = "N", .help = "ids per query the selector returns"},

@@ -44,22 +44,25 @@ typedef struct {
 typedef struct eng_model eng_model;
 typedef struct eng_seq eng_seq;
 
-/* The selector "auto": not a kind of index but the engine's choice per model and executor,
- * from the accuracy suite's evidence (README, "Why the default"): sparq with its estimate of
- * the keys it leaves, dense below ENG_AUTO_DENSE_BELOW tokens (dense_below 0 becomes that), on
- * the CPU for models without qk-norm; dense elsewhere (qk-norm spreads a query over all its
- * components, which sparq's partial scores need concentrated; the GPU executor does not merge
- * an estimate). A sequence resolves it when configured (eng_seq_get_attn says what it runs). */
+/* The selector "auto", the default: not a kind of index but the engine's choice per model and
+ * executor, from the accuracy suite's evidence (README, "Why the default"): sparq plus a
+ * stratified tail of ENG_AUTO_TAIL of the keys it leaves (an unbiased estimate of them, which
+ * keeps the aggregation tasks a dropped tail loses), dense below ENG_AUTO_DENSE_BELOW tokens
+ * (dense_below 0 becomes that), on the CPU for models without qk-norm; dense elsewhere (qk-norm
+ * spreads a query over all its components, which sparq's partial scores need concentrated; the
+ * GPU path is not measured on the suite). An asked-for tail, estimate or dense_below stays. A
+ * sequence resolves it when configured (eng_seq_get_attn says what it runs). */
 #define ENG_SELECTOR_AUTO IDX_KIND_COUNT
 #define ENG_AUTO_DENSE_BELOW 8192
+#define ENG_AUTO_TAIL 0.02f
 
 /* How a sequence stores its KV cache and which keys its decode steps attend (DESIGN.md).
  * Prefill rows always attend densely (causal); a decode row (a sequence advanced by one row)
  * of a global layer attends its static set (sinks + recent window) plus the ids its selector
  * picks among the offloaded tokens, merged exactly by log-sum-exp. */
 typedef struct {
-    idx_kind selector;     /* IDX_DENSE (default), _WINDOW, _ORACLE, _RETRIEVAL, _IVF, _CENTROIDS,
-                            * _QUEST, _SPARQ, or ENG_SELECTOR_AUTO */
+    idx_kind selector;     /* IDX_DENSE, _WINDOW, _ORACLE, _RETRIEVAL, _IVF, _CENTROIDS,
+                            * _QUEST, _SPARQ, or ENG_SELECTOR_AUTO (the default) */
     int top_k;             /* ids per query the selector returns (default 100) */
     float scan;            /* retrieval/ivf: share of offloaded keys scored (default 0.02) */
     int gqa_mean;          /* 1: select with the group's mean query; 0: union of per-query top-k */
@@ -123,7 +126,7 @@ typedef struct {
 } eng_attn_value;
 eng_attn_value eng_attn_get(const eng_attn_params *a, const eng_attn_opt *o);
 
-/* Defaults: dense, top_k 100, scan 0.02, union, sinks 128, window 512, pages of 64, f32. */
+/* Defaults: auto, top_k 100, scan 0.02, union, sinks 128, window 512, pages of 64, f32. */
 eng_attn_params eng_attn_default(void);
 /* Whether every field is zero (such a parameter set stands for the defaults). */
 bool eng_attn_is_unset(const eng_attn_params *a);

@@ -60,7 +60,7 @@ eng_attn_params eng_attn_resolve(const eng_model *m, const eng_attn_params *a) {
         return r;
     }
     r.selector = IDX_SPARQ;
-    if (r.tail == 0) r.estimate = 1; /* the two do not combine; an asked-for tail stays */
+    if (r.tail == 0 && !r.estimate) r.tail = ENG_AUTO_TAIL; /* the two do not combine; an asked-for estimate stays */
     if (r.dense_below == 0) r.dense_below = ENG_AUTO_DENSE_BELOW;
     return r;
 }

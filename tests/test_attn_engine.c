@@ -122,26 +122,34 @@ int main(void) {
             a.target = 0;
         }
 
-        /* "auto": sparq with its estimate past ENG_AUTO_DENSE_BELOW on a model without qk-norm
-         * (the llama), dense on gemma3 (qk-norm); the sequence reports what it runs */
+        /* "auto" (the default): sparq with a tail past ENG_AUTO_DENSE_BELOW on a model without
+         * qk-norm (the llama), dense on gemma3 (qk-norm); the sequence reports what it runs */
         {
             eng_attn_params au = eng_attn_default(), ran;
+            CHECK(au.selector == ENG_SELECTOR_AUTO, "the default selector is auto");
             CHECK(eng_attn_set(&au, "selector", "auto", err, sizeof err) == 0, "selector auto: %s", err);
             eng_seq *sa = eng_seq_create_ex(m, 64, &au, err, sizeof err);
             CHECK(sa != NULL, "a sequence with selector auto: %s", err);
             if (sa) {
                 eng_seq_get_attn(sa, &ran);
                 const int qk = mi == 1;
-                CHECK(qk ? ran.selector == IDX_DENSE && !ran.estimate
-                         : ran.selector == IDX_SPARQ && ran.estimate && ran.dense_below == ENG_AUTO_DENSE_BELOW,
-                      "%s: auto runs %s (estimate %d, dense below %d)", TINY_MODELS[mi], idx_kind_name(ran.selector),
-                      ran.estimate, ran.dense_below);
-                au.tail = 0.1f; /* an asked-for tail stays, without the estimate */
+                CHECK(qk ? ran.selector == IDX_DENSE && !ran.estimate && ran.tail == 0
+                         : ran.selector == IDX_SPARQ && !ran.estimate && ran.tail == ENG_AUTO_TAIL &&
+                               ran.dense_below == ENG_AUTO_DENSE_BELOW,
+                      "%s: auto runs %s (tail %g, estimate %d, dense below %d)", TINY_MODELS[mi],
+                      idx_kind_name(ran.selector), ran.tail, ran.estimate, ran.dense_below);
+                au.tail = 0.1f; /* an asked-for tail stays */
                 au.dense_below = 100;
                 CHECK(eng_seq_set_attn(sa, &au, err, sizeof err) == 0, "auto with a tail: %s", err);
                 eng_seq_get_attn(sa, &ran);
-                CHECK(qk || (ran.selector == IDX_SPARQ && !ran.estimate && ran.tail > 0 && ran.dense_below == 100),
+                CHECK(qk || (ran.selector == IDX_SPARQ && !ran.estimate && ran.tail == 0.1f && ran.dense_below == 100),
                       "auto keeps a given tail and dense_below");
+                au.tail = 0; /* an asked-for estimate stays, without the tail */
+                au.estimate = 1;
+                CHECK(eng_seq_set_attn(sa, &au, err, sizeof err) == 0, "auto with the estimate: %s", err);
+                eng_seq_get_attn(sa, &ran);
+                CHECK(qk || (ran.selector == IDX_SPARQ && ran.estimate && ran.tail == 0),
+                      "auto keeps an asked-for estimate (tail %g, estimate %d)", ran.tail, ran.estimate);
                 eng_seq_free(sa);
             }
         }

@@ -18,7 +18,7 @@ static const struct {
     double lo, hi, def;
     int lo_open, storage;
 } spec[] = {
-    {"selector", "--attn", ENG_ATTN_ENUM, 0, 0, IDX_DENSE, 0, 0},
+    {"selector", "--attn", ENG_ATTN_ENUM, 0, 0, ENG_SELECTOR_AUTO, 0, 0},
     {"top_k", "--attn-top-k", ENG_ATTN_INT, 1, 1 << 24, 100, 0, 0},
     {"scan", "--attn-scan", ENG_ATTN_FLOAT, 0, 1, 0.02f, 1, 0},
     {"target", "--attn-target", ENG_ATTN_FLOAT, 0, 1, 0, 0, 0},
@@ -74,9 +74,9 @@ static int set_both(int i, double v, char *err, size_t errlen) {
 
 static void test_table(void) {
     const eng_attn_params d = eng_attn_default();
-    CHECK(d.selector == IDX_DENSE && d.top_k == 100 && d.scan == 0.02f && d.gqa_mean == 0 && d.n_sink == 128 &&
+    CHECK(d.selector == ENG_SELECTOR_AUTO && d.top_k == 100 && d.scan == 0.02f && d.gqa_mean == 0 && d.n_sink == 128 &&
           d.n_window == 512 && d.page_size == 64 && !d.kv_f16 && !d.kv_max_bytes && !d.measure_recall &&
-          d.target == 0 && d.levels == 0, "eng_attn_default: dense, 100, 0.02, union, 128, 512, pages of 64");
+          d.target == 0 && d.levels == 0, "eng_attn_default: auto, 100, 0.02, union, 128, 512, pages of 64");
     int n = 0;
     while (eng_attn_opt_at(n)) n++;
     CHECK(n == N_SPEC && !eng_attn_opt_at(-1), "%d options in the table", n);
@@ -89,7 +89,7 @@ static void test_table(void) {
         CHECK(eng_attn_get(&d, o).num == spec[i].def, "%s: default %g", spec[i].name, spec[i].def);
     }
     CHECK(!eng_attn_opt_find("top-k") && !eng_attn_opt_of_flag("top_k") && !eng_attn_opt_find(NULL), "no stray keys");
-    CHECK(!strcmp(eng_attn_get(&d, eng_attn_opt_find("selector")).name, "dense") &&
+    CHECK(!strcmp(eng_attn_get(&d, eng_attn_opt_find("selector")).name, "auto") &&
           !strcmp(eng_attn_get(&d, eng_attn_opt_find("gqa")).name, "union") &&
           !eng_attn_get(&d, eng_attn_opt_find("top_k")).name, "enum values read as names");
     eng_attn_params z;
@@ -215,7 +215,7 @@ static void test_cli(void) {
         CHECK(buf && (strstr(buf, flag) || !strncmp(buf, flag + 1, strlen(flag) - 1)), "--help shows %s", spec[i].flag);
     }
     CHECK(buf && strstr(buf, "(default 64; server-wide)") && strstr(buf, "(default 100)") &&
-          strstr(buf, "dense, window, oracle, retrieval, ivf, centroids, quest, sparq, auto (default dense)"), "defaults in --help:\n%s", buf);
+          strstr(buf, "dense, window, oracle, retrieval, ivf, centroids, quest, sparq, auto (default auto)"), "defaults in --help:\n%s", buf);
     free(buf);
 }
 
