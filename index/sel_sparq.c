@@ -33,6 +33,8 @@ typedef struct {
     float *all;              /* (n_q, N) the group's approximate logits */
     int64_t all_cap;
     float *qmean, *row;      /* (d) */
+    float *wq;               /* the group's weight per channel, (n_q rounded up to QG, r) in blocks of QG */
+    int64_t wq_cap;
     int all_nq;              /* queries whose logits `all` holds (1 under GQA mean) */
     /* estimate: per block of IDX_EST_BLOCK keys the sum of its values, and scratch */
     float *vblk;             /* (cap / IDX_EST_BLOCK, v_dim) */
@@ -64,7 +66,7 @@ static void sparq_clear(void *st) {
 static void sparq_free(void *st) {
     sparq_st *s = st;
     if (!s) return;
-    free(s->kc); free(s->best); free(s->tmp); free(s->all); free(s->qmean); free(s->row);
+    free(s->kc); free(s->best); free(s->tmp); free(s->all); free(s->qmean); free(s->row); free(s->wq);
     free(s->vblk); free(s->restv); free(s->rest_w); free(s->rest_n); free(s->sel);
     free(s);
 }
@@ -160,23 +162,66 @@ static int channels(const idx_set *ix) {
     return r < 1 ? 1 : r > d ? d : r;
 }
 
-/* acc[0..n) += w * the f16 values h[0..n) */
-static void axpy_f16(float *restrict acc, const uint16_t *restrict h, float w, int n) {
+enum { QG = 8 }; /* queries whose logits one pass over a block's channels accumulates */
+
+/* all[gq * N + b0 + j] for the n_q queries and the nb keys of one block from b0: the sum over the
+ * r channels, in channel order, of W's weight times the key's f16 channel. One fused multiply-add
+ * per channel from 0, as channel-by-channel axpy did, so the same bits; but the group's
+ * accumulators stay in registers and each 16-key run of a channel is converted once for all of
+ * them (the axpy form loaded and stored the whole block of logits per channel and query). */
+static void block_logits(const sparq_st *s, const int *ch, int r, const float *W, int n_q, int64_t N,
+                         int64_t b0, int nb) {
+    float *all = s->all;
     int j = 0;
 #if defined(__AVX512F__)
-    const __m512 vw = _mm512_set1_ps(w);
-    for (; j + 16 <= n; j += 16) {
-        const __m512 k = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + j)));
-        _mm512_storeu_ps(acc + j, _mm512_fmadd_ps(vw, k, _mm512_loadu_ps(acc + j)));
-    }
+    for (; j + 16 <= nb; j += 16)
+        for (int g0 = 0; g0 < n_q; g0 += QG) {
+            const float *w = W + (size_t)g0 * r;
+            __m512 acc[QG];
+            for (int g = 0; g < QG; g++) acc[g] = _mm512_setzero_ps();
+            for (int t = 0; t < r; t++) {
+                const __m512 k = _mm512_cvtph_ps(
+                    _mm256_loadu_si256((const __m256i *)(s->kc + (size_t)ch[t] * s->cap + b0 + j)));
+                for (int g = 0; g < QG; g++) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(w[t * QG + g]), k, acc[g]);
+            }
+            const int ng = n_q - g0 < QG ? n_q - g0 : QG;
+            for (int g = 0; g < ng; g++) _mm512_storeu_ps(all + (size_t)(g0 + g) * N + b0 + j, acc[g]);
+        }
 #elif defined(__F16C__) && defined(__AVX2__)
-    const __m256 vw = _mm256_set1_ps(w);
-    for (; j + 8 <= n; j += 8) {
-        const __m256 k = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + j)));
-        _mm256_storeu_ps(acc + j, _mm256_fmadd_ps(vw, k, _mm256_loadu_ps(acc + j)));
-    }
+    for (; j + 8 <= nb; j += 8)
+        for (int g0 = 0; g0 < n_q; g0 += QG) {
+            const float *w = W + (size_t)g0 * r;
+            __m256 acc[QG];
+            for (int g = 0; g < QG; g++) acc[g] = _mm256_setzero_ps();
+            for (int t = 0; t < r; t++) {
+                const __m256 k = _mm256_cvtph_ps(
+                    _mm_loadu_si128((const __m128i *)(s->kc + (size_t)ch[t] * s->cap + b0 + j)));
+                for (int g = 0; g < QG; g++) acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(w[t * QG + g]), k, acc[g]);
+            }
+            const int ng = n_q - g0 < QG ? n_q - g0 : QG;
+            for (int g = 0; g < ng; g++) _mm256_storeu_ps(all + (size_t)(g0 + g) * N + b0 + j, acc[g]);
+        }
 #endif
-    for (; j < n; j++) acc[j] += w * krn_f16_to_f32(h[j]);
+    for (; j < nb; j++)
+        for (int gq = 0; gq < n_q; gq++) {
+            const float *w = W + (size_t)(gq / QG) * QG * r;
+            float a = 0;
+            for (int t = 0; t < r; t++) a += w[t * QG + gq % QG] * krn_f16_to_f32(s->kc[(size_t)ch[t] * s->cap + b0 + j]);
+            all[(size_t)gq * N + b0 + j] = a;
+        }
+}
+
+/* The largest of x[0..n), NaNs passed over (as `x > m ? x : m` does). */
+static float max_of(const float *x, int64_t n) {
+    float m = -INFINITY;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(_mm512_loadu_ps(x + j), vm);
+    m = _mm512_reduce_max_ps(vm);
+#endif
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
 }
 
 /* The approximate logits of the N keys for each of the n_q queries into s->all (n_q rows of N):
@@ -222,17 +267,46 @@ static int approx_logits(idx_set *ix, sparq_st *s, const float *q, int n_q, int6
         s->all = a;
         s->all_cap = (int64_t)n_q * s->cap;
     }
+    const int nqp = (n_q + QG - 1) / QG * QG;
+    if ((int64_t)nqp * r > s->wq_cap) {
+        float *w2 = realloc(s->wq, sizeof(float) * (size_t)nqp * r);
+        if (!w2) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for sparq scratch");
+        s->wq = w2;
+        s->wq_cap = (int64_t)nqp * r;
+    }
+    for (int gq = 0; gq < nqp; gq++)
+        for (int t = 0; t < r; t++)
+            s->wq[(size_t)(gq / QG) * QG * r + (size_t)t * QG + gq % QG] =
+                gq < n_q ? q[(size_t)gq * d + ch[t]] * coef[gq] : 0.0f;
     for (int64_t b0 = 0; b0 < N; b0 += SPARQ_BLOCK) {
         const int nb = (int)(N - b0 < SPARQ_BLOCK ? N - b0 : SPARQ_BLOCK);
-        for (int gq = 0; gq < n_q; gq++) memset(s->all + (size_t)gq * N + b0, 0, sizeof(float) * nb);
-        for (int t = 0; t < r; t++) {
-            const uint16_t *col = s->kc + (size_t)ch[t] * s->cap + b0;
-            for (int gq = 0; gq < n_q; gq++)
-                axpy_f16(s->all + (size_t)gq * N + b0, col, q[(size_t)gq * d + ch[t]] * coef[gq], nb);
-        }
+        block_logits(s, ch, r, s->wq, n_q, N, b0, nb);
     }
     s->all_nq = n_q;
     return IDX_OK;
+}
+
+/* The k-th largest of x[0..n) (1 <= k <= n), the value idx_kth_largest gives: a histogram of
+ * the top 11 bits of order-preserving integer keys, then only the bucket the k-th falls in
+ * (copied to tmp without a branch) is selected. A quickselect over every key mispredicts about
+ * one comparison in two, which cost as much as scoring the keys. */
+static inline uint32_t order_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+static float kth_largest(const float *x, int64_t n, int64_t k, float *tmp) {
+    int32_t cnt[2048] = {0};
+    for (int64_t j = 0; j < n; j++) cnt[order_key(x[j]) >> 21]++;
+    int b = 2047;
+    while (cnt[b] < k) k -= cnt[b--];
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; j++) {
+        tmp[m] = x[j];
+        m += (int64_t)(order_key(x[j]) >> 21) == b;
+    }
+    return idx_kth_largest(tmp, m, k);
 }
 
 static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
@@ -263,16 +337,14 @@ static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const
     for (int64_t j = 0; j < N; j++) s->best[j] = -INFINITY;
     for (int gq = 0; gq < n_q; gq++) {
         const float *a = s->all + (size_t)gq * N;
-        float m = -INFINITY;
-        for (int64_t j = 0; j < N; j++) m = a[j] > m ? a[j] : m;
+        const float m = max_of(a, N);
         for (int64_t j = 0; j < N; j++) {
             const float v = a[j] - m;
             s->best[j] = v > s->best[j] ? v : s->best[j];
         }
     }
     /* the k best keys, in ascending order; ties at the threshold fill up to k */
-    memcpy(s->tmp, s->best, sizeof(float) * N);
-    const float thr = idx_kth_largest(s->tmp, N, k);
+    const float thr = kth_largest(s->best, N, k, s->tmp);
     int64_t above = 0;
     for (int64_t j = 0; j < N; j++) above += s->best[j] > thr;
     int64_t n = 0, ties = k - above;
@@ -325,8 +397,7 @@ static int sparq_estimate(idx_set *ix, idx_slot *g, int layer, int head, const k
     }
     for (int gq = 0; gq < n_q; gq++) {
         const float *a = s->all + (size_t)gq * N;
-        float m = -INFINITY;
-        for (int64_t j = 0; j < N; j++) m = a[j] > m ? a[j] : m;
+        const float m = max_of(a, N);
         double w_sel = 0, w_rest = 0;
         float *v = est->v + (size_t)gq * vd;
         memset(v, 0, sizeof(float) * vd);
