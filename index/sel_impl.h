@@ -87,7 +87,7 @@ float *idx_gather_keys(idx_set *ix, const idx_slot *s, int layer, int head, cons
 /* acc += w * the value row of position pos (the store's v_dim, f32 or f16); IDX_OK, or
  * IDX_ERR_KV with the set's message. */
 int idx_value_add(idx_set *ix, const kv_store *kv, int layer, int head, int64_t pos, float w, float *acc);
-/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
+/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: the bucket of an 11-bit histogram, then quickselect in it. */
 float idx_kth_largest(float *x, int64_t n, int64_t k);
 /* rel = -inf for the n_q queries: nothing left out or nothing to estimate with. */
 void idx_estimate_none(idx_estimate *est, int n_q);

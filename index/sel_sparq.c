@@ -286,29 +286,6 @@ static int approx_logits(idx_set *ix, sparq_st *s, const float *q, int n_q, int6
     return IDX_OK;
 }
 
-/* The k-th largest of x[0..n) (1 <= k <= n), the value idx_kth_largest gives: a histogram of
- * the top 11 bits of order-preserving integer keys, then only the bucket the k-th falls in
- * (copied to tmp without a branch) is selected. A quickselect over every key mispredicts about
- * one comparison in two, which cost as much as scoring the keys. */
-static inline uint32_t order_key(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u & 0x80000000u ? ~u : u | 0x80000000u;
-}
-
-static float kth_largest(const float *x, int64_t n, int64_t k, float *tmp) {
-    int32_t cnt[2048] = {0};
-    for (int64_t j = 0; j < n; j++) cnt[order_key(x[j]) >> 21]++;
-    int b = 2047;
-    while (cnt[b] < k) k -= cnt[b--];
-    int64_t m = 0;
-    for (int64_t j = 0; j < n; j++) {
-        tmp[m] = x[j];
-        m += (int64_t)(order_key(x[j]) >> 21) == b;
-    }
-    return idx_kth_largest(tmp, m, k);
-}
-
 static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
                             const float *q, int n_q, const idx_request *req, int32_t *ids,
                             int64_t max_ids, int64_t *scanned, int *n_queries) {
@@ -344,7 +321,8 @@ static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const
         }
     }
     /* the k best keys, in ascending order; ties at the threshold fill up to k */
-    const float thr = kth_largest(s->best, N, k, s->tmp);
+    memcpy(s->tmp, s->best, sizeof(float) * N);
+    const float thr = idx_kth_largest(s->tmp, N, k);
     int64_t above = 0;
     for (int64_t j = 0; j < N; j++) above += s->best[j] > thr;
     int64_t n = 0, ties = k - above;
