@@ -2,7 +2,7 @@
  * the exact top keys by the group's best max-shifted logit; with r = d/4 on keys whose energy sits
  * in a few channels (as real keys' outlier channels do) it finds most of them; exactly the budget,
  * ascending and in range, for f32 and f16 stores, one query, a GQA group and its mean; idx_add
- * gives what a fresh build gives. */
+ * gives what a fresh build gives; idx_kth_largest agrees with a sort. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +11,7 @@
 #include "index.h"
 #include "kvcache.h"
 #include "quant.h"
+#include "sel_impl.h"
 
 enum { NL = 2, NH = 2, VD = 4, G = 4 };
 
@@ -70,6 +71,42 @@ static void ref_scores(const float *K, int d, int h, int64_t lo, int64_t hi, con
 static int cmp_desc(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
     return (a < b) - (a > b);
+}
+
+static int cmp_desc_f(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* idx_kth_largest (histogram bucket, then quickselect) against a sort, on values with ties,
+ * both zeros, negatives, infinities and one bucket holding most of them. */
+static void check_kth(void) {
+    enum { NMAX = 5000 };
+    float *x = malloc(sizeof(float) * NMAX), *y = malloc(sizeof(float) * NMAX), *z = malloc(sizeof(float) * NMAX);
+    int bad = 0, runs = 0;
+    for (int trial = 0; trial < 60; trial++) {
+        const int n = 1 + (int)(rng_u01() * (NMAX - 1));
+        for (int i = 0; i < n; i++) {
+            const int kind = trial % 4;
+            float v = kind == 0 ? rng_normal() * 10.0f
+                    : kind == 1 ? (float)(int)(rng_u01() * 7) - 3.0f      /* ties, and both zeros */
+                    : kind == 2 ? 1.0f + 1e-6f * (float)(int)(rng_u01() * 50) /* one bucket */
+                    : -fabsf(rng_normal()) * 30.0f;
+            if (kind == 1 && i % 5 == 0) v = -0.0f;
+            if (kind == 3 && i == 0) v = -INFINITY;
+            x[i] = y[i] = v;
+        }
+        qsort(y, n, sizeof(float), cmp_desc_f);
+        for (int t = 0; t < 5; t++) {
+            const int k = t == 0 ? 1 : t == 1 ? n : 1 + (int)(rng_u01() * (n - 1));
+            memcpy(z, x, sizeof(float) * n);
+            const float got = idx_kth_largest(z, n, k);
+            bad += got != y[k - 1];
+            runs++;
+        }
+    }
+    CHECK(bad == 0, "idx_kth_largest = the k-th of a descending sort: %d of %d differ", bad, runs);
+    free(x); free(y); free(z);
 }
 
 int main(void) {
@@ -148,5 +185,6 @@ int main(void) {
     free(best);
     free(sorted);
     free(K);
+    check_kth();
     return check_summary("test_sparq");
 }
