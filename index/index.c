@@ -71,27 +71,20 @@ int idx_value_add(idx_set *ix, const kv_store *kv, int layer, int head, int64_t 
     return IDX_OK;
 }
 
-/* The k-th largest of x[0..n) (1 <= k <= n), x reordered: quickselect. */
-static inline uint32_t order_key(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u & 0x80000000u ? ~u : u | 0x80000000u;
-}
-
 /* A histogram of the top 11 bits of order-preserving integer keys finds the bucket the k-th
  * largest falls in; that bucket's values, moved to the front without a branch, are all the
  * quickselect sees. A quickselect over every value mispredicts about one comparison in two,
  * which cost selectors as much as scoring their keys. */
 float idx_kth_largest(float *x, int64_t n, int64_t k) {
     int64_t cnt[2048] = {0};
-    for (int64_t j = 0; j < n; j++) cnt[order_key(x[j]) >> 21]++;
+    for (int64_t j = 0; j < n; j++) cnt[idx_order_key(x[j]) >> 21]++;
     int b = 2047;
     while (cnt[b] < k) k -= cnt[b--];
     int64_t m = 0;
     for (int64_t j = 0; j < n; j++) {
         const float v = x[j];
         x[m] = v;
-        m += (int64_t)(order_key(v) >> 21) == b;
+        m += (int64_t)(idx_order_key(v) >> 21) == b;
     }
     int64_t lo = 0, hi = m - 1, want = k - 1;
     while (lo < hi) {

@@ -7,6 +7,7 @@
 #define KVSEEK_SEL_IMPL_H
 
 #include "index.h"
+#include <string.h>
 
 /* What index.c keeps per (layer, KV head), whatever the kind. */
 typedef struct {
@@ -87,6 +88,13 @@ float *idx_gather_keys(idx_set *ix, const idx_slot *s, int layer, int head, cons
 /* acc += w * the value row of position pos (the store's v_dim, f32 or f16); IDX_OK, or
  * IDX_ERR_KV with the set's message. */
 int idx_value_add(idx_set *ix, const kv_store *kv, int layer, int head, int64_t pos, float w, float *acc);
+/* A float as an unsigned integer in the same order (negative floats reversed, positive ones
+ * above them), so that selections can work on its bits. */
+static inline uint32_t idx_order_key(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
 /* The k-th largest of x[0..n) (1 <= k <= n), x reordered: the bucket of an 11-bit histogram, then quickselect in it. */
 float idx_kth_largest(float *x, int64_t n, int64_t k);
 /* rel = -inf for the n_q queries: nothing left out or nothing to estimate with. */

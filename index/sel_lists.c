@@ -66,7 +66,7 @@ typedef struct {
     int64_t qoff_cap;
     float *scores;           /* (n_q, n_union), or (n_q, hi - lo) scanning every candidate */
     int64_t scores_cap;
-    uint32_t *kbuf;          /* (hi - lo) a query's scores as score_key */
+    uint32_t *kbuf;          /* (hi - lo) a query's scores as idx_order_key */
     float *qmean;            /* (d) */
     float *cell_score;       /* (n_q, kl.n) then (n_q, qc.n) */
     int64_t cell_score_cap;
@@ -109,14 +109,6 @@ static int list_push_front(id_list *l, int32_t id) {
     memmove(l->ids + 1, l->ids, sizeof(int32_t) * (l->n - 1));
     l->ids[0] = id;
     return 0;
-}
-
-/* Scores as unsigned integers in the same order (negative floats reversed, positive ones above
- * them), so that a selection can work on their bytes. */
-static inline uint32_t score_key(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u & 0x80000000u ? ~u : u | 0x80000000u;
 }
 
 /* The k-th largest of u[0..n) (1 <= k <= n): radix selection, a byte per pass from the top, each
@@ -682,7 +674,7 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
         const int32_t *sh = structured ? s->qsel + qoff[gq] : NULL; /* NULL: every candidate */
         uint32_t thr = 0;
         int64_t need_eq = m; /* keys scoring exactly thr still to take */
-        for (int64_t t = 0; t < m; t++) s->kbuf[t] = score_key(sc[sh ? sh[t] : t]);
+        for (int64_t t = 0; t < m; t++) s->kbuf[t] = idx_order_key(sc[sh ? sh[t] : t]);
         if (m > k) {
             thr = kth_largest(s->kbuf, m, k);
             int64_t above = 0;
