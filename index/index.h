@@ -276,7 +276,11 @@ typedef struct {
                             * idx_cent_select_mass (the estimated attention share to cover) */
     const float *static_lse; /* with mass: per query of the group, the log-sum-exp of its scaled
                             * logits over the keys attended besides the selection (NULL: none) */
-    float target;          /* quest: share of the candidates to read, in whole pages (0:
+    float target;          /* retrieval, ivf, oracle: > 0 returns exactly ceil(target *
+                            * candidates) ids for the group, the scanned keys with the best
+                            * logit over its queries (each shifted by its maximum), in place of
+                            * top_k per query; scan still sets how many keys are scored.
+                            * quest: share of the candidates to read, in whole pages (0:
                             * 0.02; at least top_k keys, or ceil(fraction * candidates) when
                             * top_k is 0); GQA union: per query, so the union may read up to
                             * n_q times that.

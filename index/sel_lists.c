@@ -576,22 +576,66 @@ static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
     if (grow(&s->cell_score, &s->cell_score_cap, (int64_t)n_q * (s->qc.n + s->kl.n), sizeof(float)) ||
         grow(&s->qoff, &s->qoff_cap, n_q + 1, sizeof(int64_t)) ||
 
-        grow(&s->scores, &s->scores_cap, (int64_t)n_q * nc, sizeof(float)))
+        grow(&s->scores, &s->scores_cap, (int64_t)(n_q + 1) * nc, sizeof(float)))
         return -1;
     return 0;
 }
 
 
-static int64_t top_k_of(const idx_slot *g, const idx_request *req) {
+/* With a target share, the group's budget: ceil(target * candidates), at least 1. 0: none (top_k
+ * per query). */
+static int64_t group_k_of(const idx_slot *g, const idx_request *req) {
     const int64_t nc = g->hi - g->lo;
+    if (!(req->target > 0) || nc == 0) return 0;
+    int64_t k = (int64_t)ceil((double)req->target * (double)nc);
+    return k < 1 ? 1 : k > nc ? nc : k;
+}
+
+static int64_t top_k_of(const idx_slot *g, const idx_request *req) {
+    const int64_t nc = g->hi - g->lo, gk = group_k_of(g, req);
+    if (gk > 0) return gk;
     int64_t k = req->top_k > 0 ? req->top_k : (int64_t)ceil((double)req->fraction * nc);
     return k > nc ? nc : k;
 }
 
 static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, const idx_request *req) {
-    const int64_t nc = g->hi - g->lo;
+    const int64_t nc = g->hi - g->lo, gk = group_k_of(g, req);
+    if (gk > 0) return gk;
     const int64_t m = (req->gqa == IDX_GQA_MEAN ? 1 : n_q) * top_k_of(g, req);
     return m < nc ? m : nc;
+}
+
+/* The group's k best of the m scored keys: each key's best logit over the queries, each query's
+ * shifted by its own maximum (a key one query attends strongly beats one every query attends
+ * weakly, as in sparq and refined centroids). Writes ids ascending-unsorted; returns the count. */
+static int64_t group_top(lists_st *s, const idx_slot *g, int n_q, int64_t ld, int64_t m, int structured,
+                         int64_t k, int32_t *ids) {
+    float *best = s->scores + (size_t)n_q * ld; /* ensure_scratch made room for n_q + 1 rows */
+    for (int64_t t = 0; t < m; t++) best[t] = -INFINITY;
+    for (int gq = 0; gq < n_q; gq++) {
+        const float *sc = s->scores + (size_t)gq * ld;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < m; t++) mx = sc[t] > mx ? sc[t] : mx;
+        for (int64_t t = 0; t < m; t++) {
+            const float x = sc[t] - mx;
+            best[t] = x > best[t] ? x : best[t];
+        }
+    }
+    for (int64_t t = 0; t < m; t++) s->kbuf[t] = idx_order_key(best[t]);
+    uint32_t thr = 0;
+    int64_t need_eq = m;
+    if (m > k) {
+        thr = kth_largest(s->kbuf, m, k);
+        int64_t above = 0;
+        for (int64_t t = 0; t < m; t++) above += s->kbuf[t] > thr;
+        need_eq = k - above;
+    }
+    int64_t n = 0;
+    for (int64_t t = 0; t < m; t++) {
+        const uint32_t x = s->kbuf[t];
+        if (x > thr || (x == thr && need_eq-- > 0)) ids[n++] = structured ? s->ukeys[t] : (int32_t)(g->lo + t);
+    }
+    return n;
 }
 
 /* Three passes, so that every key is read and scored once for the whole GQA group: each query
@@ -668,6 +712,11 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
      * above it and, in share order, as many equal to it as make k: a heap's answer up to ties);
      * the group's union of them */
     const int64_t ld = structured ? s->n_union : nc;
+    if (group_k_of(g, req) > 0) {
+        n_out = group_top(s, g, n_q, ld, ld, structured, k, ids);
+        sort_ids(ids, n_out, g->lo, nc, s->sort_tmp);
+        return n_out;
+    }
     for (int gq = 0; gq < n_q; gq++) {
         const float *sc = s->scores + (size_t)gq * ld;
         const int64_t m = structured ? qoff[gq + 1] - qoff[gq] : nc;

@@ -522,7 +522,8 @@ def run_length(a, tok, hay, chat, specs, length, tasks, out, meta):
                "n_context": r.get("n_context"), "n_question": r.get("n_question"), "n_gen": r.get("n_gen"),
                "keys_read": 1.0 if dense and r.get("keys_read") is None else r.get("keys_read"),
                "mass_recall": 1.0 if dense and r.get("mass_recall") is None else r.get("mass_recall"),
-               "prefill_s": r.get("prefill_s"), "decode_s": r.get("decode_s")}
+               "prefill_s": r.get("prefill_s"), "decode_s": r.get("decode_s"),
+               "build_s": r.get("build_s"), "search_s": r.get("search_s")}
         if "error" in r:
             row["error"] = r["error"]
             row["score"] = 0.0

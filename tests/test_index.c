@@ -124,6 +124,38 @@ static void oracle_tests(void) {
         idx_stats st;
         idx_stats_get(ix, &st);
         CHECK(st.selects == 4 && st.scanned == 4 * 2800 && st.returned > 0, "stats");
+        if (dt == 0) {
+            /* a target share: exactly ceil(1% of 2800) = 28 ids for the group, the keys with the
+             * best logit over its 3 queries, each query's shifted by its maximum (plain loop) */
+            r.target = 0.01f;
+            m = idx_select(ix, 1, 0, kv, q, 3, &r, ids, n);
+            float *best = malloc(sizeof(float) * n), *srt = malloc(sizeof(float) * n);
+            for (int j = lo; j < hi; j++) best[j] = -INFINITY;
+            for (int g = 0; g < 3; g++) {
+                float mx = -INFINITY;
+                for (int j = lo; j < hi; j++) {
+                    float a = 0;
+                    for (int i = 0; i < d; i++) a += q[g * d + i] * K[(size_t)j * d + i];
+                    srt[j] = a;
+                    mx = a > mx ? a : mx;
+                }
+                for (int j = lo; j < hi; j++) best[j] = srt[j] - mx > best[j] ? srt[j] - mx : best[j];
+            }
+            memcpy(srt, best + lo, sizeof(float) * (hi - lo));
+            float thr = -INFINITY; /* the 28th largest, by counting */
+            for (int j = 0; j < hi - lo; j++) {
+                int c = 0;
+                for (int i = 0; i < hi - lo; i++) c += srt[i] > srt[j];
+                if (c == 27) thr = srt[j];
+            }
+            ok = m == 28 && valid_ids(ids, m, lo, hi) && thr > -INFINITY;
+            for (int64_t i = 0; ok && i < m; i++) ok &= best[ids[i]] >= thr - 1e-4f;
+            CHECK(ok, "oracle target: the group's 28 best shifted logits (got %lld)", (long long)m);
+            CHECK(idx_max_ids(ix, 1, 0, 3, &r) == 28, "max ids with a target");
+            free(best);
+            free(srt);
+            r.target = 0;
+        }
         idx_free(ix);
 
         /* dense: every candidate; window: none */
