@@ -258,7 +258,9 @@ typedef struct {
 
 /* Per-request knobs (idx_request_default(): top_k 100, union, 2% scan). */
 typedef struct {
-    int top_k;             /* ids per query (union) or per group (mean); 0: from fraction */
+    int top_k;             /* ids per query (union) or per group (mean); 0: from fraction;
+                            * retrieval, ivf, oracle with top_k, fraction and target all 0:
+                            * target 0.02 (the engine's default) */
     float fraction;        /* when top_k == 0: top_k = ceil(fraction * candidates) */
     idx_gqa gqa;
     int nprobe;            /* cells / lists probed (each part of a hybrid); 0: index default */
@@ -279,7 +281,8 @@ typedef struct {
     float target;          /* retrieval, ivf, oracle: > 0 returns exactly ceil(target *
                             * candidates) ids for the group, the scanned keys with the best
                             * logit over its queries (each shifted by its maximum), in place of
-                            * top_k per query; scan still sets how many keys are scored.
+                            * top_k per query; each query then scores at least 4x that many
+                            * keys (scan may ask for more).
                             * quest: share of the candidates to read, in whole pages (0:
                             * 0.02; at least top_k keys, or ceil(fraction * candidates) when
                             * top_k is 0); GQA union: per query, so the union may read up to

@@ -19,7 +19,7 @@ static const struct {
     int lo_open, storage;
 } spec[] = {
     {"selector", "--attn", ENG_ATTN_ENUM, 0, 0, ENG_SELECTOR_AUTO, 0, 0},
-    {"top_k", "--attn-top-k", ENG_ATTN_INT, 1, 1 << 24, 100, 0, 0},
+    {"top_k", "--attn-top-k", ENG_ATTN_INT, 0, 1 << 24, 0, 0, 0},
     {"scan", "--attn-scan", ENG_ATTN_FLOAT, 0, 1, 0.02f, 1, 0},
     {"target", "--attn-target", ENG_ATTN_FLOAT, 0, 1, 0, 0, 0},
     {"mass", "--attn-mass", ENG_ATTN_FLOAT, 0, 1, 0, 0, 0},
@@ -74,7 +74,7 @@ static int set_both(int i, double v, char *err, size_t errlen) {
 
 static void test_table(void) {
     const eng_attn_params d = eng_attn_default();
-    CHECK(d.selector == ENG_SELECTOR_AUTO && d.top_k == 100 && d.scan == 0.02f && d.gqa_mean == 0 && d.n_sink == 128 &&
+    CHECK(d.selector == ENG_SELECTOR_AUTO && d.top_k == 0 && d.scan == 0.02f && d.gqa_mean == 0 && d.n_sink == 128 &&
           d.n_window == 512 && d.page_size == 64 && !d.kv_f16 && !d.kv_max_bytes && !d.measure_recall &&
           d.target == 0 && d.levels == 0, "eng_attn_default: auto, 100, 0.02, union, 128, 512, pages of 64");
     int n = 0;
@@ -168,7 +168,7 @@ static void test_check(void) {
     struct { const char *key; eng_attn_params a; } bad[8];
     for (int i = 0; i < 8; i++) bad[i].a = eng_attn_default();
     bad[0].key = "selector", bad[0].a.selector = (idx_kind)99;
-    bad[1].key = "top_k", bad[1].a.top_k = 0;
+    bad[1].key = "top_k", bad[1].a.top_k = -1;
     bad[2].key = "scan", bad[2].a.scan = 0;
     bad[3].key = "target", bad[3].a.target = NAN;
     bad[4].key = "gqa", bad[4].a.gqa_mean = 2;
@@ -199,8 +199,8 @@ static void test_cli(void) {
     CHECK(eng_attn_set_arg(&a, "--temp", "1", err, sizeof err) == 0, "not an attention flag");
     CHECK(eng_attn_set_arg(&a, "--window", NULL, err, sizeof err) == -1 && !strcmp(err, "--window needs a value"),
           "missing value: %s", err);
-    CHECK(eng_attn_set_arg(&a, "--attn-top-k", "0", err, sizeof err) == -1 &&
-          !strcmp(err, "--attn-top-k: attention top_k must be an integer in [1, 16777216], not '0'"), "bad value: %s", err);
+    CHECK(eng_attn_set_arg(&a, "--attn-top-k", "-1", err, sizeof err) == -1 &&
+          !strcmp(err, "--attn-top-k: attention top_k must be an integer in [0, 16777216], not '-1'"), "bad value: %s", err);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -214,7 +214,7 @@ static void test_cli(void) {
         snprintf(flag, sizeof flag, "\n  %s ", spec[i].flag);
         CHECK(buf && (strstr(buf, flag) || !strncmp(buf, flag + 1, strlen(flag) - 1)), "--help shows %s", spec[i].flag);
     }
-    CHECK(buf && strstr(buf, "(default 64; server-wide)") && strstr(buf, "(default 100)") &&
+    CHECK(buf && strstr(buf, "(default 64; server-wide)") && strstr(buf, "(default 512)") &&
           strstr(buf, "dense, window, oracle, retrieval, ivf, centroids, quest, sparq, auto (default auto)"), "defaults in --help:\n%s", buf);
     free(buf);
 }
