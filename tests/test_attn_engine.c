@@ -1,5 +1,6 @@
 /* The engine's attention over the paged store with each selector: a selector that returns every
  * offloaded key (oracle or retrieval with top_k >= candidates) reproduces dense decode logits;
+ * without a top_k they read exactly the share asked (0.02 by default);
  * `window` attends only the static set and differs; an estimated tail of share 1 (every key the
  * selector left, at weight 1) reproduces them with any selector, a smaller one reads its sample
  * on top of the ids; sparq's estimate of the keys it leaves brings the
@@ -67,6 +68,19 @@ int main(void) {
             CHECK(st.sparse_rows > 0 && st.keys_read == st.offloaded_keys,
                   "%s read all offloaded keys (%lld of %lld)", all_sel[k], (long long)st.keys_read,
                   (long long)st.offloaded_keys);
+        }
+        /* no top_k: the group reads a share, exactly ceil(share * offloaded) per row */
+        const float share[2] = {0.25f, 0.0f}; /* 0: the default, 0.02 */
+        for (int k = 0; k < 2; k++) {
+            a.selector = k ? IDX_RETRIEVAL : IDX_ORACLE;
+            a.top_k = 0;
+            a.scan = 0.02f;
+            a.target = share[k];
+            CHECK(run(m, &a, got, &st) == 0, "share run %d", k);
+            const double want = (k ? 0.02 : 0.25) * (double)st.offloaded_keys;
+            CHECK(st.sparse_rows > 0 && st.keys_read >= want && st.keys_read <= want + st.sparse_rows,
+                  "%s with share %g reads it (%lld of %lld, %lld rows)", k ? "retrieval" : "oracle", share[k],
+                  (long long)st.keys_read, (long long)st.offloaded_keys, (long long)st.sparse_rows);
         }
         a.target = 0.0f;
         a.selector = IDX_ORACLE;
