@@ -109,19 +109,24 @@ with Server(BUILD, QWEN, "--parallel", "4", "--ctx-size", "4096") as s:
     topics = ["Paris", "a cat", "the planet Mars", "a bicycle", "Python", "the color blue", "a pizza", "an apple",
               "the moon", "a violin", "Tokyo", "a laptop", "the ocean", "a rose", "chess", "coffee", "a train",
               "the sun", "a library", "a mountain"]
-    ok = 0
+    ok = stopped = 0
     for t in topics:
         rsp = oa.chat.completions.create(model="x", messages=[{"role": "user", "content":
                                          f"Describe {t} as a small JSON object: at most three keys, short values."}],
                                          response_format={"type": "json_object"}, max_tokens=600, temperature=0.7,
                                          seed=1)
+        done = rsp.choices[0].finish_reason == "stop"
+        stopped += done
         try:
-            ok += isinstance(json.loads(rsp.choices[0].message.content), dict)
+            ok += done and isinstance(json.loads(rsp.choices[0].message.content), dict)
         except ValueError:
             print("  not JSON:", rsp.choices[0].message.content[:200], rsp.choices[0].finish_reason)
-    # with other seeds the 0.5B model sometimes writes an ever-growing object (a list of chess
-    # pieces, a run-on key) that max_tokens cuts ("length"): 20, 20, 19, 19 of 20 at seeds 2-5
-    check(ok == 20, f"json_object: {ok}/20 answers parse as JSON objects")
+    # JSON mode promises a whole object when the answer ends by itself; one cut by max_tokens
+    # ("length") is partial, as OpenAI documents. The 0.5B model sometimes writes an ever-growing
+    # object (a list of chess pieces, a run-on key) until the cut: 20, 20, 19, 19 of 20 at seeds
+    # 2-5, and 19 at seed 1 on an AVX2 host, whose sums round differently from AVX-512's.
+    check(stopped >= 18 and ok == stopped, f"json_object: {ok}/{stopped} answers that ended parse as JSON "
+          f"objects ({20 - stopped} cut by max_tokens)")
 
     # ---- json_schema: nested objects, arrays, enums, integers; 20 validate ----
     schema = {"type": "object", "properties": {
