@@ -612,11 +612,13 @@ static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, cons
     return m < nc ? m : nc;
 }
 
-/* The group's k best of the m scored keys: each key's best logit over the queries, each query's
- * shifted by its own maximum (a key one query attends strongly beats one every query attends
- * weakly, as in sparq and refined centroids). Writes ids ascending-unsorted; returns the count. */
-static int64_t group_top(lists_st *s, const idx_slot *g, int n_q, int64_t ld, int64_t m, int structured,
-                         int64_t k, int32_t *ids) {
+/* The group's k best of the m scored keys (rows of the score matrix): each key's best logit over
+ * the queries, each query's shifted by its own maximum (a key one query attends strongly beats one
+ * every query attends weakly, as in sparq and refined centroids). Writes ids unsorted; returns the
+ * count. */
+static int64_t group_top(lists_st *s, const idx_slot *g, int n_q, int64_t m, int structured, int64_t k,
+                         int32_t *ids) {
+    const int64_t ld = m;
     float *best = s->scores + (size_t)n_q * ld; /* ensure_scratch made room for n_q + 1 rows */
     for (int64_t t = 0; t < m; t++) best[t] = -INFINITY;
     for (int gq = 0; gq < n_q; gq++) {
@@ -722,7 +724,7 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
      * the group's union of them */
     const int64_t ld = structured ? s->n_union : nc;
     if (group_k_of(g, req) > 0) {
-        n_out = group_top(s, g, n_q, ld, ld, structured, k, ids);
+        n_out = group_top(s, g, n_q, ld, structured, k, ids);
         sort_ids(ids, n_out, g->lo, nc, s->sort_tmp);
         return n_out;
     }
