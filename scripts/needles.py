@@ -10,7 +10,7 @@ per (sample, selector) with --rows, and one summary line per selector: agreement
 accuracy, mean keys read, mass recall and the attention output's relative error against dense
 (out_err, per sparse row, layer and KV head).
 
-Usage: python3 scripts/needles.py [--model M] [--length 8192] [--n 20] [--seed 7]
+Usage: python3 scripts/needles.py [--model M] [--length 8192] [--n 20] [--seed 7] [--first K]
                                   [--selectors dense,retrieval,centroids] [--out FILE] [--rows] [--dump FILE]
                                   [-- extra kvseek eval options]
 """
@@ -125,6 +125,9 @@ def main():
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--first", type=int, default=0,
+                    help="run samples FIRST..N-1 only; they are the same samples a full run of N draws, "
+                         "so an earlier run of FIRST samples can be extended")
     ap.add_argument("--selectors", default="dense,retrieval,centroids")
     ap.add_argument("--out", help="append the summary (and with --rows the rows) as JSON lines")
     ap.add_argument("--rows", action="store_true", help="print one line per (sample, selector) too")
@@ -147,7 +150,7 @@ def main():
         text = "".join(u for u, _ in zip(filler_units(st, r0, essays, jargon), range(60)))
         cpt[st] = len(text) / max(1, len(tok.ids(text, bos=True)))
     r = random.Random(a.seed)
-    samples = [make_sample(i, a.length, r, chat, essays, jargon, cpt) for i in range(a.n)]
+    samples = [make_sample(i, a.length, r, chat, essays, jargon, cpt) for i in range(a.n)][a.first:]
     if a.dump:
         with open(a.dump, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in samples)
