@@ -303,6 +303,21 @@ static void recall_tests(void) {
     r.scan = 0.02f;
     int64_t m = idx_select(ret, 1, 0, kv, Qt, 4, &r, got, 4 * topk);
     CHECK(m > topk && m <= 4 * topk && valid_ids(got, m, 0, n), "retrieval union %lld", (long long)m);
+    {   /* each query keeps the top k of its own share: the group's ids are the union of the four
+         * queries selecting alone (the scan is scored once for the group, in another order) */
+        int32_t one[topk];
+        char *in_union = calloc((size_t)n, 1);
+        int64_t n_one = 0;
+        for (int g = 0; g < 4; g++) {
+            const int64_t k1 = idx_select(ret, 1, 0, kv, Qt + (size_t)g * d, 1, &r, one, topk);
+            for (int64_t i = 0; i < k1; i++) n_one += !in_union[one[i]]++;
+        }
+        int all_in = 1;
+        for (int64_t i = 0; i < m; i++) all_in &= in_union[got[i]] != 0;
+        CHECK(all_in && n_one == m, "group of 4 = union of the 4 alone (%lld vs %lld ids)", (long long)m,
+              (long long)n_one);
+        free(in_union);
+    }
     r.gqa = IDX_GQA_MEAN;
     m = idx_select(ret, 1, 0, kv, Qt, 4, &r, got, topk);
     CHECK(m > 0 && m <= topk && valid_ids(got, m, 0, n), "retrieval mean %lld", (long long)m);
