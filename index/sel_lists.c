@@ -618,11 +618,10 @@ static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, cons
  * count. */
 static int64_t group_top(lists_st *s, const idx_slot *g, int n_q, int64_t m, int structured, int64_t k,
                          int32_t *ids) {
-    const int64_t ld = m;
-    float *best = s->scores + (size_t)n_q * ld; /* ensure_scratch made room for n_q + 1 rows */
+    float *best = s->scores + (size_t)n_q * m; /* ensure_scratch made room for n_q + 1 rows */
     for (int64_t t = 0; t < m; t++) best[t] = -INFINITY;
     for (int gq = 0; gq < n_q; gq++) {
-        const float *sc = s->scores + (size_t)gq * ld;
+        const float *sc = s->scores + (size_t)gq * m;
         float mx = -INFINITY;
         for (int64_t t = 0; t < m; t++) mx = sc[t] > mx ? sc[t] : mx;
         for (int64_t t = 0; t < m; t++) {

@@ -57,8 +57,9 @@ static void usage(void) {
            "Prints one JSON line per (sample, spec): id, selector, text, n_context, n_question,\n"
            "n_gen, prefill_s, question_s, decode_s, keys_read (share of the offloaded keys read),\n"
            "keys_scanned (share of them the selector scored exactly, per KV head), search_s and\n"
-           "build_s (selector time summed over threads), mass_recall and out_err (the attention output's mean relative error against dense; null\n"
-           "when not measured), and error when that run failed.\n\n"
+           "build_s (selector time summed over threads), mass_recall and out_err (the attention\n"
+           "output's mean relative error against dense; null when not measured), and error when\n"
+           "that run failed.\n\n"
            "attention defaults for every spec:\n");
     eng_attn_usage(stdout, 22, NULL);
 }
@@ -281,10 +282,13 @@ static void print_row(const sample *s, const spec *sp, const tok_vocab *v, const
     cJSON_AddNumberToObject(o, "decode_s", dec_s);
     eng_attn_stats st = {0};
     if (f) eng_seq_attn_stats(f, &st);
-    if (st.offloaded_keys > 0) cJSON_AddNumberToObject(o, "keys_read", (double)st.keys_read / st.offloaded_keys);
-    else cJSON_AddNullToObject(o, "keys_read");
-    if (st.offloaded_keys > 0) cJSON_AddNumberToObject(o, "keys_scanned", (double)st.keys_scanned / st.offloaded_keys);
-    else cJSON_AddNullToObject(o, "keys_scanned");
+    if (st.offloaded_keys > 0) {
+        cJSON_AddNumberToObject(o, "keys_read", (double)st.keys_read / st.offloaded_keys);
+        cJSON_AddNumberToObject(o, "keys_scanned", (double)st.keys_scanned / st.offloaded_keys);
+    } else {
+        cJSON_AddNullToObject(o, "keys_read");
+        cJSON_AddNullToObject(o, "keys_scanned");
+    }
     if (st.recall_n > 0) cJSON_AddNumberToObject(o, "mass_recall", st.mass_recall);
     else cJSON_AddNullToObject(o, "mass_recall");
     if (st.recall_n > 0) cJSON_AddNumberToObject(o, "out_err", st.out_err);
