@@ -28,13 +28,14 @@ typedef struct {
     int32_t n, cap;
 } id_list;
 
-/* Per candidate, side by side (one cache line for the four of a key: the probes touch keys at
- * random): epoch stamps for read in this call (seen), taken by the current query (mark) and
- * returned by this call (outm), and its place in the call's union (uid, valid when seen). */
+/* Per candidate, two one-byte epoch stamps side by side: read in this call (seen) and taken by
+ * the current query (mark). Two bytes, not sixteen: a probe touches its keys' stamps at random
+ * and the stamps of every (layer, head) go cold between tokens, so their size is the cache
+ * lines a select misses (14K keys: 28 KB, against 225 KB as four 32-bit fields; a fifth less
+ * probing time at 15K tokens on Qwen2.5-0.5B). */
 typedef struct {
-    uint32_t seen, mark, outm;
-    int32_t uid;
-} key_stamp;
+    uint8_t seen, mark;
+} key_tag;
 
 /* Inverted lists with one centroid each; a query probes them in the order of q.c + bias[c]. */
 typedef struct {
@@ -54,8 +55,12 @@ typedef struct {
      * lists, copied out (the vectors themselves stay in the KV store) */
     list_set kl;
     /* scratch, grown on demand */
-    key_stamp *st;           /* (hi - lo) */
-    uint32_t seen_epoch, mark_epoch;
+    key_tag *tag;            /* (hi - lo) */
+    uint8_t seen_epoch, mark_epoch;
+    /* per-query top k only (top_k given): each candidate's place in the call's union (valid when
+     * seen) and the epoch of the call that returned it */
+    int32_t *uid;            /* (hi - lo) */
+    uint8_t *outm;           /* (hi - lo) */
     int64_t stamp_cap;
     int32_t *ukeys;          /* (n_union) positions the group's queries take in this call */
     int64_t n_union;
@@ -114,14 +119,25 @@ static int list_push_front(id_list *l, int32_t id) {
 /* The k-th largest of u[0..n) (1 <= k <= n): radix selection, a byte per pass from the top, each
  * pass a 256-bin histogram of the keys that share the bytes chosen so far. Branch-free counting:
  * a quickselect's mispredicted comparisons cost more than scoring the keys (a query keeps k = 100
- * of a share of ~300). */
+ * of a share of ~300). Four histograms, one per key modulo 4: the scores of one selection share
+ * their top bytes, and one histogram would make every increment wait on the last (a third of a
+ * 16K select's time went there). */
 static uint32_t kth_largest(const uint32_t *u, int64_t n, int64_t k) {
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        int64_t cnt[256] = {0};
-        for (int64_t i = 0; i < n; i++) cnt[u[i] >> shift & 255] += (u[i] & mask) == prefix;
+        int32_t cnt[4][256];
+        memset(cnt, 0, sizeof cnt);
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int w = 0; w < 4; w++) cnt[w][u[i + w] >> shift & 255] += (u[i + w] & mask) == prefix;
+        for (; i < n; i++) cnt[0][u[i] >> shift & 255] += (u[i] & mask) == prefix;
         int dg = 255;
-        while (cnt[dg] < k) k -= cnt[dg--];
+        for (;;) {
+            const int64_t c = (int64_t)cnt[0][dg] + cnt[1][dg] + cnt[2][dg] + cnt[3][dg];
+            if (c >= k) break;
+            k -= c;
+            dg--;
+        }
         prefix |= (uint32_t)dg << shift;
         mask |= 255u << shift;
     }
@@ -185,7 +201,7 @@ static void lists_free(void *st) {
     lists_st *s = st;
     if (!s) return;
     lists_clear(s);
-    free(s->st); free(s->scores); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->sort_tmp); free(s->kbuf);
+    free(s->tag); free(s->uid); free(s->outm); free(s->scores); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->sort_tmp); free(s->kbuf);
     free(s->qmean); free(s->cell_score); free(s->krow);
     free(s);
 }
@@ -482,28 +498,33 @@ static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_sto
 
 /* ---- select --------------------------------------------------------------------------- */
 
-/* The keys of ids[0..n) that query g has not yet taken (at most `room` of them) join its
- * share of the scan: their place in the call's union of keys goes to g's list (qsel), and a key
- * no query of the group took before joins the union (read once, scored once for the whole
- * group). Returns the keys taken, or -1 out of memory. */
-static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, int64_t room) {
+/* The keys of ids[0..n) that the current query has not yet taken (at most `room` of them) join
+ * its share of the scan, and a key no query of the group took before joins the union (read once,
+ * scored once for the whole group). With `share`, each key's place in the union also goes to the
+ * query's list (qsel), which only a per-query top k reads. Returns the keys taken, or -1 out of
+ * memory. */
+static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, int64_t room, int share) {
     int64_t taken = 0;
     /* a list's keys sit anywhere among the candidates: their stamps are requested ahead */
     enum { PF = 16 };
-    for (int64_t j = 0; j < n && j < PF; j++) __builtin_prefetch(&s->st[ids[j] - lo], 1, 3);
+    key_tag *tag = s->tag;
+    const uint8_t mark = s->mark_epoch, seen = s->seen_epoch;
+    for (int64_t j = 0; j < n && j < PF; j++) __builtin_prefetch(&tag[ids[j] - lo], 1, 3);
     for (int64_t j = 0; j < n && taken < room; j++) {
-        if (j + PF < n) __builtin_prefetch(&s->st[ids[j + PF] - lo], 1, 3);
+        if (j + PF < n) __builtin_prefetch(&tag[ids[j + PF] - lo], 1, 3);
         const int64_t r = ids[j] - lo;
-        key_stamp *t = &s->st[r];
-        if (t->mark == s->mark_epoch) continue;
-        t->mark = s->mark_epoch;
-        if (t->seen != s->seen_epoch) {
-            t->seen = s->seen_epoch;
-            t->uid = (int32_t)s->n_union;
+        key_tag *t = &tag[r];
+        if (t->mark == mark) continue;
+        t->mark = mark;
+        if (t->seen != seen) {
+            t->seen = seen;
+            if (share) s->uid[r] = (int32_t)s->n_union;
             s->ukeys[s->n_union++] = ids[j];
         }
-        if (s->n_qsel == s->qsel_cap && grow(&s->qsel, &s->qsel_cap, s->n_qsel + 1, sizeof(int32_t))) return -1;
-        s->qsel[s->n_qsel++] = t->uid;
+        if (share) {
+            if (s->n_qsel == s->qsel_cap && grow(&s->qsel, &s->qsel_cap, s->n_qsel + 1, sizeof(int32_t))) return -1;
+            s->qsel[s->n_qsel++] = s->uid[r];
+        }
         taken++;
     }
     return taken;
@@ -535,7 +556,7 @@ static int top_cells(const float *cs, int n, int after, int *top) {
  * key lists by inner product) until nprobe lists or the scan target (target > 0; the last list
  * may be read in part). Returns the keys taken, or -1 out of memory. */
 static int64_t probe_lists(lists_st *s, int64_t lo, const list_set *ls, const float *cs, int nprobe,
-                           int64_t target) {
+                           int64_t target, int share) {
     /* the lists in batches of TOP_CELLS, each batch one pass (a few of up to a thousand are
      * probed) */
     int top[TOP_CELLS], n_top = 0, next = 0;
@@ -547,7 +568,7 @@ static int64_t probe_lists(lists_st *s, int64_t lo, const list_set *ls, const fl
             next = 0;
         }
         const id_list *l = &ls->lists[top[next++]];
-        const int64_t t = take_ids(s, lo, l->ids, l->n, target > 0 ? target - taken : INT64_MAX);
+        const int64_t t = take_ids(s, lo, l->ids, l->n, target > 0 ? target - taken : INT64_MAX, share);
         if (t < 0) return -1;
         taken += t;
     }
@@ -565,12 +586,14 @@ static void score_cells(const list_set *ls, const float *q, int n_q, int d, floa
 static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
     int64_t cap = s->stamp_cap;
     if (nc > cap) {
-        int64_t c1 = cap, c2 = cap, c3 = cap, c4 = cap;
-        if (grow(&s->st, &c1, nc, sizeof(key_stamp)) || grow(&s->ukeys, &c2, nc, sizeof(int32_t)) ||
-            grow(&s->sort_tmp, &c3, nc, sizeof(int32_t)) || grow(&s->kbuf, &c4, nc, sizeof(uint32_t)))
+        int64_t c1 = cap, c2 = cap, c3 = cap, c4 = cap, c5 = cap, c6 = cap;
+        if (grow(&s->tag, &c1, nc, sizeof(key_tag)) || grow(&s->ukeys, &c2, nc, sizeof(int32_t)) ||
+            grow(&s->sort_tmp, &c3, nc, sizeof(int32_t)) || grow(&s->kbuf, &c4, nc, sizeof(uint32_t)) ||
+            grow(&s->uid, &c5, nc, sizeof(int32_t)) || grow(&s->outm, &c6, nc, sizeof(uint8_t)))
             return -1;
-        /* fresh stamps must not match a live epoch */
-        memset(s->st + cap, 0, sizeof(key_stamp) * (c1 - cap));
+        /* fresh stamps must not match a live epoch (epochs start at 1) */
+        memset(s->tag + cap, 0, sizeof(key_tag) * (c1 - cap));
+        memset(s->outm + cap, 0, c1 - cap);
         s->stamp_cap = c1;
     }
     if (grow(&s->cell_score, &s->cell_score_cap, (int64_t)n_q * (s->qc.n + s->kl.n), sizeof(float)) ||
@@ -612,6 +635,22 @@ static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, cons
     return m < nc ? m : nc;
 }
 
+/* The largest of x[0..n) (-inf when n = 0), sixteen running maxima side by side: one would make
+ * every comparison wait on the last (the compiler may not reorder a float reduction), and a 16K
+ * select's max passes took as long as its radix selection. Exact: max does not round. */
+static float row_max(const float *x, int64_t n) {
+    enum { W = 16 };
+    float m[W];
+    for (int w = 0; w < W; w++) m[w] = -INFINITY;
+    int64_t t = 0;
+    for (; t + W <= n; t += W)
+        for (int w = 0; w < W; w++) m[w] = x[t + w] > m[w] ? x[t + w] : m[w];
+    for (; t < n; t++) m[0] = x[t] > m[0] ? x[t] : m[0];
+    float r = m[0];
+    for (int w = 1; w < W; w++) r = m[w] > r ? m[w] : r;
+    return r;
+}
+
 /* The group's k best of the m scored keys (rows of the score matrix): each key's best logit over
  * the queries, each query's shifted by its own maximum (a key one query attends strongly beats one
  * every query attends weakly, as in sparq and refined centroids). Writes ids unsorted; returns the
@@ -622,8 +661,7 @@ static int64_t group_top(lists_st *s, const idx_slot *g, int n_q, int64_t m, int
     for (int64_t t = 0; t < m; t++) best[t] = -INFINITY;
     for (int gq = 0; gq < n_q; gq++) {
         const float *sc = s->scores + (size_t)gq * m;
-        float mx = -INFINITY;
-        for (int64_t t = 0; t < m; t++) mx = sc[t] > mx ? sc[t] : mx;
+        float mx = row_max(sc, m);
         for (int64_t t = 0; t < m; t++) {
             const float x = sc[t] - mx;
             best[t] = x > best[t] ? x : best[t];
@@ -671,7 +709,7 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
     kv_view(kv, layer, head, &view);
     /* one epoch per call for `seen` (keys read) and `outm` (ids returned) */
     if (++s->seen_epoch == 0) { /* wrapped: no old seen or outm stamp may match */
-        for (int64_t r = 0; r < s->stamp_cap; r++) s->st[r].seen = s->st[r].outm = 0;
+        for (int64_t r = 0; r < s->stamp_cap; r++) s->tag[r].seen = s->outm[r] = 0;
         s->seen_epoch = 1;
     }
     const int nprobe = req->nprobe ? req->nprobe : ix->p.nprobe;
@@ -683,6 +721,7 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
     /* hybrid retrieval: key_share of the target goes to the key-space IVF lists */
     const int64_t t_key = s->qc.n > 0 && s->kl.n > 0 ? (int64_t)llround((double)target * ix->p.key_share) : 0;
     const int structured = s->qc.n > 0 || s->kl.n > 0;
+    const int share = group_k_of(g, req) == 0; /* per-query top k: each query keeps its share */
     int64_t *qoff = s->qoff;
     if (structured) {
         /* 1. each query's share: the lists it probes, in its order */
@@ -693,18 +732,18 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
         for (int gq = 0; gq < n_q; gq++) {
             qoff[gq] = s->n_qsel;
             if (++s->mark_epoch == 0) {
-                for (int64_t r = 0; r < s->stamp_cap; r++) s->st[r].mark = 0;
+                for (int64_t r = 0; r < s->stamp_cap; r++) s->tag[r].mark = 0;
                 s->mark_epoch = 1;
             }
             int64_t key_taken = 0;
             if (s->kl.n > 0 && (s->qc.n == 0 || target == 0 || t_key > 0))
                 key_taken = probe_lists(s, g->lo, &s->kl, cs_kl + (size_t)gq * s->kl.n, nprobe,
-                                        s->qc.n > 0 ? t_key : target);
+                                        s->qc.n > 0 ? t_key : target, share);
             if (key_taken >= 0 && s->qc.n > 0) {
                 /* the query cells get what the key lists left of the target */
                 const int64_t rest = target > key_taken ? target - key_taken : 0;
                 if ((target == 0 || rest > 0) &&
-                    probe_lists(s, g->lo, &s->qc, cs_qc + (size_t)gq * s->qc.n, nprobe, rest) < 0)
+                    probe_lists(s, g->lo, &s->qc, cs_qc + (size_t)gq * s->qc.n, nprobe, rest, share) < 0)
                     key_taken = -1;
             }
             if (key_taken < 0) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
@@ -744,9 +783,9 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
             const uint32_t x = s->kbuf[t];
             if (!(x > thr || (x == thr && need_eq-- > 0))) continue;
             const int32_t id = sh ? s->ukeys[sh[t]] : (int32_t)(g->lo + t);
-            key_stamp *st = &s->st[id - g->lo];
-            if (st->outm == s->seen_epoch) continue; /* already returned for another query */
-            st->outm = s->seen_epoch;
+            uint8_t *om = &s->outm[id - g->lo];
+            if (*om == s->seen_epoch) continue; /* already returned for another query */
+            *om = s->seen_epoch;
             ids[n_out++] = id;
         }
     }
@@ -764,7 +803,7 @@ static size_t lists_bytes(const idx_set *ix, const void *st) {
     const lists_st *s = st;
     const int d = ix->p.head_dim;
     return sizeof *s + list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) +
-           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * (sizeof(key_stamp) + 3 * sizeof(int32_t)) +
+           (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * (sizeof(key_tag) + 1 + 4 * sizeof(int32_t)) +
            (size_t)(s->scores_cap + s->cell_score_cap) * sizeof(float) + (size_t)s->qsel_cap * sizeof(int32_t);
 }
 

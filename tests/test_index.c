@@ -318,6 +318,45 @@ static void recall_tests(void) {
               (long long)n_one);
         free(in_union);
     }
+    {   /* the per-call stamps are one-byte epochs that wrap (every 255 calls, and every 255
+         * queries): 25 groups of 4 test queries, then 1500 selects of them in a scrambled order
+         * (a key's last stamp is as old as chance makes it), per-query top k and the group's
+         * share: every select gives its group's first ids */
+        enum { NG = 25, REPS = 1500 };
+        idx_request rs[2] = {r, r};
+        rs[1].top_k = 0;
+        rs[1].target = 0.02f;
+        int same = 1;
+        int32_t *first = malloc(sizeof(int32_t) * NG * 4 * topk), *again = malloc(sizeof(int32_t) * 4 * topk);
+        int64_t n_first[NG];
+        for (int v = 0; v < 2; v++) {
+            for (int gi = 0; gi < NG; gi++) {
+                n_first[gi] = idx_select(ret, 1, 0, kv, Qt + (size_t)gi * 4 * d, 4, &rs[v],
+                                         first + (size_t)gi * 4 * topk, 4 * topk);
+                same &= n_first[gi] > 0;
+            }
+            uint32_t h = 12345;
+            for (int rep = 0; rep < REPS && same; rep++) {
+                h = h * 1664525u + 1013904223u;
+                const int gi = (int)((h >> 8) % NG);
+                const int64_t m1 = idx_select(ret, 1, 0, kv, Qt + (size_t)gi * 4 * d, 4, &rs[v], again, 4 * topk);
+                same &= m1 == n_first[gi] &&
+                        !memcmp(first + (size_t)gi * 4 * topk, again, sizeof(int32_t) * (size_t)m1);
+            }
+            /* a group, then another 253 to 257 times, then the first again: its keys' stamps
+             * are as old as one turn of the epoch */
+            for (int gap = 253; gap <= 257 && same; gap++)
+                for (int rep = 0; rep <= gap + 1 && same; rep++) {
+                    const int gi = rep == 0 || rep == gap + 1 ? 0 : 1;
+                    const int64_t m1 = idx_select(ret, 1, 0, kv, Qt + (size_t)gi * 4 * d, 4, &rs[v], again, 4 * topk);
+                    same &= m1 == n_first[gi] &&
+                            !memcmp(first + (size_t)gi * 4 * topk, again, sizeof(int32_t) * (size_t)m1);
+                }
+        }
+        CHECK(same, "selects in a scrambled order and a turn of the epoch apart repeat each group's ids");
+        free(first);
+        free(again);
+    }
     r.gqa = IDX_GQA_MEAN;
     m = idx_select(ret, 1, 0, kv, Qt, 4, &r, got, topk);
     CHECK(m > 0 && m <= topk && valid_ids(got, m, 0, n), "retrieval mean %lld", (long long)m);
