@@ -134,6 +134,8 @@ def main():
     ap.add_argument("--dump", help="write the samples (kvseek eval's input) to this file and stop")
     ap.add_argument("extra", nargs="*", help="after --: kvseek eval options")
     a = ap.parse_args()
+    if not 0 <= a.first < a.n:
+        sys.exit(f"error: --first {a.first} must be at least 0 and below --n {a.n}")
     if not a.selectors.split(",")[0] == "dense":
         sys.exit("error: --selectors must start with dense (the reference)")
     tok = ruler.Tokenizer(a.kvseek, a.model)
