@@ -6,6 +6,9 @@
 #include "sel_impl.h"
 
 #include <math.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +32,43 @@ int idx_fail(idx_set *ix, int code, const char *fmt, ...) {
     vsnprintf(ix->err, sizeof ix->err, fmt, ap);
     va_end(ap);
     return code;
+}
+
+/* Sixteen running maxima side by side (one AVX-512 register, or sixteen floats the compiler can
+ * keep in vectors): a single one would make every comparison wait on the last, since the compiler
+ * may not reorder a float reduction. Exact: max does not round. */
+float idx_max(const float *x, int64_t n) {
+#if defined(__AVX512F__)
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(_mm512_loadu_ps(x + j), vm); /* NaN in x: vm kept */
+    float mm = _mm512_reduce_max_ps(vm);
+    for (; j < n; j++) mm = x[j] > mm ? x[j] : mm;
+    return mm;
+#else
+    enum { W = 16 };
+    float m[W];
+    for (int w = 0; w < W; w++) m[w] = -INFINITY;
+    int64_t t = 0;
+    for (; t + W <= n; t += W)
+        for (int w = 0; w < W; w++) m[w] = x[t + w] > m[w] ? x[t + w] : m[w];
+    for (; t < n; t++) m[0] = x[t] > m[0] ? x[t] : m[0];
+    float r = m[0];
+    for (int w = 1; w < W; w++) r = m[w] > r ? m[w] : r;
+    return r;
+#endif
+}
+
+void idx_group_best(const float *sc, int n_q, int64_t n, float *best) {
+    for (int64_t j = 0; j < n; j++) best[j] = -INFINITY;
+    for (int g = 0; g < n_q; g++) {
+        const float *a = sc + (size_t)g * n;
+        const float m = idx_max(a, n);
+        for (int64_t j = 0; j < n; j++) {
+            const float v = a[j] - m;
+            best[j] = v > best[j] ? v : best[j];
+        }
+    }
 }
 
 void idx_mean_query(const float *q, int n_q, int d, float *out) {

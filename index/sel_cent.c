@@ -155,13 +155,7 @@ static int64_t refine_ids(idx_set *ix, cent_st *c, int layer, int head, const kv
     kv_view(kv, layer, head, &view);
     attn_scores_group_ids(&view, q, n_q, ids, n, c->sc, n);
     float *best = c->best, *tmp = c->best + c->sc_cap;
-    for (int64_t j = 0; j < n; j++) best[j] = -INFINITY;
-    for (int g = 0; g < n_q; g++) {
-        const float *a = c->sc + (size_t)g * n;
-        float m = -INFINITY;
-        for (int64_t j = 0; j < n; j++) m = a[j] > m ? a[j] : m;
-        for (int64_t j = 0; j < n; j++) best[j] = a[j] - m > best[j] ? a[j] - m : best[j];
-    }
+    idx_group_best(c->sc, n_q, n, best);
     memcpy(tmp, best, sizeof(float) * n);
     const float thr = idx_kth_largest(tmp, n, k);
     int64_t above = 0;

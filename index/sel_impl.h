@@ -97,6 +97,12 @@ static inline uint32_t idx_order_key(float x) {
 }
 /* The k-th largest of x[0..n) (1 <= k <= n), x reordered: the bucket of an 11-bit histogram, then quickselect in it. */
 float idx_kth_largest(float *x, int64_t n, int64_t k);
+/* The largest of x[0..n) (-inf when n = 0; NaNs passed over, as `x > m ? x : m` does). */
+float idx_max(const float *x, int64_t n);
+/* best[j] = the largest over the n_q rows of sc (n floats apart) of sc[g][j] minus row g's own
+ * maximum: each key's best logit over a GQA group, each query's shifted by its own best (a key
+ * one query attends strongly beats one every query attends weakly). */
+void idx_group_best(const float *sc, int n_q, int64_t n, float *best);
 /* rel = -inf for the n_q queries: nothing left out or nothing to estimate with. */
 void idx_estimate_none(idx_estimate *est, int n_q);
 /* Every candidate of the slot, in order: the dense answer (and a small slot's). */

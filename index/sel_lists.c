@@ -634,22 +634,6 @@ static int64_t lists_max_ids(const idx_set *ix, const idx_slot *g, int n_q, cons
     return m < nc ? m : nc;
 }
 
-/* The largest of x[0..n) (-inf when n = 0), sixteen running maxima side by side: one would make
- * every comparison wait on the last (the compiler may not reorder a float reduction), and a 16K
- * select's max passes took as long as its radix selection. Exact: max does not round. */
-static float row_max(const float *x, int64_t n) {
-    enum { W = 16 };
-    float m[W];
-    for (int w = 0; w < W; w++) m[w] = -INFINITY;
-    int64_t t = 0;
-    for (; t + W <= n; t += W)
-        for (int w = 0; w < W; w++) m[w] = x[t + w] > m[w] ? x[t + w] : m[w];
-    for (; t < n; t++) m[0] = x[t] > m[0] ? x[t] : m[0];
-    float r = m[0];
-    for (int w = 1; w < W; w++) r = m[w] > r ? m[w] : r;
-    return r;
-}
-
 /* The group's k best of the m scored keys (rows of the score matrix): each key's best logit over
  * the queries, each query's shifted by its own maximum (a key one query attends strongly beats one
  * every query attends weakly, as in sparq and refined centroids). Writes ids unsorted; returns the
@@ -657,15 +641,7 @@ static float row_max(const float *x, int64_t n) {
 static int64_t group_top(lists_st *s, const idx_slot *g, int n_q, int64_t m, int structured, int64_t k,
                          int32_t *ids) {
     float *best = s->scores + (size_t)n_q * m; /* ensure_scratch made room for n_q + 1 rows */
-    for (int64_t t = 0; t < m; t++) best[t] = -INFINITY;
-    for (int gq = 0; gq < n_q; gq++) {
-        const float *sc = s->scores + (size_t)gq * m;
-        float mx = row_max(sc, m);
-        for (int64_t t = 0; t < m; t++) {
-            const float x = sc[t] - mx;
-            best[t] = x > best[t] ? x : best[t];
-        }
-    }
+    idx_group_best(s->scores, n_q, m, best);
     for (int64_t t = 0; t < m; t++) s->kbuf[t] = idx_order_key(best[t]);
     uint32_t thr = 0;
     int64_t need_eq = m;

@@ -211,19 +211,6 @@ static void block_logits(const sparq_st *s, const int *ch, int r, const float *W
         }
 }
 
-/* The largest of x[0..n), NaNs passed over (as `x > m ? x : m` does). */
-static float max_of(const float *x, int64_t n) {
-    float m = -INFINITY;
-    int64_t j = 0;
-#if defined(__AVX512F__)
-    __m512 vm = _mm512_set1_ps(-INFINITY);
-    for (; j + 16 <= n; j += 16) vm = _mm512_max_ps(_mm512_loadu_ps(x + j), vm);
-    m = _mm512_reduce_max_ps(vm);
-#endif
-    for (; j < n; j++) m = x[j] > m ? x[j] : m;
-    return m;
-}
-
 /* The approximate logits of the N keys for each of the n_q queries into s->all (n_q rows of N):
  * the group's r channels of largest summed |q|, and SparQ's temperature per query. IDX_OK or a
  * code with the set's message. */
@@ -311,15 +298,7 @@ static int64_t sparq_select(idx_set *ix, idx_slot *g, int layer, int head, const
     *n_queries = n_q;
     const int rc = approx_logits(ix, s, q, n_q, N);
     if (rc) return rc;
-    for (int64_t j = 0; j < N; j++) s->best[j] = -INFINITY;
-    for (int gq = 0; gq < n_q; gq++) {
-        const float *a = s->all + (size_t)gq * N;
-        const float m = max_of(a, N);
-        for (int64_t j = 0; j < N; j++) {
-            const float v = a[j] - m;
-            s->best[j] = v > s->best[j] ? v : s->best[j];
-        }
-    }
+    idx_group_best(s->all, n_q, N, s->best);
     /* the k best keys, in ascending order; ties at the threshold fill up to k */
     memcpy(s->tmp, s->best, sizeof(float) * N);
     const float thr = idx_kth_largest(s->tmp, N, k);
@@ -375,7 +354,7 @@ static int sparq_estimate(idx_set *ix, idx_slot *g, int layer, int head, const k
     }
     for (int gq = 0; gq < n_q; gq++) {
         const float *a = s->all + (size_t)gq * N;
-        const float m = max_of(a, N);
+        const float m = idx_max(a, N);
         double w_sel = 0, w_rest = 0;
         float *v = est->v + (size_t)gq * vd;
         memset(v, 0, sizeof(float) * vd);
