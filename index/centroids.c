@@ -19,6 +19,7 @@
  *     co      (n_coarse + 1) i32    fine-cluster offsets of the coarse clusters
  *     mem     (n) i32               key indices (position - pos0), ascending per cluster */
 #include "index.h"
+#include "sel_impl.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -139,13 +140,6 @@ static void score_rows(const float *rows, int64_t nr, int d, const float *q, int
         #pragma omp simd
         for (int64_t j = 0; j < nr; j++) o[j] *= scale;
     }
-}
-
-static float max_of(const float *x, int64_t n) {
-    float m = -INFINITY;
-    #pragma omp simd reduction(max : m)
-    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
 }
 
 /* e^x for x <= 0 (arguments are logit - max), vectorisable where glibc's expf is not (a plain
@@ -408,7 +402,7 @@ static int64_t keep_one_level(const idx_cent *c, const float *q, int nq, float t
     const int32_t *fo = c->fo;
     for (int g = 0; g < nq; g++) {
         float *x = v->fs + (size_t)g * nf;
-        const float m = max_of(x, nf);
+        const float m = idx_max(x, nf);
         if (!isfinite(m)) return -1;
         float D = 0.0f;
         #pragma omp simd reduction(+ : D)
@@ -453,7 +447,7 @@ static int64_t keep_two_level(const idx_cent *c, const float *q, int nq, float t
     for (int k = 0; k < nc; k++) u[k] = 0;
     for (int g = 0; g < nq; g++) {
         float *X = v->cs + (size_t)g * nc;
-        mc[g] = max_of(X, nc);
+        mc[g] = idx_max(X, nc);
         if (!isfinite(mc[g])) return -1;
         float Dc = 0.0f;
         #pragma omp simd reduction(+ : Dc)
@@ -491,7 +485,7 @@ static int64_t keep_two_level(const idx_cent *c, const float *q, int nq, float t
     for (int g = 0; g < nq; g++) {
         float *x = v->fs + (size_t)g * nf;
         for (int r = 0; r < nrun; r++) {
-            const float mk = max_of(x + run[2 * r], run[2 * r + 1] - run[2 * r]);
+            const float mk = idx_max(x + run[2 * r], run[2 * r + 1] - run[2 * r]);
             m[g] = mk > m[g] ? mk : m[g];
         }
         if (!isfinite(m[g])) return -1;
@@ -645,7 +639,7 @@ static int calibrate(idx_cent *c, const float *obs, int64_t n_tok, int group, ch
         for (int j = 0; j < nf; j++) crit[j] = 0.0f;
         for (int g = 0; g < group; g++) {
             row_logits(c, obs + ((size_t)t * group + g) * d, x, X);
-            const float m = max_of(x, nf);
+            const float m = idx_max(x, nf);
             double D = 0.0;
             for (int j = 0; j < nf; j++) D += (double)fine_size(c, j) * (S[j] = expf(x[j] - m));
             for (int j = 0; j < nf; j++) {
@@ -653,7 +647,7 @@ static int calibrate(idx_cent *c, const float *obs, int64_t n_tok, int group, ch
                 crit[j] = S[j] > crit[j] ? S[j] : crit[j];
             }
             if (!nc) continue;
-            const float mc = max_of(X, nc);
+            const float mc = idx_max(X, nc);
             double Dc = 0.0;
             for (int k = 0; k < nc; k++) Dc += (double)coarse_size(c, k) * (Sc[k] = expf(X[k] - mc));
             for (int k = 0; k < nc; k++) {
@@ -707,8 +701,8 @@ static int calibrate(idx_cent *c, const float *obs, int64_t n_tok, int group, ch
         for (int k = 0; k < nc; k++) maxSc[k] = 0.0f;
         for (int g = 0; g < group; g++) {
             row_logits(c, obs + ((size_t)t * group + g) * d, x, X);
-            float M = max_of(x, nf);
-            const float mc = max_of(X, nc);
+            float M = idx_max(x, nf);
+            const float mc = idx_max(X, nc);
             M = mc > M ? mc : M;
             double D1 = 0.0, Dc = 0.0;
             for (int k = 0; k < nc; k++) {

@@ -318,6 +318,28 @@ static void recall_tests(void) {
               (long long)n_one);
         free(in_union);
     }
+    {   /* the group's share (the default): a scan of every key reads the union back from the
+         * probe's stamps, so it must give oracle's ids for the same target, in position order;
+         * the default scan gives as many, also in order */
+        idx_request rt = r;
+        rt.top_k = 0;
+        rt.target = 0.02f;
+        rt.scan = 1.0f;
+        const int64_t want = (int64_t)ceil(0.02 * n);
+        int32_t *a = malloc(sizeof(int32_t) * want), *b = malloc(sizeof(int32_t) * want);
+        const int64_t ma = idx_select(ret, 1, 0, kv, Qt, 4, &rt, a, want);
+        const int64_t mb = idx_select(ora, 1, 0, kv, Qt, 4, &rt, b, want);
+        CHECK(ma == want && mb == want && !memcmp(a, b, sizeof(int32_t) * (size_t)want),
+              "retrieval's group share scanning every key = oracle's (%lld, %lld ids)", (long long)ma,
+              (long long)mb);
+        rt.scan = 0;
+        const int64_t mc = idx_select(ret, 1, 0, kv, Qt, 4, &rt, a, want);
+        int inc = mc == want;
+        for (int64_t i = 1; inc && i < mc; i++) inc &= a[i] > a[i - 1];
+        CHECK(inc, "the group's share: %lld ids in increasing order", (long long)mc);
+        free(a);
+        free(b);
+    }
     {   /* the per-call stamps are one-byte epochs that wrap (every 255 calls, and every 255
          * queries): 25 groups of 4 test queries, then 1500 selects of them in a scrambled order
          * (a key's last stamp is as old as chance makes it), per-query top k and the group's
