@@ -499,8 +499,9 @@ static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_sto
 
 /* The keys of ids[0..n) that the current query has not yet taken (at most `room` of them) join
  * its share of the scan, and a key no query of the group took before joins the union (read once,
- * scored once for the whole group). With `share`, each key's place in the union also goes to the
- * query's list (qsel), which only a per-query top k reads. Returns the keys taken, or -1 out of
+ * scored once for the whole group). With `share` (a per-query top k), keys join ukeys as they
+ * come and each key's place in the union also goes to the query's list (qsel); without, only the
+ * stamps are set and union_in_order reads the union back. Returns the keys taken, or -1 out of
  * memory. */
 static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, int64_t room, int share) {
     int64_t taken = 0;
