@@ -75,7 +75,28 @@ typedef struct {
     float *cell_score;       /* (n_q, kl.n) then (n_q, qc.n) */
     int64_t cell_score_cap;
     float *krow;             /* (d) a key as f32 */
+    /* the group share's first stage: the keys as int8 with one scale per channel, a quarter of
+     * the bytes of the f32 rows the union is otherwise scored from (kept at build and idx_add;
+     * structured slots only) */
+    int8_t *k8;              /* (k8_cap, d): row r is position lo + r, (key - k8_mid) / k8_scale */
+    float *k8_scale;         /* (2d): the channels' steps, then their midpoints (k8_mid) */
+    int64_t k8_n, k8_cap;
+    float *k8_q;             /* (n_q, d) the queries times the channel scales */
+    float *k8_rows;          /* (K8_BLOCK, d) a block of rows back in f32 */
+    int64_t k8_q_cap;
 } lists_st;
+
+/* The union of a group share is ranked first from the int8 keys; the best RESCORE times the
+ * budget are then scored exactly from the f32 rows and give the ids. The per-channel int8 error
+ * moves a logit by ~0.1% of its range, so a key of the exact top k ranked below twice k by the
+ * first stage would need a gap that the rescored half covers many times over (measured at 15K:
+ * no select of 6,096 gave other ids at 2x). */
+enum { RESCORE = 2, K8_BLOCK = 16 };
+/* each channel's int8 range is its build range times this, about its midpoint. A key added later
+ * beyond it on some channel is marked (K8_SAT in channel 0) and scored from its f32 row in the
+ * first stage too: a clamped score could also move its query's maximum, which shifts the rest. */
+#define K8_HEADROOM 1.25f
+#define K8_SAT (-128)
 
 static int faiss_fail(idx_set *ix, const char *what) {
     const char *m = faiss_get_last_error();
@@ -194,6 +215,11 @@ static void lists_clear(void *st) {
     list_set_free(&s->kl);
     free(s->tau);
     s->tau = NULL;
+    free(s->k8);
+    free(s->k8_scale);
+    s->k8 = NULL;
+    s->k8_scale = NULL;
+    s->k8_n = s->k8_cap = 0;
 }
 
 static void lists_free(void *st) {
@@ -201,7 +227,7 @@ static void lists_free(void *st) {
     if (!s) return;
     lists_clear(s);
     free(s->tag); free(s->uid); free(s->outm); free(s->scores); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->sort_tmp); free(s->kbuf);
-    free(s->qmean); free(s->cell_score); free(s->krow);
+    free(s->qmean); free(s->cell_score); free(s->krow); free(s->k8_q); free(s->k8_rows);
     free(s);
 }
 
@@ -433,6 +459,49 @@ cleanup:
 }
 
 /* retrieval and ivf: the keys [lo, hi) as f32 copies into FAISS. */
+/* Appends n keys (rows of d floats) to the int8 copy, in the build's channel scales. */
+static int k8_append(lists_st *s, const float *K, int64_t n, int d) {
+    if (grow(&s->k8, &s->k8_cap, s->k8_n + n, (size_t)d)) return -1;
+    for (int64_t j = 0; j < n; j++) {
+        const float *x = K + (size_t)j * d;
+        int8_t *o = s->k8 + (size_t)(s->k8_n + j) * d;
+        int sat = 0;
+        for (int i = 0; i < d; i++) {
+            const float v = nearbyintf((x[i] - s->k8_scale[d + i]) / s->k8_scale[i]);
+            sat |= !(v >= -127.0f && v <= 127.0f); /* NaN too */
+            o[i] = (int8_t)(v > 127.0f ? 127.0f : v >= -127.0f ? v : -127.0f);
+        }
+        if (sat) o[0] = K8_SAT;
+    }
+    s->k8_n += n;
+    return 0;
+}
+
+/* The int8 copy of the slot's nk build keys: each channel spans its build range about its
+ * midpoint. The midpoint adds the same q.mid to every key's logit for a query, which the group's
+ * shifted logits cancel; a channel that carries a large, nearly constant value (Qwen2.5's key
+ * bias in the early layers) keeps fine steps that a scale about zero would spend on the offset. */
+static int k8_build(lists_st *s, const float *K, int64_t nk, int d) {
+    s->k8_scale = malloc(sizeof(float) * 2 * d);
+    if (!s->k8_rows) s->k8_rows = malloc(sizeof(float) * K8_BLOCK * d);
+    if (!s->k8_scale || !s->k8_rows) return -1;
+    float *step = s->k8_scale, *mid = s->k8_scale + d; /* first each channel's max, then min */
+    for (int i = 0; i < d; i++) step[i] = -INFINITY, mid[i] = INFINITY;
+    for (int64_t j = 0; j < nk; j++)
+        for (int i = 0; i < d; i++) {
+            const float x = K[(size_t)j * d + i];
+            step[i] = x > step[i] ? x : step[i];
+            mid[i] = x < mid[i] ? x : mid[i];
+        }
+    for (int i = 0; i < d; i++) {
+        const float hi = step[i], lo = mid[i];
+        mid[i] = nk > 0 ? 0.5f * (lo + hi) : 0.0f;
+        step[i] = nk > 0 && hi > lo ? (hi - lo) * K8_HEADROOM / 254.0f : 1.0f;
+    }
+    s->k8_n = 0;
+    return k8_append(s, K, nk, d);
+}
+
 static int lists_build(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv,
                        const float *queries, int64_t n_queries) {
     lists_st *s = g->st;
@@ -449,6 +518,8 @@ static int lists_build(idx_set *ix, idx_slot *g, int layer, int head, const kv_s
         rc = build_retrieval(ix, s, K, nk, g->lo, queries, n_queries);
         if (rc == IDX_OK && ix->p.key_share > 0.0f) rc = build_ivf(ix, s, K, nk, g->lo);
     }
+    if (rc == IDX_OK && (s->qc.n > 0 || s->kl.n > 0) && k8_build(s, K, nk, ix->p.head_dim))
+        rc = idx_fail(ix, IDX_ERR_NOMEM, "out of memory for the int8 keys");
     free(K);
     return rc;
 }
@@ -491,6 +562,7 @@ static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_sto
         /* FAISS IVF-IP assignment: the list whose centroid has the largest inner product */
         if (s->kl.n > 0 && list_push(&s->kl.lists[best_list(&s->kl, s->krow, d, &best_s)], (int32_t)pos))
             rc = IDX_ERR_NOMEM;
+        if (s->k8_scale && rc == IDX_OK && k8_append(s, s->krow, 1, d)) rc = IDX_ERR_NOMEM;
     }
     return rc ? idx_fail(ix, rc, "out of memory adding keys") : IDX_OK;
 }
@@ -539,6 +611,55 @@ static int64_t take_ids(lists_st *s, int64_t lo, const int32_t *ids, int64_t n, 
         taken++;
     }
     return taken;
+}
+
+/* Keeps the r keys of the union (ukeys, in position order) whose best shifted logit over the
+ * group is highest by the int8 keys, in the same order. */
+static void first_stage(lists_st *s, const attn_kv_view *view, int d, const float *q, int n_q, int64_t lo,
+                        int64_t r) {
+    const int64_t m = s->n_union;
+    float *qs = s->k8_q, *rows = s->k8_rows;
+    float qmid[ATTN_MAX_GROUP], one[ATTN_MAX_GROUP];
+    for (int g = 0; g < n_q; g++) {
+        qmid[g] = 0.0f;
+        for (int i = 0; i < d; i++) {
+            qs[(size_t)g * d + i] = q[(size_t)g * d + i] * s->k8_scale[i];
+            qmid[g] += q[(size_t)g * d + i] * s->k8_scale[d + i];
+        }
+    }
+    int32_t *sat = s->sort_tmp; /* the union's saturated keys, by place (sort_tmp is free here) */
+    int64_t n_sat = 0;
+    enum { PF = 32 };
+    for (int64_t j = 0; j < m && j < PF; j++) __builtin_prefetch(s->k8 + (size_t)(s->ukeys[j] - lo) * d);
+    for (int64_t j0 = 0; j0 < m; j0 += K8_BLOCK) {
+        const int nb = m - j0 < K8_BLOCK ? (int)(m - j0) : K8_BLOCK;
+        for (int j = 0; j < nb; j++) {
+            if (j0 + j + PF < m) __builtin_prefetch(s->k8 + (size_t)(s->ukeys[j0 + j + PF] - lo) * d);
+            const int8_t *x = s->k8 + (size_t)(s->ukeys[j0 + j] - lo) * d;
+            sat[n_sat] = (int32_t)(j0 + j);
+            n_sat += x[0] == K8_SAT;
+            float *o = rows + (size_t)j * d;
+            #pragma omp simd
+            for (int i = 0; i < d; i++) o[i] = (float)x[i];
+        }
+        attn_scores_group_rows(qs, n_q, d, rows, nb, d, s->scores + j0, m);
+    }
+    for (int64_t i = 0; i < n_sat; i++) { /* q.k - q.mid, as the int8 rows give */
+        attn_scores_group_ids(view, q, n_q, s->ukeys + sat[i], 1, one, 1);
+        for (int g = 0; g < n_q; g++) s->scores[(size_t)g * m + sat[i]] = one[g] - qmid[g];
+    }
+    float *best = s->scores + (size_t)n_q * m;
+    idx_group_best(s->scores, n_q, m, best);
+    for (int64_t t = 0; t < m; t++) s->kbuf[t] = idx_order_key(best[t]);
+    const uint32_t thr = kth_largest(s->kbuf, m, r);
+    int64_t above = 0;
+    for (int64_t t = 0; t < m; t++) above += s->kbuf[t] > thr;
+    int64_t need_eq = r - above, n = 0;
+    for (int64_t t = 0; t < m; t++) {
+        const uint32_t x = s->kbuf[t];
+        if (x > thr || (x == thr && need_eq-- > 0)) s->ukeys[n++] = s->ukeys[t];
+    }
+    s->n_union = n;
 }
 
 /* Writes the positions this call read (seen stamps) to ukeys in increasing order; their count. */
@@ -607,7 +728,7 @@ static void score_cells(const list_set *ls, const float *q, int n_q, int d, floa
 }
 
 /* Makes the slot's scratch fit nc candidates, n_q queries and k results. */
-static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
+static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int d, int64_t k) {
     int64_t cap = s->stamp_cap;
     if (nc > cap) {
         int64_t c1 = cap, c2 = cap, c3 = cap, c4 = cap, c5 = cap, c6 = cap;
@@ -620,6 +741,7 @@ static int ensure_scratch(lists_st *s, int64_t nc, int n_q, int64_t k) {
         memset(s->outm + cap, 0, c1 - cap);
         s->stamp_cap = c1;
     }
+    if (s->k8_scale && grow(&s->k8_q, &s->k8_q_cap, (int64_t)n_q * d, sizeof(float))) return -1;
     if (grow(&s->cell_score, &s->cell_score_cap, (int64_t)n_q * (s->qc.n + s->kl.n), sizeof(float)) ||
         grow(&s->qoff, &s->qoff_cap, n_q + 1, sizeof(int64_t)) ||
 
@@ -697,11 +819,11 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
     int64_t n_out = 0;
     if (k == 0) return 0;
     if (req->gqa == IDX_GQA_MEAN && n_q > 1) {
-        if (ensure_scratch(s, nc, 1, k)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
+        if (ensure_scratch(s, nc, 1, d, k)) return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
         idx_mean_query(q, n_q, d, s->qmean);
         q = s->qmean;
         n_q = 1;
-    } else if (ensure_scratch(s, nc, n_q, k)) {
+    } else if (ensure_scratch(s, nc, n_q, d, k)) {
         return idx_fail(ix, IDX_ERR_NOMEM, "out of memory for select scratch");
     }
     *n_queries = n_q;
@@ -752,10 +874,15 @@ static int64_t lists_select(idx_set *ix, idx_slot *g, int layer, int head, const
         /* a group share reads its union in position order, from the stamps: consecutive keys
          * share a page (and its TLB entry) and the prefetchers follow the stream, where the probe
          * order scattered them (the scoring waited on memory for two thirds of its time) */
-        if (!share) s->n_union = union_in_order(s, g->lo, nc);
+        if (!share) {
+            s->n_union = union_in_order(s, g->lo, nc);
+            *scanned = s->n_union;
+            if (s->k8_n == nc && n_q <= ATTN_MAX_GROUP && s->n_union > RESCORE * k) first_stage(s, &view, d, q, n_q, g->lo, RESCORE * k);
+        } else {
+            *scanned = s->n_union;
+        }
         /* 2. the union, each key read once for the group */
         attn_scores_group_ids(&view, q, n_q, s->ukeys, s->n_union, s->scores, s->n_union);
-        *scanned = s->n_union;
     } else {
         /* oracle, or a slot too small for a structure: every candidate, exactly */
         attn_scores_group_range(&view, q, n_q, g->lo, g->hi, s->scores, nc);
@@ -807,7 +934,9 @@ static size_t lists_bytes(const idx_set *ix, const void *st) {
     const int d = ix->p.head_dim;
     return sizeof *s + list_set_bytes(&s->qc, d) + list_set_bytes(&s->kl, d) +
            (s->tau ? s->qc.n * sizeof(float) : 0) + (size_t)s->stamp_cap * (sizeof(key_tag) + 1 + 4 * sizeof(int32_t)) +
-           (size_t)(s->scores_cap + s->cell_score_cap) * sizeof(float) + (size_t)s->qsel_cap * sizeof(int32_t);
+           (size_t)(s->scores_cap + s->cell_score_cap) * sizeof(float) + (size_t)s->qsel_cap * sizeof(int32_t) +
+           (size_t)s->k8_cap * d + (s->k8_scale ? (size_t)(2 + K8_BLOCK) * d * sizeof(float) : 0) +
+           (size_t)s->k8_q_cap * sizeof(float);
 }
 
 /* The methods the three kinds share; ivf and retrieval add a build, retrieval observes. */
