@@ -18,10 +18,13 @@
  *             force), every other key sits in the cell whose centroid scores it highest; a
  *             decode query probes its nearest cells and scores their keys exactly
  *             (RetrievalAttention's idea), plus a share of the budget on IVF lists over the
- *             keys (hybrid: see key_share),
+ *             keys (hybrid: see key_share). A group's share is ranked first from an int8 copy
+ *             of the keys (a quarter of the bytes, kept with the lists) and only the best 2x
+ *             its budget are scored from the KV store,
  *   ivf       FAISS IndexIVFFlat on the keys with inner product (the plain ANN baseline):
  *             FAISS trains and fills it, its centroids and lists are copied out and probed by
- *             inner product like FAISS does, scoring keys from the KV store (no second copy).
+ *             inner product like FAISS does, scoring keys from the KV store (no second f32
+ *             copy; a group share ranks from int8 first, as retrieval).
  *   centroids Squeezed Attention: the keys clustered once (cosine k-means, one or two levels,
  *             an idx_cent below); a query keeps every cluster whose estimated per-key attention
  *             probability exceeds a threshold calibrated on the latest observed queries for
@@ -38,7 +41,8 @@
  *             the keys: r/d of a scan's bytes), the request's `target` share with the highest
  *             approximate probability (0.02 when unset; the best over a GQA group's queries)
  *             read exactly. Builds in one pass at any size; nothing learnt from queries.
- * Every probe of oracle / retrieval / ivf scores keys exactly, so `scanned` (keys scored) is
+ * Every probe of oracle / retrieval / ivf scores keys exactly (retrieval and ivf rank a
+ * group share's keys from int8 first, then score the best exactly), so `scanned` (keys scored) is
  * the cost measure and lists may be read in part to hit a scan target exactly: comparisons run
  * at equal keys scanned. centroids scores no key: its `scanned` counts centroid scores (one
  * query . centroid product each, the same work as scoring one key); quest counts 2 per page
