@@ -188,7 +188,7 @@ const char *idx_last_error(const idx_set *ix) { return ix ? ix->err : ""; }
 
 idx_params idx_params_default(void) {
     return (idx_params){.kind = IDX_RETRIEVAL, .seed = 1234, .min_keys = 1024, .max_queries = 4096,
-                        .list_k = 128, .kmeans_iter = 10, .nprobe = 8, .key_share = 0.3f,
+                        .list_k = 128, .kmeans_iter = 10, .nprobe = 8, .key_share = 0.3f, .first_stage = 1,
                         .cent = idx_cent_params_default(), .group_size = 1, .obs_tokens = 100,
                         .quest_page = 16};
 }

@@ -633,3 +633,123 @@ void attn_scores_group_rows(const float *q, int n_q, int d, const float *x, int6
         score_rows_group(q, n_q, rows, nk, d, ATTN_F32, scores + j0, ld);
     }
 }
+
+/* ---- int8 scores ------------------------------------------------------------------------ */
+
+/* The portable form, and the tail rows of the vector form: exact int32 sums. */
+static void i8_rows_plain(const int8_t *q8, const float *qscale, int n_q, int d, const int8_t *const *rows,
+                          int64_t n, float *scores, int64_t ld) {
+    for (int64_t j = 0; j < n; j++) {
+        const int8_t *k = rows[j];
+        for (int g = 0; g < n_q; g++) {
+            const int8_t *qg = q8 + (size_t)g * d;
+            int32_t acc = 0;
+            #pragma omp simd reduction(+ : acc)
+            for (int i = 0; i < d; i++) acc += (int32_t)qg[i] * k[i];
+            scores[(size_t)g * ld + j] = qscale[g] * (float)acc;
+        }
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+/* r[t] becomes column t of the 16 x 16 matrix of dwords whose row j was r[j]. */
+static inline void transpose16_epi32(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    }
+}
+
+enum { I8_QB = 8 }; /* queries per pass over a block: 8 accumulators beside 16 columns */
+
+/* Four bytes as one dword (memcpy: the bytes are not int32 objects). */
+static inline int32_t ld4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* acc[g] += the sums of GB queries (q row g at qg + g * d, four channels a dword) over the 16
+ * transposed columns. GB is a constant at every call, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void
+i8_dots(const int8_t *qg, int d, int GB, const __m512i col[16], __m512i *acc) {
+    __m512i a[I8_QB];
+    for (int g = 0; g < GB; g++) a[g] = acc[g];
+    for (int t = 0; t < 16; t++)
+        for (int g = 0; g < GB; g++)
+            a[g] = _mm512_dpbusd_epi32(a[g], col[t], _mm512_set1_epi32(ld4(qg + (size_t)g * d + 4 * t)));
+    for (int g = 0; g < GB; g++) acc[g] = a[g];
+}
+
+/* Sixteen rows at once. VNNI multiplies unsigned by signed bytes: the rows go unsigned (k + 128,
+ * an xor of the sign bit) and each query's 128 * sum(q8) comes off its sums. */
+static void i8_rows_vnni(const int8_t *q8, const float *qscale, int n_q, int d, const int8_t *const *rows,
+                         int64_t n, float *scores, int64_t ld) {
+    int32_t qsum[ATTN_MAX_GROUP];
+    for (int g = 0; g < n_q; g++) {
+        int32_t a = 0;
+        for (int i = 0; i < d; i++) a += q8[(size_t)g * d + i];
+        qsum[g] = 128 * a;
+    }
+    const __m512i sign = _mm512_set1_epi8((char)0x80);
+    int64_t j0 = 0;
+    for (; j0 + 16 <= n; j0 += 16) {
+        const int8_t *const *row = rows + j0;
+        if (j0 + 32 <= n) /* the next block's rows, while this one computes */
+            for (int j = 16; j < 32; j++) _mm_prefetch((const char *)row[j], _MM_HINT_T0);
+        __m512i acc[ATTN_MAX_GROUP];
+        for (int g = 0; g < n_q; g++) acc[g] = _mm512_setzero_si512();
+        for (int c = 0; c < d; c += 64) {
+            __m512i col[16];
+            for (int j = 0; j < 16; j++) col[j] = _mm512_xor_si512(_mm512_loadu_si512(row[j] + c), sign);
+            transpose16_epi32(col);
+            for (int g0 = 0; g0 < n_q; g0 += I8_QB) {
+                const int8_t *qg = q8 + (size_t)g0 * d + c;
+                switch (n_q - g0 < I8_QB ? n_q - g0 : I8_QB) {
+                case 8: i8_dots(qg, d, 8, col, acc + g0); break;
+                case 7: i8_dots(qg, d, 7, col, acc + g0); break;
+                case 6: i8_dots(qg, d, 6, col, acc + g0); break;
+                case 5: i8_dots(qg, d, 5, col, acc + g0); break;
+                case 4: i8_dots(qg, d, 4, col, acc + g0); break;
+                case 3: i8_dots(qg, d, 3, col, acc + g0); break;
+                case 2: i8_dots(qg, d, 2, col, acc + g0); break;
+                default: i8_dots(qg, d, 1, col, acc + g0); break;
+                }
+            }
+        }
+        for (int g = 0; g < n_q; g++) {
+            const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g], _mm512_set1_epi32(qsum[g])));
+            _mm512_storeu_ps(scores + (size_t)g * ld + j0, _mm512_mul_ps(v, _mm512_set1_ps(qscale[g])));
+        }
+    }
+    if (j0 < n) i8_rows_plain(q8, qscale, n_q, d, rows + j0, n - j0, scores + j0, ld);
+}
+#endif
+
+void attn_scores_group_i8(const int8_t *q8, const float *qscale, int n_q, int d, const int8_t *const *rows,
+                          int64_t n, float *scores, int64_t ld) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    if (d % 64 == 0 && n_q <= ATTN_MAX_GROUP) {
+        i8_rows_vnni(q8, qscale, n_q, d, rows, n, scores, ld);
+        return;
+    }
+#endif
+    i8_rows_plain(q8, qscale, n_q, d, rows, n, scores, ld);
+}

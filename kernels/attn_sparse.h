@@ -1,7 +1,8 @@
 /* Attention of one query, or of a GQA group's queries sharing a KV head, over a paged K/V store:
  * a contiguous range or an explicit list of positions, with output and log-sum-exp per query.
  * defines: attn_kv_view, attn_range, attn_ids, attn_merge, attn_scores_range, attn_scores_ids,
- *          attn_scores_group_ids, attn_scores_group_range, attn_scores_group_rows */
+ *          attn_scores_group_ids, attn_scores_group_range, attn_scores_group_rows,
+ *          attn_scores_group_i8 */
 #ifndef KVSEEK_ATTN_SPARSE_H
 #define KVSEEK_ATTN_SPARSE_H
 
@@ -84,5 +85,14 @@ void attn_scores_group_range(const attn_kv_view *kv, const float *q, int n_q, in
                              float *scores, int64_t ld);
 void attn_scores_group_rows(const float *q, int n_q, int d, const float *x, int64_t n, int64_t ldx,
                             float *scores, int64_t ld);
+
+/* The same from int8 rows and int8 queries, for a selector's coarse first pass: scores[g * ld +
+ * j] = qscale[g] * sum_i q8[g * d + i] * rows[j][i] (rows: n pointers to d int8 each), the
+ * products summed exactly in int32, so the result does not depend on the order or the
+ * instruction set. With AVX512-VNNI and d a multiple of 64, sixteen rows are transposed in
+ * registers and every query's sums come from one instruction per four channels (no horizontal
+ * sum). Any n_q >= 1; serial; allocates nothing; ld >= n. */
+void attn_scores_group_i8(const int8_t *q8, const float *qscale, int n_q, int d, const int8_t *const *rows,
+                          int64_t n, float *scores, int64_t ld);
 
 #endif

@@ -3,7 +3,9 @@
  * (not multiples of its 4 keys per block), head dims 64, 128, 256 and the odd 65 and 13 (a scalar
  * tail after the SIMD width), f32 and f16 rows, pages of 16 keys so ids cross pages.
  * Tolerance: |got - ref| <= 1e-6 * (1 + sum_i |q_i k_i|) (f32 accumulation, different order);
- * f16 rows against the same rows rounded to f16. Entries past a row's count stay untouched. */
+ * f16 rows against the same rows rounded to f16. Entries past a row's count stay untouched.
+ * attn_scores_group_i8 (int8 rows and queries) against a plain C loop in int64: exact, every
+ * byte value from -128 to 127, rows out of order with repeats, counts past its 16-row blocks. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +34,59 @@ static double err_of(const float *got, int64_t ld, const float *q, int n_q, int 
             if (r > e) e = r;
         }
     return e;
+}
+
+/* int8 rows: the sums are exact integers, so the kernel must give the reference's bits */
+static void i8_tests(void) {
+    const int dims[] = {64, 128, 256, 48, 13};
+    const int groups[] = {1, 3, 7, 8, 9, 16, 20};
+    const int counts[] = {1, 15, 16, 17, 33, 100};
+    enum { ROWS = 64 };
+    const float SENT = 12345.0f;
+    const int64_t lo = 1000;
+    uint32_t seed = 12345;
+    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+        const int d = dims[di];
+        int8_t *x = malloc((size_t)ROWS * d), *q8 = malloc((size_t)20 * d);
+        for (int i = 0; i < ROWS * d; i++) {
+            seed = seed * 1664525u + 1013904223u;
+            x[i] = (int8_t)(seed >> 24);
+        }
+        for (int i = 0; i < d; i++) x[i] = -128, x[d + i] = 127; /* the extremes */
+        for (int i = 0; i < 20 * d; i++) {
+            seed = seed * 1664525u + 1013904223u;
+            q8[i] = (int8_t)(seed >> 24);
+        }
+        for (int i = 0; i < d; i++) q8[i] = i % 2 ? -128 : 127;
+        float qscale[20];
+        for (int g = 0; g < 20; g++) qscale[g] = 0.01f * (g + 1);
+        for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++)
+            for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+                const int n_q = groups[gi], n = counts[ci];
+                int32_t ids[100];
+                for (int j = 0; j < n; j++) ids[j] = (int32_t)(lo + (j * 37 + (j % 3 == 0 ? 0 : 5)) % ROWS);
+                ids[0] = (int32_t)lo, ids[n > 1 ? 1 : 0] = (int32_t)lo + 1;
+                const int64_t ld = n + 3;
+                float got[20 * 103];
+                for (int i = 0; i < 20 * 103; i++) got[i] = SENT;
+                const int8_t *rows[100];
+                for (int j = 0; j < n; j++) rows[j] = x + (size_t)(ids[j] - lo) * d;
+                attn_scores_group_i8(q8, qscale, n_q, d, rows, n, got, ld);
+                int bad = 0, spill = 0;
+                for (int g = 0; g < n_q; g++) {
+                    for (int j = 0; j < n; j++) {
+                        int64_t ref = 0;
+                        for (int i = 0; i < d; i++) ref += (int64_t)q8[g * d + i] * x[(ids[j] - lo) * d + i];
+                        bad += got[g * ld + j] != qscale[g] * (float)ref;
+                    }
+                    for (int64_t j = n; j < ld; j++) spill += got[g * ld + j] != SENT;
+                }
+                CHECK(bad == 0, "i8 scores: %d of %d differ from the int64 reference (d=%d n_q=%d n=%d)", bad,
+                      n_q * n, d, n_q, n);
+                CHECK(spill == 0, "i8 scores wrote past n (d=%d n_q=%d n=%d)", d, n_q, n);
+            }
+        free(x); free(q8);
+    }
 }
 
 int main(void) {
@@ -100,5 +155,6 @@ int main(void) {
         kv_free(s32); kv_free(s16);
         free(K); free(Kh);
     }
+    i8_tests();
     return check_summary("test_scores_group");
 }
