@@ -610,6 +610,25 @@ def git_commit():
     return p.stdout.strip() if p.returncode == 0 else None
 
 
+def report(a):
+    """--report: the tables of a results file, per model; nothing runs."""
+    if not a.out:
+        sys.exit("ruler: --report reads the results of --out FILE")
+    try:
+        with open(a.out, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        sys.exit(f"ruler: {a.out}: {e}")
+    aggs = [g for g in rows if g.get("row") == "task"]
+    if not aggs:
+        sys.exit(f"ruler: {a.out} holds no task rows")
+    for model in dict.fromkeys(g["model"] for g in aggs):
+        print(table([g for g in aggs if g["model"] == model]))
+    if a.plot:
+        plot(aggs, a.plot)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="RULER-style synthetic long-context accuracy through kvseek eval")
     ap.add_argument("--model", default="models/gemma-3-270m-q4_k_m.gguf")
@@ -627,10 +646,15 @@ def main(argv=None):
     ap.add_argument("--samples", default="", help="keep the generated samples in this JSONL file")
     ap.add_argument("--generate-only", action="store_true", help="write the samples (--samples) and stop")
     ap.add_argument("--table", action="store_true", help="print a markdown table per length")
+    ap.add_argument("--report", action="store_true",
+                    help="print the tables (and --plot) of the results in --out, every model and length "
+                         "it holds, and run nothing")
     ap.add_argument("--plot", default="", help="PNG of score against length per selector")
     ap.add_argument("--smoke", action="store_true", help=f"3 samples of {SMOKE_TASKS} at 2048, answers <= 16 tokens")
     ap.add_argument("extra", nargs="*", help="options passed to kvseek eval (after --)")
     a = ap.parse_args(argv)
+    if a.report:
+        return report(a)
     if a.smoke:
         a.tasks, a.lengths, a.n, a.max_new = SMOKE_TASKS, "2048", a.n or 3, a.max_new or 16
     a.n = a.n or 10

@@ -144,6 +144,15 @@ with tempfile.TemporaryDirectory(prefix="kvseek-ruler-") as tmp:
     p = subprocess.run(cmd[:-2] + ["--resume"], capture_output=True, text=True, timeout=120)
     check(p.returncode == 0 and not [x for x in p.stdout.splitlines() if x.startswith("{")]
           and "| **average** |" in p.stdout, "--resume runs nothing already in --out, still prints the table")
+    # --report reads the file only: no kvseek (a path that does not exist), no model, no defaults run
+    before = open(out).read()
+    p = subprocess.run([sys.executable, os.path.join(HERE, "..", "scripts", "ruler.py"), "--report", "--out", out,
+                        "--kvseek", os.path.join(tmp, "no-such-kvseek")], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 0 and "| **average** |" in p.stdout and "2048 tokens" in p.stdout
+          and open(out).read() == before, "--report prints the stored table and runs nothing")
+    p = subprocess.run([sys.executable, os.path.join(HERE, "..", "scripts", "ruler.py"), "--report"],
+                       capture_output=True, text=True, timeout=60)
+    check(p.returncode != 0 and "--out" in p.stderr, "--report without --out: a one-line error")
 
 print(f"{'FAIL' if check.failures else 'ok'}: test_ruler ({check.failures} failed)")
 sys.exit(1 if check.failures else 0)
