@@ -241,10 +241,10 @@ typedef struct {
                             * to IVF lists over the keys (as `ivf`), the rest to the query
                             * cells; it catches content matches no kept query anticipated.
                             * 0: query cells only (default 0.3, best of 0/0.3/0.5 on gemma-3) */
-    int first_stage;       /* a group share ranks its union from int8 codes of the listed keys
-                            * and scores the best 2x its budget exactly (default 1); 0 scores
-                            * the whole union exactly: the same ids, the reference it is tested
-                            * against */
+    int first_stage;       /* a group share ranks its union from an int8 copy of the keys and
+                            * scores the best 2x its budget exactly (default 1); 0 keeps no copy
+                            * and scores the whole union exactly: the same ids, the reference
+                            * the first stage is tested against */
     /* ivf */
     int ivf_nlist;         /* 0: auto, keys / 39 clamped to [1, 4096] (FAISS's minimum of
                             * 39 training points per list, so it trains without a warning) */
