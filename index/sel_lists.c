@@ -634,9 +634,10 @@ static void first_stage(lists_st *s, const attn_kv_view *view, int d, const floa
         qstep[g] = amax > 0.0f ? amax / 127.0f : 1.0f;
         qfine[g] = qstep[g] / 254.0f;
         for (int i = 0; i < d; i++) {
-            const float x = qg[i] * s->k8_scale[i] / qstep[g], hi = nearbyintf(x);
-            q8[(size_t)g * d + i] = (int8_t)hi;
-            q8[(size_t)(n_q + g) * d + i] = (int8_t)nearbyintf((x - hi) * 254.0f);
+            const float x = qg[i] * s->k8_scale[i] / qstep[g], hi = nearbyintf(x), lo = nearbyintf((x - hi) * 254.0f);
+            /* a non-finite query (a model fault) must not reach a float-to-int8 cast */
+            q8[(size_t)g * d + i] = (int8_t)(hi >= -127.0f && hi <= 127.0f ? hi : 0.0f);
+            q8[(size_t)(n_q + g) * d + i] = (int8_t)(lo >= -127.0f && lo <= 127.0f ? lo : 0.0f);
         }
     }
     /* both terms a chunk at a time, the chunk's rows still in L1 for the second */
