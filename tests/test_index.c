@@ -538,6 +538,22 @@ static void centroid_tests(void) {
     free(K); free(Q); free(sy.ck); free(sy.mu_k); free(sy.mu_q);
 }
 
+/* Whether two sets select the same ids (want of them) for the first g queries, g = g0, g0 +
+ * step, ... <= g1. */
+static int same_group_ids(idx_set *x, idx_set *y, const kv_store *kv, const float *Q, int g0, int g1, int step,
+                          const idx_request *r, int64_t want) {
+    int32_t *a = malloc(sizeof(int32_t) * want), *b = malloc(sizeof(int32_t) * want);
+    int same = 1;
+    for (int g = g0; g <= g1; g += step) {
+        const int64_t ma = idx_select(x, 1, 0, kv, Q, g, r, a, want);
+        const int64_t mb = idx_select(y, 1, 0, kv, Q, g, r, b, want);
+        same &= ma == want && mb == want && !memcmp(a, b, sizeof(int32_t) * (size_t)want);
+    }
+    free(a);
+    free(b);
+    return same;
+}
+
 /* A sink-like key (one huge value on a channel every other key has near zero, as LLM sink
  * tokens do) stretches that channel's int8 range, so a query with a large component there has
  * its largest int8 term on a channel that tells no other key apart. Every other query component
@@ -564,16 +580,8 @@ static void first_stage_outlier_test(void) {
     idx_request r = idx_request_default();
     r.target = 0.02f;
     r.scan = 1.0f;
-    const int64_t want = (int64_t)ceil(0.02 * n);
-    int32_t *a = malloc(sizeof(int32_t) * want), *b = malloc(sizeof(int32_t) * want);
-    int same = 1;
-    for (int g = 1; g <= 4; g += 3) {
-        const int64_t ma = idx_select(ret, 1, 0, kv, Q, g, &r, a, want);
-        const int64_t mb = idx_select(ora, 1, 0, kv, Q, g, &r, b, want);
-        same &= ma == want && mb == want && !memcmp(a, b, sizeof(int32_t) * (size_t)want);
-    }
-    CHECK(same, "a query's large component on a sink's channel: the group share's ids = oracle's");
-    free(a); free(b);
+    CHECK(same_group_ids(ret, ora, kv, Q, 1, 4, 3, &r, (int64_t)ceil(0.02 * n)),
+          "a query's large component on a sink's channel: the group share's ids = oracle's");
     idx_free(ret); idx_free(ora);
     kv_free(kv);
     free(K); free(Q); free(V);
@@ -611,18 +619,10 @@ static void first_stage_tests(void) {
         idx_request r = idx_request_default();
         r.target = 0.02f;
         r.scan = 1.0f;
-        const int64_t want = (int64_t)ceil(0.02 * hi);
-        int32_t *a = malloc(sizeof(int32_t) * want), *b = malloc(sizeof(int32_t) * want);
-        int same = 1;
-        for (int g = 1; g <= nq; g += 3) { /* groups of 1, 4 and 7 queries */
-            const int64_t ma = idx_select(ret, 1, 0, kv, Q, g, &r, a, want);
-            const int64_t mb = idx_select(ora, 1, 0, kv, Q, g, &r, b, want);
-            same &= ma == want && mb == want && !memcmp(a, b, sizeof(int32_t) * (size_t)want);
-        }
-        CHECK(same, "offset channels, %d keys%s: the group share's ids = oracle's", hi,
+        /* groups of 1, 4 and 7 queries */
+        CHECK(same_group_ids(ret, ora, kv, Q, 1, nq, 3, &r, (int64_t)ceil(0.02 * hi)),
+              "offset channels, %d keys%s: the group share's ids = oracle's", hi,
               round ? " (600 added, a third beyond the build's range)" : "");
-        free(a);
-        free(b);
     }
     /* a partial scan: the union streamed from the list prefixes the queries read is the union
      * they stamped, so the ids are those of scoring it all exactly (first_stage = 0) */
@@ -642,17 +642,8 @@ static void first_stage_tests(void) {
         idx_request r = idx_request_default();
         r.target = 0.02f;
         r.scan = sc == 0 ? 0.08f : sc == 1 ? 0.2f : 0.0f; /* 0: the default scan */
-        const int64_t want = (int64_t)ceil(0.02 * (n + extra));
-        int32_t *a = malloc(sizeof(int32_t) * want), *b = malloc(sizeof(int32_t) * want);
-        int same = 1;
-        for (int g = 4; g <= nq; g += 3) {
-            const int64_t ma = idx_select(ret, 1, 0, kv, Q, g, &r, a, want);
-            const int64_t mb = idx_select(ref, 1, 0, kv, Q, g, &r, b, want);
-            same &= ma == want && mb == want && !memcmp(a, b, sizeof(int32_t) * (size_t)want);
-        }
-        CHECK(same, "scan %.2f: the ids ranked from codes = the whole union's exact ids", r.scan);
-        free(a);
-        free(b);
+        CHECK(same_group_ids(ret, ref, kv, Q, 4, nq, 3, &r, (int64_t)ceil(0.02 * (n + extra))),
+              "scan %.2f: the ids ranked from codes = the whole union's exact ids", r.scan);
     }
     idx_free(ref);
     idx_free(ret);
