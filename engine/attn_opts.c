@@ -62,6 +62,9 @@ static const row rows[] = {
              "kept by exact score", .zero = "off"},
     {.o = {"estimate", "--attn-estimate", ENG_ATTN_BOOL, false}, .off = F(estimate), .lo = 0, .hi = 1,
      .help = "sparq, centroids: estimate the keys the selector leaves and merge them in (CPU only)"},
+    {.o = {"reuse", "--attn-reuse", ENG_ATTN_INT, false}, .off = F(reuse), .lo = 0, .hi = 64, .arg = "N",
+     .help = "a selection serves N decode steps (the selector's cost over N; ids from an older query)",
+     .zero = "select at every step"},
     {.o = {"dense_below", "--attn-dense-below", ENG_ATTN_INT, false}, .off = F(dense_below), .lo = 0,
      .hi = 1 << 24, .arg = "N", .help = "decode attends densely while the sequence is shorter than N tokens",
      .zero = "off"},
@@ -285,6 +288,10 @@ int eng_attn_check(const eng_attn_params *a, char *err, size_t errlen) {
     }
     if (a->estimate && a->tail > 0) {
         eng_set_err(err, errlen, "estimate and tail both stand for the keys the selector leaves: set one");
+        return -1;
+    }
+    if (a->estimate && a->reuse > 1) {
+        eng_set_err(err, errlen, "estimate is the current query's: it cannot be reused (reuse %d)", a->reuse);
         return -1;
     }
     return 0;

@@ -159,6 +159,46 @@ static int64_t select_ids(eng_seq *s, int layer, int kvh, const float *q, const 
     return s->attn.expand > 0 ? eng_plan_expand_ids(ids, n, s->ids_cap, s->attn.expand, pl->off_lo, pl->off_hi) : n;
 }
 
+void eng_plan_reuse_clear(eng_seq *s) {
+    const int n = s->m->hp.n_layer * s->m->hp.n_head_kv;
+    for (int i = 0; s->reuse && i < n; i++) s->reuse[i].pos = -1;
+}
+
+/* Whether the row can attend the slot's last selection: made at most reuse - 1 steps before, over
+ * the same offloaded range or one the window has since grown at its end. A row at or before the
+ * selection's (a rewound or reset sequence) selects again. */
+static int can_reuse(const eng_seq *s, const eng_reuse *r, const eng_attn_plan *pl) {
+    return r->pos >= 0 && pl->pos > r->pos && pl->pos - r->pos < s->attn.reuse && pl->off_lo == r->off_lo &&
+           pl->off_hi >= r->off_hi;
+}
+
+/* The ids part through the slot's last selection: the kept ids and, after them (every one below
+ * the range's end then), the positions that left the window since, which the window attended. */
+static int64_t reuse_ids(const eng_reuse *r, const eng_attn_plan *pl, int32_t *ids, int64_t cap) {
+    int64_t n = r->n <= cap ? r->n : cap;
+    memcpy(ids, r->ids, sizeof(int32_t) * (size_t)n);
+    for (int64_t p = r->off_hi; p < pl->off_hi && n < cap; p++) ids[n++] = (int32_t)p;
+    return n;
+}
+
+/* Keeps the n ids as the slot's selection for the row; -1 out of memory. */
+static int reuse_keep(eng_reuse *r, const eng_attn_plan *pl, const int32_t *ids, int64_t n) {
+    if (n > r->cap) {
+        int64_t cap = r->cap ? r->cap : 256;
+        while (cap < n) cap *= 2;
+        int32_t *p = realloc(r->ids, sizeof(int32_t) * (size_t)cap);
+        if (!p) return -1;
+        r->ids = p;
+        r->cap = cap;
+    }
+    memcpy(r->ids, ids, sizeof(int32_t) * (size_t)n);
+    r->n = n;
+    r->pos = pl->pos;
+    r->off_lo = pl->off_lo;
+    r->off_hi = pl->off_hi;
+    return 0;
+}
+
 int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_plan *pl) {
     if (!needs_select(s, pl)) return 0;
     int32_t *ids = s->ids + (size_t)kvh * s->ids_cap;
@@ -166,7 +206,18 @@ int eng_plan_select(eng_seq *s, int layer, int kvh, const float *q, eng_attn_pla
     const int G = s->m->hp.n_head / s->m->hp.n_head_kv;
     idx_estimate est = {s->est_rel + (size_t)kvh * G, s->est_v + (size_t)kvh * G * s->m->hp.v_dim};
     const int with_est = pl->n_parts > PLAN_EST;
-    const int64_t n = s->caps & IDX_CAP_NONE ? 0 : select_ids(s, layer, kvh, q, pl, ids, with_est ? &est : NULL);
+    eng_reuse *r = s->attn.reuse > 1 && !(s->caps & IDX_CAP_NONE) && !with_est
+                       ? &s->reuse[(size_t)layer * s->m->hp.n_head_kv + kvh] : NULL;
+    int64_t n;
+    if (r && can_reuse(s, r, pl)) {
+        n = reuse_ids(r, pl, ids, s->ids_cap);
+    } else {
+        n = s->caps & IDX_CAP_NONE ? 0 : select_ids(s, layer, kvh, q, pl, ids, with_est ? &est : NULL);
+        if (n >= 0 && r && reuse_keep(r, pl, ids, n)) {
+            eng_seq_fail(s, "out of memory keeping the selection of layer %d head %d", layer, kvh);
+            return -1;
+        }
+    }
     if (n < 0) return -1;
     pl->part[PLAN_IDS] = (eng_attn_part){.ids = ids, .n_ids = n};
     if (with_est) pl->part[PLAN_EST] = (eng_attn_part){.est_o = est.v, .est_rel = est.rel};

@@ -90,11 +90,17 @@ typedef struct {
     int estimate;          /* sparq, centroids: the keys the selector leaves are estimated from what
                             * it knows of them (approximate logits, centroids) and merged as one
                             * more part; not with tail, and on the CPU executor only */
+    int reuse;             /* > 1: a selection serves this many decode steps of its layer and KV
+                            * head (the keys that leave the window meanwhile join it), the next
+                            * step selects again; the selector's cost divided by it, at the price
+                            * of ids chosen by an older query. 0, 1: select at every step. Not
+                            * with estimate (its estimate is the current query's) */
 } eng_attn_params;
 
 /* The options of eng_attn_params, one per field, in one table (engine/attn_opts.c) that holds
  * each field's name, kind, bounds and default; everything below is derived from it. Keys, in
- * table order: selector, top_k, scan, target, mass, expand, tail, refine, estimate, dense_below, gqa (union|mean),
+ * table order: selector, top_k, scan, target, mass, expand, tail, refine, estimate, reuse, dense_below,
+ * gqa (union|mean),
  * sink, window, measure_recall, levels, and the storage keys page_size (a power of two), kv_f16,
  * kv_mem_gb, which apply only when a sequence is created (server-wide, refused per request). */
 typedef enum {

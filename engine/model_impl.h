@@ -89,6 +89,7 @@ struct eng_seq {
     int64_t ids_cap;
     float *est_v;         /* (n_head_kv, group, v_dim) the estimate of the keys left out ... */
     float *est_rel;       /* (n_head_kv, group) ... and its log mass relative to the ids' */
+    struct eng_reuse *reuse; /* (n_layer, n_head_kv) attn.reuse: each slot's last selection */
     eng_attn_stats st;
     /* queries recorded for a context's calibration: positions [cap_from, cap_from + cap_n) of
      * every layer, rows of n_head * head_dim */
@@ -158,6 +159,16 @@ typedef struct {
     int64_t off_lo, off_hi;
     int64_t pos;         /* the row's position: seeds the tail sample (the same keys on a rerun) */
 } eng_attn_plan;
+
+/* attn.reuse: a (layer, KV head) slot's last selection (its ids part, widened by expand), made
+ * for the row at pos over the offloaded range [off_lo, off_hi); pos < 0: none. The ids buffer
+ * grows with the selection and is freed with the sequence. */
+typedef struct eng_reuse {
+    int32_t *ids;
+    int64_t n, cap, pos, off_lo, off_hi;
+} eng_reuse;
+/* Forgets every slot's selection (a reset sequence starts over). */
+void eng_plan_reuse_clear(eng_seq *s);
 
 /* Widens n distinct ascending ids (in [lo, hi)) to every position within r of one of them,
  * clipped to [lo, hi), ascending, in the same buffer of cap >= n entries; the new count. A

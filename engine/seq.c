@@ -198,11 +198,13 @@ eng_seq *eng_seq_create_ex(const eng_model *m, int n_ctx, const eng_attn_params 
                     : malloc(sizeof(int32_t) * s->ids_cap * hp->n_head_kv);
     s->est_v = malloc(sizeof(float) * (size_t)hp->n_head * hp->v_dim);
     s->est_rel = malloc(sizeof(float) * (size_t)hp->n_head);
-    if (!s->views || !s->ids || !s->est_v || !s->est_rel) {
+    s->reuse = calloc((size_t)hp->n_layer * hp->n_head_kv, sizeof *s->reuse);
+    if (!s->views || !s->ids || !s->est_v || !s->est_rel || !s->reuse) {
         eng_set_err(err, errlen, "out of memory");
         goto fail;
     }
     make_views(s);
+    eng_plan_reuse_clear(s);
     free(layer_window);
     return s;
 fail:
@@ -223,6 +225,8 @@ void eng_seq_free(eng_seq *s) {
     else free(s->ids);
     free(s->est_v);
     free(s->est_rel);
+    for (int i = 0; s->reuse && i < s->m->hp.n_layer * s->m->hp.n_head_kv; i++) free(s->reuse[i].ids);
+    free(s->reuse);
     free(s->trace);
     free(s);
 }
@@ -249,6 +253,7 @@ int eng_seq_set_attn(eng_seq *s, const eng_attn_params *asked, char *err, size_t
     s->attn.page_size = keep.page_size;
     s->attn.kv_f16 = keep.kv_f16;
     s->attn.kv_max_bytes = keep.kv_max_bytes;
+    eng_plan_reuse_clear(s);
     return 0;
 }
 
@@ -301,6 +306,7 @@ void eng_seq_reset(eng_seq *s) {
     if (s->keep_queries) idx_set_observe_all(s->ix, 0);
     s->keep_queries = 0;
     memset(&s->st, 0, sizeof s->st);
+    eng_plan_reuse_clear(s);
     s->trace_nb = 0; /* the buffer stays for the next request that traces */
 }
 

@@ -4,7 +4,8 @@
  * `window` attends only the static set and differs; an estimated tail of share 1 (every key the
  * selector left, at weight 1) reproduces them with any selector, a smaller one reads its sample
  * on top of the ids; sparq's estimate of the keys it leaves brings the
- * attention output nearer dense's; statistics count what was read; a KV memory limit is a clean error that
+ * attention output nearer dense's; a selection reused for several steps takes in the keys that
+ * leave the window meanwhile and scans that many times less often; statistics count what was read; a KV memory limit is a clean error that
  * leaves the sequence unchanged. */
 #include <math.h>
 #include <stdlib.h>
@@ -81,6 +82,40 @@ int main(void) {
             CHECK(st.sparse_rows > 0 && st.keys_read >= want && st.keys_read <= want + st.sparse_rows,
                   "%s with share %g reads it (%lld of %lld, %lld rows)", k ? "retrieval" : "oracle", share[k],
                   (long long)st.keys_read, (long long)st.offloaded_keys, (long long)st.sparse_rows);
+        }
+        /* reuse: a selection serves several steps. With every key selected, the keys that leave
+         * the window meanwhile must join it (else the steps after the select differ from dense);
+         * with a top 5, the select's own step is the plain run's and the selector scans about a
+         * third as often at reuse 3 */
+        a.selector = IDX_ORACLE;
+        a.top_k = 1000;
+        a.target = 0.0f;
+        a.reuse = 3;
+        CHECK(run(m, &a, got, &st) == 0, "oracle, every key, reuse 3");
+        {
+            const float d = max_diff(dense, got, (size_t)N_DEC * V);
+            CHECK(d < 1e-4f && st.keys_read == st.offloaded_keys, "oracle with every key at reuse 3 == dense (max "
+                  "diff %g, %lld of %lld keys read)", d, (long long)st.keys_read, (long long)st.offloaded_keys);
+        }
+        {
+            float *plain = malloc(sizeof(float) * N_DEC * V);
+            eng_attn_stats st1, st3;
+            a.top_k = 5;
+            a.reuse = 0;
+            CHECK(run(m, &a, plain, &st1) == 0, "oracle top-5 run");
+            a.reuse = 3;
+            CHECK(run(m, &a, got, &st3) == 0, "oracle top-5 reuse 3 run");
+            CHECK(max_diff(plain, got, (size_t)V) == 0.0f, "reuse 3: the first decode step (a select) is the plain "
+                  "run's");
+            CHECK(st3.keys_scanned * 3 < st1.keys_scanned && st3.keys_scanned * 4 > st1.keys_scanned &&
+                  st3.sparse_rows == st1.sparse_rows, "reuse 3 scans a third as often (%lld keys, every step %lld)",
+                  (long long)st3.keys_scanned, (long long)st1.keys_scanned);
+            a.estimate = 1;
+            CHECK(eng_attn_check(&a, err, sizeof err) != 0 && strstr(err, "reuse"), "reuse with estimate refused: %s",
+                  err);
+            a.estimate = 0;
+            a.reuse = 0;
+            free(plain);
         }
         a.target = 0.0f;
         a.selector = IDX_ORACLE;

@@ -27,6 +27,7 @@ static const struct {
     {"tail", "--attn-tail", ENG_ATTN_FLOAT, 0, 1, 0, 0, 0},
     {"refine", "--attn-refine", ENG_ATTN_FLOAT, 0, 1000, 0, 0, 0},
     {"estimate", "--attn-estimate", ENG_ATTN_BOOL, 0, 1, 0, 0, 0},
+    {"reuse", "--attn-reuse", ENG_ATTN_INT, 0, 64, 0, 0, 0},
     {"dense_below", "--attn-dense-below", ENG_ATTN_INT, 0, 1 << 24, 0, 0, 0},
     {"gqa", "--attn-gqa", ENG_ATTN_ENUM, 0, 0, IDX_GQA_UNION, 0, 0},
     {"sink", "--sink", ENG_ATTN_INT, 0, 1 << 24, 128, 0, 0},
@@ -158,8 +159,8 @@ static void test_bool_enum(void) {
     CHECK(eng_attn_set(&a, "gqa", "mean", err, sizeof err) == 0 && a.gqa_mean == 1, "gqa mean");
     CHECK(eng_attn_set(&a, "gqa", "max", err, sizeof err) && strstr(err, "(union, mean)"), "gqa max: %s", err);
     CHECK(eng_attn_set(&a, "bogus", "1", err, sizeof err) &&
-          !strcmp(err, "unknown attention key 'bogus' (selector, top_k, scan, target, mass, expand, tail, refine, estimate, dense_below, gqa, sink, window, "
-                       "measure_recall, levels, page_size, kv_f16, kv_mem_gb)"), "unknown key: %s", err);
+          !strcmp(err, "unknown attention key 'bogus' (selector, top_k, scan, target, mass, expand, tail, refine, estimate, reuse, dense_below, gqa, sink, "
+                       "window, measure_recall, levels, page_size, kv_f16, kv_mem_gb)"), "unknown key: %s", err);
     CHECK(eng_attn_set_num(&a, "bogus", 1, e2, sizeof e2) && !strcmp(err, e2), "unknown key, typed: %s", e2);
 }
 
