@@ -57,7 +57,9 @@ static void usage(void) {
            "Prints one JSON line per (sample, spec): id, selector, text, n_context, n_question,\n"
            "n_gen, prefill_s, question_s, decode_s, keys_read (share of the offloaded keys read),\n"
            "keys_scanned (share of them the selector scored exactly, per KV head), search_s and\n"
-           "build_s (selector time summed over threads), mass_recall and out_err (the attention\n"
+           "build_s (selector time summed over threads), attn_s (wall time of the attention steps of\n"
+           "the question and the answer: the selection and, unless --no-recall, the dense pass\n"
+           "included), mass_recall and out_err (the attention\n"
            "output's mean relative error against dense; null when not measured), and error when\n"
            "that run failed.\n\n"
            "attention defaults for every spec:\n");
@@ -295,6 +297,7 @@ static void print_row(const sample *s, const spec *sp, const tok_vocab *v, const
     else cJSON_AddNullToObject(o, "out_err");
     cJSON_AddNumberToObject(o, "search_s", st.search_s);
     cJSON_AddNumberToObject(o, "build_s", st.build_s);
+    cJSON_AddNumberToObject(o, "attn_s", st.attn_s);
     char *js = cJSON_PrintUnformatted(o);
     if (js) printf("%s\n", js);
     fflush(stdout);
