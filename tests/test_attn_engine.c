@@ -5,8 +5,8 @@
  * selector left, at weight 1) reproduces them with any selector, a smaller one reads its sample
  * on top of the ids; sparq's estimate of the keys it leaves brings the
  * attention output nearer dense's; a selection reused for several steps takes in the keys that
- * leave the window meanwhile and scans that many times less often; statistics count what was read; a KV memory limit is a clean error that
- * leaves the sequence unchanged. */
+ * leave the window meanwhile and scans that many times less often; statistics count what was
+ * read; a KV memory limit is a clean error that leaves the sequence unchanged. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
