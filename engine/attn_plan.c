@@ -172,11 +172,28 @@ static int can_reuse(const eng_seq *s, const eng_reuse *r, const eng_attn_plan *
            pl->off_hi >= r->off_hi;
 }
 
-/* The ids part through the slot's last selection: the kept ids and, after them (every one below
- * the range's end then), the positions that left the window since, which the window attended. */
+int64_t eng_plan_follow_ids(const int32_t *ids, int64_t n, int64_t steps, int64_t lo, int64_t hi, int32_t *out,
+                            int64_t cap) {
+    int64_t o = 0, next = lo; /* positions below next are written */
+    for (int64_t i = 0; i < n && o < cap; i++) {
+        int64_t a = ids[i], b = (int64_t)ids[i] + steps + 1;
+        if (a < next) a = next;
+        if (b > hi) b = hi;
+        for (int64_t p = a; p < b && o < cap; p++) out[o++] = (int32_t)p;
+        if (b > next) next = b;
+    }
+    return o;
+}
+
+/* The ids part through the slot's last selection, made j steps before: each kept id and its j
+ * successors, then (every one at or above the old range's end) the positions that left the
+ * window since, which the window attended. The successors are what a reused selection cannot
+ * do without: a model copying a number from the context reads its next digit one position on
+ * at every step, so a select's ids hold the digit its own query looked for and the next ones
+ * sit after them (without them, reuse 4 gave dense's answer on 1 of 7 single-needle samples at
+ * 16K where selecting at every step gave it on 7). */
 static int64_t reuse_ids(const eng_reuse *r, const eng_attn_plan *pl, int32_t *ids, int64_t cap) {
-    int64_t n = r->n <= cap ? r->n : cap;
-    memcpy(ids, r->ids, sizeof(int32_t) * (size_t)n);
+    int64_t n = eng_plan_follow_ids(r->ids, r->n, pl->pos - r->pos, r->off_lo, r->off_hi, ids, cap);
     for (int64_t p = r->off_hi; p < pl->off_hi && n < cap; p++) ids[n++] = (int32_t)p;
     return n;
 }

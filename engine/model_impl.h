@@ -174,6 +174,10 @@ void eng_plan_reuse_clear(eng_seq *s);
  * clipped to [lo, hi), ascending, in the same buffer of cap >= n entries; the new count. A
  * radius above cap - (hi - lo) is reduced to it. */
 int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t lo, int64_t hi);
+/* Each of n distinct ascending ids (in [lo, hi)) and its `steps` successors, clipped to [lo, hi),
+ * ascending and distinct, into out (room for cap; out must not overlap ids); the count. */
+int64_t eng_plan_follow_ids(const int32_t *ids, int64_t n, int64_t steps, int64_t lo, int64_t hi, int32_t *out,
+                            int64_t cap);
 /* The tail sample: about share * (hi - lo) positions of [lo, hi), one drawn uniformly in each of
  * as many equal strata (at least one), those that are among the n ascending selected ids skipped,
  * written ascending to out (room for cap). The draw within each stratum comes from a hash of

@@ -23,9 +23,12 @@
  * scores them highest, so every key stays reachable. A decode query probes its nearest cells
  * and scores their listed keys exactly; key_share of the scan goes to IVF lists over the keys,
  * which catch content matches that no kept query anticipated. */
+/* A list with room at both ends: keys that join a cell's top go to its front at every decode step
+ * (a memmove of the whole list each time cost ~0.5 ms a token at 17K, 48 slots). ids is the
+ * first entry, `front` entries after the allocation's start. */
 typedef struct {
     int32_t *ids;
-    int32_t n, cap;
+    int32_t n, cap, front;   /* cap: the allocation's entries, front slack included */
 } id_list;
 
 /* Per candidate, two one-byte epoch stamps side by side: read in this call (seen) and taken by
@@ -74,7 +77,9 @@ typedef struct {
     float *qmean;            /* (d) */
     float *cell_score;       /* (n_q, kl.n) then (n_q, qc.n) */
     int64_t cell_score_cap;
-    float *krow;             /* (d) a key as f32 */
+    float *krow;             /* (ADD_BATCH, d) keys as f32 */
+    float *add_sc;           /* (ADD_BATCH, cells) the keys' scores against the cells (idx_add) */
+    int64_t add_sc_cap;
     /* the group share's first stage: the keys as int8 with one scale per channel, a quarter of
      * the bytes of the f32 rows the union is otherwise scored from (kept at build and idx_add;
      * structured slots only) */
@@ -114,14 +119,21 @@ static int grow(void *pp, int64_t *cap, int64_t n, size_t sz) {
     return 0;
 }
 
+/* Moves the list into a new allocation of cap entries with `front` free before it; -1 out of
+ * memory (the list unchanged). */
+static int list_realloc(id_list *l, int32_t cap, int32_t front) {
+    int32_t *q = malloc(sizeof(int32_t) * (size_t)cap);
+    if (!q) return -1;
+    if (l->n) memcpy(q + front, l->ids, sizeof(int32_t) * (size_t)l->n);
+    free(l->ids ? l->ids - l->front : NULL);
+    l->ids = q + front;
+    l->cap = cap;
+    l->front = front;
+    return 0;
+}
+
 static int list_push(id_list *l, int32_t id) {
-    if (l->n == l->cap) {
-        int32_t c = l->cap ? 2 * l->cap : 16;
-        int32_t *q = realloc(l->ids, sizeof(int32_t) * c);
-        if (!q) return -1;
-        l->ids = q;
-        l->cap = c;
-    }
+    if (l->front + l->n == l->cap && list_realloc(l, l->cap ? 2 * l->cap : 16, l->front)) return -1;
     l->ids[l->n++] = id;
     return 0;
 }
@@ -129,8 +141,13 @@ static int list_push(id_list *l, int32_t id) {
 /* A key the cell's centroid ranks among its top list_k goes first: lists are read in order and
  * the scan target may stop before their tail (where unranked keys sit). */
 static int list_push_front(id_list *l, int32_t id) {
-    if (list_push(l, id)) return -1;
-    memmove(l->ids + 1, l->ids, sizeof(int32_t) * (l->n - 1));
+    if (l->front == 0) { /* as much room before as the list holds, at least 16 */
+        const int32_t room = l->n > 16 ? l->n : 16;
+        if (list_realloc(l, room + l->cap - l->front, room)) return -1;
+    }
+    l->ids--;
+    l->front--;
+    l->n++;
     l->ids[0] = id;
     return 0;
 }
@@ -181,7 +198,7 @@ static void sort_ids(int32_t *ids, int64_t n, int64_t lo, int64_t span, int32_t 
 /* ---- names, params, lifecycle ---------------------------------------------------------- */
 
 static void list_set_free(list_set *ls) {
-    for (int c = 0; c < ls->n; c++) free(ls->lists[c].ids);
+    for (int c = 0; c < ls->n; c++) free(ls->lists[c].ids ? ls->lists[c].ids - ls->lists[c].front : NULL);
     free(ls->lists);
     free(ls->cent);
     free(ls->bias);
@@ -202,7 +219,7 @@ static void *lists_new(const idx_params *p) {
     lists_st *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->qmean = malloc(sizeof(float) * p->head_dim);
-    s->krow = malloc(sizeof(float) * p->head_dim);
+    s->krow = malloc(sizeof(float) * ATTN_MAX_GROUP * p->head_dim);
     if (s->qmean && s->krow) return s;
     lists_free(s);
     return NULL;
@@ -226,7 +243,7 @@ static void lists_free(void *st) {
     if (!s) return;
     lists_clear(s);
     free(s->tag); free(s->uid); free(s->outm); free(s->scores); free(s->ukeys); free(s->qsel); free(s->qoff); free(s->sort_tmp); free(s->kbuf);
-    free(s->qmean); free(s->cell_score); free(s->krow); free(s->k8_q);
+    free(s->qmean); free(s->cell_score); free(s->krow); free(s->add_sc); free(s->k8_q);
     free(s);
 }
 
@@ -527,40 +544,55 @@ static int lists_has_structure(const void *st) {
     return s->qc.n > 0 || s->kl.n > 0;
 }
 
-/* The list whose centroid has the largest inner product with x (the first on ties). */
-static int best_list(const list_set *ls, const float *x, int d, float *score) {
+/* The list whose score in sc[0..n) is largest (the first on ties). */
+static int best_of(const float *sc, int n, float *score) {
     int best = 0;
     float best_s = -INFINITY;
-    for (int c = 0; c < ls->n; c++) {
-        const float sc = dotf(ls->cent + (size_t)c * d, x, d);
-        if (sc > best_s) { best_s = sc; best = c; }
-    }
+    for (int c = 0; c < n; c++)
+        if (sc[c] > best_s) { best_s = sc[c]; best = c; }
     *score = best_s;
     return best;
 }
 
+/* Keys that leave the window arrive one a step (a few with reuse): they are scored against the
+ * cells ADD_BATCH at a time, as a GQA group's queries are, each centroid read once per batch. */
+enum { ADD_BATCH = ATTN_MAX_GROUP };
+
 static int lists_add(idx_set *ix, idx_slot *g, int layer, int head, const kv_store *kv, int64_t hi) {
     lists_st *s = g->st;
     const int d = ix->p.head_dim;
+    const int ncell = s->qc.n > s->kl.n ? s->qc.n : s->kl.n;
+    if (grow(&s->add_sc, &s->add_sc_cap, (int64_t)ADD_BATCH * ncell, sizeof(float)))
+        return idx_fail(ix, IDX_ERR_NOMEM, "out of memory adding keys");
     int rc = IDX_OK;
-    for (int64_t pos = g->hi; pos < hi && rc == IDX_OK; pos++) {
-        kv_gather(kv, layer, head, (const int32_t[]){(int32_t)pos}, 1, s->krow, NULL);
+    for (int64_t p0 = g->hi; p0 < hi && rc == IDX_OK; p0 += ADD_BATCH) {
+        const int nb = hi - p0 < ADD_BATCH ? (int)(hi - p0) : ADD_BATCH;
+        int32_t pos[ADD_BATCH];
+        for (int j = 0; j < nb; j++) pos[j] = (int32_t)(p0 + j);
+        if (kv_gather(kv, layer, head, pos, nb, s->krow, NULL) != KV_OK)
+            return idx_fail(ix, IDX_ERR_PARAM, "adding keys: positions %lld.. not held", (long long)p0);
         float best_s;
         if (s->qc.n > 0) {
             /* a new key joins, at the front, every cell whose centroid would have listed it at
              * build (score at least the centroid's list_k-th best), and at least (at the back)
              * the cell whose centroid scores it highest, like an unlisted key at build */
-            for (int c = 0; c < s->qc.n; c++)
-                if (dotf(s->qc.cent + (size_t)c * d, s->krow, d) >= s->tau[c] &&
-                    list_push_front(&s->qc.lists[c], (int32_t)pos))
-                    rc = IDX_ERR_NOMEM;
-            const int best = best_list(&s->qc, s->krow, d, &best_s);
-            if (best_s < s->tau[best] && list_push(&s->qc.lists[best], (int32_t)pos)) rc = IDX_ERR_NOMEM;
+            attn_scores_group_rows(s->krow, nb, d, s->qc.cent, s->qc.n, d, s->add_sc, s->qc.n);
+            for (int j = 0; j < nb && rc == IDX_OK; j++) {
+                const float *sc = s->add_sc + (size_t)j * s->qc.n;
+                for (int c = 0; c < s->qc.n; c++)
+                    if (sc[c] >= s->tau[c] && list_push_front(&s->qc.lists[c], pos[j])) rc = IDX_ERR_NOMEM;
+                const int best = best_of(sc, s->qc.n, &best_s);
+                if (best_s < s->tau[best] && list_push(&s->qc.lists[best], pos[j])) rc = IDX_ERR_NOMEM;
+            }
         }
         /* FAISS IVF-IP assignment: the list whose centroid has the largest inner product */
-        if (s->kl.n > 0 && list_push(&s->kl.lists[best_list(&s->kl, s->krow, d, &best_s)], (int32_t)pos))
-            rc = IDX_ERR_NOMEM;
-        if (s->k8_scale && rc == IDX_OK && k8_append(s, s->krow, 1, d)) rc = IDX_ERR_NOMEM;
+        if (s->kl.n > 0 && rc == IDX_OK) {
+            attn_scores_group_rows(s->krow, nb, d, s->kl.cent, s->kl.n, d, s->add_sc, s->kl.n);
+            for (int j = 0; j < nb && rc == IDX_OK; j++)
+                if (list_push(&s->kl.lists[best_of(s->add_sc + (size_t)j * s->kl.n, s->kl.n, &best_s)], pos[j]))
+                    rc = IDX_ERR_NOMEM;
+        }
+        if (s->k8_scale && rc == IDX_OK && k8_append(s, s->krow, nb, d)) rc = IDX_ERR_NOMEM;
     }
     return rc ? idx_fail(ix, rc, "out of memory adding keys") : IDX_OK;
 }

@@ -388,6 +388,13 @@ static void recall_tests(void) {
     m = idx_select(ivf, 1, 0, kv, Qt, 2, &r, got, 2 * topk);
     CHECK(m > 0 && m <= 2 * topk && valid_ids(got, m, 0, n), "ivf nprobe 3");
 
+    /* keys added one at a time (a decode step each) list as those added in batches: a twin of
+     * `ret` (the same queries and keys build the same lists) takes the 64 keys one by one */
+    idx_set *twin = make_index(IDX_RETRIEVAL, d, 0);
+    for (int c = 0; c < n_pre; c += 512)
+        CHECK(idx_observe(twin, 1, 0, Qp + (size_t)c * d, 512, d) == IDX_OK, "observe");
+    CHECK(idx_build(twin, 1, 0, kv, 0, n, NULL, 0) == IDX_OK, "twin build: %s", idx_last_error(twin));
+    for (int64_t e = n + 1; e <= n + 64; e++) CHECK(idx_add(twin, 1, 0, kv, e) == IDX_OK, "twin add %lld", (long long)e);
     /* idx_add: the 64 appended keys (tokens leaving the window) become selectable */
     idx_set *all[3] = {ora, ret, ivf};
     for (int w = 0; w < 3; w++) {
@@ -407,6 +414,17 @@ static void recall_tests(void) {
         const idx_kind kinds[3] = {IDX_ORACLE, IDX_RETRIEVAL, IDX_IVF};
         CHECK(found >= 60, "%s finds %d of 64 added keys", idx_kind_name(kinds[w]), found);
     }
+    {
+        int same = 1;
+        int32_t got2[4 * topk];
+        for (int t = 0; 4 * t + 4 <= n_test && same; t++) {
+            const int64_t m1 = idx_select(ret, 1, 0, kv, Qt + (size_t)t * 4 * d, 4, &r, got, 4 * topk);
+            const int64_t m2 = idx_select(twin, 1, 0, kv, Qt + (size_t)t * 4 * d, 4, &r, got2, 4 * topk);
+            same = m1 > 0 && m1 == m2 && !memcmp(got, got2, sizeof(int32_t) * (size_t)m1);
+        }
+        CHECK(same, "keys added one at a time select as those added 32 at a time");
+    }
+    idx_free(twin);
     idx_free(ora); idx_free(ret); idx_free(ivf); idx_free(pure);
 
     /* a slot below min_keys scans exactly, and builds its structure once idx_add reaches it */

@@ -366,6 +366,34 @@ int main(int argc, char **argv) {
         free(ids);
         free(want);
     }
+    /* a reused selection's ids with their successors: against marking them one by one */
+    for (int t = 0; t < 300; t++) {
+        const int64_t lo = (rng = rng * 1103515245u + 12345u) % 50, len = 1 + (rng = rng * 1103515245u + 12345u) % 200;
+        const int64_t hi = lo + len, steps = t % 5;
+        const int64_t cap = t % 4 == 0 ? 1 + (int64_t)(rng % len) : len; /* a short buffer: its first cap */
+        int32_t *ids = malloc(sizeof(int32_t) * len), *out = malloc(sizeof(int32_t) * len);
+        unsigned char *want = calloc(hi, 1);
+        int64_t n = 0;
+        for (int64_t p = lo; p < hi; p++)
+            if ((rng = rng * 1103515245u + 12345u) % 100 < (unsigned)(1 + t % 30)) {
+                ids[n++] = (int32_t)p;
+                for (int64_t q = p; q <= p + steps && q < hi; q++) want[q] = 1;
+            }
+        int64_t nw = 0;
+        for (int64_t p = lo; p < hi; p++) nw += want[p];
+        if (nw > cap) nw = cap;
+        const int64_t m = eng_plan_follow_ids(ids, n, steps, lo, hi, out, cap);
+        int ok = m == nw;
+        for (int64_t i = 0; ok && i < m; i++) ok = want[out[i]] && (i == 0 || out[i] > out[i - 1]);
+        for (int64_t p = lo, i = 0; ok && i < m; p++) /* the first m wanted positions, none skipped */
+            if (want[p]) ok = out[i++] == p;
+        CHECK(ok, "follow case %d (range [%lld, %lld), %lld steps, %lld ids, cap %lld): %lld ids, want %lld", t,
+              (long long)lo, (long long)hi, (long long)steps, (long long)n, (long long)cap, (long long)m,
+              (long long)nw);
+        free(ids);
+        free(out);
+        free(want);
+    }
     int32_t one[4] = {7};
     CHECK(eng_plan_expand_ids(one, 1, 4, 3, 5, 8) == 2 && one[0] == 6 && one[1] == 7,
           "a radius above the buffer's slack is reduced to it");
