@@ -63,7 +63,8 @@ static const row rows[] = {
     {.o = {"estimate", "--attn-estimate", ENG_ATTN_BOOL, false}, .off = F(estimate), .lo = 0, .hi = 1,
      .help = "sparq, centroids: estimate the keys the selector leaves and merge them in (CPU only)"},
     {.o = {"reuse", "--attn-reuse", ENG_ATTN_INT, false}, .off = F(reuse), .lo = 0, .hi = 64, .arg = "N",
-     .help = "a selection serves N decode steps (the selector's cost over N; ids from an older query)",
+     .help = "a selection serves N decode steps, the i-th after it reading each id's i successors too "
+             "(the selector's cost over N; ids from an older query)",
      .zero = "select at every step"},
     {.o = {"dense_below", "--attn-dense-below", ENG_ATTN_INT, false}, .off = F(dense_below), .lo = 0,
      .hi = 1 << 24, .arg = "N", .help = "decode attends densely while the sequence is shorter than N tokens",
