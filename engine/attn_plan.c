@@ -65,6 +65,22 @@ static void static_lse(const eng_seq *s, int layer, int kvh, const float *q, con
     eng_plan_run(s->m, &view, q, &st, out, lse);
 }
 
+/* Each of the n ascending ids in[i] widened to [in[i] - before, in[i] + after], clipped to
+ * [lo, hi), ascending and distinct, into out (room for cap); the count. out may start at or
+ * before in as long as it never overtakes the reading (the in-place expand below). */
+static int64_t widen_ids(const int32_t *in, int64_t n, int64_t before, int64_t after, int64_t lo, int64_t hi,
+                         int32_t *out, int64_t cap) {
+    int64_t o = 0, next = lo; /* positions below next are written */
+    for (int64_t i = 0; i < n && o < cap; i++) {
+        int64_t a = (int64_t)in[i] - before, b = (int64_t)in[i] + after + 1;
+        if (a < next) a = next;
+        if (b > hi) b = hi;
+        for (int64_t p = a; p < b && o < cap; p++) out[o++] = (int32_t)p;
+        if (b > next) next = b;
+    }
+    return o;
+}
+
 /* In place: the ids move to the end of their buffer and the widened list is written from the
  * start, which never overtakes the reading as long as cap >= hi - lo + r. */
 int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t lo, int64_t hi) {
@@ -72,15 +88,12 @@ int64_t eng_plan_expand_ids(int32_t *ids, int64_t n, int64_t cap, int r, int64_t
     if (r <= 0 || n <= 0) return n;
     int32_t *in = ids + cap - n;
     memmove(in, ids, sizeof(int32_t) * n);
-    int64_t o = 0, next = lo; /* positions below next are written */
-    for (int64_t i = 0; i < n; i++) {
-        int64_t a = (int64_t)in[i] - r, b = (int64_t)in[i] + r + 1;
-        if (a < next) a = next;
-        if (b > hi) b = hi;
-        for (int64_t p = a; p < b; p++) ids[o++] = (int32_t)p;
-        if (b > next) next = b;
-    }
-    return o;
+    return widen_ids(in, n, r, r, lo, hi, ids, cap);
+}
+
+int64_t eng_plan_follow_ids(const int32_t *ids, int64_t n, int64_t steps, int64_t lo, int64_t hi, int32_t *out,
+                            int64_t cap) {
+    return widen_ids(ids, n, 0, steps, lo, hi, out, cap);
 }
 
 /* splitmix64's finaliser (Steele et al. 2014): a cheap hash whose consecutive inputs give
@@ -170,19 +183,6 @@ void eng_plan_reuse_clear(eng_seq *s) {
 static int can_reuse(const eng_seq *s, const eng_reuse *r, const eng_attn_plan *pl) {
     return r->pos >= 0 && pl->pos > r->pos && pl->pos - r->pos < s->attn.reuse && pl->off_lo == r->off_lo &&
            pl->off_hi >= r->off_hi;
-}
-
-int64_t eng_plan_follow_ids(const int32_t *ids, int64_t n, int64_t steps, int64_t lo, int64_t hi, int32_t *out,
-                            int64_t cap) {
-    int64_t o = 0, next = lo; /* positions below next are written */
-    for (int64_t i = 0; i < n && o < cap; i++) {
-        int64_t a = ids[i], b = (int64_t)ids[i] + steps + 1;
-        if (a < next) a = next;
-        if (b > hi) b = hi;
-        for (int64_t p = a; p < b && o < cap; p++) out[o++] = (int32_t)p;
-        if (b > next) next = b;
-    }
-    return o;
 }
 
 /* The ids part through the slot's last selection, made j steps before: each kept id and its j

@@ -143,7 +143,7 @@ static int list_push(id_list *l, int32_t id) {
 static int list_push_front(id_list *l, int32_t id) {
     if (l->front == 0) { /* as much room before as the list holds, at least 16 */
         const int32_t room = l->n > 16 ? l->n : 16;
-        if (list_realloc(l, room + l->cap - l->front, room)) return -1;
+        if (list_realloc(l, room + l->cap, room)) return -1;
     }
     l->ids--;
     l->front--;
